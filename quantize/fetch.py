@@ -1,0 +1,114 @@
+"""Download repository files through huggingface_hub (cache, HF_TOKEN, resume, progress)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantize.errors import FetchError
+
+log = logging.getLogger(__name__)
+
+# What a conversion needs: config, tokenizer files, weights (safetensors only), ST pooling config.
+CHECKPOINT_PATTERNS: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "modules.json",
+    "*/config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+)
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    """A repository at one commit: its sha (None for a local directory) and file names."""
+
+    repo_id: str
+    sha: str | None
+    files: tuple[str, ...]
+    local_dir: Path | None = None
+
+
+def is_local(repo_id: str) -> bool:
+    """A REPO_ID naming an existing directory is used in place."""
+    return Path(repo_id).expanduser().is_dir()
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    errors: list[type[BaseException]] = [
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OSError,
+    ]
+    try:  # huggingface_hub's transport; connection failures surface as its exceptions
+        import httpx2
+
+        errors.append(httpx2.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def list_repo(
+    repo_id: str, revision: str | None = None, endpoint: str | None = None
+) -> RepoListing:
+    """Resolve revision to a commit sha and list the repository's files."""
+    if is_local(repo_id):
+        root = Path(repo_id).expanduser()
+        files = tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()))
+        return RepoListing(repo_id, None, files, root)
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
+    except _hub_errors() as e:
+        raise FetchError(f"{repo_id}@{revision or 'main'}: {_first_line(e)}") from e
+    files = tuple(s.rfilename for s in info.siblings or [])
+    return RepoListing(repo_id, info.sha, files)
+
+
+def fetch(
+    repo_id: str,
+    revision: str | None = None,
+    include: Sequence[str] | None = None,
+    endpoint: str | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Download the needed files of repo_id (default: a checkpoint's); return the snapshot path."""
+    if is_local(repo_id):
+        return Path(repo_id).expanduser()
+    from huggingface_hub import snapshot_download
+
+    patterns = list(include) if include else list(CHECKPOINT_PATTERNS)
+    log.info("fetching %s@%s (%s)", repo_id, revision or "main", ", ".join(patterns))
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            endpoint=endpoint,
+            cache_dir=cache_dir,
+        )
+    except _hub_errors() as e:
+        raise FetchError(f"{repo_id}@{revision or 'main'}: {_first_line(e)}") from e
+    return Path(path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,99 @@
+"""Summarize a GGUF file: architecture, size, quantization mix, context, tokenizer, template."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from quantize.errors import InvalidGGUF
+
+
+@dataclass
+class GGUFInfo:
+    """What `edged-quantize inspect` reports about one GGUF file."""
+
+    path: Path
+    architecture: str
+    name: str | None
+    parameters: int
+    file_type: int | None
+    tensor_types: dict[str, int] = field(default_factory=dict)
+    context_length: int | None = None
+    tokenizer_model: str | None = None
+    tokenizer_pre: str | None = None
+    vocab_size: int = 0
+    chat_template: str | None = None
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one fact per line."""
+        mix = ", ".join(
+            f"{t}: {n}" for t, n in sorted(self.tensor_types.items(), key=lambda kv: -kv[1])
+        )
+        ftype = _file_type_name(self.file_type)
+        template = "no"
+        if self.chat_template:
+            template = f"yes: {self.chat_template.splitlines()[0][:100]}"
+        return [
+            f"file:            {self.path}",
+            f"name:            {self.name or '-'}",
+            f"architecture:    {self.architecture}",
+            f"parameters:      {self.parameters:,} ({_human(self.parameters)})",
+            f"file type:       {ftype}",
+            f"tensor types:    {mix}",
+            f"context length:  {self.context_length if self.context_length is not None else '-'}",
+            f"tokenizer:       {self.tokenizer_model or '-'} (pre: {self.tokenizer_pre or '-'}, "
+            f"{self.vocab_size} tokens)",
+            f"chat template:   {template}",
+        ]
+
+
+def _file_type_name(value: int | None) -> str:
+    if value is None:
+        return "-"
+    try:
+        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return str(value)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _field(reader: gguf.GGUFReader, key: str) -> Any:
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+def inspect_gguf(path: Path | str) -> GGUFInfo:
+    """Read a GGUF file's header (tensor data stays memory-mapped, untouched)."""
+    p = Path(path)
+    try:
+        reader = gguf.GGUFReader(p)
+    except (OSError, ValueError) as e:
+        raise InvalidGGUF(f"{p}: not a readable GGUF file ({e})") from e
+    arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
+    if arch is None:
+        raise InvalidGGUF(f"{p}: no general.architecture key")
+    tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
+    return GGUFInfo(
+        path=p,
+        architecture=arch,
+        name=_field(reader, gguf.Keys.General.NAME),
+        parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in reader.tensors),
+        file_type=_field(reader, gguf.Keys.General.FILE_TYPE),
+        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        context_length=_field(reader, gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        tokenizer_model=_field(reader, gguf.Keys.Tokenizer.MODEL),
+        tokenizer_pre=_field(reader, gguf.Keys.Tokenizer.PRE),
+        vocab_size=len(tokens.data) if tokens is not None else 0,
+        chat_template=_field(reader, gguf.Keys.Tokenizer.CHAT_TEMPLATE),
+    )
