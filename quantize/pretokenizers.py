@@ -54,6 +54,13 @@ def signature(tokenizer_json: Mapping[str, Any]) -> Signature:
     return tuple(_steps(tokenizer_json.get("pre_tokenizer")))
 
 
+def adds_prefix_space(tokenizer_json: Mapping[str, Any]) -> bool:
+    """Whether the byte-level step prepends a space to the text (GGUF add_space_prefix)."""
+    node = tokenizer_json.get("pre_tokenizer") or {}
+    nodes = node.get("pretokenizers", [node]) if node.get("type") == "Sequence" else [node]
+    return any(n.get("type") == "ByteLevel" and n.get("add_prefix_space", False) for n in nodes)
+
+
 def detect_bpe_pre(tokenizer_json: Mapping[str, Any]) -> str:
     """The llama.cpp pre-tokenizer name for a byte-level BPE tokenizer.json."""
     sig = signature(tokenizer_json)

@@ -109,7 +109,10 @@ def load_bpe(directory: Path, config: Mapping[str, Any], tokenizer: Mapping[str,
     tokens, types = _by_id(
         model["vocab"], tokenizer.get("added_tokens", []), _vocab_size(config, tokenizer)
     )
-    return Vocab("gpt2", pretokenizers.detect_bpe_pre(tokenizer), tokens, types)
+    pre = pretokenizers.detect_bpe_pre(tokenizer)
+    return Vocab(
+        "gpt2", pre, tokens, types, add_space_prefix=pretokenizers.adds_prefix_space(tokenizer)
+    )
 
 
 def load_wordpiece(

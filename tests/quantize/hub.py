@@ -72,7 +72,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if path.startswith("/api/models/"):
                 rest = path[len("/api/models/") :]
                 for repo_id, repo in hub.repos.items():
-                    if rest.startswith(repo_id + "/revision/"):
+                    if rest == repo_id or rest.startswith(repo_id + "/revision/"):
                         siblings = [{"rfilename": f} for f in repo.files]
                         return self._json({"id": repo_id, "sha": repo.sha, "siblings": siblings})
                     if rest.startswith(repo_id + "/tree/"):
