@@ -1,4 +1,4 @@
-"""Write a llama-architecture GGUF back out as a Hugging Face checkpoint directory (f32 safetensors)."""
+"""Write a llama GGUF back out as a Hugging Face checkpoint directory (f32 safetensors)."""
 
 from __future__ import annotations
 

