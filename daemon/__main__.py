@@ -1,0 +1,121 @@
+"""The `edged` command line: `edged serve`, `edged models`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from daemon.config import Settings
+
+# flag dest -> Settings field, for flags that map one to one
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "host": ("--host", str, "address to bind (default 127.0.0.1)"),
+    "port": ("--port", int, "port to listen on (default 8000)"),
+    "model": ("--model", Path, "default model GGUF (default: the embedded SmolLM2)"),
+    "models_dir": ("--models-dir", Path, "serve every *.gguf here under its file stem"),
+    "ctx_size": ("--ctx-size", int, "context tokens per sequence"),
+    "parallel": ("--parallel", int, "sequence slots per model"),
+    "threads": ("--threads", int, "CPU threads for generation"),
+    "threads_batch": ("--threads-batch", int, "CPU threads for prompt processing"),
+    "batch_size": ("--batch-size", int, "max tokens per decode step"),
+    "ubatch_size": ("--ubatch-size", int, "physical micro-batch size"),
+    "n_gpu_layers": ("--n-gpu-layers", int, "layers to offload to the GPU (-1 = all)"),
+    "main_gpu": ("--main-gpu", int, "GPU for the model when not split"),
+    "max_queue": ("--max-queue", int, "requests that may wait for a slot before 429"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="Local LLM inference daemon")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP daemon")
+    models = sub.add_parser("models", help="list the servable models")
+    for sp in (serve, models):
+        for dest, (flag, typ, help_) in _FLAGS.items():
+            sp.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+        sp.add_argument(
+            "--alias",
+            action="append",
+            default=[],
+            metavar="NAME=MODEL",
+            help="serve MODEL (a file stem or a .gguf path) also as NAME; repeatable",
+        )
+        sp.add_argument(
+            "--tensor-split", type=str, default=None, help="comma-separated GPU proportions"
+        )
+        sp.add_argument(
+            "--flash-attn",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="flash attention (default off: see README)",
+        )
+        sp.add_argument(
+            "--extra-buffers",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="llama.cpp AMX/repacked weight buffers (default: off on AMX CPUs)",
+        )
+        sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from env/.env with the given flags on top."""
+    overrides: dict[str, Any] = {
+        dest: getattr(args, dest) for dest in _FLAGS if getattr(args, dest) is not None
+    }
+    if args.flash_attn is not None:
+        overrides["flash_attn"] = args.flash_attn
+    if args.extra_buffers is not None:
+        overrides["extra_buffers"] = args.extra_buffers
+    if args.tensor_split:
+        overrides["tensor_split"] = [float(x) for x in args.tensor_split.split(",")]
+    base = Settings(**overrides)
+    if args.alias:
+        aliases = dict(base.aliases)
+        for spec in args.alias:
+            name, sep, target = spec.partition("=")
+            if not sep or not name or not target:
+                raise SystemExit(f"edged: --alias wants NAME=MODEL, got {spec!r}")
+            aliases[name] = target
+        base = base.model_copy(update={"aliases": aliases})
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edged` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"edged: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "models":
+        from daemon.app import build_registry
+
+        for e in build_registry(settings).entries():
+            print(e.name if e.alias_of is None else f"{e.name} -> {e.alias_of}", e.path, sep="\t")
+        return 0
+    return _serve(settings, args.log_level)
+
+
+def _serve(settings: Settings, log_level: str) -> int:
+    import uvicorn
+
+    from daemon.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Routes of the OpenAI-compatible dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Router, get, post
+from litestar.response import ServerSentEvent
+
+from daemon.api.openai import serving
+from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from daemon.engine.registry import ModelRegistry
+
+
+@post("/chat/completions", status_code=200)
+async def chat_completions(
+    data: ChatCompletionRequest, registry: ModelRegistry
+) -> dict[str, Any] | ServerSentEvent:
+    """Chat completion, streamed as SSE when `stream` is true."""
+    return await serving.chat_completion(registry, data)
+
+
+@post("/completions", status_code=200)
+async def completions(
+    data: CompletionRequest, registry: ModelRegistry
+) -> dict[str, Any] | ServerSentEvent:
+    """Text completion, streamed as SSE when `stream` is true."""
+    return await serving.completion(registry, data)
+
+
+@get("/models")
+async def list_models(registry: ModelRegistry) -> dict[str, Any]:
+    """Every servable model and alias."""
+    data = [
+        {
+            "id": e.name,
+            "object": "model",
+            "created": int(e.path.stat().st_mtime) if e.path.exists() else 0,
+            "owned_by": "edged",
+            **({"alias_of": e.alias_of} if e.alias_of else {}),
+        }
+        for e in registry.entries()
+    ]
+    return {"object": "list", "data": data}
+
+
+router = Router(path="/v1", route_handlers=[chat_completions, completions, list_models])

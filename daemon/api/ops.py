@@ -1,0 +1,33 @@
+"""Operational routes: health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+
+from daemon.engine.registry import ModelRegistry
+
+
+@get("/health", sync_to_thread=False)
+def health(registry: ModelRegistry) -> Response[dict[str, Any]]:
+    """200 once the default model is loaded and its scheduler runs; 503 before."""
+    loaded = [
+        {
+            "name": lm.name,
+            "path": str(lm.path),
+            "ctx_size": lm.ctx_size,
+            "slots": lm.scheduler.n_slots,
+            "busy_slots": lm.scheduler.busy_slots,
+            "queued": max(0, lm.scheduler.outstanding - lm.scheduler.busy_slots),
+            "alive": lm.scheduler.alive,
+        }
+        for lm in registry.loaded()
+    ]
+    ready = registry.is_loaded(registry.default_name) and all(m["alive"] for m in loaded)
+    body = {
+        "status": "ok" if ready else "loading",
+        "default_model": registry.default_name,
+        "models": loaded,
+    }
+    return Response(body, status_code=200 if ready else 503)

@@ -1,0 +1,68 @@
+"""Sampling fields shared by every dialect, with the ranges of the API documents."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from daemon.engine.types import SamplingParams
+
+MAX_STOPS = 16
+MAX_SEED = 2**63 - 1
+
+
+class ProtocolModel(BaseModel):
+    """Base of every request body: unknown fields are ignored, as OpenAI clients expect."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=0, lt=1000)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+RepetitionPenalty = Annotated[float, Field(ge=0.01, le=5.0)]
+
+
+class SamplingFields(ProtocolModel):
+    """Fields that choose the next token; `to_sampling()` maps them into the engine."""
+
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    typical_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    repetition_penalty: RepetitionPenalty = 1.0
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        return v
+
+    def stop_list(self) -> tuple[str, ...]:
+        """`stop` as a tuple of non-empty strings."""
+        if self.stop is None:
+            return ()
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return tuple(s for s in stops if s)
+
+    def to_sampling(self) -> SamplingParams:
+        """The engine's view of these fields."""
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            typical_p=self.typical_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+        )
