@@ -1,0 +1,213 @@
+"""Load generator: concurrent streaming chat requests against an OpenAI-compatible server.
+
+Reports aggregate completion tokens/s and time to first token at several concurrency
+levels. Levels run in interleaved rounds (1, 4, 8, 8, 4, 1, ...) because these machines
+drift; medians over rounds are reported.
+
+    python bench/load.py --url http://127.0.0.1:8000 --levels 1 4 8 --rounds 3
+    python bench/load.py --spawn            # starts `edged serve` itself on a free port
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+TOPICS = [
+    "a lighthouse keeper",
+    "a lost robot",
+    "the first snow",
+    "a desert caravan",
+    "a clockmaker",
+    "an old library",
+    "a river town",
+    "a night train",
+    "a mountain village",
+    "a deep-sea diver",
+    "a chess player",
+    "a summer storm",
+    "a market at dawn",
+    "a forgotten garden",
+    "a violin maker",
+    "a comet",
+]
+
+
+@dataclass
+class StreamResult:
+    """One streamed request."""
+
+    ttft: float
+    tokens: int
+    seconds: float
+
+
+@dataclass
+class Round:
+    """One concurrency level, run once."""
+
+    level: int
+    wall: float
+    results: list[StreamResult] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(r.tokens for r in self.results) / self.wall
+
+    @property
+    def ttft_p50(self) -> float:
+        return statistics.median(r.ttft for r in self.results)
+
+
+async def one_stream(
+    client: httpx.AsyncClient, url: str, i: int, max_tokens: int, model: str | None
+) -> StreamResult:
+    body = {
+        "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % 16]}."}],
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "seed": i,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if model:
+        body["model"] = model
+    start = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if ttft is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - start
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    end = time.perf_counter() - start
+    return StreamResult(ttft if ttft is not None else end, tokens, end)
+
+
+async def run_round(url: str, level: int, max_tokens: int, model: str | None, offset: int) -> Round:
+    async with httpx.AsyncClient(timeout=600) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(
+            *(one_stream(client, url, offset + i, max_tokens, model) for i in range(level))
+        )
+        return Round(level, time.perf_counter() - start, list(results))
+
+
+def interleaved(levels: list[int], rounds: int) -> list[int]:
+    """A, B, C, C, B, A, ... so that drift hits every level alike."""
+    order: list[int] = []
+    for r in range(rounds):
+        order.extend(levels if r % 2 == 0 else reversed(levels))
+    return order
+
+
+def spawn_server(extra: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not become healthy")
+
+
+def summarize(rounds: list[Round], levels: list[int]) -> list[dict[str, float]]:
+    rows = []
+    base = statistics.median(r.tokens_per_s for r in rounds if r.level == levels[0])
+    for level in levels:
+        rs = [r for r in rounds if r.level == level]
+        tps = [r.tokens_per_s for r in rs]
+        ttft = [r.ttft_p50 for r in rs]
+        rows.append(
+            {
+                "level": level,
+                "tps_median": statistics.median(tps),
+                "tps_min": min(tps),
+                "tps_max": max(tps),
+                "ttft_median": statistics.median(ttft),
+                "ttft_min": min(ttft),
+                "ttft_max": max(ttft),
+                "vs_first": statistics.median(tps) / base,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, float]], max_tokens: int, rounds: int) -> str:
+    lines = [
+        f"max_tokens={max_tokens}, {rounds} interleaved rounds per level, medians (min–max)",
+        "",
+        "| streams | aggregate tokens/s | × vs 1 stream | TTFT p50 (s) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['level']} | {r['tps_median']:.1f} ({r['tps_min']:.1f}–{r['tps_max']:.1f}) "
+            f"| {r['vs_first']:.2f} | {r['ttft_median']:.3f} "
+            f"({r['ttft_min']:.3f}–{r['ttft_max']:.3f}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--spawn", action="store_true", help="start edged serve for the run")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    args, server_args = p.parse_known_args()
+    proc = None
+    url = args.url
+    if args.spawn:
+        url, proc = spawn_server(server_args)
+    try:
+        asyncio.run(run_round(url, 1, 8, args.model, 1000))  # warm-up
+        rounds = []
+        for n, level in enumerate(interleaved(args.levels, args.rounds)):
+            rnd = asyncio.run(run_round(url, level, args.max_tokens, args.model, n * 8))
+            print(
+                f"level {level}: {rnd.tokens_per_s:.1f} tok/s, ttft p50 {rnd.ttft_p50:.3f}s",
+                file=sys.stderr,
+            )
+            rounds.append(rnd)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+    table = markdown(summarize(rounds, args.levels), args.max_tokens, args.rounds)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

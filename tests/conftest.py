@@ -1,0 +1,120 @@
+"""Shared fixtures: the embedded model, and a real `edged serve` process over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemon.config import embedded_model_path
+from daemon.engine.llama import cpu_has_amx
+
+if cpu_has_amx():
+    # llama.cpp 0.3.36's AMX kernels crash in llama_decode on these VMs; the daemon turns its
+    # extra buffers off itself, and tests that use llama_cpp.Llama directly need the same.
+    import llama_cpp
+
+    _default_model_params = llama_cpp.llama_model_default_params
+
+    def _no_extra_bufts() -> llama_cpp.llama_model_params:
+        params = _default_model_params()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_model_default_params = _no_extra_bufts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running daemon process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_server(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
+) -> Server:
+    """Start `python -m daemon serve` on a free port; wait for /health 200."""
+    port = free_port()
+    log = tmp / f"edged-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "--port", str(port), *args],
+        cwd=tmp,
+        env=full_env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    if wait:
+        wait_healthy(server)
+    return server
+
+
+def wait_healthy(server: Server, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server not healthy:\n{server.log.read_text()}")
+
+
+def stop_server(server: Server) -> int:
+    server.proc.terminate()
+    try:
+        return server.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        return server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One daemon for the e2e suite: default model, 8 slots, 2048-token context."""
+    tmp = tmp_path_factory.mktemp("server")
+    srv = start_server(
+        tmp,
+        "--parallel",
+        "8",
+        "--ctx-size",
+        "2048",
+        "--alias",
+        "togethercomputer/RedPajama-INCITE-7B-Instruct=SmolLM2-135M-Instruct.Q4_1",
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def base_url(server: Server) -> str:
+    return server.url
