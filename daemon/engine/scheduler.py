@@ -49,6 +49,7 @@ class RequestHandle:
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.cancelled = False
+        self.model = ""  # the serving scheduler's name, for metrics and logs
         self._queue: asyncio.Queue[Chunk | EdgedError] = asyncio.Queue()
         self._poke: queue.SimpleQueue[object] | None = None
 
@@ -58,6 +59,11 @@ class RequestHandle:
             self.cancelled = True
             if self._poke is not None:
                 self._poke.put(None)
+
+    def expire(self, error: EdgedError) -> None:
+        """End the waiter's wait with `error` (e.g. a timeout) and stop generating."""
+        self._put(error)
+        self.cancel()
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Yield chunks until the one carrying `finish_reason`; raise on an engine error."""
@@ -137,6 +143,7 @@ class Scheduler:
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; raises Overloaded when slots and queue are full."""
         handle = RequestHandle(request, asyncio.get_running_loop())
+        handle.model = self.name
         with self._lock:
             if self._closing:
                 raise Unavailable("the model is shutting down")
@@ -156,6 +163,11 @@ class Scheduler:
     def busy_slots(self) -> int:
         """Slots owned by a running request."""
         return sum(1 for s in self._slots if s.busy)
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens whose KV cells the slots hold (running and kept for prefix reuse)."""
+        return sum(len(s.tokens) for s in self._slots)
 
     @property
     def alive(self) -> bool:
