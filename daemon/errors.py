@@ -107,6 +107,14 @@ class Unavailable(EdgedError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class Timeout(EdgedError):
+    """The request ran past the configured request timeout and was cancelled (504)."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "timeout"
+
+
 class ModelLoadError(EdgedError):
     """A model file exists but llama.cpp cannot load it (500-class, but not a crash)."""
 

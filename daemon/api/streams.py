@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar.response import ServerSentEvent
 
+from daemon.api.watch import watched
 from daemon.engine.scheduler import RequestHandle
 from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import EdgedError, EngineError
@@ -35,10 +36,11 @@ async def collect(handle: RequestHandle) -> Collected:
     tokens: list[int] = []
     reason: FinishReason | None = None
     try:
-        async for chunk in handle.chunks():
-            parts.append(chunk.text)
-            tokens.extend(chunk.token_ids)
-            reason = chunk.finish_reason
+        with watched([handle]):
+            async for chunk in handle.chunks():
+                parts.append(chunk.text)
+                tokens.extend(chunk.token_ids)
+                reason = chunk.finish_reason
     finally:
         if reason is None:
             handle.cancel()
@@ -104,8 +106,9 @@ def sse(events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]) -> 
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for event in events:
-                yield _encode(event)
+            with watched(handles):
+                async for event in events:
+                    yield _encode(event)
             yield b"[DONE]"
         except EdgedError as exc:
             yield _encode(exc.to_wire())

@@ -1,0 +1,67 @@
+"""Per-request bookkeeping around engine handles: the request timeout and what metrics need."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from daemon.engine.scheduler import RequestHandle
+from daemon.errors import Timeout
+
+
+@dataclass
+class RequestRecord:
+    """What one HTTP request did in the engine; filled by `watched`, read by the middleware."""
+
+    timeout: float | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # (model, time to first token, seconds per output token or None) per finished handle
+    latencies: list[tuple[str, float, float | None]] = field(default_factory=list)
+    _seen: set[int] = field(default_factory=set)
+
+    def finish(self, handle: RequestHandle, now: float) -> None:
+        """Account for a handle once, however many layers watched it."""
+        if id(handle) in self._seen:
+            return
+        self._seen.add(id(handle))
+        self.model = self.model or handle.model or None
+        self.prompt_tokens += handle.usage.prompt_tokens
+        n = handle.usage.completion_tokens
+        self.completion_tokens += n
+        first = handle.first_token_at
+        if first is not None:
+            per_token = (now - first) / (n - 1) if n > 1 else None
+            self.latencies.append((handle.model, first - handle.submitted_at, per_token))
+
+
+current: ContextVar[RequestRecord | None] = ContextVar("edged_request", default=None)
+
+
+def _expire(handle: RequestHandle, limit: float) -> None:
+    handle.expire(Timeout(f"the request did not finish within {limit:g} s", param=None))
+
+
+@contextmanager
+def watched(handles: list[RequestHandle]) -> Iterator[None]:
+    """Cut `handles` at the request timeout; record their usage and latencies when done."""
+    record = current.get()
+    timers: list[asyncio.TimerHandle] = []
+    if record is not None and record.timeout is not None:
+        for h in handles:
+            delay = max(0.0, h.submitted_at + record.timeout - time.monotonic())
+            timers.append(h.loop.call_later(delay, _expire, h, record.timeout))
+    try:
+        yield
+    finally:
+        for t in timers:
+            t.cancel()
+        if record is not None:
+            now = time.monotonic()
+            for h in handles:
+                record.finish(h, now)
