@@ -1,0 +1,1 @@
+"""edged: a local LLM inference daemon."""

@@ -1,0 +1,1 @@
+"""HTTP layer: one sub-package per API dialect."""

@@ -1,0 +1,1 @@
+"""The engine: llama.cpp scheduling, sampling, caches; no HTTP."""
