@@ -27,6 +27,22 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "n_gpu_layers": ("--n-gpu-layers", int, "layers to offload to the GPU (-1 = all)"),
     "main_gpu": ("--main-gpu", int, "GPU for the model when not split"),
     "max_queue": ("--max-queue", int, "requests that may wait for a slot before 429"),
+    # running as a service
+    "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),
+    "max_tokens_cap": ("--max-tokens-cap", int, "largest max_tokens a request may ask for"),
+    "max_n": ("--max-n", int, "largest n (choices) per request"),
+    "max_batch": ("--max-batch", int, "most prompts in one batch request"),
+    "max_beams": ("--max-beams", int, "largest num_beams"),
+    "request_timeout": ("--request-timeout", float, "seconds before a request is cut (504)"),
+    "drain_timeout": ("--drain-timeout", float, "seconds SIGTERM waits for running streams"),
+    "keep_alive": ("--keep-alive", float, "idle seconds before a non-default model unloads"),
+    "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
+}
+# flag dest -> (flag, help) for switches that only turn a Settings boolean on
+_SWITCHES: dict[str, tuple[str, str]] = {
+    "insecure_no_auth": ("--insecure-no-auth", "allow a non-loopback bind without API keys"),
+    "metrics_auth": ("--metrics-auth", "require an API key for /metrics too"),
+    "log_json": ("--log-json", "write the access log as JSON lines"),
 }
 
 
@@ -60,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="llama.cpp AMX/repacked weight buffers (default: off on AMX CPUs)",
         )
+        for dest, (flag, help_) in _SWITCHES.items():
+            sp.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+        sp.add_argument(
+            "--cors-origin",
+            dest="cors_origins",
+            action="append",
+            default=None,
+            metavar="ORIGIN",
+            help="allow browser requests from ORIGIN (CORS); repeatable; default: none",
+        )
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return p
 
@@ -69,6 +95,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         dest: getattr(args, dest) for dest in _FLAGS if getattr(args, dest) is not None
     }
+    overrides.update({d: True for d in _SWITCHES if getattr(args, d)})
+    if args.cors_origins:
+        overrides["cors_origins"] = args.cors_origins
     if args.flash_attn is not None:
         overrides["flash_attn"] = args.flash_attn
     if args.extra_buffers is not None:
@@ -104,17 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         for e in build_registry(settings).entries():
             print(e.name if e.alias_of is None else f"{e.name} -> {e.alias_of}", e.path, sep="\t")
         return 0
-    return _serve(settings, args.log_level)
+    from daemon.service.runner import serve
 
-
-def _serve(settings: Settings, log_level: str) -> int:
-    import uvicorn
-
-    from daemon.app import create_app
-
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
-    return 0
+    return serve(settings, args.log_level, reload=lambda: settings_from_args(args))
 
 
 if __name__ == "__main__":

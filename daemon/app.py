@@ -8,15 +8,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
+from daemon.api import tokenize
+from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
 from daemon.api.errors import exception_handlers
+from daemon.api.generate.routes import router as generate_router
+from daemon.api.metrics import Metrics
+from daemon.api.middleware import ServiceMiddleware
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
+from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
 from daemon.engine.loaded import EngineOptions
 from daemon.engine.registry import ModelRegistry
+from daemon.service.state import ServiceState
 
 log = logging.getLogger("edged")
 
@@ -48,12 +56,36 @@ def build_registry(settings: Settings) -> ModelRegistry:
         engine_options(settings),
         models_dir=settings.models_dir,
         aliases=settings.aliases,
+        keep_alive=settings.keep_alive,
+        max_loaded=settings.max_loaded_models,
     )
 
 
-def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Litestar:
+async def _reap_forever(reg: ModelRegistry) -> None:
+    """Unload models whose keep-alive ran out, checked every second."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await reg.reap()
+        except Exception:  # keep reaping; one failed unload must not stop the loop
+            log.exception("unloading an idle model failed")
+
+
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    state: ServiceState | None = None,
+) -> Litestar:
     """Build the app; the default model loads in the background after start-up."""
     reg = registry if registry is not None else build_registry(settings)
+    service = state if state is not None else ServiceState()
+    metrics = Metrics(reg, lambda: service.draining)
+    public = {"/health"} if settings.metrics_auth else {"/health", "/metrics"}
+    guard = api_key_guard(ApiKeys(load_api_keys(settings)), frozenset(public))
+    middleware = ServiceMiddleware(
+        service, metrics, request_timeout=settings.request_timeout, log_json=settings.log_json
+    )
+    cors = CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -65,18 +97,43 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Lit
                 log.exception("loading the default model failed")
 
         task = asyncio.create_task(load_default())
+        reaper = asyncio.create_task(_reap_forever(reg))
         try:
             yield
         finally:
             task.cancel()
-            await asyncio.to_thread(reg.close)
+            reaper.cancel()
+            await asyncio.to_thread(_persist_and_close, reg)
 
     return Litestar(
-        route_handlers=[health, openai_router],
-        dependencies={"registry": Provide(lambda: reg, sync_to_thread=False)},
+        route_handlers=[
+            health,
+            openai_router,
+            together_inference,
+            generate_router,
+            *tokenize.handlers,
+            metrics.route(),
+        ],
+        dependencies={
+            "registry": Provide(lambda: reg, sync_to_thread=False),
+            "api_key": Provide(provide_api_key, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+        },
+        guards=[guard],
+        middleware=[middleware],
+        cors_config=cors,
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         debug=False,
         logging_config=None,
     )
+
+
+def _persist_and_close(reg: ModelRegistry) -> None:
+    """Shutdown: save what survives a restart (the request_id store), then unload."""
+    try:
+        reg.persist()
+    except Exception:  # a failed save must not keep the models from being freed
+        log.exception("saving state before shutdown failed")
+    reg.close()

@@ -68,6 +68,22 @@ class Settings(BaseSettings):
 
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
 
+    # ---- running as a service: security, limits, model lifecycle, observability ----
+    api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
+    api_key_file: Path | None = Field(None, description="API keys, one per line")
+    insecure_no_auth: bool = Field(False, description="allow a non-loopback bind without keys")
+    metrics_auth: bool = Field(False, description="/metrics also wants an API key")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS origins; none = off")
+    max_tokens_cap: int = Field(32768, ge=1, description="largest max_tokens a request may ask")
+    max_n: int = Field(16, ge=1, description="largest n (choices per request)")
+    max_batch: int = Field(64, ge=1, description="most prompts in one batch request")
+    max_beams: int = Field(8, ge=1, description="largest num_beams")
+    request_timeout: float = Field(600.0, gt=0, description="seconds before a request is cut")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
+    keep_alive: float = Field(300.0, ge=0, description="idle seconds before a model unloads")
+    max_loaded_models: int = Field(2, ge=1, description="models in memory at once")
+    log_json: bool = Field(False, description="access log as one JSON object per line")
+
     def default_model_path(self) -> Path:
         """The model served when a request names none."""
         return self.model if self.model is not None else embedded_model_path()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.errors import ModelNotFound
+from daemon.errors import ModelNotFound, Unavailable
 
 log = logging.getLogger("edged.registry")
 
@@ -32,19 +33,31 @@ class ModelRegistry:
         *,
         models_dir: Path | None = None,
         aliases: dict[str, str] | None = None,
+        keep_alive: float | None = None,
+        max_loaded: int | None = None,
     ) -> None:
         self.options = options
+        # Lifecycle of non-default models: unload after `keep_alive` idle seconds (None = never),
+        # and keep at most `max_loaded` models, evicting the least recently used idle one.
+        self.keep_alive = keep_alive
+        self.max_loaded = max_loaded
+        self.loads = 0
+        self.load_failures = 0
+        self.unloads = 0
+        self._last_used: dict[str, float] = {}
+        self._load_lock = asyncio.Lock()
         self._models_dir = models_dir
         self._alias_spec = dict(aliases or {})
         self.default_name = default_path.stem
         self._default_path = default_path
         self._entries: dict[str, ModelEntry] = {}
         self._loaded: dict[str, LoadedModel] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self.rescan()
 
-    def rescan(self) -> None:
-        """(Re)read the models directory and aliases."""
+    def rescan(self, aliases: dict[str, str] | None = None) -> None:
+        """(Re)read the models directory, and take new aliases if given."""
+        if aliases is not None:
+            self._alias_spec = dict(aliases)
         files: dict[str, Path] = {self.default_name: self._default_path}
         if self._models_dir is not None and self._models_dir.is_dir():
             for p in sorted(self._models_dir.glob("*.gguf")):
@@ -85,17 +98,74 @@ class ModelRegistry:
         """The loaded model for `name`, loading it (off the event loop) on first use."""
         entry = self.resolve(name)
         key = entry.alias_of or entry.name
+        self._last_used[key] = time.monotonic()
         lm = self._loaded.get(key)
         if lm is not None:
             return lm
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        # One load at a time: loads are memory-bound anyway, and the cap is checked race-free.
+        async with self._load_lock:
             lm = self._loaded.get(key)
             if lm is None:
+                await self._make_room()
                 log.info("loading %s from %s", key, entry.path)
-                lm = await asyncio.to_thread(LoadedModel, key, entry.path, self.options)
+                try:
+                    lm = await asyncio.to_thread(LoadedModel, key, entry.path, self.options)
+                except Exception:
+                    self.load_failures += 1
+                    raise
+                self.loads += 1
                 self._loaded[key] = lm
+            self._last_used[key] = time.monotonic()
         return lm
+
+    def _idle(self, name: str) -> bool:
+        lm = self._loaded[name]
+        return name != self.default_name and lm.scheduler.outstanding == 0
+
+    async def _make_room(self) -> None:
+        """Unload the least recently used idle model while the cap is reached."""
+        while self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
+            idle = [n for n in self._loaded if self._idle(n)]
+            if not idle:
+                raise Unavailable(
+                    f"{len(self._loaded)} models are loaded and busy (the cap is "
+                    f"{self.max_loaded}); retry shortly",
+                    retry_after=5,
+                )
+            await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+
+    async def unload(self, name: str) -> None:
+        """Take `name` out of service and free it (requests still on it end as 503)."""
+        lm = self._loaded.pop(name, None)
+        if lm is None:
+            return
+        log.info("unloading %s", name)
+        self.unloads += 1
+        await asyncio.to_thread(lm.close)
+
+    async def reap(self, now: float | None = None) -> list[str]:
+        """Unload non-default models idle for longer than the keep-alive; the names unloaded."""
+        if self.keep_alive is None:
+            return []
+        now = time.monotonic() if now is None else now
+        for name, lm in self._loaded.items():
+            if lm.scheduler.outstanding > 0:
+                self._last_used[name] = now  # a long generation is use, not idleness
+        expired = [
+            n
+            for n in self._loaded
+            if self._idle(n) and now - self._last_used.get(n, now) > self.keep_alive
+        ]
+        for name in expired:
+            await self.unload(name)
+        return expired
+
+    def persist(self) -> None:
+        """Save what survives a restart (request_id store)."""
+        for lm in self._loaded.values():
+            save = getattr(lm, "persist", None)
+            if callable(save):
+                save()
 
     def close(self) -> None:
         """Unload everything."""

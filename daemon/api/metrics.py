@@ -1,0 +1,151 @@
+"""Prometheus metrics: HTTP and token counters updated per request, engine state read at scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from daemon.api.watch import RequestRecord
+from daemon.engine.registry import ModelRegistry
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
+
+
+def _num(obj: object, name: str) -> float:
+    """An optional numeric attribute of the engine (0 where this build does not have it)."""
+    value = getattr(obj, name, 0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+class EngineCollector(Collector):
+    """Reads every loaded model's scheduler at scrape time: nothing to keep in sync."""
+
+    def __init__(self, registry: ModelRegistry, draining: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per loaded model for each engine gauge and counter."""
+        g = {
+            "queue": GaugeMetricFamily(
+                "edged_queue_depth", "Requests waiting for a slot", labels=["model"]
+            ),
+            "slots": GaugeMetricFamily("edged_slots", "Sequence slots", labels=["model"]),
+            "busy": GaugeMetricFamily(
+                "edged_slots_busy", "Slots running a request", labels=["model"]
+            ),
+            "kv": GaugeMetricFamily(
+                "edged_kv_cache_tokens", "Tokens held in the slots' KV cache", labels=["model"]
+            ),
+            "store": GaugeMetricFamily(
+                "edged_request_store_bytes", "Bytes held by the request_id store", labels=["model"]
+            ),
+        }
+        c = {
+            "hits": CounterMetricFamily(
+                "edged_prefix_cache_hit_tokens",
+                "Prompt tokens reused from a slot's prefix cache",
+                labels=["model"],
+            ),
+            "store_hits": CounterMetricFamily(
+                "edged_request_store_hits", "request_id store hits", labels=["model"]
+            ),
+            "steps": CounterMetricFamily(
+                "edged_decode_steps", "llama_decode calls", labels=["model"]
+            ),
+        }
+        for lm in self._registry.loaded():
+            s = lm.scheduler
+            m = [lm.name]
+            g["queue"].add_metric(m, max(0, s.outstanding - s.busy_slots))
+            g["slots"].add_metric(m, s.n_slots)
+            g["busy"].add_metric(m, s.busy_slots)
+            g["kv"].add_metric(m, _num(s, "kv_tokens"))
+            g["store"].add_metric(m, _num(s, "store_bytes") or _num(lm, "store_bytes"))
+            c["hits"].add_metric(m, _num(s, "cache_hit_tokens"))
+            c["store_hits"].add_metric(m, _num(s, "store_hits") or _num(lm, "store_hits"))
+            c["steps"].add_metric(m, _num(s, "steps"))
+        yield from g.values()
+        yield from c.values()
+        reg = self._registry
+        yield GaugeMetricFamily("edged_models_loaded", "Models in memory", len(reg.loaded()))
+        yield CounterMetricFamily("edged_model_loads", "Models loaded", _num(reg, "loads"))
+        yield CounterMetricFamily(
+            "edged_model_load_failures", "Model loads that failed", _num(reg, "load_failures")
+        )
+        yield CounterMetricFamily("edged_model_unloads", "Models unloaded", _num(reg, "unloads"))
+        yield GaugeMetricFamily(
+            "edged_draining", "1 while shutting down", 1.0 if self._draining() else 0.0
+        )
+
+
+class Metrics:
+    """The daemon's own Prometheus registry (one per app, so tests can build several)."""
+
+    def __init__(self, registry: ModelRegistry, draining: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edged_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "edged_request_duration_seconds",
+            "HTTP request duration, streams until their last byte",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "edged_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "edged_completion_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "edged_time_to_first_token_seconds",
+            "Submit to first generated token, queueing included",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_latency = Histogram(
+            "edged_time_per_output_token_seconds",
+            "Mean time between generated tokens of a request",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        r.register(EngineCollector(registry, draining))
+
+    def observe(
+        self, route: str, method: str, status: int, seconds: float, rec: RequestRecord
+    ) -> None:
+        """Account for one finished HTTP request and the engine work it caused."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+        if rec.model:
+            self.prompt_tokens.labels(rec.model).inc(rec.prompt_tokens)
+            self.completion_tokens.labels(rec.model).inc(rec.completion_tokens)
+        for model, ttft, per_token in rec.latencies:
+            self.ttft.labels(model).observe(ttft)
+            if per_token is not None:
+                self.token_latency.labels(model).observe(per_token)
+
+    def route(self) -> Any:
+        """The `GET /metrics` handler serving this registry in the text format."""
+
+        @get("/metrics", sync_to_thread=False, include_in_schema=False)
+        def metrics() -> Response[bytes]:
+            """Prometheus text exposition."""
+            return Response(
+                generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST, status_code=200
+            )
+
+        return metrics

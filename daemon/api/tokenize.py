@@ -1,0 +1,57 @@
+"""`/tokenize` and `/detokenize` (also under `/v1`), as llama.cpp's server offers them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import post
+
+from daemon.api.sampling import ProtocolModel
+from daemon.engine.registry import ModelRegistry
+from daemon.errors import InvalidRequest
+
+
+class TokenizeRequest(ProtocolModel):
+    """Text to token ids with a model's vocabulary."""
+
+    model: str | None = None
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+
+
+class DetokenizeRequest(ProtocolModel):
+    """Token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
+    special: bool = True
+
+
+@post(["/tokenize", "/v1/tokenize"], status_code=200)
+async def tokenize(data: TokenizeRequest, registry: ModelRegistry) -> dict[str, Any]:
+    """`{content, add_special?, parse_special?}` → `{tokens}`."""
+    lm = await registry.get(data.model)
+    # Off the event loop: a body of megabytes takes a while to tokenize.
+    tokens = await asyncio.to_thread(
+        lm.model.tokenize,
+        data.content,
+        add_special=data.add_special,
+        parse_special=data.parse_special,
+    )
+    return {"model": lm.name, "tokens": tokens}
+
+
+@post(["/detokenize", "/v1/detokenize"], status_code=200)
+async def detokenize(data: DetokenizeRequest, registry: ModelRegistry) -> dict[str, Any]:
+    """`{tokens, special?}` → `{content}`; `special` renders control tokens as their text."""
+    lm = await registry.get(data.model)
+    n_vocab = lm.model.n_vocab
+    if any(not 0 <= t < n_vocab for t in data.tokens):
+        raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param="tokens")
+    content = lm.model.detokenize(data.tokens, special=data.special)
+    return {"model": lm.name, "content": content}
+
+
+handlers = [tokenize, detokenize]

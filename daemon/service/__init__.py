@@ -1,0 +1,1 @@
+"""Running edged as a service: systemd notifications, signals, graceful drain."""

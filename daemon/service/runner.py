@@ -1,0 +1,184 @@
+"""`edged serve`: uvicorn with systemd notify, a watchdog, SIGTERM drain and SIGHUP reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from daemon.api.auth import is_loopback, load_api_keys
+from daemon.app import build_registry, create_app
+from daemon.config import Settings
+from daemon.engine.registry import ModelRegistry
+from daemon.service.sdnotify import notify, watchdog_interval
+from daemon.service.state import ServiceState
+
+log = logging.getLogger("edged.service")
+
+
+def schedulers_healthy(registry: ModelRegistry, now: float, stale_after: float) -> bool:
+    """Every loaded model's scheduler thread runs and has stepped within `stale_after` s."""
+    return all(
+        lm.scheduler.alive and now - lm.scheduler.last_beat < stale_after
+        for lm in registry.loaded()
+    )
+
+
+def outstanding(registry: ModelRegistry, state: ServiceState) -> int:
+    """Requests not finished yet: HTTP requests in flight and generations in the engines."""
+    return state.inflight + sum(lm.scheduler.outstanding for lm in registry.loaded())
+
+
+class EdgedServer(uvicorn.Server):
+    """uvicorn's server, but SIGTERM drains first and SIGHUP rescans the models."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        settings: Settings,
+        registry: ModelRegistry,
+        state: ServiceState,
+        reload: Callable[[], Settings],
+    ) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.registry = registry
+        self.state = state
+        self.reload_settings = reload
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        """Run uvicorn plus the systemd supervisor, with SIGHUP wired to a rescan."""
+        self._loop = asyncio.get_running_loop()
+        supervisor = asyncio.create_task(self._supervise())
+        previous = signal.signal(signal.SIGHUP, self.handle_exit)
+        try:
+            await super().serve(sockets)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+            supervisor.cancel()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: SIGHUP reloads; the first SIGTERM/SIGINT drains, a second one exits."""
+        # uvicorn re-raises captured signals after serving, which would turn a clean drain
+        # into death by SIGTERM; so this never records them in `_captured_signals`.
+        if self._loop is None:
+            self.should_exit = True
+            return
+        if sig == signal.SIGHUP:
+            self._loop.call_soon_threadsafe(self._spawn, self._reload())
+        elif self.state.draining:
+            self.should_exit = True
+            self.force_exit = sig == signal.SIGINT
+        else:
+            self.state.draining = True
+            self._loop.call_soon_threadsafe(self._spawn, self._drain())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        """Refuse new requests (503), let running ones finish within the drain timeout, exit."""
+        limit = self.settings.drain_timeout
+        left = outstanding(self.registry, self.state)
+        notify("STOPPING=1", f"STATUS=draining {left} request(s), at most {limit:g} s")
+        log.info("shutting down: draining %d request(s), at most %g s", left, limit)
+        deadline = time.monotonic() + limit
+        while outstanding(self.registry, self.state) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = outstanding(self.registry, self.state)
+        if left:
+            log.warning("drain timeout: %d request(s) still running are cut", left)
+        self.should_exit = True
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read settings (.env, environment) for aliases and rescan the models dir."""
+        try:
+            fresh = self.reload_settings()
+        except (ValidationError, SystemExit) as exc:
+            log.error("reload refused, keeping the current models: %s", exc)
+            return
+        self.registry.rescan(aliases=fresh.aliases)
+        names = [e.name for e in self.registry.entries()]
+        log.info("reloaded: %d servable model name(s)", len(names))
+        notify(f"STATUS=serving; reloaded {len(names)} model name(s)")
+
+    async def _supervise(self) -> None:
+        """READY=1 once the default model is up; WATCHDOG=1 while every scheduler steps."""
+        interval = watchdog_interval()
+        stale_after = max(2 * interval, 5.0) if interval else 0.0
+        tick = min(0.25, interval / 2) if interval else 0.25
+        ready = False
+        last_ping = 0.0
+        notify(f"STATUS=loading {self.registry.default_name}")
+        while True:
+            now = time.monotonic()
+            if not ready and self.started and self.registry.is_loaded(self.registry.default_name):
+                ready = True
+                notify("READY=1", f"STATUS=serving {self.registry.default_name}")
+                log.info("ready on http://%s:%d", self.settings.host, self.settings.port)
+            if interval and now - last_ping >= interval:
+                # A hung or dead scheduler stops the pings: systemd then restarts the service.
+                if schedulers_healthy(self.registry, now, stale_after):
+                    notify("WATCHDOG=1")
+                    last_ping = now
+                else:
+                    log.error("a scheduler is stuck or dead: withholding the watchdog ping")
+            await asyncio.sleep(tick)
+
+
+def _configure_access_log(json_lines: bool) -> None:
+    """JSON access lines go out bare, one object per line, so log shippers can parse them."""
+    if not json_lines:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("edged.access")
+    access.addHandler(handler)
+    access.propagate = False
+
+
+def serve(settings: Settings, log_level: str, *, reload: Callable[[], Settings]) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit status."""
+    try:
+        keys = load_api_keys(settings)
+    except OSError as exc:
+        print(f"edged: cannot read --api-key-file: {exc}", file=sys.stderr)
+        return 2
+    if not keys and not is_loopback(settings.host) and not settings.insecure_no_auth:
+        print(
+            f"edged: refusing to listen on {settings.host} without API keys: anyone who can "
+            "reach this address could use the models. Set EDGED_API_KEYS or --api-key-file, "
+            "bind 127.0.0.1, or pass --insecure-no-auth.",
+            file=sys.stderr,
+        )
+        return 2
+    _configure_access_log(settings.log_json)
+    state = ServiceState()
+    registry = build_registry(settings)
+    app = create_app(settings, registry, state)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        # The drain already waited for streams; this bounds what is left after its timeout.
+        timeout_graceful_shutdown=5,
+    )
+    server = EdgedServer(config, settings, registry, state, reload)
+    server.run()
+    if server.started:
+        return 0
+    notify("STATUS=failed to start")
+    return 1
