@@ -40,6 +40,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         ubatch_size=settings.ubatch_size,
         flash_attn=settings.flash_attn,
         max_queue=settings.max_queue,
+        store_max_bytes=settings.store_max_bytes,
+        store_dir=settings.store_dir,
         model=ModelOptions(
             n_gpu_layers=settings.n_gpu_layers,
             main_gpu=settings.main_gpu,

@@ -6,9 +6,11 @@ import ctypes
 import logging
 import threading
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import llama_cpp as lc
+import numpy as np
 
 from daemon.engine.types import SamplingParams
 from daemon.errors import ModelLoadError
@@ -67,6 +69,17 @@ class ModelOptions:
         return self.extra_buffers if self.extra_buffers is not None else not cpu_has_amx()
 
 
+class Pooling(IntEnum):
+    """How an embedding context pools token vectors into one per sequence."""
+
+    UNSPECIFIED = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+    NONE = lc.LLAMA_POOLING_TYPE_NONE
+    MEAN = lc.LLAMA_POOLING_TYPE_MEAN
+    CLS = lc.LLAMA_POOLING_TYPE_CLS
+    LAST = lc.LLAMA_POOLING_TYPE_LAST
+    RANK = lc.LLAMA_POOLING_TYPE_RANK
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     """Shape of a context: sizes, threads, sequence count."""
@@ -79,6 +92,8 @@ class ContextOptions:
     n_threads_batch: int
     flash_attn: bool = False
     embeddings: bool = False
+    # UNSPECIFIED lets llama.cpp take the pooling the GGUF declares.
+    pooling: Pooling = Pooling.UNSPECIFIED
 
 
 class Model:
@@ -132,6 +147,11 @@ class Model:
             return ""
         return self._token_to_piece(token, special=True).decode("utf-8", "replace")
 
+    @property
+    def eog_tokens(self) -> frozenset[int]:
+        """Every end-of-generation token id."""
+        return self._eog
+
     def is_eog(self, token: int) -> bool:
         """End-of-generation tokens (EOS, EOT, im_end ...)."""
         return token in self._eog
@@ -151,8 +171,10 @@ class Model:
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
         """Token ids back to text."""
         if special:
-            return "".join(self.special_text(t) for t in tokens)
-        return b"".join(self._pieces[t] for t in tokens).decode("utf-8", "replace")
+            data = b"".join(self._token_to_piece(t, special=True) for t in tokens)
+        else:
+            data = b"".join(self._pieces[t] for t in tokens)
+        return data.decode("utf-8", "replace")
 
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value as a string, or None."""
@@ -189,6 +211,7 @@ class Context:
         params.n_threads = options.n_threads
         params.n_threads_batch = options.n_threads_batch
         params.embeddings = options.embeddings
+        params.pooling_type = options.pooling
         # One KV stream per sequence: attention cost and cell layout of a sequence do not
         # depend on its neighbours, so batched output equals output computed alone.
         params.kv_unified = False
@@ -203,7 +226,9 @@ class Context:
         self.ptr = ptr
         self.model = model
         self.n_ctx: int = lc.llama_n_ctx(ptr)
+        # None for encoder-only models (BERT): they keep no KV memory between decodes.
         self.mem = lc.llama_get_memory(ptr)
+        self.pooling = Pooling(lc.llama_pooling_type(ptr))
 
     def decode(self, batch: Batch) -> int:
         """Run the model on a batch: 0 ok, 1 no KV room, < 0 error."""
@@ -213,6 +238,30 @@ class Context:
         """Logits of a batch row that asked for them (valid until the next decode)."""
         ptr = lc.llama_get_logits_ith(self.ptr, row)
         return ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * self.model.n_vocab)).contents
+
+    def logits_np(self, row: int) -> np.ndarray:
+        """Logits of a batch row as a float32 numpy view (valid until the next decode)."""
+        ptr = lc.llama_get_logits_ith(self.ptr, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def state_get(self, seq: int) -> bytes:
+        """Serialized KV state of one sequence."""
+        size = lc.llama_state_seq_get_size(self.ptr, seq)
+        buf = (ctypes.c_uint8 * size)()
+        n = lc.llama_state_seq_get_data(self.ptr, buf, size, seq)
+        return bytes(memoryview(buf)[:n])
+
+    def state_set(self, seq: int, data: bytes) -> bool:
+        """Load a serialized sequence state into `seq`; False when llama.cpp refuses it."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return lc.llama_state_seq_set_data(self.ptr, buf, len(data), seq) != 0
+
+    def embeddings_seq(self, seq: int) -> np.ndarray | None:
+        """A copy of the pooled embedding of a sequence after a decode, or None without pooling."""
+        ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Forget positions [p0, p1) of a sequence (-1 = open end)."""
@@ -224,7 +273,8 @@ class Context:
 
     def clear(self) -> None:
         """Drop every sequence."""
-        lc.llama_memory_clear(self.mem, True)
+        if self.mem:
+            lc.llama_memory_clear(self.mem, True)
 
     def close(self) -> None:
         """Free the context."""

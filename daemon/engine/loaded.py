@@ -10,7 +10,9 @@ from typing import Any
 
 import jinja2
 
+from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
+from daemon.engine.embeddings import Embedder, embedding_pooling
 from daemon.engine.llama import ContextOptions, Model, ModelOptions
 from daemon.engine.scheduler import RequestHandle, Scheduler
 from daemon.engine.types import GenerationRequest
@@ -32,6 +34,8 @@ class EngineOptions:
     flash_attn: bool = False
     max_queue: int = 64
     model: ModelOptions = field(default_factory=ModelOptions)
+    store_max_bytes: int = 512 << 20
+    store_dir: Path | None = None
 
 
 class LoadedModel:
@@ -53,6 +57,15 @@ class LoadedModel:
             self.template = ChatTemplate(None)
         train = self.model.n_ctx_train
         self.ctx_size = min(options.ctx_size, train) if train > 0 else options.ctx_size
+        spill = options.store_dir / name.replace("/", "_") if options.store_dir else None
+        self.store = SequenceStore(options.store_max_bytes, spill_dir=spill)
+        self.embedder: Embedder | None = None
+        self.scheduler: Scheduler | None = None
+        pooling = embedding_pooling(self.model)
+        if pooling is not None:
+            # An embedding model (BERT & co.) gets an Embedder and no generation scheduler.
+            self.embedder = Embedder.for_model(self.model, pooling, self.ctx_size, options, name)
+            return
         self.scheduler = Scheduler(
             self.model,
             ContextOptions(
@@ -107,11 +120,37 @@ class LoadedModel:
             )
         return max_tokens
 
+    def generator(self) -> Scheduler:
+        """The generation scheduler; a 400 for an embedding-only model."""
+        if self.scheduler is None:
+            raise InvalidRequest(
+                f"`{self.name}` is an embedding model; it cannot generate text",
+                param="model",
+                code="model_not_supported",
+            )
+        return self.scheduler
+
+    @property
+    def worker(self) -> Scheduler | Embedder:
+        """The thread serving this model (slots, queue, liveness): scheduler or embedder."""
+        worker = self.scheduler or self.embedder
+        assert worker is not None
+        return worker
+
+    def persist(self) -> None:
+        """Save the request_id store to its spill directory (if one is configured)."""
+        n = self.store.persist()
+        if n:
+            log.info("%s: saved %d request_id entries", self.name, n)
+
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a generation on this model's scheduler."""
-        return self.scheduler.submit(request)
+        return self.generator().submit(request)
 
     def close(self) -> None:
-        """Stop the scheduler and free the model."""
-        self.scheduler.close()
+        """Stop the scheduler (or embedder) and free the model."""
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self.embedder is not None:
+            self.embedder.close()
         self.model.close()

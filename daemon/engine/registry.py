@@ -120,7 +120,7 @@ class ModelRegistry:
 
     def _idle(self, name: str) -> bool:
         lm = self._loaded[name]
-        return name != self.default_name and lm.scheduler.outstanding == 0
+        return name != self.default_name and lm.worker.outstanding == 0
 
     async def _make_room(self) -> None:
         """Unload the least recently used idle model while the cap is reached."""
@@ -149,7 +149,7 @@ class ModelRegistry:
             return []
         now = time.monotonic() if now is None else now
         for name, lm in self._loaded.items():
-            if lm.scheduler.outstanding > 0:
+            if lm.worker.outstanding > 0:
                 self._last_used[name] = now  # a long generation is use, not idleness
         expired = [
             n

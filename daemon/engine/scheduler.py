@@ -2,7 +2,8 @@
 
 Each step fills ONE llama_batch with the next token of every decoding sequence plus
 prompt chunks of newly admitted ones (chunked prefill), calls llama_decode once, then
-samples every sequence that produced logits with its own sampler chain.
+samples every sequence that produced logits with its own sampler chain (or advances its
+beam search).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from os.path import commonpath
 
+from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.llama import Batch, Context, ContextOptions, Model, SamplerChain
 from daemon.engine.stops import StopMatcher
-from daemon.engine.types import Chunk, FinishReason, GenerationRequest, Usage
+from daemon.engine.types import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    SavedSequence,
+    Usage,
+)
 from daemon.errors import EdgedError, EngineError, Overloaded, Unavailable
 
 log = logging.getLogger("edged.scheduler")
@@ -38,18 +45,30 @@ def _seed32(seed: int | None) -> int:
     return s - 1 if s == _SEED_MASK else s
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class RequestHandle:
     """The asyncio side of one submitted request: its chunks arrive on an asyncio queue."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, model: str = ""
+    ) -> None:
         self.request = request
         self.loop = loop
-        self.usage = Usage(prompt_tokens=len(request.prompt_tokens))
+        self.model = model
+        history = request.resume.tokens + request.resume.pending if request.resume else ()
+        self.usage = Usage(prompt_tokens=len(history) or len(request.prompt_tokens))
         self.finish_reason: FinishReason | None = None
+        self.saved: SavedSequence | None = None
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.cancelled = False
-        self.model = ""  # the serving scheduler's name, for metrics and logs
         self._queue: asyncio.Queue[Chunk | EdgedError] = asyncio.Queue()
         self._poke: queue.SimpleQueue[object] | None = None
 
@@ -59,11 +78,6 @@ class RequestHandle:
             self.cancelled = True
             if self._poke is not None:
                 self._poke.put(None)
-
-    def expire(self, error: EdgedError) -> None:
-        """End the waiter's wait with `error` (e.g. a timeout) and stop generating."""
-        self._put(error)
-        self.cancel()
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Yield chunks until the one carrying `finish_reason`; raise on an engine error."""
@@ -90,22 +104,36 @@ class _Slot:
 
 
 @dataclass(eq=False)
+class _Beams:
+    """A beam search in flight: one slot per beam, and the search state."""
+
+    search: BeamSearch
+    slots: list[_Slot]
+    rows: list[int] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class _Active:
-    """A request that owns a slot."""
+    """A request that owns one slot (or several, for beams)."""
 
     handle: RequestHandle
     slot: _Slot
     pending: list[int]
-    sampler: SamplerChain
+    sampler: SamplerChain | None
     detok: IncrementalDetokenizer
     stops: StopMatcher
+    n_prompt: int
+    beams: _Beams | None = None
     generated: int = 0
     next_token: int = -1
     row: int = -1
 
+    @property
+    def slots(self) -> list[_Slot]:
+        return self.beams.slots if self.beams else [self.slot]
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    return len(commonpath([a, b]))
+
+Out = list[tuple[RequestHandle, Chunk | EdgedError]]
 
 
 class Scheduler:
@@ -142,8 +170,7 @@ class Scheduler:
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; raises Overloaded when slots and queue are full."""
-        handle = RequestHandle(request, asyncio.get_running_loop())
-        handle.model = self.name
+        handle = RequestHandle(request, asyncio.get_running_loop(), self.name)
         with self._lock:
             if self._closing:
                 raise Unavailable("the model is shutting down")
@@ -165,8 +192,8 @@ class Scheduler:
         return sum(1 for s in self._slots if s.busy)
 
     @property
-    def kv_tokens(self) -> int:
-        """Tokens whose KV cells the slots hold (running and kept for prefix reuse)."""
+    def cached_tokens(self) -> int:
+        """Tokens held in the KV cache across all slots."""
         return sum(len(s.tokens) for s in self._slots)
 
     @property
@@ -199,9 +226,12 @@ class Scheduler:
                 self._fail_all(EngineError(f"generation failed: {exc}"))
             self.last_beat = time.monotonic()
         self._fail_all(Unavailable("the model was unloaded"))
+        out: Out = []
         for h in self._waiting:
-            self._emit_now(h, Unavailable("the model was unloaded"))
+            self._release(h, FinishReason.ERROR)
+            out.append((h, Unavailable("the model was unloaded")))
         self._waiting.clear()
+        self._deliver(out)
 
     def _take_inbox(self) -> bool:
         """Move new requests into the waiting line; block when idle. False means stop."""
@@ -221,61 +251,129 @@ class Scheduler:
             idle = False
 
     def _admit(self) -> None:
-        out: list[tuple[RequestHandle, Chunk | EdgedError]] = []
+        out: Out = []
         for a in [a for a in self._active if a.handle.cancelled]:
             self._finish(a, FinishReason.CANCELLED, "", out)
         while self._waiting:
             h = self._waiting[0]
             if h.cancelled:
                 self._waiting.popleft()
-                self._release(h, FinishReason.CANCELLED, out)
+                self._release(h, FinishReason.CANCELLED)
+                out.append((h, Chunk("", (), FinishReason.CANCELLED)))
                 continue
-            slot = self._pick_slot(h.request.prompt_tokens)
-            if slot is None:
+            slots = self._pick_slots(h.request)
+            if slots is None:
                 break
             self._waiting.popleft()
-            self._start(h, slot, out)
+            self._start(h, slots, out)
         self._deliver(out)
 
-    def _pick_slot(self, prompt: list[int]) -> _Slot | None:
-        """The free slot sharing the longest prefix with `prompt`; else the least recently used."""
+    def _pick_slots(self, req: GenerationRequest) -> list[_Slot] | None:
+        """Free slots for a request: the one sharing the longest prefix first, then LRU ones."""
         free = [s for s in self._slots if not s.busy]
-        if not free:
+        if len(free) < req.n_slots:
             return None
-        return max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
+        resume = req.resume
+        want = list(resume.tokens + resume.pending) if resume else req.prompt_tokens
+        free.sort(key=lambda s: (_common_prefix(s.tokens, want), -s.last_used), reverse=True)
+        return free[: req.n_slots]
 
-    def _start(self, h: RequestHandle, slot: _Slot, out: list) -> None:
+    def _start(self, h: RequestHandle, slots: list[_Slot], out: Out) -> None:
         req = h.request
-        prompt = req.prompt_tokens
-        # At least one prompt token is decoded again so that it yields logits.
-        keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)
-        if keep < len(slot.tokens):
-            self.ctx.seq_rm(slot.seq, keep, -1)
-            del slot.tokens[keep:]
-        h.usage.cached_tokens = keep
-        log.debug("admit seq=%d keep=%d prompt=%d", slot.seq, keep, len(prompt))
-        self.cache_hit_tokens += keep
-        slot.busy = True
-        sampler = SamplerChain(self.model, req.sampling, _seed32(req.sampling.seed))
-        sampler.prime(prompt[-req.sampling.penalty_last_n :])
+        slot = slots[0]
+        for s in slots:
+            s.busy = True
+        if req.resume is not None:
+            pending, n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
+        else:
+            pending, n_prompt = self._reuse_prefix(slot, req.prompt_tokens), len(req.prompt_tokens)
+        h.usage.cached_tokens = len(slot.tokens)
+        self.cache_hit_tokens += len(slot.tokens)
+        log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
+        history = slot.tokens + pending
+        sampler = None
+        beams = None
+        if req.beams is not None and req.beams.num_beams > 1:
+            beams = _Beams(self._beam_search(req), slots)
+        else:
+            sampler = SamplerChain(self.model, req.sampling, _seed32(req.sampling.seed))
+            sampler.prime(history[-req.sampling.penalty_last_n :])
         active = _Active(
             handle=h,
             slot=slot,
-            pending=list(prompt[keep:]),
+            pending=pending,
             sampler=sampler,
             detok=IncrementalDetokenizer(self.model.piece),
             stops=StopMatcher(req.stop),
+            n_prompt=n_prompt,
+            beams=beams,
         )
         self._active.append(active)
-        if req.max_tokens == 0:
-            self._finish(active, FinishReason.LENGTH, "", out)
+        if req.max_tokens == 0 or not pending:
+            # Nothing to generate: a zero budget, or a kept sequence that already ended.
+            reason = FinishReason.LENGTH if req.max_tokens == 0 else FinishReason.STOP
+            self._finish(active, reason, "", out)
+
+    def _beam_search(self, req: GenerationRequest) -> BeamSearch:
+        assert req.beams is not None
+        sp = req.sampling
+        sampling = (
+            Sampling(sp.temperature, sp.top_k, sp.top_p, _seed32(sp.seed))
+            if req.beams.do_sample
+            else None
+        )
+        return BeamSearch(
+            req.beams.num_beams,
+            length_penalty=req.beams.length_penalty,
+            eos=self.model.eog_tokens,
+            max_new_tokens=req.max_tokens,
+            sampling=sampling,
+        )
+
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> list[int]:
+        """Keep the slot's KV for the shared prefix; return the prompt tokens still to decode."""
+        # At least one prompt token is decoded again so that it yields logits.
+        keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)
+        self._trim(slot, keep)
+        return list(prompt[keep:])
+
+    def _restore(self, slot: _Slot, saved: SavedSequence) -> list[int]:
+        """Put a kept sequence back into `slot`; return the tokens still to feed."""
+        if saved.finished or not saved.pending:
+            return []
+        target = list(saved.tokens)
+        keep = _common_prefix(slot.tokens, target)
+        if keep < len(target) and saved.state is not None:
+            self._trim(slot, 0)
+            if self.ctx.state_set(slot.seq, saved.state):
+                slot.tokens = target
+                return list(saved.pending)
+            self.ctx.seq_rm(slot.seq)
+            keep = 0
+        self._trim(slot, keep)
+        return target[keep:] + list(saved.pending)
+
+    def _trim(self, slot: _Slot, keep: int) -> None:
+        if keep < len(slot.tokens):
+            self.ctx.seq_rm(slot.seq, keep, -1)
+            del slot.tokens[keep:]
 
     def _step(self) -> None:
         b = self.batch
         b.clear()
         budget = b.capacity
         for a in self._active:
-            if not a.pending:
+            if a.pending:
+                continue
+            if a.beams is not None:
+                a.beams.rows = [
+                    b.add(beam.tokens[-1], len(s.tokens), s.seq, True)
+                    for beam, s in zip(a.beams.search.beams, a.beams.slots, strict=False)
+                ]
+                for beam, s in zip(a.beams.search.beams, a.beams.slots, strict=False):
+                    s.tokens.append(beam.tokens[-1])
+                budget -= len(a.beams.rows)
+            else:
                 a.row = b.add(a.next_token, len(a.slot.tokens), a.slot.seq, True)
                 a.slot.tokens.append(a.next_token)
                 budget -= 1
@@ -300,75 +398,167 @@ class Scheduler:
 
         rc = self.ctx.decode(b)
         self.steps += 1
-        out: list[tuple[RequestHandle, Chunk | EdgedError]] = []
+        out: Out = []
         if rc != 0:
             self._fail_all(EngineError(f"llama_decode returned {rc}"))
             return
         for a in list(self._active):
-            if a.row >= 0:
+            if a.beams is not None:
+                if a.row >= 0 or (a.beams.rows and not a.pending):
+                    self._advance_beams(a, out)
+            elif a.row >= 0:
+                assert a.sampler is not None
                 self._on_token(a, a.sampler.sample(self.ctx, a.row), out)
         self._deliver(out)
 
-    def _on_token(self, a: _Active, tok: int, out: list) -> None:
+    def _on_token(self, a: _Active, tok: int, out: Out) -> None:
         h = a.handle
         if h.first_token_at is None:
             h.first_token_at = time.monotonic()
         if self.model.is_eog(tok):
+            a.next_token = -1
             self._finish(a, FinishReason.STOP, a.stops.push(a.detok.flush()), out)
             return
         a.generated += 1
+        a.next_token = tok
         h.usage.completion_tokens = a.generated
         text = a.stops.push(a.detok.push(tok))
         if a.stops.stopped:
             self._finish(a, FinishReason.STOP, text, out, tok)
         elif a.generated >= h.request.max_tokens:
             self._finish(a, FinishReason.LENGTH, text + a.stops.push(a.detok.flush()), out, tok)
-        else:
-            a.next_token = tok
-            if text:
-                out.append((h, Chunk(text, (tok,))))
+        elif text:
+            out.append((h, Chunk(text, (tok,))))
+
+    def _advance_beams(self, a: _Active, out: Out) -> None:
+        """Score every beam's next token, reorder the beams' KV, finish when the search ends."""
+        assert a.beams is not None
+        group = a.beams
+        rows = [a.row] if a.row >= 0 else group.rows
+        a.row = -1
+        penalty = a.handle.request.sampling.repetition_penalty
+        logprobs = []
+        for r, slot in zip(rows, group.slots, strict=False):
+            logits = self.ctx.logits_np(r)
+            if penalty != 1.0:
+                logits = repetition_penalize(logits, slot.tokens, penalty)
+            logprobs.append(log_softmax(logits))
+        h = a.handle
+        if h.first_token_at is None:
+            h.first_token_at = time.monotonic()
+        parents = group.search.step(logprobs)
+        h.usage.completion_tokens = max((len(b.tokens) for b in group.search.beams), default=0)
+        if group.search.done:
+            best = group.search.best()
+            a.generated = len(best.tokens)
+            h.usage.completion_tokens = a.generated
+            text = self.model.detokenize(best.tokens)
+            reason = FinishReason.STOP if best.ended else FinishReason.LENGTH
+            self._finish(a, reason, text, out, best_tokens=best.tokens)
+            return
+        self._reorder(group, [p for p, _ in parents])
+
+    def _reorder(self, group: _Beams, parents: list[int]) -> None:
+        """Give beam i the KV of its parent beam: first children keep slots, others copy."""
+        old = list(group.slots)
+        taken: set[int] = set()
+        new: list[_Slot | None] = [None] * len(parents)
+        for i, p in enumerate(parents):
+            if p not in taken:
+                taken.add(p)
+                new[i] = old[p]
+        spare = [s for j, s in enumerate(old) if j not in taken]
+        for i, p in enumerate(parents):
+            if new[i] is not None:
+                continue
+            src, dst = old[p], spare.pop()
+            dst.tokens = list(src.tokens)
+            self.ctx.seq_rm(dst.seq)
+            if not self.ctx.state_set(dst.seq, self.ctx.state_get(src.seq)):
+                raise EngineError("could not copy a beam's KV state")
+            new[i] = dst
+        group.slots = [s for s in new if s is not None] + spare
 
     def _finish(
-        self, a: _Active, reason: FinishReason, text: str, out: list, tok: int | None = None
+        self,
+        a: _Active,
+        reason: FinishReason,
+        text: str,
+        out: Out,
+        tok: int | None = None,
+        best_tokens: list[int] | None = None,
     ) -> None:
         text += a.stops.flush()
-        a.sampler.close()
-        a.slot.busy = False
-        a.slot.last_used = time.monotonic()
+        h = a.handle
+        if h.request.keep and reason is not FinishReason.ERROR:
+            h.saved = self._save(a, reason, tok, best_tokens)
+        if a.sampler is not None:
+            a.sampler.close()
+        now = time.monotonic()
+        for s in a.slots:
+            s.busy = False
+            s.last_used = now
+        if a.beams is not None:
+            # Beam slots hold hypotheses other than the answer: keep only the shared prompt.
+            for s in a.slots:
+                self._trim(s, a.n_prompt)
         self._active.remove(a)
-        out.append((a.handle, Chunk(text, () if tok is None else (tok,), reason)))
-        self._release(a.handle, reason, None)
+        self._release(h, reason)
+        out.append((h, Chunk(text, () if tok is None else (tok,), reason)))
 
-    def _release(self, h: RequestHandle, reason: FinishReason, out: list | None) -> None:
+    def _save(
+        self, a: _Active, reason: FinishReason, tok: int | None, best: list[int] | None
+    ) -> SavedSequence | None:
+        """What a later request needs to continue this one exactly (None: keep the old)."""
+        if a.beams is not None and best is None:
+            return None
+        if best is not None:
+            prompt = a.slot.tokens[: a.n_prompt]
+            full = prompt + best
+            return SavedSequence(
+                tokens=tuple(full[:-1]),
+                pending=tuple(full[-1:]),
+                n_prompt=a.n_prompt,
+                state=None,
+                finished=reason is FinishReason.STOP,
+            )
+        if reason is FinishReason.CANCELLED:
+            pending = a.pending + ([a.next_token] if not a.pending and a.next_token >= 0 else [])
+        else:
+            pending = [] if tok is None else [tok]
+        return SavedSequence(
+            tokens=tuple(a.slot.tokens),
+            pending=tuple(pending),
+            n_prompt=a.n_prompt,
+            state=self.ctx.state_get(a.slot.seq) if a.slot.tokens else None,
+            finished=not pending,
+        )
+
+    def _release(self, h: RequestHandle, reason: FinishReason) -> None:
         h.finish_reason = reason
         with self._lock:
             self._outstanding -= 1
-        if out is not None:
-            out.append((h, Chunk("", (), reason)))
 
     def _fail_all(self, error: EdgedError) -> None:
         """End every running request with `error`; their KV is dropped since it may be torn."""
-        out: list[tuple[RequestHandle, Chunk | EdgedError]] = []
+        out: Out = []
         for a in list(self._active):
-            a.sampler.close()
-            a.slot.busy = False
-            self.ctx.seq_rm(a.slot.seq, -1, -1)
-            a.slot.tokens.clear()
+            if a.sampler is not None:
+                a.sampler.close()
+            for s in a.slots:
+                s.busy = False
+                self._trim(s, 0)
             self._active.remove(a)
-            self._release(a.handle, FinishReason.ERROR, None)
+            self._release(a.handle, FinishReason.ERROR)
             out.append((a.handle, error))
         self._deliver(out)
 
-    def _emit_now(self, h: RequestHandle, item: Chunk | EdgedError) -> None:
-        self._release(h, FinishReason.ERROR, None)
-        self._deliver([(h, item)])
-
     @staticmethod
-    def _deliver(out: list[tuple[RequestHandle, Chunk | EdgedError]]) -> None:
+    def _deliver(out: Out) -> None:
         """Hand a step's output to each event loop with one thread-safe call per loop."""
         if not out:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, Out] = {}
         for h, item in out:
             by_loop.setdefault(h.loop, []).append((h, item))
         for loop, items in by_loop.items():
@@ -379,6 +569,6 @@ class Scheduler:
                     h.cancelled = True
 
 
-def _put_all(items: list[tuple[RequestHandle, Chunk | EdgedError]]) -> None:
+def _put_all(items: Out) -> None:
     for h, item in items:
         h._put(item)

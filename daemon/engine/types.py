@@ -46,13 +46,50 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class SavedSequence:
+    """What a continuation needs: the tokens whose KV `state` holds, and tokens still to feed."""
+
+    tokens: tuple[int, ...]
+    pending: tuple[int, ...]
+    n_prompt: int
+    state: bytes | None
+    finished: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this entry costs in memory."""
+        return (len(self.state) if self.state else 0) + 8 * (len(self.tokens) + len(self.pending))
+
+
+@dataclass(frozen=True)
+class BeamParams:
+    """Beam search settings (Hugging Face semantics)."""
+
+    num_beams: int
+    length_penalty: float = 1.0
+    do_sample: bool = False
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt, already tokenized, and how to continue it."""
+    """One prompt, already tokenized, and how to continue it.
+
+    With `resume`, the prompt is ignored and a kept sequence continues; with `keep`, the
+    finished sequence is handed back on the handle (`handle.saved`) for a later resume.
+    """
 
     prompt_tokens: list[int]
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
+    beams: BeamParams | None = None
+    resume: SavedSequence | None = None
+    keep: bool = False
+
+    @property
+    def n_slots(self) -> int:
+        """Sequence slots this request occupies."""
+        return self.beams.num_beams if self.beams else 1
 
 
 @dataclass(frozen=True)

@@ -7,25 +7,34 @@ from typing import Any
 from litestar import Router, get, post
 from litestar.response import ServerSentEvent
 
+from daemon.api.choices import limits_of
 from daemon.api.openai import serving
+from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
 
 
 @post("/chat/completions", status_code=200)
 async def chat_completions(
-    data: ChatCompletionRequest, registry: ModelRegistry
+    data: ChatCompletionRequest, registry: ModelRegistry, settings: Settings
 ) -> dict[str, Any] | ServerSentEvent:
     """Chat completion, streamed as SSE when `stream` is true."""
-    return await serving.chat_completion(registry, data)
+    return await serving.chat_completion(registry, data, limits_of(settings))
 
 
 @post("/completions", status_code=200)
 async def completions(
-    data: CompletionRequest, registry: ModelRegistry
+    data: CompletionRequest, registry: ModelRegistry, settings: Settings
 ) -> dict[str, Any] | ServerSentEvent:
     """Text completion, streamed as SSE when `stream` is true."""
-    return await serving.completion(registry, data)
+    return await serving.completion(registry, data, limits_of(settings))
+
+
+@post("/embeddings", status_code=200)
+async def embeddings(data: EmbeddingRequest, registry: ModelRegistry) -> dict[str, Any]:
+    """Embedding vectors of one or more inputs."""
+    return await create_embeddings(registry, data)
 
 
 @get("/models")
@@ -44,4 +53,4 @@ async def list_models(registry: ModelRegistry) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-router = Router(path="/v1", route_handlers=[chat_completions, completions, list_models])
+router = Router(path="/v1", route_handlers=[chat_completions, completions, embeddings, list_models])

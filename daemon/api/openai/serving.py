@@ -10,13 +10,13 @@ from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
+from daemon.api.choices import Limits, submit_choices
+from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from daemon.api.streams import collect_all, merge, sse
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.scheduler import RequestHandle
-from daemon.engine.types import FinishReason, GenerationRequest
-from daemon.errors import InvalidRequest
+from daemon.engine.types import FinishReason
 
 
 @dataclass(frozen=True)
@@ -56,35 +56,13 @@ def _usage(handles: list[RequestHandle]) -> dict[str, int]:
     }
 
 
-def _check_supported(req: _Common) -> None:
-    if req.n != 1:
-        raise InvalidRequest("n > 1 is not supported yet", param="n")
-
-
-def _submit(lm: LoadedModel, req: _Common, prompts: list[list[int]]) -> list[RequestHandle]:
-    limit = req.token_limit  # type: ignore[attr-defined]
-    requests = [
-        GenerationRequest(p, lm.fit(p, limit), req.to_sampling(), req.stop_list()) for p in prompts
-    ]
-    handles: list[RequestHandle] = []
-    try:
-        for r in requests:
-            handles.append(lm.submit(r))
-    except Exception:
-        for h in handles:
-            h.cancel()
-        raise
-    return handles
-
-
 async def chat_completion(
-    registry: ModelRegistry, req: ChatCompletionRequest
+    registry: ModelRegistry, req: ChatCompletionRequest, limits: Limits
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
-    _check_supported(req)
     lm = await registry.get(req.model)
     prompt = lm.tokenize(lm.render_chat([m.for_template() for m in req.messages]))
-    handles = _submit(lm, req, [prompt])
+    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, limits)
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
     if req.stream:
         chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
@@ -105,9 +83,13 @@ async def chat_completion(
 async def _chat_events(
     meta: _Meta, handles: list[RequestHandle], include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
-    for i in range(len(handles)):
-        role = {"role": "assistant", "content": ""}
-        yield meta.envelope([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
+    role = {"role": "assistant", "content": ""}
+    yield meta.envelope(
+        [
+            {"index": i, "delta": role, "logprobs": None, "finish_reason": None}
+            for i in range(len(handles))
+        ]
+    )
     async for i, chunk in merge(handles):
         if chunk.text:
             delta = {
@@ -148,12 +130,12 @@ def _completion_prompts(lm: LoadedModel, req: CompletionRequest) -> list[list[in
 
 
 async def completion(
-    registry: ModelRegistry, req: CompletionRequest
+    registry: ModelRegistry, req: CompletionRequest, limits: Limits
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
-    _check_supported(req)
     lm = await registry.get(req.model)
-    handles = _submit(lm, req, _completion_prompts(lm, req))
+    prompts = _completion_prompts(lm, req)
+    handles = submit_choices(lm, prompts, req.token_limit, req, req.n, limits)
     meta = _meta("cmpl", "text_completion", req.model or lm.name)
     if req.stream:
         return sse(_completion_events(meta, handles, req.include_usage), handles)

@@ -1,0 +1,1 @@
+"""/api/generate and /api/generate-batch with request_id continuation."""

@@ -1,0 +1,42 @@
+"""Routes of the request_id-keyed generate dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Router, post
+from litestar.response import Stream
+
+from daemon.api.choices import limits_of
+from daemon.api.generate import serving
+from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest
+from daemon.config import Settings
+from daemon.engine.registry import ModelRegistry
+
+
+def _owner(api_key: str | None) -> str:
+    """Store entries belong to the caller's key identity ('' when auth is off)."""
+    return api_key or ""
+
+
+@post("/generate", status_code=200, media_type="text/plain")
+async def generate(
+    data: GenerateRequest, registry: ModelRegistry, settings: Settings, api_key: str | None
+) -> Stream | str:
+    """Generate or continue under `request_id`; plain chunked text when streaming."""
+    return await serving.generate(
+        registry, data, _owner(api_key), settings.generation, limits_of(settings)
+    )
+
+
+@post("/generate-batch", status_code=200)
+async def generate_batch(
+    data: GenerateBatchRequest, registry: ModelRegistry, settings: Settings, api_key: str | None
+) -> list[dict[str, Any]]:
+    """Several request_ids decoded together; the answers in request order."""
+    return await serving.generate_batch(
+        registry, data, _owner(api_key), settings.generation, limits_of(settings)
+    )
+
+
+router = Router(path="/api", route_handlers=[generate, generate_batch])

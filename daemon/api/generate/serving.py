@@ -1,0 +1,172 @@
+"""`/api/generate(-batch)`: generations keyed by request_id, continued from their kept KV state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.response import Stream
+
+from daemon.api.choices import Limits
+from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
+from daemon.api.streams import collect
+from daemon.config import GenerationDefaults
+from daemon.engine.cache import StoreKey
+from daemon.engine.loaded import LoadedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.scheduler import RequestHandle
+from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
+from daemon.errors import InvalidRequest
+
+
+@dataclass
+class Started:
+    """A generation in flight under a request_id, with the text that came before it."""
+
+    key: StoreKey
+    handle: RequestHandle
+    history_text: str
+
+
+def _engine_request(
+    lm: LoadedModel,
+    history: list[int],
+    cfg: GenerationDefaults,
+    limits: Limits,
+) -> tuple[int, SamplingParams, BeamParams | None]:
+    if cfg.max_new_tokens > limits.max_tokens:
+        raise InvalidRequest(
+            f"max_new_tokens must be at most {limits.max_tokens}",
+            param="generation_config.max_new_tokens",
+        )
+    max_beams = min(limits.max_beams, lm.generator().n_slots)
+    if cfg.num_beams > max_beams:
+        raise InvalidRequest(
+            f"num_beams must be at most {max_beams}", param="generation_config.num_beams"
+        )
+    max_new = lm.fit(history, cfg.max_new_tokens)
+    sampling = SamplingParams(
+        temperature=cfg.temperature if cfg.do_sample else 0.0,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        repetition_penalty=cfg.repetition_penalty,
+    )
+    beams = (
+        BeamParams(cfg.num_beams, cfg.length_penalty, cfg.do_sample) if cfg.num_beams > 1 else None
+    )
+    return max_new, sampling, beams
+
+
+def start(
+    lm: LoadedModel,
+    owner: str,
+    request_id: str,
+    prompt: str | None,
+    cfg: GenerationDefaults,
+    limits: Limits,
+) -> Started:
+    """Claim the request_id, then continue its kept sequence or start from `prompt`."""
+    key = (owner, request_id)
+    saved = lm.store.claim(key)
+    try:
+        if saved is not None:
+            history = list(saved.tokens + saved.pending)
+            tokens: list[int] = []
+        elif prompt is None:
+            raise InvalidRequest("prompt is required for a new request_id", param="prompt")
+        else:
+            tokens = lm.tokenize(prompt)
+            lm.check_tokens(tokens)
+            history = tokens
+        max_new, sampling, beams = _engine_request(lm, history, cfg, limits)
+        request = GenerationRequest(tokens, max_new, sampling, beams=beams, resume=saved, keep=True)
+        handle = lm.submit(request)
+    except BaseException:
+        lm.store.release(key, None)
+        raise
+    return Started(key, handle, lm.model.detokenize(history, special=True))
+
+
+def finish(lm: LoadedModel, started: Started) -> None:
+    """Keep what the generation left for the next call under its request_id."""
+    lm.store.release(started.key, started.handle.saved)
+
+
+def _config(cfg: GenerationConfig | None, defaults: GenerationDefaults) -> GenerationDefaults:
+    return cfg.resolve(defaults) if cfg is not None else defaults
+
+
+async def generate(
+    registry: ModelRegistry,
+    req: GenerateRequest,
+    owner: str,
+    defaults: GenerationDefaults,
+    limits: Limits,
+) -> Stream | str:
+    """POST /api/generate: the text, streamed in chunks or whole."""
+    lm = await registry.get(req.model)
+    started = start(
+        lm, owner, req.request_id, req.prompt, _config(req.generation_config, defaults), limits
+    )
+    prefix = "" if req.only_new_tokens else started.history_text
+    if req.stream_response:
+        return Stream(_text_stream(lm, started, prefix), media_type="text/plain")
+    try:
+        result = await collect(started.handle)
+    finally:
+        finish(lm, started)
+    return prefix + result.text
+
+
+async def _text_stream(lm: LoadedModel, started: Started, prefix: str) -> AsyncIterator[str]:
+    try:
+        if prefix:
+            yield prefix
+        async for chunk in started.handle.chunks():
+            if chunk.text:
+                yield chunk.text
+    finally:
+        started.handle.cancel()
+        # The scheduler hands back the kept state with the final chunk; after a cancel it
+        # arrives a step later, so wait for the handle to settle before releasing the id.
+        for _ in range(200):
+            if started.handle.finish_reason is not None:
+                break
+            await asyncio.sleep(0.01)
+        finish(lm, started)
+
+
+async def generate_batch(
+    registry: ModelRegistry,
+    req: GenerateBatchRequest,
+    owner: str,
+    defaults: GenerationDefaults,
+    limits: Limits,
+) -> list[dict[str, Any]]:
+    """POST /api/generate-batch: every prompt through the engine together, answers in order."""
+    if len(req.prompts) > limits.max_batch:
+        raise InvalidRequest(f"at most {limits.max_batch} prompts per batch", param="prompts")
+    ids = [p.request_id for p in req.prompts]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest("request_ids in one batch must be distinct", param="prompts")
+    lm = await registry.get(req.model)
+    cfg = _config(req.generation_config, defaults)
+    started: list[Started] = []
+    try:
+        for p in req.prompts:
+            started.append(start(lm, owner, p.request_id, p.prompt, cfg, limits))
+        results = await asyncio.gather(*(collect(s.handle) for s in started))
+    finally:
+        for s in started:
+            s.handle.cancel()
+            finish(lm, s)
+    out: list[dict[str, Any]] = []
+    for s, r in zip(started, results, strict=True):
+        item: dict[str, Any] = {"request_id": s.key[1]}
+        if not req.only_new_tokens:
+            item["prompt"] = s.history_text
+        item["response"] = r.text
+        out.append(item)
+    return out

@@ -1,0 +1,1 @@
+"""Together-style legacy /inference."""

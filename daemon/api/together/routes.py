@@ -1,0 +1,25 @@
+"""Route of the Together-style legacy dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, post
+
+from daemon.api.choices import limits_of
+from daemon.api.together import serving
+from daemon.api.together.protocol import InferenceRequest
+from daemon.config import Settings
+from daemon.engine.registry import ModelRegistry
+
+
+@post("/inference", status_code=200)
+async def inference(
+    data: InferenceRequest,
+    request: Request[Any, Any, Any],
+    registry: ModelRegistry,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Complete a prompt; the request is echoed back under `args` as the client sent it."""
+    args = await request.json()
+    return await serving.inference(registry, data, args, limits_of(settings))

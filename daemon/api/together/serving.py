@@ -1,0 +1,41 @@
+"""`/inference`: the legacy Together response shape around the shared engine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from daemon.api.choices import Limits, submit_choices
+from daemon.api.streams import collect_all
+from daemon.api.together.protocol import InferenceRequest
+from daemon.engine.registry import ModelRegistry
+
+
+async def inference(
+    registry: ModelRegistry, req: InferenceRequest, args: dict[str, Any], limits: Limits
+) -> dict[str, Any]:
+    """Run `n` completions of one prompt; answer in seed 000's shape."""
+    start = time.perf_counter()
+    lm = await registry.get(req.model)
+    prompt = lm.tokenize(req.prompt)
+    handles = submit_choices(lm, [prompt], req.max_tokens, req, req.n, limits)
+    results = await collect_all(handles)
+    choices = [
+        {"finish_reason": r.finish_reason.value, "index": i, "text": r.text}
+        for i, r in enumerate(results)
+    ]
+    return {
+        "status": "finished",
+        "prompt": [req.prompt],
+        "model": req.model or lm.name,
+        "model_owner": "",
+        "tags": {},
+        "num_returns": req.n,
+        "args": args,
+        "subjobs": [],
+        "output": {
+            "choices": choices,
+            "raw_compute_time": time.perf_counter() - start,
+            "result_type": "language-model-inference",
+        },
+    }
