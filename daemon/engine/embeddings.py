@@ -180,17 +180,18 @@ class Embedder:
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """Unit-length pooled vectors of the inputs, in order; decoded together with others."""
         self.check(inputs)
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(tokens, loop.create_future(), loop) for tokens in inputs]
         with self._lock:
             if self._closing:
                 raise Unavailable("the model is shutting down")
             if self._outstanding >= self.n_slots + self.max_queue:
                 raise Overloaded(f"the embedding queue of {self.name} is full")
             self._outstanding += 1
-        loop = asyncio.get_running_loop()
-        jobs = [_Job(tokens, loop.create_future(), loop) for tokens in inputs]
-        try:
-            # One inbox item per request: its inputs are never split by a racing worker.
+            # Under the lock, so nothing lands behind close()'s stop marker unanswered; one
+            # inbox item per request, so a racing worker never splits its inputs.
             self._inbox.put(jobs)
+        try:
             return list(await asyncio.gather(*(j.future for j in jobs)))
         finally:
             with self._lock:

@@ -12,7 +12,7 @@ import pytest
 from daemon.config import embedded_model_path
 from daemon.engine.embeddings import Embedder, embedding_pooling, truncate
 from daemon.engine.llama import ContextOptions, Model, Pooling
-from daemon.errors import ContextLengthExceeded, InvalidRequest
+from daemon.errors import ContextLengthExceeded, InvalidRequest, Unavailable
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -142,3 +142,20 @@ def embedded_default() -> Iterator[Model]:
     m = Model(embedded_model_path())
     yield m
     m.close()
+
+
+def test_close_answers_queued_inputs(model: Model) -> None:
+    """Unloading fails what is still queued with a 503-class error instead of hanging it."""
+    e = _embedder(model, n_seq=1, n_batch=32)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(e.embed(_tokens(model, TEXTS)))  # 8 decodes, one each
+        await asyncio.sleep(0)
+        await asyncio.to_thread(e.close)
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(task, 30)
+        with pytest.raises(Unavailable):
+            await e.embed(_tokens(model, ["after close"]))
+
+    asyncio.run(run())
+    assert not e.alive
