@@ -62,12 +62,12 @@ class EngineCollector(Collector):
             ),
         }
         for lm in self._registry.loaded():
-            s = lm.scheduler
+            s = lm.worker
             m = [lm.name]
             g["queue"].add_metric(m, max(0, s.outstanding - s.busy_slots))
             g["slots"].add_metric(m, s.n_slots)
             g["busy"].add_metric(m, s.busy_slots)
-            g["kv"].add_metric(m, _num(s, "kv_tokens"))
+            g["kv"].add_metric(m, _num(s, "cached_tokens"))
             g["store"].add_metric(m, _num(s, "store_bytes") or _num(lm, "store_bytes"))
             c["hits"].add_metric(m, _num(s, "cache_hit_tokens"))
             c["store_hits"].add_metric(m, _num(s, "store_hits") or _num(lm, "store_hits"))

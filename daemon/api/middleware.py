@@ -75,11 +75,13 @@ class ServiceMiddleware:
         token = current.set(record)
         counted = path not in _QUIET
         self.state.inflight += counted
+        self.state.records.add(record)
         start = time.perf_counter()
         try:
             await app(scope, receive, send_tracking)
         finally:
             self.state.inflight -= counted
+            self.state.records.discard(record)
             current.reset(token)
             seconds = time.perf_counter() - start
             route = scope.get("path_template") or path

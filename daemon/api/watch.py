@@ -10,10 +10,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from daemon.engine.scheduler import RequestHandle
-from daemon.errors import Timeout
+from daemon.errors import EdgedError, Timeout
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestRecord:
     """What one HTTP request did in the engine; filled by `watched`, read by the middleware."""
 
@@ -23,7 +23,13 @@ class RequestRecord:
     completion_tokens: int = 0
     # (model, time to first token, seconds per output token or None) per finished handle
     latencies: list[tuple[str, float, float | None]] = field(default_factory=list)
+    live: list[RequestHandle] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
+
+    def cut(self, error: EdgedError) -> None:
+        """End every generation still running for this request with `error`."""
+        for h in list(self.live):
+            _fail(h, error)
 
     def finish(self, handle: RequestHandle, now: float) -> None:
         """Account for a handle once, however many layers watched it."""
@@ -43,8 +49,15 @@ class RequestRecord:
 current: ContextVar[RequestRecord | None] = ContextVar("edged_request", default=None)
 
 
+def _fail(handle: RequestHandle, error: EdgedError) -> None:
+    """End the waiter's wait with `error` and stop the generation at the next step."""
+    # The handle's queue is where the scheduler's own errors arrive; the waiter raises it.
+    handle._put(error)
+    handle.cancel()
+
+
 def _expire(handle: RequestHandle, limit: float) -> None:
-    handle.expire(Timeout(f"the request did not finish within {limit:g} s", param=None))
+    _fail(handle, Timeout(f"the request did not finish within {limit:g} s"))
 
 
 @contextmanager
@@ -56,6 +69,8 @@ def watched(handles: list[RequestHandle]) -> Iterator[None]:
         for h in handles:
             delay = max(0.0, h.submitted_at + record.timeout - time.monotonic())
             timers.append(h.loop.call_later(delay, _expire, h, record.timeout))
+    if record is not None:
+        record.live.extend(handles)
     try:
         yield
     finally:
@@ -65,3 +80,4 @@ def watched(handles: list[RequestHandle]) -> Iterator[None]:
             now = time.monotonic()
             for h in handles:
                 record.finish(h, now)
+                record.live.remove(h)

@@ -17,6 +17,7 @@ from daemon.api.auth import is_loopback, load_api_keys
 from daemon.app import build_registry, create_app
 from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
+from daemon.errors import Unavailable
 from daemon.service.sdnotify import notify, watchdog_interval
 from daemon.service.state import ServiceState
 
@@ -26,14 +27,13 @@ log = logging.getLogger("edged.service")
 def schedulers_healthy(registry: ModelRegistry, now: float, stale_after: float) -> bool:
     """Every loaded model's scheduler thread runs and has stepped within `stale_after` s."""
     return all(
-        lm.scheduler.alive and now - lm.scheduler.last_beat < stale_after
-        for lm in registry.loaded()
+        lm.worker.alive and now - lm.worker.last_beat < stale_after for lm in registry.loaded()
     )
 
 
 def outstanding(registry: ModelRegistry, state: ServiceState) -> int:
     """Requests not finished yet: HTTP requests in flight and generations in the engines."""
-    return state.inflight + sum(lm.scheduler.outstanding for lm in registry.loaded())
+    return state.inflight + sum(lm.worker.outstanding for lm in registry.loaded())
 
 
 class EdgedServer(uvicorn.Server):
@@ -90,15 +90,18 @@ class EdgedServer(uvicorn.Server):
     async def _drain(self) -> None:
         """Refuse new requests (503), let running ones finish within the drain timeout, exit."""
         limit = self.settings.drain_timeout
-        left = outstanding(self.registry, self.state)
+        left = self.state.inflight
         notify("STOPPING=1", f"STATUS=draining {left} request(s), at most {limit:g} s")
         log.info("shutting down: draining %d request(s), at most %g s", left, limit)
         deadline = time.monotonic() + limit
         while outstanding(self.registry, self.state) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        left = outstanding(self.registry, self.state)
-        if left:
-            log.warning("drain timeout: %d request(s) still running are cut", left)
+        if outstanding(self.registry, self.state):
+            log.warning("drain timeout: %d request(s) still running are cut", self.state.inflight)
+            # Streams end with one error event instead of a connection torn down mid-chunk.
+            for record in list(self.state.records):
+                record.cut(Unavailable("the server shut down before this request finished"))
+            await asyncio.sleep(0.5)
         self.should_exit = True
 
     async def _reload(self) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.api.watch import RequestRecord
 
 
 @dataclass
@@ -11,3 +15,4 @@ class ServiceState:
 
     draining: bool = False
     inflight: int = 0
+    records: set[RequestRecord] = field(default_factory=set)  # of the requests in flight
