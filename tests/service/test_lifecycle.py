@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,21 @@ def test_corrupt_gguf_is_a_clean_503_and_others_keep_serving(srv: Server, name: 
     r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["text"]
     assert "edged_model_load_failures_total" in httpx.get(f"{srv.url}/metrics").text
+
+
+def test_sighup_rescans_the_models_directory(srv: Server, model_path: Path) -> None:
+    models = next(p for p in srv.log.parent.iterdir() if p.name == "models")
+    os.symlink(model_path, models / "added-later.gguf")
+
+    def ids() -> set[str]:
+        data = httpx.get(f"{srv.url}/v1/models", timeout=30).json()["data"]
+        return {m["id"] for m in data}
+
+    assert "added-later" not in ids()
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "added-later" not in ids():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert _use(srv.url, "added-later").status_code == 200
+    assert srv.proc.poll() is None
