@@ -16,7 +16,7 @@ from tests.service.conftest import COUNTING, health
 
 CLIENTS = 16
 WARMUP_S = 10.0
-SOAK_S = 35.0
+SOAK_S = 30.0
 
 
 def _rss_kib(pid: int) -> int:
