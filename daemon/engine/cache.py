@@ -117,6 +117,7 @@ class SequenceStore:
             "pending": list(entry.pending),
             "n_prompt": entry.n_prompt,
             "finished": entry.finished,
+            "exact": entry.exact,
         }
         try:
             tmp = base.with_suffix(".tmp")
@@ -145,6 +146,7 @@ class SequenceStore:
             n_prompt=int(meta["n_prompt"]),
             state=state or None,
             finished=bool(meta.get("finished", False)),
+            exact=int(meta.get("exact", 0)),
         )
 
     def _trim_spill(self) -> None:

@@ -45,6 +45,16 @@ def _seed32(seed: int | None) -> int:
     return s - 1 if s == _SEED_MASK else s
 
 
+def _chunk_size(pending: int, budget: int) -> int:
+    """Prompt tokens to decode this step: never a lone token out of a longer prompt."""
+    if pending == 1:
+        return 1 if budget >= 1 else 0
+    n = min(pending, budget)
+    if pending - n == 1:
+        n -= 1
+    return n if n >= 2 else 0
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -66,6 +76,7 @@ class RequestHandle:
         self.usage = Usage(prompt_tokens=len(history) or len(request.prompt_tokens))
         self.finish_reason: FinishReason | None = None
         self.saved: SavedSequence | None = None
+        self.beam_logprob: float | None = None
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.cancelled = False
@@ -99,6 +110,10 @@ class _Slot:
 
     seq: int
     tokens: list[int] = field(default_factory=list)
+    # Leading tokens whose KV came from multi-token prefill chunks. llama.cpp computes
+    # attention differently for a lone token, so only these match what a fresh prefill
+    # of the same tokens would produce, and only these are reused for another prompt.
+    exact: int = 0
     busy: bool = False
     last_used: float = 0.0
 
@@ -293,7 +308,7 @@ class Scheduler:
         history = slot.tokens + pending
         sampler = None
         beams = None
-        if req.beams is not None and req.beams.num_beams > 1:
+        if req.beams is not None:
             beams = _Beams(self._beam_search(req), slots)
         else:
             sampler = SamplerChain(self.model, req.sampling, _seed32(req.sampling.seed))
@@ -332,8 +347,9 @@ class Scheduler:
 
     def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> list[int]:
         """Keep the slot's KV for the shared prefix; return the prompt tokens still to decode."""
-        # At least one prompt token is decoded again so that it yields logits.
-        keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)
+        # At least two prompt tokens are decoded again: the last one yields logits, and a
+        # multi-token chunk keeps them identical to those of a fresh prefill.
+        keep = max(0, min(_common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2))
         self._trim(slot, keep)
         return list(prompt[keep:])
 
@@ -347,6 +363,7 @@ class Scheduler:
             self._trim(slot, 0)
             if self.ctx.state_set(slot.seq, saved.state):
                 slot.tokens = target
+                slot.exact = saved.exact
                 return list(saved.pending)
             self.ctx.seq_rm(slot.seq)
             keep = 0
@@ -357,6 +374,7 @@ class Scheduler:
         if keep < len(slot.tokens):
             self.ctx.seq_rm(slot.seq, keep, -1)
             del slot.tokens[keep:]
+        slot.exact = min(slot.exact, keep)
 
     def _step(self) -> None:
         b = self.batch
@@ -381,20 +399,22 @@ class Scheduler:
             if not a.pending:
                 continue
             a.row = -1
-            if budget <= 0:
+            n = _chunk_size(len(a.pending), budget)
+            if n == 0:
                 continue
-            take = a.pending[:budget]
-            done = len(take) == len(a.pending)
-            pos = len(a.slot.tokens)
-            seq = a.slot.seq
-            last = len(take) - 1
+            take = a.pending[:n]
+            done = n == len(a.pending)
+            slot = a.slot
+            pos = len(slot.tokens)
             for j, tok in enumerate(take):
-                b.add(tok, pos + j, seq, done and j == last)
+                b.add(tok, pos + j, slot.seq, done and j == n - 1)
             if done:
                 a.row = b.n_tokens - 1
-            a.slot.tokens.extend(take)
-            del a.pending[: len(take)]
-            budget -= len(take)
+            if n > 1 and slot.exact == pos:
+                slot.exact = pos + n
+            slot.tokens.extend(take)
+            del a.pending[:n]
+            budget -= n
 
         rc = self.ctx.decode(b)
         self.steps += 1
@@ -450,6 +470,7 @@ class Scheduler:
         h.usage.completion_tokens = max((len(b.tokens) for b in group.search.beams), default=0)
         if group.search.done:
             best = group.search.best()
+            h.beam_logprob = best.sum_logprobs
             a.generated = len(best.tokens)
             h.usage.completion_tokens = a.generated
             text = self.model.detokenize(best.tokens)
@@ -473,6 +494,7 @@ class Scheduler:
                 continue
             src, dst = old[p], spare.pop()
             dst.tokens = list(src.tokens)
+            dst.exact = src.exact
             self.ctx.seq_rm(dst.seq)
             if not self.ctx.state_set(dst.seq, self.ctx.state_get(src.seq)):
                 raise EngineError("could not copy a beam's KV state")
@@ -532,6 +554,7 @@ class Scheduler:
             n_prompt=a.n_prompt,
             state=self.ctx.state_get(a.slot.seq) if a.slot.tokens else None,
             finished=not pending,
+            exact=a.slot.exact,
         )
 
     def _release(self, h: RequestHandle, reason: FinishReason) -> None:

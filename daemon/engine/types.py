@@ -54,6 +54,7 @@ class SavedSequence:
     n_prompt: int
     state: bytes | None
     finished: bool = False
+    exact: int = 0
 
     @property
     def nbytes(self) -> int:

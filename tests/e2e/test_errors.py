@@ -92,8 +92,9 @@ def test_bad_token_ids(http: httpx.Client) -> None:
     assert_error(http.post("/v1/completions", json={"prompt": [1, 10**9]}), 400, "prompt")
 
 
-def test_n_above_one_is_refused_not_ignored(http: httpx.Client) -> None:
-    assert_error(http.post(CHAT, json={"messages": MSGS, "n": 2}), 400, "n")
+def test_n_above_cap_is_refused(http: httpx.Client) -> None:
+    assert_error(http.post(CHAT, json={"messages": MSGS, "n": 17}), 400, "n")
+    assert_error(http.post(CHAT, json={"messages": MSGS, "n": 0}), 400, "n")
 
 
 def test_unknown_route_and_method(http: httpx.Client) -> None:

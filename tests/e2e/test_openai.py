@@ -238,3 +238,28 @@ def test_eight_concurrent_streams_interleave(base_url: str) -> None:
     firsts = [v[0] for v in arrivals.values()]
     lasts = [v[-1] for v in arrivals.values()]
     assert max(firsts) < min(lasts)
+
+
+def test_n_choices_are_distinct_and_counted(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": "Invent a name for a cat."}],
+        max_tokens=12,
+        temperature=1.0,
+        seed=5,
+        n=4,
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) > 1
+    assert r.usage is not None
+    # Usage counts every choice's tokens: at least one each, at most max_tokens each.
+    assert 4 <= r.usage.completion_tokens <= 4 * 12
+    single = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": "Invent a name for a cat."}],
+        max_tokens=12,
+        temperature=1.0,
+        seed=5,
+    )
+    assert single.choices[0].message.content == texts[0]
