@@ -100,14 +100,17 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One daemon for the e2e suite: default model, 8 slots, 2048-token context."""
+    """One daemon for the e2e suite: default model, 8 slots, 4096-token context.
+
+    4096 leaves room for the generate seed payload's max_new_tokens of 2048.
+    """
     tmp = tmp_path_factory.mktemp("server")
     srv = start_server(
         tmp,
         "--parallel",
         "8",
         "--ctx-size",
-        "2048",
+        "4096",
         "--alias",
         "togethercomputer/RedPajama-INCITE-7B-Instruct=SmolLM2-135M-Instruct.Q4_1",
     )

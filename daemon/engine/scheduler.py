@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
@@ -82,6 +82,7 @@ class RequestHandle:
         self.cancelled = False
         self._queue: asyncio.Queue[Chunk | EdgedError] = asyncio.Queue()
         self._poke: queue.SimpleQueue[object] | None = None
+        self._on_done: list[Callable[[RequestHandle], None]] = []
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the next step."""
@@ -100,8 +101,20 @@ class RequestHandle:
             if item.finish_reason is not None:
                 return
 
+    def add_done_callback(self, fn: Callable[[RequestHandle], None]) -> None:
+        """Call `fn(handle)` on the event loop once the engine is done with this request,
+        whether or not anybody reads its chunks."""
+        self._on_done.append(fn)
+
     def _put(self, item: Chunk | EdgedError) -> None:
         self._queue.put_nowait(item)
+        if isinstance(item, EdgedError) or item.finish_reason is not None:
+            callbacks, self._on_done = self._on_done, []
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:
+                    log.exception("a request's done callback failed")
 
 
 @dataclass(eq=False)

@@ -78,10 +78,10 @@ def test_unknown_model_is_404(http: httpx.Client) -> None:
 
 def test_context_length_exceeded(http: httpx.Client) -> None:
     err = assert_error(
-        http.post(CHAT, json={"messages": MSGS, "max_tokens": 4000}), 400, "max_tokens"
+        http.post(CHAT, json={"messages": MSGS, "max_tokens": 4096}), 400, "max_tokens"
     )
     assert err["code"] == "context_length_exceeded"
-    long_prompt = "word " * 3000
+    long_prompt = "word " * 5000
     err = assert_error(
         http.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1}), 400
     )

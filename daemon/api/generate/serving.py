@@ -86,12 +86,9 @@ def start(
     except BaseException:
         lm.store.release(key, None)
         raise
+    # The id is released when the engine is done, even if the client hung up long before.
+    handle.add_done_callback(lambda h: lm.store.release(key, h.saved))
     return Started(key, handle, lm.model.detokenize(history, special=True))
-
-
-def finish(lm: LoadedModel, started: Started) -> None:
-    """Keep what the generation left for the next call under its request_id."""
-    lm.store.release(started.key, started.handle.saved)
 
 
 def _config(cfg: GenerationConfig | None, defaults: GenerationDefaults) -> GenerationDefaults:
@@ -112,15 +109,12 @@ async def generate(
     )
     prefix = "" if req.only_new_tokens else started.history_text
     if req.stream_response:
-        return Stream(_text_stream(lm, started, prefix), media_type="text/plain")
-    try:
-        result = await collect(started.handle)
-    finally:
-        finish(lm, started)
+        return Stream(_text_stream(started, prefix), media_type="text/plain")
+    result = await collect(started.handle)
     return prefix + result.text
 
 
-async def _text_stream(lm: LoadedModel, started: Started, prefix: str) -> AsyncIterator[str]:
+async def _text_stream(started: Started, prefix: str) -> AsyncIterator[str]:
     try:
         if prefix:
             yield prefix
@@ -129,13 +123,6 @@ async def _text_stream(lm: LoadedModel, started: Started, prefix: str) -> AsyncI
                 yield chunk.text
     finally:
         started.handle.cancel()
-        # The scheduler hands back the kept state with the final chunk; after a cancel it
-        # arrives a step later, so wait for the handle to settle before releasing the id.
-        for _ in range(200):
-            if started.handle.finish_reason is not None:
-                break
-            await asyncio.sleep(0.01)
-        finish(lm, started)
 
 
 async def generate_batch(
@@ -161,7 +148,6 @@ async def generate_batch(
     finally:
         for s in started:
             s.handle.cancel()
-            finish(lm, s)
     out: list[dict[str, Any]] = []
     for s, r in zip(started, results, strict=True):
         item: dict[str, Any] = {"request_id": s.key[1]}
