@@ -17,10 +17,10 @@ def health(registry: ModelRegistry) -> Response[dict[str, Any]]:
             "name": lm.name,
             "path": str(lm.path),
             "ctx_size": lm.ctx_size,
-            "slots": lm.scheduler.n_slots,
-            "busy_slots": lm.scheduler.busy_slots,
-            "queued": max(0, lm.scheduler.outstanding - lm.scheduler.busy_slots),
-            "alive": lm.scheduler.alive,
+            "slots": lm.worker.n_slots,
+            "busy_slots": lm.worker.busy_slots,
+            "queued": max(0, lm.worker.outstanding - lm.worker.busy_slots),
+            "alive": lm.worker.alive,
         }
         for lm in registry.loaded()
     ]
