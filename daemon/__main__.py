@@ -27,6 +27,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "n_gpu_layers": ("--n-gpu-layers", int, "layers to offload to the GPU (-1 = all)"),
     "main_gpu": ("--main-gpu", int, "GPU for the model when not split"),
     "max_queue": ("--max-queue", int, "requests that may wait for a slot before 429"),
+    "store_max_bytes": ("--store-max-bytes", int, "memory bound of the request_id store"),
+    "store_dir": ("--store-dir", Path, "spill and persist the request_id store here"),
     # running as a service
     "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),
     "max_tokens_cap": ("--max-tokens-cap", int, "largest max_tokens a request may ask for"),
