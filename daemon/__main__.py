@@ -28,6 +28,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "main_gpu": ("--main-gpu", int, "GPU for the model when not split"),
     "max_queue": ("--max-queue", int, "requests that may wait for a slot before 429"),
     "store_max_bytes": ("--store-max-bytes", int, "memory bound of the request_id store"),
+    "price_input_per_million": ("--price-input", float, "price per million prompt tokens"),
+    "price_output_per_million": ("--price-output", float, "price per million output tokens"),
     "store_dir": ("--store-dir", Path, "spill and persist the request_id store here"),
     # running as a service
     "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    price_input_per_million: float = Field(0.0, ge=0, description="usage.estimated_cost input")
+    price_output_per_million: float = Field(0.0, ge=0, description="usage.estimated_cost output")
     store_max_bytes: int = Field(512 << 20, ge=0, description="request_id store memory bound")
     store_dir: Path | None = Field(None, description="spill/persist the request_id store here")
 

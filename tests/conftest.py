@@ -113,6 +113,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "4096",
         "--alias",
         "togethercomputer/RedPajama-INCITE-7B-Instruct=SmolLM2-135M-Instruct.Q4_1",
+        "--price-input",
+        "1.5",
+        "--price-output",
+        "2",
     )
     yield srv
     stop_server(srv)

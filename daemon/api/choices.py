@@ -1,8 +1,9 @@
-"""Turning one API request into engine requests: prompts × n choices, limits, seeds."""
+"""Turning one API request into engine requests: prompts × n choices, limits, seeds, usage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from daemon.api.sampling import SamplingFields
 from daemon.config import Settings
@@ -13,23 +14,36 @@ from daemon.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Caps every dialect applies to a request."""
+class Policy:
+    """Caps every dialect applies to a request, and the prices usage is billed at."""
 
     max_n: int = 16
     max_tokens: int = 32768
     max_batch: int = 64
     max_beams: int = 8
+    price_input: float = 0.0  # per million prompt tokens
+    price_output: float = 0.0  # per million completion tokens
 
 
-def limits_of(settings: Settings) -> Limits:
-    """The limits configured in the daemon settings."""
-    return Limits(
+def policy_of(settings: Settings) -> Policy:
+    """The policy configured in the daemon settings."""
+    return Policy(
         max_n=settings.max_n,
         max_tokens=settings.max_tokens_cap,
         max_batch=settings.max_batch,
         max_beams=settings.max_beams,
+        price_input=settings.price_input_per_million,
+        price_output=settings.price_output_per_million,
     )
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Per-request engine options beyond sampling fields."""
+
+    grammar: str | None = None
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
 
 
 def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
@@ -52,24 +66,68 @@ def submit_all(lm: LoadedModel, requests: list[GenerationRequest]) -> list[Reque
     return handles
 
 
+def _sampling(lm: LoadedModel, fields: SamplingFields, grammar: str | None) -> SamplingParams:
+    sampling = fields.to_sampling()
+    n_vocab = lm.model.n_vocab
+    if any(not 0 <= t < n_vocab for t, _ in sampling.logit_bias):
+        raise InvalidRequest(f"logit_bias token ids must be in [0, {n_vocab})", param="logit_bias")
+    if grammar is not None:
+        if not lm.grammar_ok(grammar):
+            raise InvalidRequest(
+                "the grammar does not parse (GBNF with a root rule)", param="grammar"
+            )
+        sampling = replace(sampling, grammar=grammar)
+    return sampling
+
+
 def submit_choices(
     lm: LoadedModel,
     prompts: list[list[int]],
     max_tokens: int | None,
     fields: SamplingFields,
     n: int,
-    limits: Limits,
+    policy: Policy,
+    extras: Extras = Extras(),
 ) -> list[RequestHandle]:
     """`n` choices for each prompt, in OpenAI order (prompt-major)."""
-    if n > limits.max_n:
-        raise InvalidRequest(f"n must be at most {limits.max_n}", param="n")
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens}", param="max_tokens")
-    sampling = fields.to_sampling()
+    if n > policy.max_n:
+        raise InvalidRequest(f"n must be at most {policy.max_n}", param="n")
+    if max_tokens is not None and max_tokens > policy.max_tokens:
+        raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
+    sampling = _sampling(lm, fields, extras.grammar)
     stops = fields.stop_list()
     requests = [
-        GenerationRequest(p, lm.fit(p, max_tokens), choice_sampling(sampling, j), stops)
+        GenerationRequest(
+            p,
+            lm.fit(p, max_tokens),
+            choice_sampling(sampling, j),
+            stops,
+            logprobs=extras.logprobs,
+            prompt_logprobs=extras.prompt_logprobs,
+        )
         for p in prompts
         for j in range(n)
     ]
     return submit_all(lm, requests)
+
+
+def usage(handles: list[RequestHandle], policy: Policy) -> dict[str, Any]:
+    """OpenAI usage, with `estimated_cost` as DeepInfra reports it (0 when no price is set).
+
+    Choices of one prompt share its prompt tokens, which are counted once per prompt.
+    """
+    seen: set[int] = set()
+    prompt = 0
+    for h in handles:
+        key = id(h.request.prompt_tokens)
+        if key not in seen:
+            seen.add(key)
+            prompt += h.usage.prompt_tokens
+    completion = sum(h.usage.completion_tokens for h in handles)
+    cost = (prompt * policy.price_input + completion * policy.price_output) / 1e6
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "estimated_cost": cost,
+    }

@@ -38,6 +38,16 @@ class SamplingFields(ProtocolModel):
     frequency_penalty: Penalty = 0.0
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stop: str | list[str] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            for key in v:
+                if not key.strip().isdigit():
+                    raise ValueError(f"logit_bias keys are token ids, got {key!r}")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -65,4 +75,5 @@ class SamplingFields(ProtocolModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=self.seed,
+            logit_bias=tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items()),
         )

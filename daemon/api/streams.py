@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -13,7 +13,7 @@ from litestar.response import ServerSentEvent
 
 from daemon.api.watch import watched
 from daemon.engine.scheduler import RequestHandle
-from daemon.engine.types import Chunk, FinishReason
+from daemon.engine.types import Chunk, FinishReason, TokenLogprob
 from daemon.errors import EdgedError, EngineError
 
 log = logging.getLogger("edged.api")
@@ -28,24 +28,30 @@ class Collected:
     text: str
     finish_reason: FinishReason
     token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 async def collect(handle: RequestHandle) -> Collected:
     """Wait for a handle to finish; cancel it if the waiter goes away."""
     parts: list[str] = []
-    tokens: list[int] = []
+    out = Collected("", FinishReason.ERROR, [])
     reason: FinishReason | None = None
     try:
         with watched([handle]):
             async for chunk in handle.chunks():
                 parts.append(chunk.text)
-                tokens.extend(chunk.token_ids)
+                out.token_ids.extend(chunk.token_ids)
+                out.logprobs.extend(chunk.logprobs)
+                out.prompt_logprobs.extend(chunk.prompt_logprobs)
                 reason = chunk.finish_reason
     finally:
         if reason is None:
             handle.cancel()
     assert reason is not None
-    return Collected("".join(parts), reason, tokens)
+    out.text = "".join(parts)
+    out.finish_reason = reason
+    return out
 
 
 async def collect_all(handles: list[RequestHandle]) -> list[Collected]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import llama_cpp as lc
 import numpy as np
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from daemon.engine.types import SamplingParams
 from daemon.errors import ModelLoadError
@@ -19,6 +21,17 @@ log = logging.getLogger("edged.llama")
 
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _init_lock = threading.Lock()
+
+# Any JSON object, whitespace-tolerant (OpenAI's `json_object` mode wants an object).
+JSON_OBJECT_GBNF = r"""
+root   ::= ws object ws
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
+array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})?
+ws     ::= [ \t\n]{0,20}
+"""
 _initialized = False
 
 
@@ -320,6 +333,22 @@ class Batch:
             self.raw = None
 
 
+def json_grammar(schema: dict | None) -> str:
+    """GBNF for any JSON object (schema None or empty) or for values of a JSON schema."""
+    if not schema:
+        return JSON_OBJECT_GBNF
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
+def grammar_is_valid(model: Model, gbnf: str) -> bool:
+    """Whether llama.cpp parses `gbnf` (with a `root` rule) for this vocabulary."""
+    ptr = lc.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
+    if not ptr:
+        return False
+    lc.llama_sampler_free(ptr)
+    return True
+
+
 class SamplerChain:
     """A per-request llama.cpp sampler chain built from SamplingParams."""
 
@@ -328,6 +357,12 @@ class SamplerChain:
         self.ptr = chain
         self._penalties: int | None = None
         add = lc.llama_sampler_chain_add
+        if params.logit_bias:
+            biases = (lc.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias):
+                biases[i].token = token
+                biases[i].bias = bias
+            add(chain, lc.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
         if params.penalized:
             self._penalties = lc.llama_sampler_chain_n(chain)
             add(
@@ -339,6 +374,13 @@ class SamplerChain:
                     params.presence_penalty,
                 ),
             )
+        if params.grammar is not None:
+            grammar = lc.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                self.ptr = None
+                raise ValueError("llama.cpp refused the grammar")
+            add(chain, grammar)
         if params.greedy:
             add(chain, lc.llama_sampler_init_greedy())
             return

@@ -13,7 +13,7 @@ import jinja2
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
 from daemon.engine.embeddings import Embedder, embedding_pooling
-from daemon.engine.llama import ContextOptions, Model, ModelOptions
+from daemon.engine.llama import ContextOptions, Model, ModelOptions, grammar_is_valid
 from daemon.engine.scheduler import RequestHandle, Scheduler
 from daemon.engine.types import GenerationRequest
 from daemon.errors import ContextLengthExceeded, InvalidRequest
@@ -136,6 +136,10 @@ class LoadedModel:
         worker = self.scheduler or self.embedder
         assert worker is not None
         return worker
+
+    def grammar_ok(self, gbnf: str) -> bool:
+        """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""
+        return grammar_is_valid(self.model, gbnf)
 
     def persist(self) -> None:
         """Save the request_id store to its spill directory (if one is configured)."""

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.llama import Batch, Context, ContextOptions, Model, SamplerChain
+from daemon.engine.logprobs import token_logprob
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import (
     Chunk,
     FinishReason,
     GenerationRequest,
     SavedSequence,
+    TokenLogprob,
     Usage,
 )
 from daemon.errors import EdgedError, EngineError, Overloaded, Unavailable
@@ -155,6 +157,10 @@ class _Active:
     generated: int = 0
     next_token: int = -1
     row: int = -1
+    # prompt scoring (echo): batch rows of the current chunk and their positions
+    score_rows: list[tuple[int, int]] = field(default_factory=list)
+    prompt_lp: list[TokenLogprob] = field(default_factory=list)
+    lp_pending: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def slots(self) -> list[_Slot]:
@@ -313,6 +319,10 @@ class Scheduler:
             s.busy = True
         if req.resume is not None:
             pending, n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
+        elif req.prompt_logprobs:
+            # Scoring needs the logits of every prompt position: nothing can come from cache.
+            self._trim(slot, 0)
+            pending, n_prompt = list(req.prompt_tokens), len(req.prompt_tokens)
         else:
             pending, n_prompt = self._reuse_prefix(slot, req.prompt_tokens), len(req.prompt_tokens)
         h.usage.cached_tokens = len(slot.tokens)
@@ -337,10 +347,10 @@ class Scheduler:
             beams=beams,
         )
         self._active.append(active)
-        if req.max_tokens == 0 or not pending:
-            # Nothing to generate: a zero budget, or a kept sequence that already ended.
-            reason = FinishReason.LENGTH if req.max_tokens == 0 else FinishReason.STOP
-            self._finish(active, reason, "", out)
+        if not pending:
+            self._finish(active, FinishReason.STOP, "", out)  # a kept sequence that ended
+        elif req.max_tokens == 0 and not req.prompt_logprobs:
+            self._finish(active, FinishReason.LENGTH, "", out)
 
     def _beam_search(self, req: GenerationRequest) -> BeamSearch:
         assert req.beams is not None
@@ -419,8 +429,11 @@ class Scheduler:
             done = n == len(a.pending)
             slot = a.slot
             pos = len(slot.tokens)
+            score = a.handle.request.prompt_logprobs
             for j, tok in enumerate(take):
-                b.add(tok, pos + j, slot.seq, done and j == n - 1)
+                row = b.add(tok, pos + j, slot.seq, score or (done and j == n - 1))
+                if score:
+                    a.score_rows.append((row, pos + j))
             if done:
                 a.row = b.n_tokens - 1
             if n > 1 and slot.exact == pos:
@@ -436,15 +449,29 @@ class Scheduler:
             self._fail_all(EngineError(f"llama_decode returned {rc}"))
             return
         for a in list(self._active):
+            if a.score_rows:
+                self._score_prompt(a)
             if a.beams is not None:
                 if a.row >= 0 or (a.beams.rows and not a.pending):
                     self._advance_beams(a, out)
             elif a.row >= 0:
+                if a.handle.request.max_tokens == 0:
+                    self._finish(a, FinishReason.LENGTH, "", out)  # scoring only
+                    continue
                 assert a.sampler is not None
-                self._on_token(a, a.sampler.sample(self.ctx, a.row), out)
+                self._on_token(a, a.sampler.sample(self.ctx, a.row), out, a.row)
         self._deliver(out)
 
-    def _on_token(self, a: _Active, tok: int, out: Out) -> None:
+    def _score_prompt(self, a: _Active) -> None:
+        """Log-probability of each prompt token given the ones before it (echo + logprobs)."""
+        prompt = a.handle.request.prompt_tokens
+        top = a.handle.request.logprobs or 0
+        for row, pos in a.score_rows:
+            if pos + 1 < len(prompt):
+                a.prompt_lp.append(token_logprob(self.ctx.logits_np(row), prompt[pos + 1], top))
+        a.score_rows.clear()
+
+    def _on_token(self, a: _Active, tok: int, out: Out, row: int) -> None:
         h = a.handle
         if h.first_token_at is None:
             h.first_token_at = time.monotonic()
@@ -452,6 +479,8 @@ class Scheduler:
             a.next_token = -1
             self._finish(a, FinishReason.STOP, a.stops.push(a.detok.flush()), out)
             return
+        if h.request.logprobs is not None:
+            a.lp_pending.append(token_logprob(self.ctx.logits_np(row), tok, h.request.logprobs))
         a.generated += 1
         a.next_token = tok
         h.usage.completion_tokens = a.generated
@@ -461,7 +490,16 @@ class Scheduler:
         elif a.generated >= h.request.max_tokens:
             self._finish(a, FinishReason.LENGTH, text + a.stops.push(a.detok.flush()), out, tok)
         elif text:
-            out.append((h, Chunk(text, (tok,))))
+            out.append((h, self._chunk(a, text, (tok,), None)))
+
+    @staticmethod
+    def _chunk(
+        a: _Active, text: str, tokens: tuple[int, ...], reason: FinishReason | None
+    ) -> Chunk:
+        """A chunk carrying the log-probabilities gathered since the previous one."""
+        lps, a.lp_pending = tuple(a.lp_pending), []
+        plps, a.prompt_lp = tuple(a.prompt_lp), []
+        return Chunk(text, tokens, reason, lps, plps)
 
     def _advance_beams(self, a: _Active, out: Out) -> None:
         """Score every beam's next token, reorder the beams' KV, finish when the search ends."""
@@ -539,7 +577,7 @@ class Scheduler:
                 self._trim(s, a.n_prompt)
         self._active.remove(a)
         self._release(h, reason)
-        out.append((h, Chunk(text, () if tok is None else (tok,), reason)))
+        out.append((h, self._chunk(a, text, () if tok is None else (tok,), reason)))
 
     def _save(
         self, a: _Active, reason: FinishReason, tok: int | None, best: list[int] | None

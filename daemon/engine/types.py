@@ -29,6 +29,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -86,6 +88,8 @@ class GenerationRequest:
     beams: BeamParams | None = None
     resume: SavedSequence | None = None
     keep: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
 
     @property
     def n_slots(self) -> int:
@@ -94,12 +98,32 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model's raw distribution, and the top alternatives.
+
+    Log-probabilities are taken from the logits before logit_bias, penalties, grammar and
+    temperature, so they describe the model, not the sampler settings.
+    """
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """Newly generated text of one sequence; `finish_reason` is set on its last chunk."""
+    """Newly generated text of one sequence; `finish_reason` is set on its last chunk.
+
+    `logprobs` covers the tokens generated since the previous chunk; `prompt_logprobs` (first
+    chunk only, when asked) scores the prompt: entry i is the log-probability of prompt token
+    i + 1 given the tokens before it.
+    """
 
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Router, post
 from litestar.response import Stream
 
-from daemon.api.choices import limits_of
+from daemon.api.choices import policy_of
 from daemon.api.generate import serving
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest
 from daemon.config import Settings
@@ -25,7 +25,7 @@ async def generate(
 ) -> Stream | str:
     """Generate or continue under `request_id`; plain chunked text when streaming."""
     return await serving.generate(
-        registry, data, _owner(api_key), settings.generation, limits_of(settings)
+        registry, data, _owner(api_key), settings.generation, policy_of(settings)
     )
 
 
@@ -35,7 +35,7 @@ async def generate_batch(
 ) -> list[dict[str, Any]]:
     """Several request_ids decoded together; the answers in request order."""
     return await serving.generate_batch(
-        registry, data, _owner(api_key), settings.generation, limits_of(settings)
+        registry, data, _owner(api_key), settings.generation, policy_of(settings)
     )
 
 

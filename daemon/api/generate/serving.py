@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar.response import Stream
 
-from daemon.api.choices import Limits
+from daemon.api.choices import Policy
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
 from daemon.api.streams import collect
 from daemon.config import GenerationDefaults
@@ -34,7 +34,7 @@ def _engine_request(
     lm: LoadedModel,
     history: list[int],
     cfg: GenerationDefaults,
-    limits: Limits,
+    limits: Policy,
 ) -> tuple[int, SamplingParams, BeamParams | None]:
     if cfg.max_new_tokens > limits.max_tokens:
         raise InvalidRequest(
@@ -65,7 +65,7 @@ def start(
     request_id: str,
     prompt: str | None,
     cfg: GenerationDefaults,
-    limits: Limits,
+    limits: Policy,
 ) -> Started:
     """Claim the request_id, then continue its kept sequence or start from `prompt`."""
     key = (owner, request_id)
@@ -100,7 +100,7 @@ async def generate(
     req: GenerateRequest,
     owner: str,
     defaults: GenerationDefaults,
-    limits: Limits,
+    limits: Policy,
 ) -> Stream | str:
     """POST /api/generate: the text, streamed in chunks or whole."""
     lm = await registry.get(req.model)
@@ -130,7 +130,7 @@ async def generate_batch(
     req: GenerateBatchRequest,
     owner: str,
     defaults: GenerationDefaults,
-    limits: Limits,
+    limits: Policy,
 ) -> list[dict[str, Any]]:
     """POST /api/generate-batch: every prompt through the engine together, answers in order."""
     if len(req.prompts) > limits.max_batch:

@@ -48,6 +48,28 @@ class StreamOptions(ProtocolModel):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(ProtocolModel):
+    """OpenAI's `json_schema` member of `response_format`."""
+
+    name: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(ProtocolModel):
+    """`text`, `json_object`, OpenAI's `json_schema`, or Together's `json` with `schema`."""
+
+    type: Literal["text", "json_object", "json_schema", "json"]
+    json_schema: JsonSchemaSpec | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+    def schema_or_none(self) -> dict[str, Any] | None:
+        """The JSON schema to constrain to; None means any JSON object."""
+        if self.type == "json_schema":
+            return self.json_schema.schema_ if self.json_schema else None
+        return self.schema_
+
+
 class _Common(SamplingFields):
     """Fields shared by chat and text completions."""
 
@@ -57,6 +79,9 @@ class _Common(SamplingFields):
     stream_options: StreamOptions | None = None
     user: str | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
+    echo: bool = False
+    response_format: ResponseFormat | None = None
+    grammar: Annotated[str, Field(min_length=1)] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -69,6 +94,23 @@ class ChatCompletionRequest(_Common):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
+    # OpenAI: a boolean plus top_logprobs; Together (seed 001): an integer count.
+    logprobs: bool | Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token, or None when no log-probabilities are wanted."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        if self.logprobs is True:
+            return self.top_logprobs or 0
+        return int(self.logprobs)
+
+    @property
+    def together_logprobs(self) -> bool:
+        """Together's integer form answers `{tokens, token_logprobs}`."""
+        return self.logprobs is not None and not isinstance(self.logprobs, bool)
 
     @property
     def token_limit(self) -> int | None:
@@ -88,6 +130,12 @@ class CompletionRequest(_Common):
         | Annotated[list[list[int]], Field(min_length=1)]
     )
     max_tokens: MaxTokens | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token, or None when no log-probabilities are wanted."""
+        return self.logprobs
 
     @property
     def token_limit(self) -> int | None:

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Router, get, post
 from litestar.response import ServerSentEvent
 
-from daemon.api.choices import limits_of
+from daemon.api.choices import policy_of
 from daemon.api.openai import serving
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -20,7 +20,7 @@ async def chat_completions(
     data: ChatCompletionRequest, registry: ModelRegistry, settings: Settings
 ) -> dict[str, Any] | ServerSentEvent:
     """Chat completion, streamed as SSE when `stream` is true."""
-    return await serving.chat_completion(registry, data, limits_of(settings))
+    return await serving.chat_completion(registry, data, policy_of(settings))
 
 
 @post("/completions", status_code=200)
@@ -28,7 +28,7 @@ async def completions(
     data: CompletionRequest, registry: ModelRegistry, settings: Settings
 ) -> dict[str, Any] | ServerSentEvent:
     """Text completion, streamed as SSE when `stream` is true."""
-    return await serving.completion(registry, data, limits_of(settings))
+    return await serving.completion(registry, data, policy_of(settings))
 
 
 @post("/embeddings", status_code=200)

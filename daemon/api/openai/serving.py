@@ -10,13 +10,16 @@ from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.choices import Limits, submit_choices
-from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from daemon.api.streams import collect_all, merge, sse
+from daemon.api.choices import Extras, Policy, submit_choices, usage
+from daemon.api.openai import logprobs as lp
+from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
+from daemon.api.streams import Collected, collect_all, merge, sse
+from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.scheduler import RequestHandle
-from daemon.engine.types import FinishReason
+from daemon.engine.types import Chunk, FinishReason
+from daemon.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -46,42 +49,85 @@ def _finish(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
-def _usage(handles: list[RequestHandle]) -> dict[str, int]:
-    prompt = sum(h.usage.prompt_tokens for h in handles)
-    completion = sum(h.usage.completion_tokens for h in handles)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def _grammar(req: _Common) -> str | None:
+    """The GBNF that constrains decoding: a raw `grammar`, or one derived from the schema."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return req.grammar
+    if req.grammar is not None:
+        raise InvalidRequest("use either grammar or response_format, not both", param="grammar")
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise InvalidRequest("json_schema needs a json_schema member", param="response_format")
+    schema = fmt.schema_or_none()
+    unsupported = unenforceable_keywords(schema)
+    if unsupported:
+        raise InvalidRequest(
+            f"constrained decoding cannot enforce {', '.join(sorted(unsupported))}; "
+            "remove them or use a raw grammar",
+            param="response_format",
+        )
+    try:
+        return json_grammar(schema)
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
+        raise InvalidRequest(f"unusable JSON schema: {exc}", param="response_format") from exc
+
+
+def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
+    return Extras(grammar=_grammar(req), logprobs=count, prompt_logprobs=echo_scores)
 
 
 async def chat_completion(
-    registry: ModelRegistry, req: ChatCompletionRequest, limits: Limits
+    registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
     lm = await registry.get(req.model)
-    prompt = lm.tokenize(lm.render_chat([m.for_template() for m in req.messages]))
-    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, limits)
+    rendered = lm.render_chat([m.for_template() for m in req.messages])
+    prompt = lm.tokenize(rendered)
+    count = req.logprob_count
+    extras = _extras(req, count, req.echo and count is not None)
+    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, policy, extras)
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
+    shape = _ChatLogprobs(lm, req.together_logprobs) if count is not None else None
     if req.stream:
         chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
-        return sse(_chat_events(chunk_meta, handles, req.include_usage), handles)
+        events = _chat_events(chunk_meta, handles, req.include_usage, shape, policy)
+        return sse(events, handles)
     results = await collect_all(handles)
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": r.text},
-            "logprobs": None,
+            "logprobs": shape.render(r.logprobs) if shape else None,
             "finish_reason": _finish(r.finish_reason),
         }
         for i, r in enumerate(results)
     ]
-    return {**meta.envelope(choices), "usage": _usage(handles)}
+    body = {**meta.envelope(choices), "usage": usage(handles, policy)}
+    if req.echo:
+        # Together semantics: the rendered prompt comes back beside the choices.
+        scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
+        body["prompt"] = [{"text": rendered, "logprobs": scores}]
+    return body
+
+
+@dataclass(frozen=True)
+class _ChatLogprobs:
+    """Chat logprobs in OpenAI's `content` shape or Together's token lists."""
+
+    lm: LoadedModel
+    together: bool
+
+    def render(self, entries: Any) -> dict[str, Any]:
+        piece = self.lm.model.piece
+        return lp.together(entries, piece) if self.together else lp.chat_content(entries, piece)
 
 
 async def _chat_events(
-    meta: _Meta, handles: list[RequestHandle], include_usage: bool
+    meta: _Meta,
+    handles: list[RequestHandle],
+    include_usage: bool,
+    shape: _ChatLogprobs | None,
+    policy: Policy,
 ) -> AsyncIterator[dict[str, Any]]:
     role = {"role": "assistant", "content": ""}
     yield meta.envelope(
@@ -91,14 +137,12 @@ async def _chat_events(
         ]
     )
     async for i, chunk in merge(handles):
-        if chunk.text:
-            delta = {
-                "index": i,
-                "delta": {"content": chunk.text},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            yield meta.envelope([delta])
+        logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
+        if chunk.text or logprobs:
+            delta = {"content": chunk.text} if chunk.text else {}
+            yield meta.envelope(
+                [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": None}]
+            )
         if chunk.finish_reason is not None:
             yield meta.envelope(
                 [
@@ -111,7 +155,7 @@ async def _chat_events(
                 ]
             )
     if include_usage:
-        yield {**meta.envelope([]), "usage": _usage(handles)}
+        yield {**meta.envelope([]), "usage": usage(handles, policy)}
 
 
 def _completion_prompts(lm: LoadedModel, req: CompletionRequest) -> list[list[int]]:
@@ -129,38 +173,92 @@ def _completion_prompts(lm: LoadedModel, req: CompletionRequest) -> list[list[in
     return prompts
 
 
+@dataclass(frozen=True)
+class _Echo:
+    """What `echo` puts before a completion: the prompt text, and its scores if asked."""
+
+    lm: LoadedModel
+    prompts: list[list[int]]
+    n: int
+
+    def prompt_of(self, choice: int) -> list[int]:
+        return self.prompts[choice // self.n]
+
+    def text(self, choice: int) -> str:
+        return self.lm.model.detokenize(self.prompt_of(choice))
+
+
+def _completion_choice(
+    i: int, r: Collected, lm: LoadedModel, echo: _Echo | None, count: int | None
+) -> dict[str, Any]:
+    text = r.text
+    logprobs = None
+    piece = lm.model.piece
+    if echo is not None:
+        prefix = echo.text(i)
+        if count is not None:
+            prompt = echo.prompt_of(i)
+            entries = [None, *r.prompt_logprobs, *r.logprobs]
+            tokens = prompt + [e.token for e in r.logprobs]
+            logprobs = lp.completions(entries, tokens, piece)
+        text = prefix + text
+    elif count is not None:
+        logprobs = lp.completions(r.logprobs, [e.token for e in r.logprobs], piece)
+    return {
+        "index": i,
+        "text": text,
+        "logprobs": logprobs,
+        "finish_reason": _finish(r.finish_reason),
+    }
+
+
 async def completion(
-    registry: ModelRegistry, req: CompletionRequest, limits: Limits
+    registry: ModelRegistry, req: CompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
     lm = await registry.get(req.model)
     prompts = _completion_prompts(lm, req)
-    handles = submit_choices(lm, prompts, req.token_limit, req, req.n, limits)
+    count = req.logprob_count
+    extras = _extras(req, count, req.echo and count is not None)
+    handles = submit_choices(lm, prompts, req.token_limit, req, req.n, policy, extras)
     meta = _meta("cmpl", "text_completion", req.model or lm.name)
+    echo = _Echo(lm, prompts, req.n) if req.echo else None
     if req.stream:
-        return sse(_completion_events(meta, handles, req.include_usage), handles)
+        return sse(_completion_events(meta, handles, req, lm, echo, policy), handles)
     results = await collect_all(handles)
-    choices = [
-        {"index": i, "text": r.text, "logprobs": None, "finish_reason": _finish(r.finish_reason)}
-        for i, r in enumerate(results)
-    ]
-    return {**meta.envelope(choices), "usage": _usage(handles)}
+    choices = [_completion_choice(i, r, lm, echo, count) for i, r in enumerate(results)]
+    return {**meta.envelope(choices), "usage": usage(handles, policy)}
 
 
 async def _completion_events(
-    meta: _Meta, handles: list[RequestHandle], include_usage: bool
+    meta: _Meta,
+    handles: list[RequestHandle],
+    req: CompletionRequest,
+    lm: LoadedModel,
+    echo: _Echo | None,
+    policy: Policy,
 ) -> AsyncIterator[dict[str, Any]]:
-    async for i, chunk in merge(handles):
-        if chunk.text or chunk.finish_reason is not None:
+    count = req.logprob_count
+    piece = lm.model.piece
+    if echo is not None:
+        for i in range(len(handles)):
             yield meta.envelope(
-                [
-                    {
-                        "index": i,
-                        "text": chunk.text,
-                        "logprobs": None,
-                        "finish_reason": _finish(chunk.finish_reason),
-                    }
-                ]
+                [{"index": i, "text": echo.text(i), "logprobs": None, "finish_reason": None}]
             )
-    if include_usage:
-        yield {**meta.envelope([]), "usage": _usage(handles)}
+    async for i, chunk in merge(handles):
+        if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
+            yield meta.envelope([_stream_choice(i, chunk, count, piece)])
+    if req.include_usage:
+        yield {**meta.envelope([]), "usage": usage(handles, policy)}
+
+
+def _stream_choice(i: int, chunk: Chunk, count: int | None, piece: lp.Piece) -> dict[str, Any]:
+    logprobs = None
+    if count is not None and chunk.logprobs:
+        logprobs = lp.completions(chunk.logprobs, [e.token for e in chunk.logprobs], piece)
+    return {
+        "index": i,
+        "text": chunk.text,
+        "logprobs": logprobs,
+        "finish_reason": _finish(chunk.finish_reason),
+    }

@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Request, post
 
-from daemon.api.choices import limits_of
+from daemon.api.choices import policy_of
 from daemon.api.together import serving
 from daemon.api.together.protocol import InferenceRequest
 from daemon.config import Settings
@@ -22,4 +22,4 @@ async def inference(
 ) -> dict[str, Any]:
     """Complete a prompt; the request is echoed back under `args` as the client sent it."""
     args = await request.json()
-    return await serving.inference(registry, data, args, limits_of(settings))
+    return await serving.inference(registry, data, args, policy_of(settings))

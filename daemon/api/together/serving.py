@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from daemon.api.choices import Limits, submit_choices
+from daemon.api.choices import Policy, submit_choices
 from daemon.api.streams import collect_all
 from daemon.api.together.protocol import InferenceRequest
 from daemon.engine.registry import ModelRegistry
 
 
 async def inference(
-    registry: ModelRegistry, req: InferenceRequest, args: dict[str, Any], limits: Limits
+    registry: ModelRegistry, req: InferenceRequest, args: dict[str, Any], limits: Policy
 ) -> dict[str, Any]:
     """Run `n` completions of one prompt; answer in seed 000's shape."""
     start = time.perf_counter()
