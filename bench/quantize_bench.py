@@ -1,4 +1,4 @@
-"""Time and peak memory of convert and quantize on the two test models; writes QUANTIZE.md."""
+"""Time and peak memory of convert and quantize on the two test models (for RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,6 @@ def main() -> None:
         lines.append(
             f"| {model} | {what} | {res['s']:.2f} | {res['rss_mib']:.0f} | {size / 2**20:.1f} |"
         )
-    (HERE / "QUANTIZE.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
