@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +45,9 @@ class Extras:
     grammar: str | None = None
     logprobs: int | None = None
     prompt_logprobs: bool = False
+
+
+_fork_groups = itertools.count()
 
 
 def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
@@ -96,18 +100,27 @@ def submit_choices(
         raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
     sampling = _sampling(lm, fields, extras.grammar)
     stops = fields.stop_list()
-    requests = [
-        GenerationRequest(
-            p,
-            lm.fit(p, max_tokens),
-            choice_sampling(sampling, j),
-            stops,
-            logprobs=extras.logprobs,
-            prompt_logprobs=extras.prompt_logprobs,
+    requests = []
+    for p in prompts:
+        limit = lm.fit(p, max_tokens)
+        group = next(_fork_groups) if n > 1 else None
+        requests.extend(
+            GenerationRequest(
+                p,
+                limit,
+                choice_sampling(sampling, j),
+                stops,
+                logprobs=extras.logprobs,
+                prompt_logprobs=extras.prompt_logprobs,
+                fork_group=group,
+                fork_size=n,
+            )
+            for j in range(n)
         )
-        for p in prompts
-        for j in range(n)
-    ]
+    if n > lm.generator().n_slots:
+        raise InvalidRequest(
+            f"n must be at most the model's {lm.generator().n_slots} slots", param="n"
+        )
     return submit_all(lm, requests)
 
 

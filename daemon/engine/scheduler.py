@@ -159,6 +159,9 @@ class _Active:
     row: int = -1
     # prompt scoring (echo): batch rows of the current chunk and their positions
     score_rows: list[tuple[int, int]] = field(default_factory=list)
+    # n > 1: siblings wait for this leader's prefill, then take a copy of its KV
+    forks: list[_Active] = field(default_factory=list)
+    leader: _Active | None = None
     prompt_lp: list[TokenLogprob] = field(default_factory=list)
     lp_pending: list[TokenLogprob] = field(default_factory=list)
 
@@ -197,6 +200,7 @@ class Scheduler:
         self.last_beat = time.monotonic()
         self.steps = 0
         self.cache_hit_tokens = 0
+        self.prefill_tokens = 0
         self._thread = threading.Thread(target=self._run, name=f"edged-{name}", daemon=True)
         self._thread.start()
 
@@ -295,12 +299,36 @@ class Scheduler:
                 self._release(h, FinishReason.CANCELLED)
                 out.append((h, Chunk("", (), FinishReason.CANCELLED)))
                 continue
+            if h.request.fork_group is not None and h.request.fork_size > 1:
+                if not self._admit_group(h, out):
+                    break
+                continue
             slots = self._pick_slots(h.request)
             if slots is None:
                 break
             self._waiting.popleft()
             self._start(h, slots, out)
         self._deliver(out)
+
+    def _admit_group(self, leader: RequestHandle, out: Out) -> bool:
+        """Admit the n choices of one prompt together: one prefill, KV copied at the fork."""
+        req = leader.request
+        group = [h for h in self._waiting if h.request.fork_group == req.fork_group]
+        free = [s for s in self._slots if not s.busy]
+        if len(group) < req.fork_size or len(free) < len(group):
+            return False  # siblings still on their way, or not enough slots yet
+        for h in group:
+            self._waiting.remove(h)
+        slots = self._pick_slots(req)
+        assert slots is not None
+        head = self._start(leader, slots, out)
+        for h in group[1:]:
+            free = [s for s in self._slots if not s.busy]
+            free.sort(key=lambda s: s.last_used)
+            child = self._start(h, [free[0]], out, fork_of=head)
+            if child is not None and head is not None:
+                head.forks.append(child)
+        return True
 
     def _pick_slots(self, req: GenerationRequest) -> list[_Slot] | None:
         """Free slots for a request: the one sharing the longest prefix first, then LRU ones."""
@@ -312,12 +340,17 @@ class Scheduler:
         free.sort(key=lambda s: (_common_prefix(s.tokens, want), -s.last_used), reverse=True)
         return free[: req.n_slots]
 
-    def _start(self, h: RequestHandle, slots: list[_Slot], out: Out) -> None:
+    def _start(
+        self, h: RequestHandle, slots: list[_Slot], out: Out, fork_of: _Active | None = None
+    ) -> _Active | None:
         req = h.request
         slot = slots[0]
         for s in slots:
             s.busy = True
-        if req.resume is not None:
+        if fork_of is not None:
+            # KV arrives from the leader after its prefill; nothing to decode of our own.
+            pending, n_prompt = [], len(req.prompt_tokens)
+        elif req.resume is not None:
             pending, n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
         elif req.prompt_logprobs:
             # Scoring needs the logits of every prompt position: nothing can come from cache.
@@ -328,7 +361,7 @@ class Scheduler:
         h.usage.cached_tokens = len(slot.tokens)
         self.cache_hit_tokens += len(slot.tokens)
         log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
-        history = slot.tokens + pending
+        history = list(req.prompt_tokens) if fork_of is not None else slot.tokens + pending
         sampler = None
         beams = None
         if req.beams is not None:
@@ -345,12 +378,45 @@ class Scheduler:
             stops=StopMatcher(req.stop),
             n_prompt=n_prompt,
             beams=beams,
+            leader=fork_of,
         )
         self._active.append(active)
+        if fork_of is not None:
+            if fork_of not in self._active:  # the leader already ended: prefill on our own
+                self._detach(active)
+            return active
         if not pending:
             self._finish(active, FinishReason.STOP, "", out)  # a kept sequence that ended
-        elif req.max_tokens == 0 and not req.prompt_logprobs:
+            return None
+        if req.max_tokens == 0 and not req.prompt_logprobs:
             self._finish(active, FinishReason.LENGTH, "", out)
+            return None
+        return active
+
+    def _detach(self, child: _Active) -> None:
+        """A fork whose leader went away before its prefill: prefill the prompt itself."""
+        child.leader = None
+        child.pending = self._reuse_prefix(child.slot, child.handle.request.prompt_tokens)
+
+    def _fork(self, leader: _Active, out: Out) -> None:
+        """The leader's prompt is in its KV: copy it to each sibling, sample their first token."""
+        if not leader.forks:
+            return
+        state = self.ctx.state_get(leader.slot.seq)
+        for child in leader.forks:
+            if child not in self._active:
+                continue
+            self._trim(child.slot, 0)
+            if not self.ctx.state_set(child.slot.seq, state):
+                self._detach(child)
+                continue
+            child.slot.tokens = list(leader.slot.tokens)
+            child.slot.exact = leader.slot.exact
+            child.leader = None
+            child.prompt_lp = list(leader.prompt_lp)
+            assert child.sampler is not None
+            self._on_token(child, child.sampler.sample(self.ctx, leader.row), out, leader.row)
+        leader.forks.clear()
 
     def _beam_search(self, req: GenerationRequest) -> BeamSearch:
         assert req.beams is not None
@@ -404,7 +470,7 @@ class Scheduler:
         b.clear()
         budget = b.capacity
         for a in self._active:
-            if a.pending:
+            if a.pending or a.leader is not None:
                 continue
             if a.beams is not None:
                 a.beams.rows = [
@@ -441,6 +507,7 @@ class Scheduler:
             slot.tokens.extend(take)
             del a.pending[:n]
             budget -= n
+            self.prefill_tokens += n
 
         rc = self.ctx.decode(b)
         self.steps += 1
@@ -455,6 +522,8 @@ class Scheduler:
                 if a.row >= 0 or (a.beams.rows and not a.pending):
                     self._advance_beams(a, out)
             elif a.row >= 0:
+                if a.forks:
+                    self._fork(a, out)
                 if a.handle.request.max_tokens == 0:
                     self._finish(a, FinishReason.LENGTH, "", out)  # scoring only
                     continue
@@ -562,6 +631,12 @@ class Scheduler:
         best_tokens: list[int] | None = None,
     ) -> None:
         text += a.stops.flush()
+        for child in a.forks:
+            if child.leader is a:
+                self._detach(child)
+        a.forks.clear()
+        if a.leader is not None and a in a.leader.forks:
+            a.leader.forks.remove(a)
         h = a.handle
         if h.request.keep and reason is not FinishReason.ERROR:
             h.saved = self._save(a, reason, tok, best_tokens)

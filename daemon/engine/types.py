@@ -90,6 +90,10 @@ class GenerationRequest:
     keep: bool = False
     logprobs: int | None = None
     prompt_logprobs: bool = False
+    # n > 1: the choices of one prompt share a fork group; the prompt is prefilled once
+    # and its KV copied to the other choices' slots.
+    fork_group: int | None = None
+    fork_size: int = 1
 
     @property
     def n_slots(self) -> int:

@@ -88,3 +88,24 @@ def test_beam_sampling_is_seeded(lm: LoadedModel) -> None:
     sp = SamplingParams(temperature=1.0, top_k=50, seed=7)
     req = GenerationRequest(prompt, 12, sp, beams=BeamParams(3, 1.0, do_sample=True))
     assert run(lm, req)[0] == run(lm, req)[0]
+
+
+def test_n_choices_prefill_once_and_match_solo_runs(lm: LoadedModel) -> None:
+    """A fork group prefills its prompt once; each choice equals the same request run alone."""
+    prompt = lm.tokenize("Invent a name for a cat, then explain it:")
+    params = [SamplingParams(temperature=1.0, seed=40 + i) for i in range(3)]
+    assert lm.scheduler is not None
+    before = lm.scheduler.prefill_tokens
+
+    async def forked() -> list[str]:
+        hs = [
+            lm.submit(GenerationRequest(prompt, 12, params[i], fork_group=99, fork_size=3))
+            for i in range(3)
+        ]
+        return list(await asyncio.gather(*(text_of(h) for h in hs)))
+
+    together = asyncio.run(forked())
+    assert lm.scheduler.prefill_tokens - before == len(prompt)
+    alone = [run(lm, GenerationRequest(prompt, 12, params[i]))[0] for i in range(3)]
+    assert together == alone
+    assert len(set(together)) > 1
