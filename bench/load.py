@@ -85,18 +85,22 @@ async def one_stream(
     start = time.perf_counter()
     ttft = None
     tokens = 0
+    deltas = 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
-            if ttft is None and event["choices"] and event["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - start
+            if event["choices"] and event["choices"][0]["delta"].get("content"):
+                deltas += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - start
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
     end = time.perf_counter() - start
-    return StreamResult(ttft if ttft is not None else end, tokens, end)
+    # Servers without stream_options usage: one content delta per token.
+    return StreamResult(ttft if ttft is not None else end, tokens or deltas, end)
 
 
 async def run_round(url: str, level: int, max_tokens: int, model: str | None, offset: int) -> Round:

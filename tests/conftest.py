@@ -15,21 +15,6 @@ import httpx
 import pytest
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import cpu_has_amx
-
-if cpu_has_amx():
-    # llama.cpp 0.3.36's AMX kernels crash in llama_decode on these VMs; the daemon turns its
-    # extra buffers off itself, and tests that use llama_cpp.Llama directly need the same.
-    import llama_cpp
-
-    _default_model_params = llama_cpp.llama_model_default_params
-
-    def _no_extra_bufts() -> llama_cpp.llama_model_params:
-        params = _default_model_params()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_model_default_params = _no_extra_bufts
 
 ROOT = Path(__file__).resolve().parent.parent
 
