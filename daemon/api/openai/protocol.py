@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -18,12 +19,38 @@ class TextPart(ProtocolModel):
     text: str
 
 
+class FunctionCall(ProtocolModel):
+    """The function an assistant turn called, with its arguments (a JSON text, or an object)."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+    def arguments_object(self) -> Any:
+        """The arguments as a value, for templates that lay them out themselves."""
+        if isinstance(self.arguments, dict):
+            return self.arguments
+        try:
+            return json.loads(self.arguments)
+        except ValueError:
+            return self.arguments
+
+
+class ToolCallIn(ProtocolModel):
+    """A tool call of an earlier assistant turn, sent back in the conversation."""
+
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(ProtocolModel):
     """A conversation turn."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         """The content as one string."""
@@ -39,7 +66,51 @@ class ChatMessage(ProtocolModel):
         msg: dict[str, Any] = {"role": role, "content": self.text()}
         if self.name is not None:
             msg["name"] = self.name
+        if self.tool_calls:
+            # Hugging Face's convention: templates get arguments as objects, not JSON text.
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {
+                        "name": c.function.name,
+                        "arguments": c.function.arguments_object(),
+                    },
+                }
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            msg["tool_call_id"] = self.tool_call_id
         return msg
+
+
+class FunctionDef(ProtocolModel):
+    """A function the model may call: its name, what it does, and a JSON schema of its arguments."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(ProtocolModel):
+    """One entry of `tools`; only `function` tools exist (checked when the request is served)."""
+
+    type: str
+    function: FunctionDef
+
+
+class NamedFunction(ProtocolModel):
+    """The `function` member of a named tool choice."""
+
+    name: str
+
+
+class NamedToolChoice(ProtocolModel):
+    """`tool_choice` naming the one function the model must call."""
+
+    type: str = "function"
+    function: NamedFunction
 
 
 class StreamOptions(ProtocolModel):
@@ -97,6 +168,10 @@ class ChatCompletionRequest(_Common):
     # OpenAI: a boolean plus top_logprobs; Together (seed 001): an integer count.
     logprobs: bool | Annotated[int, Field(ge=0, le=20)] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    safety_model: Annotated[str, Field(min_length=1)] | None = None
 
     @property
     def logprob_count(self) -> int | None:

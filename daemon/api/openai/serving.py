@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import Extras, Policy, submit_choices, usage
 from daemon.api.openai import logprobs as lp
+from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.engine.grammar import json_grammar, unenforceable_keywords
@@ -81,33 +82,137 @@ async def chat_completion(
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
     lm = await registry.get(req.model)
-    rendered = lm.render_chat([m.for_template() for m in req.messages])
+    plan = tools.plan_tools(req, lm.template.source)
+    messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
+    rendered = lm.render_chat(messages, **template_vars)
     prompt = lm.tokenize(rendered)
     count = req.logprob_count
     extras = _extras(req, count, req.echo and count is not None)
-    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, policy, extras)
+    if plan is not None and plan.grammar is not None:
+        extras = replace(extras, grammar=plan.grammar)
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
+    chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
+    guard = None
+    if req.safety_model is not None:
+        guard = await safety.Guard.open(registry, req.safety_model, policy)
+        verdict = await guard.check_input(req.messages)
+        if not verdict.safe:
+            return _refused(meta, chunk_meta, req, verdict)
+    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, policy, extras)
     shape = _ChatLogprobs(lm, req.together_logprobs) if count is not None else None
     if req.stream:
-        chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
-        events = _chat_events(chunk_meta, handles, req.include_usage, shape, policy)
+        if guard is not None:
+            # The output check needs whole answers: generate, judge, then send each at once.
+            events = _screened_events(chunk_meta, handles, req, shape, policy, plan, guard)
+        else:
+            events = _chat_events(chunk_meta, handles, req.include_usage, shape, policy, plan)
         return sse(events, handles)
     results = await collect_all(handles)
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": r.text},
-            "logprobs": shape.render(r.logprobs) if shape else None,
-            "finish_reason": _finish(r.finish_reason),
-        }
-        for i, r in enumerate(results)
-    ]
+    choices = [_chat_choice(i, r, shape, plan) for i, r in enumerate(results)]
+    if guard is not None:
+        choices = await _screen(guard, req, choices)
     body = {**meta.envelope(choices), "usage": usage(handles, policy)}
     if req.echo:
         # Together semantics: the rendered prompt comes back beside the choices.
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
         body["prompt"] = [{"text": rendered, "logprobs": scores}]
     return body
+
+
+def _chat_choice(
+    i: int, r: Collected, shape: _ChatLogprobs | None, plan: tools.ToolPlan | None
+) -> dict[str, Any]:
+    content, calls = tools.parse_message(plan, r.text)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [c.wire() for c in calls]
+    return {
+        "index": i,
+        "message": message,
+        "logprobs": shape.render(r.logprobs) if shape else None,
+        "finish_reason": _chat_finish(r.finish_reason, bool(calls)),
+    }
+
+
+def _chat_finish(reason: FinishReason | None, called: bool) -> str | None:
+    """OpenAI reports a turn that ended on its own after calls as `tool_calls`."""
+    if called and reason is FinishReason.STOP:
+        return "tool_calls"
+    return _finish(reason)
+
+
+def _refusal_choice(i: int, verdict: safety.Verdict) -> dict[str, Any]:
+    return {
+        "index": i,
+        "message": {"role": "assistant", "content": verdict.refusal()},
+        "logprobs": None,
+        "finish_reason": "content_filter",
+    }
+
+
+async def _screen(
+    guard: safety.Guard, req: ChatCompletionRequest, choices: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Replace every answer the safety model flags with a refusal."""
+    answers = [safety.answer_text(c["message"]) for c in choices]
+    verdicts = await guard.check_outputs(req.messages, answers)
+    return [
+        c if v.safe else _refusal_choice(c["index"], v)
+        for c, v in zip(choices, verdicts, strict=True)
+    ]
+
+
+_NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "estimated_cost": 0.0}
+
+
+def _refused(
+    meta: _Meta, chunk_meta: _Meta, req: ChatCompletionRequest, verdict: safety.Verdict
+) -> dict[str, Any] | ServerSentEvent:
+    """The answer to a conversation the safety model flagged: nothing was generated."""
+    choices = [_refusal_choice(i, verdict) for i in range(req.n)]
+    if req.stream:
+        tail = _NO_USAGE if req.include_usage else None
+        return sse(_replay(chunk_meta, choices, tail), [])
+    return {**meta.envelope(choices), "usage": _NO_USAGE}
+
+
+async def _replay(
+    meta: _Meta, choices: list[dict[str, Any]], tail_usage: dict[str, Any] | None
+) -> AsyncIterator[dict[str, Any]]:
+    """Finished choices as chunks: each whole answer in one delta with its finish_reason."""
+    for c in choices:
+        delta = dict(c["message"])
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": k, **t} for k, t in enumerate(delta["tool_calls"])]
+        yield meta.envelope(
+            [
+                {
+                    "index": c["index"],
+                    "delta": delta,
+                    "logprobs": c["logprobs"],
+                    "finish_reason": c["finish_reason"],
+                }
+            ]
+        )
+    if tail_usage is not None:
+        yield {**meta.envelope([]), "usage": tail_usage}
+
+
+async def _screened_events(
+    meta: _Meta,
+    handles: list[RequestHandle],
+    req: ChatCompletionRequest,
+    shape: _ChatLogprobs | None,
+    policy: Policy,
+    plan: tools.ToolPlan | None,
+    guard: safety.Guard,
+) -> AsyncIterator[dict[str, Any]]:
+    results = await collect_all(handles)
+    choices = [_chat_choice(i, r, shape, plan) for i, r in enumerate(results)]
+    choices = await _screen(guard, req, choices)
+    tail = usage(handles, policy) if req.include_usage else None
+    async for event in _replay(meta, choices, tail):
+        yield event
 
 
 @dataclass(frozen=True)
@@ -122,12 +227,24 @@ class _ChatLogprobs:
         return lp.together(entries, piece) if self.together else lp.chat_content(entries, piece)
 
 
+def _deltas(event: tools.Event, k: int) -> list[dict[str, Any]]:
+    """Content, or a call as OpenAI streams it: id and name first, then the arguments."""
+    if isinstance(event, str):
+        return [{"content": event}]
+    head = {"index": k, "id": event.id, "type": "function"}
+    return [
+        {"tool_calls": [{**head, "function": {"name": event.name, "arguments": ""}}]},
+        {"tool_calls": [{"index": k, "function": {"arguments": event.arguments}}]},
+    ]
+
+
 async def _chat_events(
     meta: _Meta,
     handles: list[RequestHandle],
     include_usage: bool,
     shape: _ChatLogprobs | None,
     policy: Policy,
+    plan: tools.ToolPlan | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     role = {"role": "assistant", "content": ""}
     yield meta.envelope(
@@ -136,12 +253,32 @@ async def _chat_events(
             for i in range(len(handles))
         ]
     )
+    # One parser per choice: calls are sent when their block closes, text outside them as it
+    # comes, minus anything that may still turn out to be call markup.
+    parsers = [tools.CallParser(plan) for _ in handles]
     async for i, chunk in merge(handles):
+        parser = parsers[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
-        if chunk.text or logprobs:
-            delta = {"content": chunk.text} if chunk.text else {}
+        events = parser.push(chunk.text)
+        if chunk.finish_reason is not None:
+            events += parser.finish()
+        deltas: list[dict[str, Any]] = []
+        calls_before = parser.calls - sum(isinstance(e, tools.ToolCall) for e in events)
+        for e in events:
+            deltas += _deltas(e, calls_before)
+            calls_before += isinstance(e, tools.ToolCall)
+        if logprobs and not deltas:
+            deltas = [{}]
+        for n, delta in enumerate(deltas):
             yield meta.envelope(
-                [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": None}]
+                [
+                    {
+                        "index": i,
+                        "delta": delta,
+                        "logprobs": logprobs if n == 0 else None,
+                        "finish_reason": None,
+                    }
+                ]
             )
         if chunk.finish_reason is not None:
             yield meta.envelope(
@@ -150,7 +287,7 @@ async def _chat_events(
                         "index": i,
                         "delta": {},
                         "logprobs": None,
-                        "finish_reason": _finish(chunk.finish_reason),
+                        "finish_reason": _chat_finish(chunk.finish_reason, parser.calls > 0),
                     }
                 ]
             )

@@ -1,0 +1,454 @@
+"""Function calling on chat: tool prompts, call grammars, and parsing calls out of model text."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
+from daemon.engine.grammar import json_grammar, unenforceable_keywords
+from daemon.errors import InvalidRequest
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_TAG = "[TOOL_CALLS]"
+_EMPTY_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
+_DEFS = ("$defs", "definitions")
+
+
+class ToolFormat(str, Enum):
+    """How a model writes its calls."""
+
+    HERMES = "hermes"  # <tool_call>{"name", "arguments"}</tool_call> blocks (Qwen, Hermes, generic)
+    LLAMA3 = "llama3"  # one bare {"name", "parameters"} object
+    MISTRAL = "mistral"  # [TOOL_CALLS] then a JSON array of {"name", "arguments"}
+
+
+@dataclass(frozen=True)
+class Function:
+    """A callable function as the request declared it."""
+
+    name: str
+    description: str | None
+    parameters: dict[str, Any]
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI tool object, as templates and the generic prompt list it."""
+        fn: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            fn["description"] = self.description
+        return {"type": "function", "function": fn}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call parsed out of the model's text."""
+
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+    def wire(self, index: int | None = None) -> dict[str, Any]:
+        """The OpenAI `tool_calls` entry (with `index` when streamed)."""
+        out: dict[str, Any] = {"index": index} if index is not None else {}
+        out.update(
+            {
+                "id": self.id,
+                "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments},
+            }
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a request's tools mean for the prompt, the sampler and the parser."""
+
+    functions: tuple[Function, ...]
+    allowed: frozenset[str]  # names a parsed call may have
+    fmt: ToolFormat
+    native: bool  # the model's own template lays the tools out
+    grammar: str | None  # set when a call is required or named
+
+
+def template_supports_tools(source: str) -> bool:
+    """Whether a chat template renders a `tools` variable itself."""
+    return re.search(r"\btools\b", source) is not None
+
+
+def template_format(source: str) -> ToolFormat:
+    """The call syntax a tool-aware template teaches its model."""
+    if OPEN in source:
+        return ToolFormat.HERMES
+    if MISTRAL_TAG in source:
+        return ToolFormat.MISTRAL
+    if "<|python_tag|>" in source or "ipython" in source:
+        return ToolFormat.LLAMA3
+    return ToolFormat.HERMES
+
+
+def _functions(tools: list[Tool]) -> tuple[Function, ...]:
+    seen: set[str] = set()
+    out = []
+    for t in tools:
+        if t.type != "function":
+            raise InvalidRequest(
+                f"tool type `{t.type}` is not supported; use `function`", param="tools"
+            )
+        name = t.function.name
+        if name in seen:
+            raise InvalidRequest(f"two tools are named `{name}`", param="tools")
+        seen.add(name)
+        params = t.function.parameters or _EMPTY_PARAMS
+        try:
+            json_grammar(params)
+        except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
+            raise InvalidRequest(
+                f"the parameters schema of `{name}` is unusable: {exc}", param="tools"
+            ) from exc
+        out.append(Function(name, t.function.description, params))
+    return tuple(out)
+
+
+def plan_tools(req: ChatCompletionRequest, template_source: str) -> ToolPlan | None:
+    """Validate `tools`/`tool_choice`; None when the model is to see no tools."""
+    choice = req.tool_choice
+    functions = _functions(req.tools or [])
+    if isinstance(choice, NamedToolChoice):
+        if choice.type != "function":
+            raise InvalidRequest(
+                f"tool_choice type `{choice.type}` is not supported; use `function`",
+                param="tool_choice",
+            )
+        if choice.function.name not in {f.name for f in functions}:
+            raise InvalidRequest(
+                f"tool_choice names `{choice.function.name}`, which is not among the tools",
+                param="tool_choice",
+            )
+    elif choice == "required" and not functions:
+        raise InvalidRequest("tool_choice `required` needs tools", param="tool_choice")
+    if not functions or choice == "none":
+        return None
+    native = template_supports_tools(template_source)
+    fmt = template_format(template_source) if native else ToolFormat.HERMES
+    if isinstance(choice, NamedToolChoice):
+        allowed = frozenset({choice.function.name})
+    else:
+        allowed = frozenset(f.name for f in functions)
+    grammar = None
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        if req.grammar is not None or (
+            req.response_format is not None and req.response_format.type != "text"
+        ):
+            raise InvalidRequest(
+                "a required or named tool_choice cannot be combined with grammar or "
+                "response_format",
+                param="tool_choice",
+            )
+        chosen = [f for f in functions if f.name in allowed]
+        grammar = call_grammar(chosen, fmt, parallel=req.parallel_tool_calls)
+    return ToolPlan(functions, allowed, fmt, native, grammar)
+
+
+def _prefix_refs(node: Any, prefix: str) -> Any:
+    """Rewrite `#/$defs/X` references to the hoisted name `#/$defs/<prefix>X`."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str):
+                for d in _DEFS:
+                    if v.startswith(f"#/{d}/"):
+                        v = f"#/$defs/{prefix}{v[len(d) + 3 :]}"
+                out[k] = v
+            elif k in _DEFS:
+                continue
+            else:
+                out[k] = _prefix_refs(v, prefix)
+        return out
+    if isinstance(node, list):
+        return [_prefix_refs(v, prefix) for v in node]
+    return node
+
+
+def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[str, Any]:
+    """One JSON schema accepting `{"name": NAME, key: ARGS}` for any of the functions.
+
+    Each function's `$defs` move to the top level under a per-function prefix, since references
+    resolve against the document root.
+    """
+    alternatives = []
+    defs: dict[str, Any] = {}
+    for i, f in enumerate(functions):
+        prefix = f"f{i}-"
+        for d in _DEFS:
+            for name, sub in (f.parameters.get(d) or {}).items():
+                defs[f"{prefix}{name}"] = _prefix_refs(sub, prefix)
+        alternatives.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": f.name},
+                    key: _prefix_refs(f.parameters, prefix),
+                },
+                "required": ["name", key],
+            }
+        )
+    schema: dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    if defs:
+        schema = {**schema, "$defs": defs}
+    return schema
+
+
+def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) -> str:
+    """GBNF for output that is exactly one (or, if parallel, several) calls in `fmt`."""
+    for f in functions:
+        unsupported = unenforceable_keywords(f.parameters)
+        if unsupported:
+            raise InvalidRequest(
+                f"constrained decoding cannot enforce {', '.join(sorted(unsupported))} "
+                f"in the parameters of `{f.name}`; remove them or use tool_choice `auto`",
+                param="tools",
+            )
+    key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
+    body = json_grammar(calls_schema(functions, key))
+    # The converter names its start rule `root`; ours wraps it in the format's markup.
+    body = re.sub(r"^root ::=", "tool-call ::=", body, flags=re.MULTILINE)
+    if fmt is ToolFormat.HERMES:
+        block = r'"<tool_call>\n" tool-call "\n</tool_call>"'
+        root = f'{block} ("\\n" {block})*' if parallel else block
+    elif fmt is ToolFormat.MISTRAL:
+        root = '"[" tool-call ("," " "? tool-call)* "]"' if parallel else '"[" tool-call "]"'
+    else:
+        root = "tool-call"
+    return f"root ::= {root}\n{body}"
+
+
+# ---- the prompt ---------------------------------------------------------------------------
+
+GENERIC_INTRO = (
+    "# Tools\n\n"
+    "You may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+GENERIC_HOWTO = (
+    "</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+
+def generic_system_prompt(functions: Iterable[Function]) -> str:
+    """The tool section edged adds to the system prompt of models whose template has none."""
+    listing = "".join(json.dumps(f.spec(), ensure_ascii=False) + "\n" for f in functions)
+    return GENERIC_INTRO + listing + GENERIC_HOWTO
+
+
+def call_block(name: str, arguments: Any) -> str:
+    """One call written the way the generic prompt asks the model to write it."""
+    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{OPEN}\n{payload}\n{CLOSE}"
+
+
+def _generic_messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool turns rewritten as text, for templates that know nothing of tools.
+
+    Assistant calls become `<tool_call>` blocks; tool results become `<tool_response>` blocks in
+    a user turn (consecutive results share one), since such templates may refuse a `tool` role.
+    """
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for m in msgs:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            blocks = []
+            for c in m["tool_calls"]:
+                fn = c["function"]
+                if c.get("id"):
+                    names[c["id"]] = fn["name"]
+                blocks.append(call_block(fn["name"], fn["arguments"]))
+            text = "\n".join([m["content"], *blocks] if m["content"] else blocks)
+            out.append({"role": "assistant", "content": text})
+        elif m["role"] == "tool":
+            name = m.get("name") or names.get(m.get("tool_call_id") or "", "")
+            result = json.dumps({"name": name, "content": m["content"]}, ensure_ascii=False)
+            block = f"<tool_response>\n{result}\n</tool_response>"
+            if out and out[-1]["role"] == "user" and out[-1].get("_tool_results"):
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block, "_tool_results": True})
+        else:
+            out.append({k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id")})
+    return [{k: v for k, v in m.items() if k != "_tool_results"} for m in out]
+
+
+def prompt_messages(
+    messages: list[ChatMessage], plan: ToolPlan | None, template_source: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages and extra template variables that present the tools and past calls."""
+    msgs = [m.for_template() for m in messages]
+    if template_supports_tools(template_source):
+        extra = {"tools": [f.spec() for f in plan.functions]} if plan else {}
+        return msgs, extra
+    msgs = _generic_messages(msgs)
+    if plan is not None:
+        section = generic_system_prompt(plan.functions)
+        if msgs[0]["role"] == "system":
+            msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{section}"}
+        else:
+            msgs.insert(0, {"role": "system", "content": section})
+    return msgs, {}
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+
+def _call_of(obj: Any, allowed: frozenset[str]) -> ToolCall | None:
+    """A call from a decoded `{"name", "arguments"|"parameters"}` object, if it is one."""
+    if not isinstance(obj, dict) or obj.get("name") not in allowed:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
+def _partial_suffix(buf: str, marker: str) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of `marker`."""
+    for n in range(min(len(buf), len(marker) - 1), 0, -1):
+        if marker.startswith(buf[-n:]):
+            return n
+    return 0
+
+
+Event = str | ToolCall  # content text, or a finished call
+
+
+class CallParser:
+    """Splits streamed model text into content and calls, holding back possible markup.
+
+    Whitespace next to calls is dropped; a block that does not decode to a call of an allowed
+    function stays content, markup included.
+    """
+
+    def __init__(self, plan: ToolPlan | None) -> None:
+        self._plan = plan
+        self._buf = ""
+        self._ws = ""  # whitespace-only content, released only if real content follows
+        self._inside = False
+        self._json = plan is not None and plan.fmt is not ToolFormat.HERMES
+        self._decided = False  # leading-JSON formats: whether the output is content
+        self.calls = 0
+
+    def push(self, text: str) -> list[Event]:
+        """Add a text delta; return what can be emitted now."""
+        if self._plan is None:
+            return [text] if text else []
+        if self._json:
+            return self._push_json(text)
+        self._buf += text
+        out: list[Event] = []
+        while True:
+            if self._inside:
+                j = self._buf.find(CLOSE)
+                if j < 0:
+                    return out
+                body, self._buf = self._buf[:j], self._buf[j + len(CLOSE) :]
+                self._inside = False
+                out += self._block(body)
+            else:
+                i = self._buf.find(OPEN)
+                if i < 0:
+                    keep = _partial_suffix(self._buf, OPEN)
+                    ready, self._buf = (
+                        self._buf[: len(self._buf) - keep],
+                        self._buf[len(self._buf) - keep :],
+                    )
+                    return out + self._content(ready)
+                out += self._content(self._buf[:i])
+                self._buf = self._buf[i + len(OPEN) :]
+                self._inside = True
+
+    def finish(self) -> list[Event]:
+        """End of generation: release what was held (an unfinished block stays content)."""
+        if self._plan is None:
+            return []
+        if self._json:
+            return self._finish_json()
+        rest = (OPEN if self._inside else "") + self._buf
+        self._buf, self._inside = "", False
+        out = self._content(rest)
+        if self._ws and not self.calls:
+            out.append(self._ws)
+        self._ws = ""
+        return out
+
+    def _content(self, text: str) -> list[Event]:
+        if not text:
+            return []
+        if not text.strip():
+            self._ws += text
+            return []
+        text, self._ws = self._ws + text, ""
+        return [text]
+
+    def _block(self, body: str) -> list[Event]:
+        assert self._plan is not None
+        try:
+            call = _call_of(json.loads(body), self._plan.allowed)
+        except ValueError:
+            call = None
+        if call is None:
+            return self._content(OPEN + body + CLOSE)
+        self._ws = ""
+        self.calls += 1
+        return [call]
+
+    def _push_json(self, text: str) -> list[Event]:
+        # Llama-3 and Mistral put a call at the very start; anything else is plain content.
+        if self._decided:
+            return [text] if text else []
+        self._buf += text
+        head = self._buf.lstrip()
+        if not head:
+            return []
+        if head.startswith(("{", "[")):  # `[` also starts the [TOOL_CALLS] tag
+            return []  # maybe a call: keep everything until the end
+        self._decided = True
+        out, self._buf = self._buf, ""
+        return [out]
+
+    def _finish_json(self) -> list[Event]:
+        assert self._plan is not None
+        text, self._buf = self._buf, ""
+        body = text.strip()
+        if body.startswith(MISTRAL_TAG):
+            body = body[len(MISTRAL_TAG) :]
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return [text] if text else []
+        items = value if isinstance(value, list) else [value]
+        calls = [_call_of(v, self._plan.allowed) for v in items]
+        if not items or any(c is None for c in calls):
+            return [text] if text else []
+        self.calls += len(calls)
+        return [c for c in calls if c is not None]
+
+
+def parse_message(plan: ToolPlan | None, text: str) -> tuple[str | None, list[ToolCall]]:
+    """A finished answer as (content, calls); content is None when only calls were made."""
+    parser = CallParser(plan)
+    events = parser.push(text) + parser.finish()
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    content = "".join(e for e in events if isinstance(e, str))
+    return (content or None) if calls else content, calls
