@@ -92,6 +92,8 @@ async def one_stream(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"stream {i} failed: {event['error']}")
             if event["choices"] and event["choices"][0]["delta"].get("content"):
                 deltas += 1
                 if ttft is None:

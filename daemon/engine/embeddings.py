@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.engine.llama import Batch, Context, ContextOptions, Model, Pooling
+from daemon.engine.llama import ContextOptions, Model, Pooling
+from daemon.engine.worker import STOP, ContextWorker
 from daemon.errors import (
     ContextLengthExceeded,
     EdgedError,
     EngineError,
     InvalidRequest,
-    Overloaded,
     Unavailable,
 )
 
@@ -38,8 +37,6 @@ log = logging.getLogger("edged.embeddings")
 VECTOR_POOLINGS = frozenset({Pooling.MEAN, Pooling.CLS, Pooling.LAST})
 # Encoder-only architectures: embedding models even when their GGUF names no pooling.
 ENCODER_ARCHS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "neo-bert"})
-
-_STOP = object()
 
 
 def declared_pooling(model: Model) -> Pooling | None:
@@ -84,7 +81,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
-class Embedder:
+class Embedder(ContextWorker):
     """Owns one embedding llama_context; `embed` queues inputs, one worker thread decodes them."""
 
     def __init__(
@@ -96,22 +93,10 @@ class Embedder:
         max_queue: int,
         name: str = "model",
     ) -> None:
-        self.model = model
-        self.name = name
-        self.ctx = Context(model, options)
-        self.batch = Batch(options.n_batch, 1)
-        self.n_slots = options.n_seq_max
+        super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-emb-{name}")
         # One input must fit one decode: encoders cannot split a sequence across ubatches.
         self.max_tokens = min(max_tokens, options.n_batch)
-        self.max_queue = max_queue
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._outstanding = 0
         self._busy = 0
-        self._lock = threading.Lock()
-        self._closing = False
-        self.last_beat = time.monotonic()
-        self.steps = 0
-        self._thread = threading.Thread(target=self._run, name=f"edged-emb-{name}", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -146,19 +131,9 @@ class Embedder:
         return self.model.n_embd
 
     @property
-    def outstanding(self) -> int:
-        """Requests submitted and not yet answered."""
-        return self._outstanding
-
-    @property
     def busy_slots(self) -> int:
         """Sequences in the decode running now."""
         return self._busy
-
-    @property
-    def alive(self) -> bool:
-        """Whether the worker thread is running."""
-        return self._thread.is_alive()
 
     def check(self, inputs: list[list[int]], param: str = "input") -> None:
         """Reject empty inputs, unknown token ids and inputs longer than the context."""
@@ -182,32 +157,14 @@ class Embedder:
         self.check(inputs)
         loop = asyncio.get_running_loop()
         jobs = [_Job(tokens, loop.create_future(), loop) for tokens in inputs]
-        with self._lock:
-            if self._closing:
-                raise Unavailable("the model is shutting down")
-            if self._outstanding >= self.n_slots + self.max_queue:
-                raise Overloaded(f"the embedding queue of {self.name} is full")
-            self._outstanding += 1
-            # Under the lock, so nothing lands behind close()'s stop marker unanswered; one
-            # inbox item per request, so a racing worker never splits its inputs.
-            self._inbox.put(jobs)
+        # One inbox item per request, so a racing worker never splits its inputs.
+        self._enqueue(jobs)
         try:
             return list(await asyncio.gather(*(j.future for j in jobs)))
         finally:
-            with self._lock:
-                self._outstanding -= 1
+            self._done()
             for j in jobs:
                 j.future.cancel()  # a no-op once resolved; otherwise the worker skips it
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Fail what is queued, stop the thread and free llama.cpp resources."""
-        with self._lock:
-            self._closing = True
-        self._inbox.put(_STOP)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.batch.close()
-            self.ctx.close()
 
     # ---- worker thread ------------------------------------------------------------
 
@@ -230,7 +187,7 @@ class Embedder:
                     return True
                 self.last_beat = time.monotonic()
                 continue
-            if item is _STOP:
+            if item is STOP:
                 return False
             if isinstance(item, list):
                 pending.extend(item)

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import queue
 import random
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 
 from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
-from daemon.engine.llama import Batch, Context, ContextOptions, Model, SamplerChain
+from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import (
@@ -31,11 +30,11 @@ from daemon.engine.types import (
     TokenLogprob,
     Usage,
 )
-from daemon.errors import EdgedError, EngineError, Overloaded, Unavailable
+from daemon.engine.worker import STOP, ContextWorker
+from daemon.errors import EdgedError, EngineError, Unavailable
 
 log = logging.getLogger("edged.scheduler")
 
-_STOP = object()
 _SEED_MASK = 0xFFFFFFFF
 
 
@@ -173,7 +172,7 @@ class _Active:
 Out = list[tuple[RequestHandle, Chunk | EdgedError]]
 
 
-class Scheduler:
+class Scheduler(ContextWorker):
     """Owns one llama_context; requests enter through `submit`, chunks leave via their handle."""
 
     def __init__(
@@ -184,24 +183,12 @@ class Scheduler:
         max_queue: int,
         name: str = "model",
     ) -> None:
-        self.model = model
-        self.name = name
-        self.ctx = Context(model, options)
-        self.batch = Batch(options.n_batch, 1)
-        self.n_slots = options.n_seq_max
-        self.max_queue = max_queue
+        super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self._slots = [_Slot(seq=i) for i in range(self.n_slots)]
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._waiting: deque[RequestHandle] = deque()
         self._active: list[_Active] = []
-        self._outstanding = 0
-        self._lock = threading.Lock()
-        self._closing = False
-        self.last_beat = time.monotonic()
-        self.steps = 0
         self.cache_hit_tokens = 0
         self.prefill_tokens = 0
-        self._thread = threading.Thread(target=self._run, name=f"edged-{name}", daemon=True)
         self._thread.start()
 
     # ---- asyncio side -------------------------------------------------------------
@@ -209,20 +196,9 @@ class Scheduler:
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; raises Overloaded when slots and queue are full."""
         handle = RequestHandle(request, asyncio.get_running_loop(), self.name)
-        with self._lock:
-            if self._closing:
-                raise Unavailable("the model is shutting down")
-            if self._outstanding >= self.n_slots + self.max_queue:
-                raise Overloaded(f"all {self.n_slots} slots busy and the queue is full")
-            self._outstanding += 1
         handle._poke = self._inbox
-        self._inbox.put(handle)
+        self._enqueue(handle)
         return handle
-
-    @property
-    def outstanding(self) -> int:
-        """Requests submitted and not yet finished."""
-        return self._outstanding
 
     @property
     def busy_slots(self) -> int:
@@ -233,21 +209,6 @@ class Scheduler:
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache across all slots."""
         return sum(len(s.tokens) for s in self._slots)
-
-    @property
-    def alive(self) -> bool:
-        """Whether the scheduler thread is running."""
-        return self._thread.is_alive()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel everything, stop the thread and free llama.cpp resources."""
-        with self._lock:
-            self._closing = True
-        self._inbox.put(_STOP)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.batch.close()
-            self.ctx.close()
 
     # ---- scheduler thread ---------------------------------------------------------
 
@@ -282,7 +243,7 @@ class Scheduler:
                     self.last_beat = time.monotonic()
                     continue
                 return True
-            if item is _STOP:
+            if item is STOP:
                 return False
             if isinstance(item, RequestHandle):
                 self._waiting.append(item)
@@ -685,8 +646,7 @@ class Scheduler:
 
     def _release(self, h: RequestHandle, reason: FinishReason) -> None:
         h.finish_reason = reason
-        with self._lock:
-            self._outstanding -= 1
+        self._done()
 
     def _fail_all(self, error: EdgedError) -> None:
         """End every running request with `error`; their KV is dropped since it may be torn."""
