@@ -41,6 +41,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "drain_timeout": ("--drain-timeout", float, "seconds SIGTERM waits for running streams"),
     "keep_alive": ("--keep-alive", float, "idle seconds before a non-default model unloads"),
     "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
+    "max_models_memory": ("--max-models-memory", int, "bytes of weights + KV for all models"),
 }
 # flag dest -> (flag, help) for switches that only turn a Settings boolean on
 _SWITCHES: dict[str, tuple[str, str]] = {

@@ -60,6 +60,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
         aliases=settings.aliases,
         keep_alive=settings.keep_alive,
         max_loaded=settings.max_loaded_models,
+        max_memory=settings.max_models_memory,
     )
 
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
     keep_alive: float = Field(300.0, ge=0, description="idle seconds before a model unloads")
     max_loaded_models: int = Field(2, ge=1, description="models in memory at once")
+    max_models_memory: int | None = Field(
+        None, ge=1, description="bytes of weights + KV all loaded models may use"
+    )
     log_json: bool = Field(False, description="access log as one JSON object per line")
 
     def default_model_path(self) -> Path:

@@ -137,6 +137,9 @@ class Model:
         self.eos: int = lc.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self.size_bytes: int = lc.llama_model_size(ptr)
+        self.n_layer: int = lc.llama_model_n_layer(ptr)
+        self.n_head: int = lc.llama_model_n_head(ptr)
+        self.n_head_kv: int = lc.llama_model_n_head_kv(ptr)
         vocab = self.vocab
         self._eog = frozenset(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(vocab, t))
         # One table lookup per generated token instead of a foreign call.
@@ -149,6 +152,11 @@ class Model:
             buf = ctypes.create_string_buffer(-n)
             n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def kv_bytes(self, n_cells: int) -> int:
+        """Bytes of an f16 KV cache holding `n_cells` tokens."""
+        head_dim = self.n_embd // max(self.n_head, 1)
+        return n_cells * self.n_layer * 2 * head_dim * self.n_head_kv * 2
 
     def piece(self, token: int) -> bytes:
         """Bytes of one token as text (special tokens render empty)."""

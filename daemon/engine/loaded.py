@@ -137,6 +137,13 @@ class LoadedModel:
         assert worker is not None
         return worker
 
+    @property
+    def memory_bytes(self) -> int:
+        """Weights plus the KV cache allocated for every slot (an estimate for the memory cap)."""
+        worker = self.scheduler or self.embedder
+        slots = worker.n_slots if worker is not None else 1
+        return self.model.size_bytes + self.model.kv_bytes(self.ctx_size * slots)
+
     def grammar_ok(self, gbnf: str) -> bool:
         """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""
         return grammar_is_valid(self.model, gbnf)

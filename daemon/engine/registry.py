@@ -35,8 +35,11 @@ class ModelRegistry:
         aliases: dict[str, str] | None = None,
         keep_alive: float | None = None,
         max_loaded: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self.options = options
+        # ... and keep the loaded models' weights + KV under `max_memory` bytes (None = no cap).
+        self.max_memory = max_memory
         # Lifecycle of non-default models: unload after `keep_alive` idle seconds (None = never),
         # and keep at most `max_loaded` models, evicting the least recently used idle one.
         self.keep_alive = keep_alive
@@ -106,7 +109,7 @@ class ModelRegistry:
         async with self._load_lock:
             lm = self._loaded.get(key)
             if lm is None:
-                await self._make_room()
+                await self._make_room(self._file_size(entry.path))
                 log.info("loading %s from %s", key, entry.path)
                 try:
                     lm = await asyncio.to_thread(LoadedModel, key, entry.path, self.options)
@@ -115,6 +118,7 @@ class ModelRegistry:
                     raise
                 self.loads += 1
                 self._loaded[key] = lm
+                await self._fit_memory(key)
             self._last_used[key] = time.monotonic()
         return lm
 
@@ -122,14 +126,46 @@ class ModelRegistry:
         lm = self._loaded[name]
         return name != self.default_name and lm.worker.outstanding == 0
 
-    async def _make_room(self) -> None:
-        """Unload the least recently used idle model while the cap is reached."""
-        while self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
+    @staticmethod
+    def _file_size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return 0
+
+    def memory_bytes(self) -> int:
+        """Estimated memory of every loaded model (weights + allocated KV)."""
+        return sum(lm.memory_bytes for lm in self._loaded.values())
+
+    def _over(self, incoming: int) -> bool:
+        if self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
+            return True
+        return self.max_memory is not None and self.memory_bytes() + incoming > self.max_memory
+
+    async def _make_room(self, incoming: int) -> None:
+        """Unload least recently used idle models until a model of `incoming` bytes fits."""
+        while self._loaded and self._over(incoming):
             idle = [n for n in self._loaded if self._idle(n)]
             if not idle:
                 raise Unavailable(
-                    f"{len(self._loaded)} models are loaded and busy (the cap is "
-                    f"{self.max_loaded}); retry shortly",
+                    f"{len(self._loaded)} models are loaded and busy (caps: "
+                    f"{self.max_loaded} models, {self.max_memory} bytes); retry shortly",
+                    retry_after=5,
+                )
+            await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+
+    async def _fit_memory(self, key: str) -> None:
+        """After a load, evict idle others while over the memory cap; refuse a model too big."""
+        if self.max_memory is None:
+            return
+        while self.memory_bytes() > self.max_memory:
+            idle = [n for n in self._loaded if n != key and self._idle(n)]
+            if not idle:
+                need = self._loaded[key].memory_bytes
+                await self.unload(key)
+                raise Unavailable(
+                    f"`{key}` needs about {need >> 20} MiB; with the models in use that exceeds "
+                    f"the {self.max_memory >> 20} MiB cap",
                     retry_after=5,
                 )
             await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
