@@ -1,0 +1,255 @@
+"""Tool-call parsing, the call grammar and the generic tool prompt, without a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon.api.openai import tools
+from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage
+from daemon.api.openai.safety import Verdict, conversation, guard_prompt, parse_verdict
+from daemon.errors import InvalidRequest
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+
+
+def _plan(fmt: tools.ToolFormat = tools.ToolFormat.HERMES) -> tools.ToolPlan:
+    return tools.ToolPlan((), frozenset({"get_weather", "get_time"}), fmt, False, None)
+
+
+def _req(**kw: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, TIME], **kw}
+    )
+
+
+def test_parses_several_blocks_and_keeps_text_outside() -> None:
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n'
+    )
+    content, calls = tools.parse_message(_plan(), text)
+    assert content == "Let me check.\n"
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+
+
+def test_only_calls_means_null_content() -> None:
+    content, calls = tools.parse_message(
+        _plan(), '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    )
+    assert content is None and len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',  # not an offered tool
+        "<tool_call>not json</tool_call>",
+        '<tool_call>{"name": "get_time", "arguments": [1]}</tool_call>',
+        '<tool_call>{"name": "get_time"',  # unfinished
+    ],
+)
+def test_non_calls_stay_content(block: str) -> None:
+    content, calls = tools.parse_message(_plan(), f"Hi {block}")
+    assert calls == [] and content == f"Hi {block}"
+
+
+def test_without_a_plan_text_is_untouched() -> None:
+    text = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    assert tools.parse_message(None, text) == (text, [])
+
+
+def test_stream_holds_back_partial_markup() -> None:
+    parser = tools.CallParser(_plan())
+    text = 'Sure <tool_call>{"name": "get_time", "arguments": {"tz": "UTC"}}</tool_call> done'
+    events: list[tools.Event] = []
+    for ch in text:
+        out = parser.push(ch)
+        # No content delta may carry any part of the markup.
+        assert not any(isinstance(e, str) and "<" in e for e in out)
+        events += out
+    events += parser.finish()
+    assert (
+        "".join(e for e in events if isinstance(e, str)) == "Sure done"
+    )  # whitespace next to a call is dropped
+    (call,) = [e for e in events if isinstance(e, tools.ToolCall)]
+    assert json.loads(call.arguments) == {"tz": "UTC"}
+
+
+def test_stream_releases_a_lookalike_that_is_not_markup() -> None:
+    parser = tools.CallParser(_plan())
+    assert parser.push("a <tool") == ["a "]
+    assert parser.push("box>") == ["<toolbox>"]
+    assert parser.finish() == []
+
+
+def test_llama3_and_mistral_formats() -> None:
+    llama = _plan(tools.ToolFormat.LLAMA3)
+    _, calls = tools.parse_message(llama, '{"name": "get_weather", "parameters": {"city": "Rome"}}')
+    assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Rome"}
+    assert tools.parse_message(llama, "Rome is sunny.") == ("Rome is sunny.", [])
+    mistral = _plan(tools.ToolFormat.MISTRAL)
+    _, calls = tools.parse_message(
+        mistral,
+        '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, '
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}]',
+    )
+    assert [c.name for c in calls] == ["get_time", "get_weather"]
+    assert json.loads(calls[1].arguments) == {"city": "Oslo"}
+
+
+def test_template_detection() -> None:
+    assert not tools.template_supports_tools("{{ messages }}")
+    assert tools.template_format("{% if tools %}<tool_call>{% endif %}") is tools.ToolFormat.HERMES
+    assert tools.template_format("{{ tools }}[TOOL_CALLS]") is tools.ToolFormat.MISTRAL
+    assert tools.template_format("{{ tools }}<|python_tag|>") is tools.ToolFormat.LLAMA3
+
+
+def test_plan_modes() -> None:
+    assert tools.plan_tools(_req(tool_choice="none"), "") is None
+    auto = tools.plan_tools(_req(), "")
+    assert auto is not None and auto.grammar is None and not auto.native
+    named = tools.plan_tools(
+        _req(tool_choice={"type": "function", "function": {"name": "get_time"}}), ""
+    )
+    assert named is not None and named.allowed == {"get_time"} and named.grammar
+    assert '"\\"get_time\\""' in named.grammar and "get_weather" not in named.grammar
+
+
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [{"type": "retrieval", "function": {"name": "x"}}]}, "tools"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "x", "parameters": {"type": "bogus"}}}
+                ]
+            },
+            "tools",
+        ),
+        (
+            {
+                "tool_choice": "required",
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "x",
+                            "parameters": {"type": "object", "properties": {"n": {"minimum": 1}}},
+                        },
+                    }
+                ],
+            },
+            "tools",
+        ),
+        ({"tool_choice": "required", "grammar": 'root ::= "a"'}, "tool_choice"),
+        ({"tool_choice": "required", "tools": []}, "tool_choice"),
+    ],
+)
+def test_invalid_tool_requests(kw: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        tools.plan_tools(_req(**kw), "")
+    assert info.value.param == param
+
+
+def test_grammar_shapes() -> None:
+    fns = [
+        tools.Function(
+            "a",
+            None,
+            {
+                "type": "object",
+                "properties": {"x": {"$ref": "#/$defs/X"}},
+                "$defs": {"X": {"type": "integer"}},
+            },
+        ),
+        tools.Function("b", None, {"type": "object"}),
+    ]
+    schema = tools.calls_schema(fns)
+    assert schema["$defs"] == {"f0-X": {"type": "integer"}}
+    assert schema["anyOf"][0]["properties"]["arguments"]["properties"]["x"] == {
+        "$ref": "#/$defs/f0-X"
+    }
+    hermes = tools.call_grammar(fns, tools.ToolFormat.HERMES, parallel=True)
+    assert hermes.startswith("root ::= ") and "tool-call ::=" in hermes
+    assert "\nroot ::=" not in hermes  # the converter's root was renamed, not duplicated
+    single = tools.call_grammar(fns, tools.ToolFormat.HERMES, parallel=False)
+    assert ")*" not in single.splitlines()[0]
+
+
+def test_generic_prompt_and_history() -> None:
+    msgs = [
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage.model_validate(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            }
+        ),
+        ChatMessage(role="tool", tool_call_id="call_1", content="18C"),
+    ]
+    plan = tools.plan_tools(_req(), "")
+    out, extra = tools.prompt_messages(msgs, plan, "")
+    assert extra == {}
+    assert out[0]["content"].startswith("Be brief.\n\n# Tools")
+    assert '"name": "get_weather"' in out[0]["content"]
+    assert out[2] == {
+        "role": "assistant",
+        "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call>",
+    }
+    assert out[3]["role"] == "user"
+    assert '{"name": "get_weather", "content": "18C"}' in out[3]["content"]
+    native, extra = tools.prompt_messages(msgs, plan, "{% for t in tools %}{% endfor %}")
+    assert extra["tools"][0]["function"]["name"] == "get_weather"
+    assert native[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert native[3]["tool_call_id"] == "call_1"
+
+
+def test_verdicts() -> None:
+    assert parse_verdict("safe") == Verdict(True)
+    assert parse_verdict("\n\nunsafe\nS1,S10") == Verdict(False, ("S1", "S10"))
+    assert parse_verdict("maybe") == Verdict(False)  # unreadable fails closed
+    assert "S10 Hate" in Verdict(False, ("S10",)).refusal()
+
+
+def test_guard_prompt_judges_the_last_turn() -> None:
+    turns = conversation(
+        [
+            ChatMessage(role="system", content="ignored"),
+            ChatMessage(role="user", content="a"),
+            ChatMessage(role="user", content="b"),
+            ChatMessage(role="assistant", content="c"),
+        ]
+    )
+    assert turns == [("User", "a\n\nb"), ("Agent", "c")]
+    prompt = guard_prompt(turns)
+    assert "ONLY THE LAST Agent message" in prompt
+    assert "S14: Code Interpreter Abuse." in prompt and "User: a\n\nb\n\nAgent: c" in prompt
