@@ -56,6 +56,17 @@ def _chunk_size(pending: int, budget: int) -> int:
     return n if n >= 2 else 0
 
 
+def _join(a: Chunk, b: Chunk) -> Chunk:
+    """Two consecutive chunks of one sequence as one."""
+    return Chunk(
+        a.text + b.text,
+        a.token_ids + b.token_ids,
+        b.finish_reason,
+        a.logprobs + b.logprobs,
+        a.prompt_logprobs + b.prompt_logprobs,
+    )
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -93,11 +104,21 @@ class RequestHandle:
                 self._poke.put(None)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
-        """Yield chunks until the one carrying `finish_reason`; raise on an engine error."""
+        """Yield chunks until the one carrying `finish_reason`; raise on an engine error.
+
+        Chunks that queued up while the reader was busy come out joined into one, so a
+        slow client costs one write per burst rather than one per token.
+        """
         while True:
             item = await self._queue.get()
             if isinstance(item, EdgedError):
                 raise item
+            while item.finish_reason is None and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if isinstance(nxt, EdgedError):
+                    yield item
+                    raise nxt
+                item = _join(item, nxt)
             yield item
             if item.finish_reason is not None:
                 return
