@@ -8,8 +8,8 @@ from typing import Any
 
 from daemon.api.sampling import SamplingFields
 from daemon.config import Settings
+from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
-from daemon.engine.scheduler import RequestHandle
 from daemon.engine.types import GenerationRequest, SamplingParams
 from daemon.errors import InvalidRequest
 

@@ -12,7 +12,7 @@ import msgspec
 from litestar.response import ServerSentEvent
 
 from daemon.api.watch import watched
-from daemon.engine.scheduler import RequestHandle
+from daemon.engine.handle import RequestHandle
 from daemon.engine.types import Chunk, FinishReason, TokenLogprob
 from daemon.errors import EdgedError, EngineError
 

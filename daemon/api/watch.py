@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from daemon.engine.scheduler import RequestHandle
+from daemon.engine.handle import RequestHandle
 from daemon.errors import EdgedError, Timeout
 
 

@@ -13,8 +13,9 @@ import jinja2
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
 from daemon.engine.embeddings import Embedder, embedding_pooling
+from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, grammar_is_valid
-from daemon.engine.scheduler import RequestHandle, Scheduler
+from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import GenerationRequest
 from daemon.errors import ContextLengthExceeded, InvalidRequest
 

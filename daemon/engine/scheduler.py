@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
+from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
+from daemon.engine.slots import Slot, chunk_size, common_prefix, seed32
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import (
     Chunk,
@@ -28,129 +28,11 @@ from daemon.engine.types import (
     GenerationRequest,
     SavedSequence,
     TokenLogprob,
-    Usage,
 )
 from daemon.engine.worker import STOP, ContextWorker
 from daemon.errors import EdgedError, EngineError, Unavailable
 
 log = logging.getLogger("edged.scheduler")
-
-_SEED_MASK = 0xFFFFFFFF
-
-
-def _seed32(seed: int | None) -> int:
-    """Map any non-negative seed onto llama.cpp's uint32 (whose all-ones value means random)."""
-    if seed is None:
-        return random.getrandbits(31)
-    s = seed & _SEED_MASK
-    return s - 1 if s == _SEED_MASK else s
-
-
-def _chunk_size(pending: int, budget: int) -> int:
-    """Prompt tokens to decode this step: never a lone token out of a longer prompt."""
-    if pending == 1:
-        return 1 if budget >= 1 else 0
-    n = min(pending, budget)
-    if pending - n == 1:
-        n -= 1
-    return n if n >= 2 else 0
-
-
-def _join(a: Chunk, b: Chunk) -> Chunk:
-    """Two consecutive chunks of one sequence as one."""
-    return Chunk(
-        a.text + b.text,
-        a.token_ids + b.token_ids,
-        b.finish_reason,
-        a.logprobs + b.logprobs,
-        a.prompt_logprobs + b.prompt_logprobs,
-    )
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-class RequestHandle:
-    """The asyncio side of one submitted request: its chunks arrive on an asyncio queue."""
-
-    def __init__(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, model: str = ""
-    ) -> None:
-        self.request = request
-        self.loop = loop
-        self.model = model
-        history = request.resume.tokens + request.resume.pending if request.resume else ()
-        self.usage = Usage(prompt_tokens=len(history) or len(request.prompt_tokens))
-        self.finish_reason: FinishReason | None = None
-        self.saved: SavedSequence | None = None
-        self.beam_logprob: float | None = None
-        self.submitted_at = time.monotonic()
-        self.first_token_at: float | None = None
-        self.cancelled = False
-        self._queue: asyncio.Queue[Chunk | EdgedError] = asyncio.Queue()
-        self._poke: queue.SimpleQueue[object] | None = None
-        self._on_done: list[Callable[[RequestHandle], None]] = []
-
-    def cancel(self) -> None:
-        """Stop generating; the slot is freed at the next step."""
-        if not self.cancelled and self.finish_reason is None:
-            self.cancelled = True
-            if self._poke is not None:
-                self._poke.put(None)
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        """Yield chunks until the one carrying `finish_reason`; raise on an engine error.
-
-        Chunks that queued up while the reader was busy come out joined into one, so a
-        slow client costs one write per burst rather than one per token.
-        """
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, EdgedError):
-                raise item
-            while item.finish_reason is None and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if isinstance(nxt, EdgedError):
-                    yield item
-                    raise nxt
-                item = _join(item, nxt)
-            yield item
-            if item.finish_reason is not None:
-                return
-
-    def add_done_callback(self, fn: Callable[[RequestHandle], None]) -> None:
-        """Call `fn(handle)` on the event loop once the engine is done with this request,
-        whether or not anybody reads its chunks."""
-        self._on_done.append(fn)
-
-    def _put(self, item: Chunk | EdgedError) -> None:
-        self._queue.put_nowait(item)
-        if isinstance(item, EdgedError) or item.finish_reason is not None:
-            callbacks, self._on_done = self._on_done, []
-            for fn in callbacks:
-                try:
-                    fn(self)
-                except Exception:
-                    log.exception("a request's done callback failed")
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A sequence id and the tokens its KV cells hold, kept after a request for prefix reuse."""
-
-    seq: int
-    tokens: list[int] = field(default_factory=list)
-    # Leading tokens whose KV came from multi-token prefill chunks. llama.cpp computes
-    # attention differently for a lone token, so only these match what a fresh prefill
-    # of the same tokens would produce, and only these are reused for another prompt.
-    exact: int = 0
-    busy: bool = False
-    last_used: float = 0.0
 
 
 @dataclass(eq=False)
@@ -158,7 +40,7 @@ class _Beams:
     """A beam search in flight: one slot per beam, and the search state."""
 
     search: BeamSearch
-    slots: list[_Slot]
+    slots: list[Slot]
     rows: list[int] = field(default_factory=list)
 
 
@@ -167,7 +49,7 @@ class _Active:
     """A request that owns one slot (or several, for beams)."""
 
     handle: RequestHandle
-    slot: _Slot
+    slot: Slot
     pending: list[int]
     sampler: SamplerChain | None
     detok: IncrementalDetokenizer
@@ -186,7 +68,7 @@ class _Active:
     lp_pending: list[TokenLogprob] = field(default_factory=list)
 
     @property
-    def slots(self) -> list[_Slot]:
+    def slots(self) -> list[Slot]:
         return self.beams.slots if self.beams else [self.slot]
 
 
@@ -205,7 +87,7 @@ class Scheduler(ContextWorker):
         name: str = "model",
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
-        self._slots = [_Slot(seq=i) for i in range(self.n_slots)]
+        self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting: deque[RequestHandle] = deque()
         self._active: list[_Active] = []
         self.cache_hit_tokens = 0
@@ -312,18 +194,18 @@ class Scheduler(ContextWorker):
                 head.forks.append(child)
         return True
 
-    def _pick_slots(self, req: GenerationRequest) -> list[_Slot] | None:
+    def _pick_slots(self, req: GenerationRequest) -> list[Slot] | None:
         """Free slots for a request: the one sharing the longest prefix first, then LRU ones."""
         free = [s for s in self._slots if not s.busy]
         if len(free) < req.n_slots:
             return None
         resume = req.resume
         want = list(resume.tokens + resume.pending) if resume else req.prompt_tokens
-        free.sort(key=lambda s: (_common_prefix(s.tokens, want), -s.last_used), reverse=True)
+        free.sort(key=lambda s: (common_prefix(s.tokens, want), -s.last_used), reverse=True)
         return free[: req.n_slots]
 
     def _start(
-        self, h: RequestHandle, slots: list[_Slot], out: Out, fork_of: _Active | None = None
+        self, h: RequestHandle, slots: list[Slot], out: Out, fork_of: _Active | None = None
     ) -> _Active | None:
         req = h.request
         slot = slots[0]
@@ -349,7 +231,7 @@ class Scheduler(ContextWorker):
         if req.beams is not None:
             beams = _Beams(self._beam_search(req), slots)
         else:
-            sampler = SamplerChain(self.model, req.sampling, _seed32(req.sampling.seed))
+            sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed))
             sampler.prime(history[-req.sampling.penalty_last_n :])
         active = _Active(
             handle=h,
@@ -404,7 +286,7 @@ class Scheduler(ContextWorker):
         assert req.beams is not None
         sp = req.sampling
         sampling = (
-            Sampling(sp.temperature, sp.top_k, sp.top_p, _seed32(sp.seed))
+            Sampling(sp.temperature, sp.top_k, sp.top_p, seed32(sp.seed))
             if req.beams.do_sample
             else None
         )
@@ -416,20 +298,20 @@ class Scheduler(ContextWorker):
             sampling=sampling,
         )
 
-    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> list[int]:
+    def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> list[int]:
         """Keep the slot's KV for the shared prefix; return the prompt tokens still to decode."""
         # At least two prompt tokens are decoded again: the last one yields logits, and a
         # multi-token chunk keeps them identical to those of a fresh prefill.
-        keep = max(0, min(_common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2))
+        keep = max(0, min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2))
         self._trim(slot, keep)
         return list(prompt[keep:])
 
-    def _restore(self, slot: _Slot, saved: SavedSequence) -> list[int]:
+    def _restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
         """Put a kept sequence back into `slot`; return the tokens still to feed."""
         if saved.finished or not saved.pending:
             return []
         target = list(saved.tokens)
-        keep = _common_prefix(slot.tokens, target)
+        keep = common_prefix(slot.tokens, target)
         if keep < len(target) and saved.state is not None:
             self._trim(slot, 0)
             if self.ctx.state_set(slot.seq, saved.state):
@@ -441,7 +323,7 @@ class Scheduler(ContextWorker):
         self._trim(slot, keep)
         return target[keep:] + list(saved.pending)
 
-    def _trim(self, slot: _Slot, keep: int) -> None:
+    def _trim(self, slot: Slot, keep: int) -> None:
         if keep < len(slot.tokens):
             self.ctx.seq_rm(slot.seq, keep, -1)
             del slot.tokens[keep:]
@@ -470,7 +352,7 @@ class Scheduler(ContextWorker):
             if not a.pending:
                 continue
             a.row = -1
-            n = _chunk_size(len(a.pending), budget)
+            n = chunk_size(len(a.pending), budget)
             if n == 0:
                 continue
             take = a.pending[:n]
@@ -585,7 +467,7 @@ class Scheduler(ContextWorker):
         """Give beam i the KV of its parent beam: first children keep slots, others copy."""
         old = list(group.slots)
         taken: set[int] = set()
-        new: list[_Slot | None] = [None] * len(parents)
+        new: list[Slot | None] = [None] * len(parents)
         for i, p in enumerate(parents):
             if p not in taken:
                 taken.add(p)

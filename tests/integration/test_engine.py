@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.scheduler import RequestHandle
 from daemon.engine.types import FinishReason, GenerationRequest, SamplingParams
 from daemon.errors import Overloaded
 

@@ -14,9 +14,9 @@ from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, 
 from daemon.api.streams import collect
 from daemon.config import GenerationDefaults
 from daemon.engine.cache import StoreKey
+from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
-from daemon.engine.scheduler import RequestHandle
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 from daemon.errors import InvalidRequest
 

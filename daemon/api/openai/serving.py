@@ -16,9 +16,9 @@ from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.engine.grammar import json_grammar, unenforceable_keywords
+from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
-from daemon.engine.scheduler import RequestHandle
 from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import InvalidRequest
 

@@ -1,0 +1,48 @@
+"""Sequence slots and the small rules of filling them: prefixes, chunks, seeds."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+_SEED_MASK = 0xFFFFFFFF
+
+
+def seed32(seed: int | None) -> int:
+    """Map any non-negative seed onto llama.cpp's uint32 (whose all-ones value means random)."""
+    if seed is None:
+        return random.getrandbits(31)
+    s = seed & _SEED_MASK
+    return s - 1 if s == _SEED_MASK else s
+
+
+def chunk_size(pending: int, budget: int) -> int:
+    """Prompt tokens to decode this step: never a lone token out of a longer prompt."""
+    if pending == 1:
+        return 1 if budget >= 1 else 0
+    n = min(pending, budget)
+    if pending - n == 1:
+        n -= 1
+    return n if n >= 2 else 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(eq=False)
+class Slot:
+    """A sequence id and the tokens its KV cells hold, kept after a request for prefix reuse."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    # Leading tokens whose KV came from multi-token prefill chunks. llama.cpp computes
+    # attention differently for a lone token, so only these match what a fresh prefill
+    # of the same tokens would produce, and only these are reused for another prompt.
+    exact: int = 0
+    busy: bool = False
+    last_used: float = 0.0
