@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 
 from quantize.errors import BrokenCheckpoint, UnsupportedArchitecture
+from quantize.rope import head_dim, rope_theta, scaling_for
 
 K = gguf.Keys
 MT = gguf.MODEL_TENSOR
@@ -40,13 +41,6 @@ class HParam:
                 f"config.json lacks {' or '.join(self.sources)} (needed for {self.key})"
             )
         return None
-
-
-def head_dim(config: Config) -> int:
-    """Per-head dimension: explicit head_dim or hidden_size / num_attention_heads."""
-    if config.get("head_dim"):
-        return int(config["head_dim"])
-    return int(config["hidden_size"]) // int(config["num_attention_heads"])
 
 
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -90,10 +84,13 @@ DECODER_HPARAMS: tuple[HParam, ...] = (
         ("num_key_value_heads",),
         derive=lambda c: c.get("num_attention_heads"),
     ),
-    HParam(K.Rope.FREQ_BASE, ("rope_theta",), kind=float, required=False),
+    HParam(K.Rope.FREQ_BASE, kind=float, required=False, derive=rope_theta),
     HParam(K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), kind=float),
     HParam(K.LLM.VOCAB_SIZE, ("vocab_size",)),
     HParam(K.Rope.DIMENSION_COUNT, derive=head_dim),
+    # Only when explicit: Mistral Nemo's head_dim differs from hidden_size / num_attention_heads.
+    HParam(K.Attention.KEY_LENGTH, ("head_dim",), required=False),
+    HParam(K.Attention.VALUE_LENGTH, ("head_dim",), required=False),
 )
 
 
@@ -130,6 +127,8 @@ class Arch:
     transforms: Mapping[MT, Transform] = field(default_factory=dict)
     # Tensors llama.cpp wants in F32 whatever the output type (small, precision-critical).
     keep_f32: frozenset[MT] = frozenset()
+    # config.json rope_scaling types this architecture converts (quantize.rope.SCALINGS keys).
+    rope_scalings: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -144,7 +143,13 @@ class Arch:
             if v is not None:
                 out[hp.key.format(arch=self.name)] = v
         out.update({k.format(arch=self.name): v for k, v in self.fixed.items()})
+        scaling_kvs, _ = scaling_for(config, self.rope_scalings, self.name)
+        out.update({k.format(arch=self.name): v for k, v in scaling_kvs.items()})
         return out
+
+    def generated_tensors(self, config: Config) -> dict[str, np.ndarray]:
+        """Tensors computed from config.json rather than read (Llama 3.1's rope_freqs)."""
+        return scaling_for(config, self.rope_scalings, self.name)[1]
 
 
 LLAMA = Arch(
@@ -153,6 +158,7 @@ LLAMA = Arch(
     tokenizer="bpe-or-spm",
     skip_suffixes=(".rotary_emb.inv_freq",),
     transforms=LLAMA_TRANSFORMS,
+    rope_scalings=frozenset({"linear", "llama3"}),
 )
 
 QWEN2 = Arch(
@@ -160,6 +166,7 @@ QWEN2 = Arch(
     hparams=DECODER_HPARAMS,
     tokenizer="bpe-or-spm",
     skip_suffixes=(".rotary_emb.inv_freq",),
+    rope_scalings=frozenset({"linear"}),
 )
 
 BERT = Arch(

@@ -18,6 +18,7 @@ from quantize.atomic import atomic_output
 from quantize.checkpoint import Checkpoint, TensorRef
 from quantize.errors import BrokenCheckpoint
 from quantize.outtypes import OutType, encode, nbytes, outtype, tensor_type
+from quantize.rope import warn_sliding_window
 from quantize.vocab import load_vocab
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,14 @@ def convert(
     config = read_config(directory)
     _, arch = arch_for(config)
     kvs = arch.kv_pairs(config)
+    generated = arch.generated_tensors(config)
+    warn_sliding_window(config)
     vocab = load_vocab(directory, config, arch.tokenizer)
     checkpoint = Checkpoint(directory)
     planned = plan(arch, config, checkpoint, out)
+    clash = {t.name for t in planned} & generated.keys()
+    if clash:
+        raise BrokenCheckpoint(f"checkpoint already has tensors {', '.join(sorted(clash))}")
     log.info("converting %s (%s, %d tensors) to %s", directory, arch.name, len(planned), out.name)
 
     with atomic_output(target) as tmp:
@@ -170,6 +176,8 @@ def convert(
                 writer.add_tensor_info(
                     t.name, t.source.shape, np.dtype(dtype), nbytes(t.source.shape, t.qtype), raw
                 )
+            for name, data in generated.items():  # small, F32 whatever the output type
+                writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes)
             writer.write_header_to_file(tmp)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
@@ -178,6 +186,8 @@ def convert(
                 writer.write_tensor_data(_tensor_data(arch, config, checkpoint, t))
                 if on_tensor is not None:
                     on_tensor(t.name)
+            for data in generated.values():
+                writer.write_tensor_data(data)
         finally:
             writer.close()
     return target

@@ -81,6 +81,17 @@ def export_hf(src: Path | str, out_dir: Path | str) -> Path:
     return out
 
 
+def export_tokenizer(src: Path | str, out_dir: Path | str) -> Path:
+    """Only tokenizer.json and tokenizer_config.json of a byte-level BPE GGUF."""
+    reader = gguf.GGUFReader(Path(src))
+    if _kv(reader, "tokenizer.ggml.model") != "gpt2":
+        raise UnsupportedArchitecture("export handles byte-level BPE (gpt2) vocabularies only")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(reader, out)
+    return out
+
+
 def _config(reader: gguf.GGUFReader, n_head: int, n_kv: int, tied: bool) -> dict[str, Any]:
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantize.convert import convert
-from quantize.export import export_hf
+from quantize.export import export_hf, export_tokenizer
 
 
 def _package_dir(name: str) -> Path:
@@ -54,3 +54,9 @@ def smollm_f32(smollm_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return convert(
         smollm_hf, tmp_path_factory.mktemp("smollm") / "smollm.f32.gguf", "f32", progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's tokenizer.json and tokenizer_config.json (49152 tokens), without the weights."""
+    return export_tokenizer(smollm_gguf, tmp_path_factory.mktemp("smollm_tokenizer"))

@@ -100,3 +100,25 @@ def embed(path: Path, text: str) -> tuple[list[int], np.ndarray]:
         ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
         assert ptr, "no pooled embedding"
         return tokens, np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy()
+
+
+def all_logits(path: Path, tokens: list[int]) -> np.ndarray:
+    """Logits of every position of tokens, decoded as one batch: (len(tokens), n_vocab)."""
+    with load(path, n_ctx=64) as (model, ctx):
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for i, tok in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, 1
+            rc = llama_cpp.llama_decode(ctx, batch)
+            assert rc == 0, f"llama_decode returned {rc}"
+            return np.stack(
+                [
+                    np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
+                    for i in range(len(tokens))
+                ]
+            ).astype(np.float64)
+        finally:
+            llama_cpp.llama_batch_free(batch)
