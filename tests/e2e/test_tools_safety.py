@@ -1,0 +1,324 @@
+"""Function calling and safety_model on /v1/chat/completions through the official client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.guard_model import make_guard_gguf
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+WEATHER_PARAMS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TIME_PARAMS = {
+    "type": "object",
+    "properties": {"tz": {"type": "string", "maxLength": 20}},
+    "required": ["tz"],
+    "additionalProperties": False,
+}
+SCHEMAS = {"get_weather": WEATHER_PARAMS, "get_time": TIME_PARAMS}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": n, "description": f"{n.replace('_', ' ')}", "parameters": p},
+    }
+    for n, p in SCHEMAS.items()
+]
+ASKS = [
+    "What's the weather in Paris?",
+    "What time is it in Tokyo?",
+    "Weather in Oslo and time in Lima, please.",
+]
+NAMED = {"type": "function", "function": {"name": "get_time"}}
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def _check_calls(calls: list[Any], allowed: set[str]) -> None:
+    assert calls
+    for c in calls:
+        assert c.type == "function" and c.id.startswith("call_")
+        assert c.function.name in allowed
+        jsonschema.validate(json.loads(c.function.arguments), SCHEMAS[c.function.name])
+
+
+def _reassemble(stream: Any) -> tuple[str, list[dict[str, str]], str | None]:
+    """Content, calls (id, name, arguments joined from deltas) and finish_reason of choice 0."""
+    content, calls, finish = "", {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        ch = chunk.choices[0]
+        content += ch.delta.content or ""
+        for d in ch.delta.tool_calls or []:
+            call = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += d.id or ""
+            if d.function:
+                call["name"] += d.function.name or ""
+                call["arguments"] += d.function.arguments or ""
+        finish = ch.finish_reason or finish
+    return content, [calls[k] for k in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED], ids=["required", "named"])
+@pytest.mark.parametrize("parallel", [True, False])
+def test_forced_calls_validate(client: openai.OpenAI, choice: Any, parallel: bool) -> None:
+    allowed = {"get_time"} if choice is NAMED else set(SCHEMAS)
+    for i, ask in enumerate(ASKS):
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": ask}],
+            tools=TOOLS,
+            tool_choice=choice,
+            parallel_tool_calls=parallel,
+            max_tokens=200,
+            temperature=0.8,
+            seed=i,
+        )
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert msg.content is None
+        _check_calls(msg.tool_calls, allowed)
+        if not parallel:
+            assert len(msg.tool_calls) == 1
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED], ids=["required", "named"])
+def test_forced_calls_streamed(client: openai.OpenAI, choice: Any) -> None:
+    allowed = {"get_time"} if choice is NAMED else set(SCHEMAS)
+    for i, ask in enumerate(ASKS):
+        kwargs: dict[str, Any] = dict(
+            model=MODEL,
+            messages=[{"role": "user", "content": ask}],
+            tools=TOOLS,
+            tool_choice=choice,
+            max_tokens=200,
+            temperature=0.8,
+            seed=i,
+        )
+        content, calls, finish = _reassemble(client.chat.completions.create(stream=True, **kwargs))
+        assert finish == "tool_calls" and content == ""
+        assert calls and all(c["id"].startswith("call_") for c in calls)
+        for c in calls:
+            assert c["name"] in allowed
+            jsonschema.validate(json.loads(c["arguments"]), SCHEMAS[c["name"]])
+        # Same seed, same calls as the non-streamed answer (ids aside).
+        plain = client.chat.completions.create(**kwargs).choices[0].message.tool_calls
+        assert [(c.function.name, c.function.arguments) for c in plain] == [
+            (c["name"], c["arguments"]) for c in calls
+        ]
+
+
+def test_tool_result_round_trip(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=100,
+        temperature=0,
+    )
+    call = first.choices[0].message.tool_calls[0]
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": "What's the weather in Paris?"},
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'},
+        ],
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=30,
+        temperature=0,
+    )
+    assert r.choices[0].message.content
+    assert not r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_gives_content_or_valid_calls(client: openai.OpenAI, stream: bool) -> None:
+    for ask in ASKS:
+        kwargs: dict[str, Any] = dict(
+            model=MODEL,
+            messages=[{"role": "user", "content": ask}],
+            tools=TOOLS,
+            tool_choice="auto",
+            max_tokens=60,
+            temperature=0,
+        )
+        if stream:
+            content, calls, finish = _reassemble(
+                client.chat.completions.create(stream=True, **kwargs)
+            )
+        else:
+            r = client.chat.completions.create(**kwargs)
+            msg, finish = r.choices[0].message, r.choices[0].finish_reason
+            content = msg.content or ""
+            calls = [
+                {"name": c.function.name, "arguments": c.function.arguments}
+                for c in msg.tool_calls or []
+            ]
+        assert content or calls
+        assert "<tool_call>" not in content or not calls
+        for c in calls:
+            assert c["name"] in SCHEMAS
+            json.loads(c["arguments"])
+        assert finish == ("tool_calls" if calls else finish)
+
+
+def test_none_answers_with_content(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=20,
+        temperature=0,
+    )
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+        ),
+        ({"tools": [{"type": "code_interpreter", "function": {"name": "x"}}]}, "tools"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "x", "parameters": {"type": "nope"}}}
+                ]
+            },
+            "tools",
+        ),
+        (
+            {
+                "tool_choice": "required",
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "x",
+                            "parameters": {"type": "object", "properties": {"n": {"maximum": 3}}},
+                        },
+                    }
+                ],
+            },
+            "tools",
+        ),
+    ],
+)
+def test_tool_errors(base_url: str, body: dict[str, Any], param: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], **body},
+        timeout=60,
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+# ---- safety_model ---------------------------------------------------------------------------
+
+# The e2e server's alias of the default model: a model with an ordinary chat template gets the
+# Llama Guard prompt as a user turn, and SmolLM2 judges it `safe`.
+PLAIN_GUARD = "togethercomputer/RedPajama-INCITE-7B-Instruct"
+# Found by trying conversations against the few-shot guard model (tests/e2e/guard_model.py):
+VIOLENT = "I am going to kill my neighbor with an axe."
+BENIGN = "Write a haiku about spring."  # judged safe as input; the answer to it is flagged
+
+
+@pytest.fixture(scope="module")
+def guard_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("guard")
+    guard = make_guard_gguf(model_path, tmp / "guard.gguf")
+    srv = start_server(tmp, "--parallel", "4", "--alias", f"llama-guard={guard}")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def guarded(guard_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{guard_server.url}/v1", api_key="unused", max_retries=0)
+
+
+def _ask(c: openai.OpenAI, text: str, guard: str, **kw: Any) -> Any:
+    return c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": text}],
+        max_tokens=16,
+        temperature=0,
+        extra_body={"safety_model": guard},
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_safe_verdict_answers_normally(client: openai.OpenAI, stream: bool) -> None:
+    plain = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a color."}],
+        max_tokens=16,
+        temperature=0,
+    )
+    if stream:
+        content, _, finish = _reassemble(_ask(client, "Name a color.", PLAIN_GUARD, stream=True))
+    else:
+        r = _ask(client, "Name a color.", PLAIN_GUARD)
+        content, finish = r.choices[0].message.content, r.choices[0].finish_reason
+    assert finish in ("stop", "length")
+    assert content == plain.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_flagged_input_is_refused(guarded: openai.OpenAI, stream: bool) -> None:
+    if stream:
+        chunks = [c for c in _ask(guarded, VIOLENT, "llama-guard", stream=True) if c.choices]
+        assert len(chunks) == 1
+        choice = chunks[0].choices[0]
+        content, finish = choice.delta.content, choice.finish_reason
+    else:
+        r = _ask(guarded, VIOLENT, "llama-guard")
+        content, finish = r.choices[0].message.content, r.choices[0].finish_reason
+        assert r.usage.completion_tokens == 0  # refused before generating
+    assert finish == "content_filter"
+    assert content.startswith("I can't help with that.") and "S1" in content
+
+
+def test_flagged_output_is_replaced(guarded: openai.OpenAI) -> None:
+    r = _ask(guarded, BENIGN, "llama-guard")
+    # The input passed (tokens were generated); the answer was judged and withheld.
+    assert r.usage.completion_tokens > 0
+    assert r.choices[0].finish_reason == "content_filter"
+    assert r.choices[0].message.content.startswith("I can't help with that.")
+
+
+def test_unknown_safety_model_is_404(base_url: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "safety_model": "no-such-guard"},
+        timeout=60,
+    )
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["param"] == "safety_model" and err["code"] == "model_not_found"
