@@ -16,8 +16,10 @@ _logger.set_verbose(False)  # llama.cpp's per-load chatter drowns pytest's outpu
 
 
 @contextlib.contextmanager
-def load(path: Path, embeddings: bool = False, n_ctx: int = 512) -> Iterator[tuple[object, object]]:
-    """Yield (model, context); both freed on exit."""
+def load(
+    path: Path, embeddings: bool = False, n_ctx: int = 512, exact: bool = False
+) -> Iterator[tuple[object, object]]:
+    """Yield (model, context); both freed on exit. exact: F32 KV cache, no flash attention."""
     mp = llama_cpp.llama_model_default_params()
     # The CPU weight-repacking buffers (AMX/"extra" buffer types) of this llama.cpp build crash on
     # quantized weights on this machine's CPU; plain CPU buffers compute the same model.
@@ -30,6 +32,9 @@ def load(path: Path, embeddings: bool = False, n_ctx: int = 512) -> Iterator[tup
     cp.n_ubatch = n_ctx
     cp.n_threads = cp.n_threads_batch = 2
     cp.embeddings = embeddings
+    if exact:  # the CPU flash-attention kernel rounds through F16 (5e-4 relative on logits)
+        cp.type_k = cp.type_v = llama_cpp.GGML_TYPE_F32
+        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     ctx = llama_cpp.llama_init_from_model(model, cp)
     assert ctx, f"llama.cpp could not create a context for {path}"
     try:
@@ -104,7 +109,7 @@ def embed(path: Path, text: str) -> tuple[list[int], np.ndarray]:
 
 def all_logits(path: Path, tokens: list[int]) -> np.ndarray:
     """Logits of every position of tokens, decoded as one batch: (len(tokens), n_vocab)."""
-    with load(path, n_ctx=64) as (model, ctx):
+    with load(path, n_ctx=64, exact=True) as (model, ctx):
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
         batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
         try:
