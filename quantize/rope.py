@@ -10,7 +10,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from quantize.errors import UnsupportedArchitecture
+from quantize.errors import BrokenCheckpoint, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def rope_theta(config: Config) -> float | None:
 def _factor(config: Config, kind: str) -> float:
     factor = rope_scaling(config).get("factor")
     if not isinstance(factor, int | float) or factor <= 0:
-        raise UnsupportedArchitecture(
+        raise BrokenCheckpoint(
             f"config.json rope_scaling of type {kind!r} needs a positive 'factor', got {factor!r}"
         )
     return float(factor)
@@ -69,7 +69,7 @@ def llama3_factors(config: Config) -> np.ndarray:
         or 8192
     )
     if high <= low:
-        raise UnsupportedArchitecture(
+        raise BrokenCheckpoint(
             f"config.json rope_scaling: high_freq_factor {high} must exceed low_freq_factor {low}"
         )
     dim = head_dim(config)
