@@ -43,6 +43,8 @@ class ModelRegistry:
         # Lifecycle of non-default models: unload after `keep_alive` idle seconds (None = never),
         # and keep at most `max_loaded` models, evicting the least recently used idle one.
         self.keep_alive = keep_alive
+        # A request's own keep_alive (Ollama style) overrides it for its model until the next.
+        self._keep_alive_for: dict[str, float | None] = {}
         self.max_loaded = max_loaded
         self.loads = 0
         self.load_failures = 0
@@ -97,10 +99,18 @@ class ModelRegistry:
         """Whether the file-stem model `name` is in memory."""
         return name in self._loaded
 
-    async def get(self, name: str | None) -> LoadedModel:
-        """The loaded model for `name`, loading it (off the event loop) on first use."""
+    async def get(
+        self, name: str | None, keep_alive: float | str | None = "default"
+    ) -> LoadedModel:
+        """The loaded model for `name`, loading it (off the event loop) on first use.
+
+        `keep_alive` (seconds; None = until evicted) replaces the daemon's keep-alive for this
+        model from now on; the string "default" leaves it as it is.
+        """
         entry = self.resolve(name)
         key = entry.alias_of or entry.name
+        if keep_alive != "default":
+            self._keep_alive_for[key] = keep_alive  # type: ignore[assignment]
         self._last_used[key] = time.monotonic()
         lm = self._loaded.get(key)
         if lm is not None:
@@ -179,19 +189,20 @@ class ModelRegistry:
         self.unloads += 1
         await asyncio.to_thread(lm.close)
 
+    def _keep_alive_of(self, name: str) -> float | None:
+        return self._keep_alive_for.get(name, self.keep_alive)
+
     async def reap(self, now: float | None = None) -> list[str]:
-        """Unload non-default models idle for longer than the keep-alive; the names unloaded."""
-        if self.keep_alive is None:
-            return []
+        """Unload non-default models idle for longer than their keep-alive; the names unloaded."""
         now = time.monotonic() if now is None else now
         for name, lm in self._loaded.items():
             if lm.worker.outstanding > 0:
                 self._last_used[name] = now  # a long generation is use, not idleness
-        expired = [
-            n
-            for n in self._loaded
-            if self._idle(n) and now - self._last_used.get(n, now) > self.keep_alive
-        ]
+        expired = []
+        for n in self._loaded:
+            keep = self._keep_alive_of(n)
+            if keep is not None and self._idle(n) and now - self._last_used.get(n, now) >= keep:
+                expired.append(n)
         for name in expired:
             await self.unload(name)
         return expired

@@ -110,3 +110,17 @@ def test_sighup_rescans_the_models_directory(srv: Server, model_path: Path) -> N
         time.sleep(0.1)
     assert _use(srv.url, "added-later").status_code == 200
     assert srv.proc.poll() is None
+
+
+def test_request_keep_alive_overrides_the_daemon_setting(srv: Server) -> None:
+    """Ollama's per-request keep_alive: "-1" keeps a model loaded, 0 unloads it once idle."""
+    _wait_for(srv.url, [DEFAULT], 20)
+    body = {"model": "third", "prompt": "Hi", "max_tokens": 1, "keep_alive": -1}
+    assert httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120).status_code == 200
+    time.sleep(4)  # twice the daemon's --keep-alive of 2 s
+    assert sorted(_loaded(srv.url)) == sorted([DEFAULT, "third"])
+    body["keep_alive"] = "0s"
+    assert httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120).status_code == 200
+    _wait_for(srv.url, [DEFAULT], 10)
+    bad = httpx.post(f"{srv.url}/v1/completions", json={**body, "keep_alive": "soon"}, timeout=30)
+    assert_error(bad, 400)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
 from daemon.config import GenerationDefaults
 
@@ -46,6 +47,7 @@ class GenerateRequest(ProtocolModel):
     stream_response: bool = True
     generation_config: GenerationConfig | None = None
     model: str | None = None
+    keep_alive: KeepAlive = None
 
 
 class BatchPrompt(ProtocolModel):
@@ -62,3 +64,4 @@ class GenerateBatchRequest(ProtocolModel):
     only_new_tokens: bool = True
     generation_config: GenerationConfig | None = None
     model: str | None = None
+    keep_alive: KeepAlive = None

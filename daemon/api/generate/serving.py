@@ -11,6 +11,7 @@ from litestar.response import Stream
 
 from daemon.api.choices import Policy
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
+from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import collect
 from daemon.config import GenerationDefaults
 from daemon.engine.cache import StoreKey
@@ -103,7 +104,7 @@ async def generate(
     limits: Policy,
 ) -> Stream | str:
     """POST /api/generate: the text, streamed in chunks or whole."""
-    lm = await registry.get(req.model)
+    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     started = start(
         lm, owner, req.request_id, req.prompt, _config(req.generation_config, defaults), limits
     )
@@ -138,7 +139,7 @@ async def generate_batch(
     ids = [p.request_id for p in req.prompts]
     if len(set(ids)) != len(ids):
         raise InvalidRequest("request_ids in one batch must be distinct", param="prompts")
-    lm = await registry.get(req.model)
+    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     cfg = _config(req.generation_config, defaults)
     started: list[Started] = []
     try:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import ProtocolModel, SamplingFields
 
 MaxTokens = Annotated[int, Field(ge=0, le=1_000_000)]
@@ -145,6 +146,7 @@ class _Common(SamplingFields):
     """Fields shared by chat and text completions."""
 
     model: str | None = None
+    keep_alive: KeepAlive = None
     max_tokens: MaxTokens | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -11,6 +11,7 @@ from typing import Any
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import Extras, Policy, submit_choices, usage
+from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
@@ -81,7 +82,7 @@ async def chat_completion(
     registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
-    lm = await registry.get(req.model)
+    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     plan = tools.plan_tools(req, lm.template.source)
     messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
     rendered = lm.render_chat(messages, **template_vars)
@@ -353,7 +354,7 @@ async def completion(
     registry: ModelRegistry, req: CompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
-    lm = await registry.get(req.model)
+    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompts = _completion_prompts(lm, req)
     count = req.logprob_count
     extras = _extras(req, count, req.echo and count is not None)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import SamplingFields
 
 
@@ -13,6 +14,7 @@ class InferenceRequest(SamplingFields):
     """POST /inference: a prompt, sampling fields and how many completions to return."""
 
     model: str | None = None
+    keep_alive: KeepAlive = None
     prompt: Annotated[str, Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=0, le=1_000_000)] = 128
     n: Annotated[int, Field(ge=1, le=128)] = 1
