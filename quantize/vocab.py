@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Vocab:
     types: list[int]
     scores: list[float] | None = None
     add_space_prefix: bool | None = None
+    # Special token ids known from the tokenizer itself, used where gguf.SpecialVocab finds none.
+    special_ids: dict[str, int] = field(default_factory=dict)
 
     def add_to(self, writer: gguf.GGUFWriter, directory: Path) -> None:
         """Write the vocabulary, merges, special token ids and chat template."""
@@ -42,6 +44,8 @@ class Vocab:
         )
         if self.model == "gpt2" and not special.merges:
             raise TokenizerError(f"{directory}: BPE tokenizer without merges")
+        for typ, idx in self.special_ids.items():
+            special.special_token_ids.setdefault(typ, idx)
         special.add_to_gguf(writer, quiet=True)
 
 
@@ -172,7 +176,32 @@ def load_sentencepiece(directory: Path, config: Mapping[str, Any]) -> Vocab:
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(int(TT.UNUSED))
-    return Vocab("llama", "default", tokens, types, scores, spm.add_dummy_prefix)
+    return Vocab(
+        "llama",
+        "default",
+        tokens,
+        types,
+        scores,
+        spm.add_dummy_prefix,
+        _spm_special_ids(directory, tokens, types),
+    )
+
+
+def _spm_special_ids(directory: Path, tokens: list[str], types: list[int]) -> dict[str, int]:
+    """Special ids without tokenizer.json: tokenizer_config.json's token names looked up among
+    the pieces (gguf.SpecialVocab resolves them through tokenizer.json only), and <unk>."""
+    ids: dict[str, int] = {}
+    if int(TT.UNKNOWN) in types:
+        ids["unk"] = types.index(int(TT.UNKNOWN))
+    config_path = directory / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    index = {text: i for i, text in reversed(list(enumerate(tokens)))}
+    for typ in ("bos", "eos", "unk", "pad"):
+        entry = config.get(f"{typ}_token")
+        name = entry.get("content") if isinstance(entry, dict) else entry
+        if isinstance(name, str) and name in index:
+            ids[typ] = index[name]
+    return ids
 
 
 def load_vocab(directory: Path, config: Mapping[str, Any], kind: str) -> Vocab:
