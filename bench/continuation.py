@@ -49,6 +49,29 @@ def evict(client: httpx.Client, slots: int) -> None:
     client.post("/api/generate-batch", json=body).raise_for_status()
 
 
+def measure(
+    url: str, history: int, rounds: int, slots: int
+) -> tuple[list[float], list[float], list[float]]:
+    """TTFTs (cold, continued from the slot, continued from the store) over `rounds`."""
+    greedy = {"do_sample": False, "max_new_tokens": 1}
+    cold, warm, restored = [], [], []
+    with httpx.Client(base_url=url, timeout=600) as c:
+        for r in range(rounds):
+            text = history_text(r, history)
+            rid = f"hist-{r}-{time.time()}"
+            # The first call processes the history (cold); its kept state is the history.
+            cold.append(ttft(c, {"request_id": rid, "prompt": text, "generation_config": greedy}))
+            warm.append(ttft(c, {"request_id": rid, "generation_config": greedy}))
+            evict(c, slots)
+            restored.append(ttft(c, {"request_id": rid, "generation_config": greedy}))
+            print(
+                f"round {r}: cold {cold[-1]:.3f}s, continued {warm[-1]:.3f}s, "
+                f"restored {restored[-1]:.3f}s",
+                file=sys.stderr,
+            )
+    return cold, warm, restored
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -61,25 +84,8 @@ def main() -> None:
     url = args.url
     if args.spawn:
         url, proc = spawn_server(["--ctx-size", str(args.history + 512), *server_args])
-    greedy = {"do_sample": False, "max_new_tokens": 1}
-    cold, warm, restored = [], [], []
     try:
-        with httpx.Client(base_url=url, timeout=600) as c:
-            for r in range(args.rounds):
-                text = history_text(r, args.history)
-                rid = f"hist-{r}-{time.time()}"
-                # The first call processes the history (cold); its kept state is the history.
-                cold.append(
-                    ttft(c, {"request_id": rid, "prompt": text, "generation_config": greedy})
-                )
-                warm.append(ttft(c, {"request_id": rid, "generation_config": greedy}))
-                evict(c, args.slots)
-                restored.append(ttft(c, {"request_id": rid, "generation_config": greedy}))
-                print(
-                    f"round {r}: cold {cold[-1]:.3f}s, continued {warm[-1]:.3f}s, "
-                    f"restored {restored[-1]:.3f}s",
-                    file=sys.stderr,
-                )
+        cold, warm, restored = measure(url, args.history, args.rounds, args.slots)
     finally:
         if proc is not None:
             proc.terminate()

@@ -12,106 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-TOPICS = [
-    "a lighthouse keeper",
-    "a lost robot",
-    "the first snow",
-    "a desert caravan",
-    "a clockmaker",
-    "an old library",
-    "a river town",
-    "a night train",
-    "a mountain village",
-    "a deep-sea diver",
-    "a chess player",
-    "a summer storm",
-    "a market at dawn",
-    "a forgotten garden",
-    "a violin maker",
-    "a comet",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import Round, run_round
+
+from daemon.config import embedded_model_path
+from daemon.engine.llama import Model
 
 
-@dataclass
-class StreamResult:
-    """One streamed request."""
-
-    ttft: float
-    tokens: int
-    seconds: float
-
-
-@dataclass
-class Round:
-    """One concurrency level, run once."""
-
-    level: int
-    wall: float
-    results: list[StreamResult] = field(default_factory=list)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return sum(r.tokens for r in self.results) / self.wall
-
-    @property
-    def ttft_p50(self) -> float:
-        return statistics.median(r.ttft for r in self.results)
-
-
-async def one_stream(
-    client: httpx.AsyncClient, url: str, i: int, max_tokens: int, model: str | None
-) -> StreamResult:
-    body = {
-        "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % 16]}."}],
-        "max_tokens": max_tokens,
-        "temperature": 0.8,
-        "seed": i,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if model:
-        body["model"] = model
-    start = time.perf_counter()
-    ttft = None
-    tokens = 0
-    deltas = 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                raise RuntimeError(f"stream {i} failed: {event['error']}")
-            if event["choices"] and event["choices"][0]["delta"].get("content"):
-                deltas += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - start
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-    end = time.perf_counter() - start
-    # Servers without stream_options usage: one content delta per token.
-    return StreamResult(ttft if ttft is not None else end, tokens or deltas, end)
-
-
-async def run_round(url: str, level: int, max_tokens: int, model: str | None, offset: int) -> Round:
-    async with httpx.AsyncClient(timeout=600) as client:
-        start = time.perf_counter()
-        results = await asyncio.gather(
-            *(one_stream(client, url, offset + i, max_tokens, model) for i in range(level))
-        )
-        return Round(level, time.perf_counter() - start, list(results))
+def banned_tokens(path: Path | None = None) -> list[int]:
+    """End-of-generation token ids of the model, to ban so every stream runs full length."""
+    return sorted(Model(path or embedded_model_path()).eog_tokens)
 
 
 def interleaved(levels: list[int], rounds: int) -> list[int]:
@@ -141,6 +60,29 @@ def spawn_server(extra: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("server did not become healthy")
+
+
+def spawn_peer(model: Path, port: int, threads: int, ctx: int) -> subprocess.Popen[bytes]:
+    """llama-cpp-python's own server (see peer_server.py) on `port`, once it answers."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "peer_server.py"),
+            *("--model", str(model), "--port", str(port), "--n_threads", str(threads)),
+            *("--n_ctx", str(ctx), "--interrupt_requests", "False"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("peer server did not start")
 
 
 def summarize(rounds: list[Round], levels: list[int]) -> list[dict[str, float]]:
@@ -188,18 +130,20 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="model name to request")
+    p.add_argument("--model-file", type=Path, default=None, help="its GGUF (for its EOG ids)")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args, server_args = p.parse_known_args()
     proc = None
     url = args.url
     if args.spawn:
         url, proc = spawn_server(server_args)
+    ban = banned_tokens(args.model_file)
     try:
-        asyncio.run(run_round(url, 1, 8, args.model, 1000))  # warm-up
+        asyncio.run(run_round(url, 1, 8, ban, 1000, args.model))  # warm-up
         rounds = []
         for n, level in enumerate(interleaved(args.levels, args.rounds)):
-            rnd = asyncio.run(run_round(url, level, args.max_tokens, args.model, n * 8))
+            rnd = asyncio.run(run_round(url, level, args.max_tokens, ban, n * 8, args.model))
             print(
                 f"level {level}: {rnd.tokens_per_s:.1f} tok/s, ttft p50 {rnd.ttft_p50:.3f}s",
                 file=sys.stderr,

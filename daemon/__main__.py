@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from daemon.config import Settings
+from daemon.engine.types import CacheType
 
 # flag dest -> Settings field, for flags that map one to one
 _FLAGS: dict[str, tuple[str, type, str]] = {
@@ -75,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="flash attention (default off: see README)",
         )
+        for which in ("k", "v"):
+            sp.add_argument(
+                f"--cache-type-{which}",
+                dest=f"cache_type_{which}",
+                choices=get_args(CacheType),
+                default=None,
+                help=f"KV cache type of {'keys' if which == 'k' else 'values'} (default f16)",
+            )
         sp.add_argument(
             "--extra-buffers",
             action=argparse.BooleanOptionalAction,
@@ -107,6 +116,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["flash_attn"] = args.flash_attn
     if args.extra_buffers is not None:
         overrides["extra_buffers"] = args.extra_buffers
+    for dest in ("cache_type_k", "cache_type_v"):
+        if getattr(args, dest) is not None:
+            overrides[dest] = getattr(args, dest)
     if args.tensor_split:
         overrides["tensor_split"] = [float(x) for x in args.tensor_split.split(",")]
     base = Settings(**overrides)

@@ -39,6 +39,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         batch_size=settings.batch_size,
         ubatch_size=settings.ubatch_size,
         flash_attn=settings.flash_attn,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
         max_queue=settings.max_queue,
         store_max_bytes=settings.store_max_bytes,
         store_dir=settings.store_dir,

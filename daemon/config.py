@@ -6,8 +6,10 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from daemon.engine.types import CacheType
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,6 +64,8 @@ class Settings(BaseSettings):
     extra_buffers: bool | None = Field(
         None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
     )
+    cache_type_k: CacheType = Field("f16", description="KV cache element type of keys")
+    cache_type_v: CacheType = Field("f16", description="of values (quantized needs flash_attn)")
 
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot before 429")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -90,6 +94,13 @@ class Settings(BaseSettings):
         None, ge=1, description="bytes of weights + KV all loaded models may use"
     )
     log_json: bool = Field(False, description="access log as one JSON object per line")
+
+    @model_validator(mode="after")
+    def _quantized_values_need_flash_attn(self) -> Settings:
+        # llama.cpp refuses to create a context with a quantized V cache without it.
+        if self.cache_type_v not in ("f32", "f16", "bf16") and not self.flash_attn:
+            raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn (--flash-attn)")
+        return self
 
     def default_model_path(self) -> Path:
         """The model served when a request names none."""

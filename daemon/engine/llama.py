@@ -14,7 +14,7 @@ import llama_cpp as lc
 import numpy as np
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from daemon.engine.types import SamplingParams
+from daemon.engine.types import CacheType, SamplingParams
 from daemon.errors import ModelLoadError
 
 log = logging.getLogger("edged.llama")
@@ -93,6 +93,20 @@ class Pooling(IntEnum):
     RANK = lc.LLAMA_POOLING_TYPE_RANK
 
 
+# CacheType -> (ggml type id, bytes per element): ggml's block sizes over block lengths.
+CACHE_TYPES: dict[str, tuple[int, float]] = {
+    "f32": (lc.GGML_TYPE_F32, 4.0),
+    "f16": (lc.GGML_TYPE_F16, 2.0),
+    "bf16": (30, 2.0),  # GGML_TYPE_BF16; the 0.3.36 bindings do not name it
+    "q8_0": (lc.GGML_TYPE_Q8_0, 34 / 32),
+    "q4_0": (lc.GGML_TYPE_Q4_0, 18 / 32),
+    "q4_1": (lc.GGML_TYPE_Q4_1, 20 / 32),
+    "iq4_nl": (lc.GGML_TYPE_IQ4_NL, 18 / 32),
+    "q5_0": (lc.GGML_TYPE_Q5_0, 22 / 32),
+    "q5_1": (lc.GGML_TYPE_Q5_1, 24 / 32),
+}
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     """Shape of a context: sizes, threads, sequence count."""
@@ -104,6 +118,8 @@ class ContextOptions:
     n_threads: int
     n_threads_batch: int
     flash_attn: bool = False
+    type_k: CacheType = "f16"
+    type_v: CacheType = "f16"
     embeddings: bool = False
     # UNSPECIFIED lets llama.cpp take the pooling the GGUF declares.
     pooling: Pooling = Pooling.UNSPECIFIED
@@ -153,10 +169,11 @@ class Model:
             n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
-    def kv_bytes(self, n_cells: int) -> int:
-        """Bytes of an f16 KV cache holding `n_cells` tokens."""
-        head_dim = self.n_embd // max(self.n_head, 1)
-        return n_cells * self.n_layer * 2 * head_dim * self.n_head_kv * 2
+    def kv_bytes(self, n_cells: int, type_k: CacheType = "f16", type_v: CacheType = "f16") -> int:
+        """Bytes of a KV cache holding `n_cells` tokens with these element types."""
+        per_layer = self.n_embd // max(self.n_head, 1) * self.n_head_kv
+        per_cell = per_layer * (CACHE_TYPES[type_k][1] + CACHE_TYPES[type_v][1])
+        return int(n_cells * self.n_layer * per_cell)
 
     def piece(self, token: int) -> bytes:
         """Bytes of one token as text (special tokens render empty)."""
@@ -236,6 +253,8 @@ class Context:
         # One KV stream per sequence: attention cost and cell layout of a sequence do not
         # depend on its neighbours, so batched output equals output computed alone.
         params.kv_unified = False
+        params.type_k = CACHE_TYPES[options.type_k][0]
+        params.type_v = CACHE_TYPES[options.type_v][0]
         params.flash_attn_type = (
             lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if options.flash_attn

@@ -16,7 +16,7 @@ from daemon.engine.embeddings import Embedder, embedding_pooling
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, grammar_is_valid
 from daemon.engine.scheduler import Scheduler
-from daemon.engine.types import GenerationRequest
+from daemon.engine.types import CacheType, GenerationRequest
 from daemon.errors import ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("edged.engine")
@@ -33,10 +33,34 @@ class EngineOptions:
     batch_size: int = 512
     ubatch_size: int = 512
     flash_attn: bool = False
+    cache_type_k: CacheType = "f16"
+    cache_type_v: CacheType = "f16"
     max_queue: int = 64
     model: ModelOptions = field(default_factory=ModelOptions)
     store_max_bytes: int = 512 << 20
     store_dir: Path | None = None
+
+
+def chat_template(model: Model, name: str = "") -> ChatTemplate:
+    """The model's own chat template, or ChatML when it has none or an unusable one."""
+    try:
+        return ChatTemplate(
+            model.chat_template(),
+            bos_token=model.special_text(model.bos),
+            eos_token=model.special_text(model.eos),
+        )
+    except jinja2.TemplateError as exc:
+        log.warning("%s: unusable chat template (%s); using ChatML", name, exc)
+        return ChatTemplate(None)
+
+
+def prompt_tokens(model: Model, text: str) -> list[int]:
+    """Prompt text to tokens, with BOS added once where the model wants it."""
+    tokens = model.tokenize(text, add_special=model.add_bos, parse_special=True)
+    # A rendered template may already start with BOS text; never feed two.
+    if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
+        tokens = tokens[1:]
+    return tokens
 
 
 class LoadedModel:
@@ -47,17 +71,10 @@ class LoadedModel:
         self.path = path
         self.loaded_at = time.time()
         self.model = Model(path, options.model)
-        try:
-            self.template = ChatTemplate(
-                self.model.chat_template(),
-                bos_token=self.model.special_text(self.model.bos),
-                eos_token=self.model.special_text(self.model.eos),
-            )
-        except jinja2.TemplateError as exc:
-            log.warning("%s: unusable chat template (%s); using ChatML", name, exc)
-            self.template = ChatTemplate(None)
+        self.template = chat_template(self.model, name)
         train = self.model.n_ctx_train
         self.ctx_size = min(options.ctx_size, train) if train > 0 else options.ctx_size
+        self.kv_types: tuple[CacheType, CacheType] = (options.cache_type_k, options.cache_type_v)
         spill = options.store_dir / name.replace("/", "_") if options.store_dir else None
         self.store = SequenceStore(options.store_max_bytes, spill_dir=spill)
         self.embedder: Embedder | None = None
@@ -77,6 +94,8 @@ class LoadedModel:
                 n_threads=options.threads,
                 n_threads_batch=options.threads_batch or options.threads,
                 flash_attn=options.flash_attn,
+                type_k=options.cache_type_k,
+                type_v=options.cache_type_v,
             ),
             max_queue=options.max_queue,
             name=name,
@@ -88,11 +107,7 @@ class LoadedModel:
 
     def tokenize(self, text: str) -> list[int]:
         """Prompt text to tokens, with BOS added once where the model wants it."""
-        tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
-        # A rendered template may already start with BOS text; never feed two.
-        if len(tokens) >= 2 and tokens[0] == tokens[1] == self.model.bos:
-            tokens = tokens[1:]
-        return tokens
+        return prompt_tokens(self.model, text)
 
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
         """Reject token ids the vocabulary does not have, and empty prompts."""
@@ -143,7 +158,8 @@ class LoadedModel:
         """Weights plus the KV cache allocated for every slot (an estimate for the memory cap)."""
         worker = self.scheduler or self.embedder
         slots = worker.n_slots if worker is not None else 1
-        return self.model.size_bytes + self.model.kv_bytes(self.ctx_size * slots)
+        kv = self.model.kv_bytes(self.ctx_size * slots, *self.kv_types)
+        return self.model.size_bytes + kv
 
     def grammar_ok(self, gbnf: str) -> bool:
         """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""

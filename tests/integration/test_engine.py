@@ -121,3 +121,28 @@ def test_stop_and_eos(lm: LoadedModel) -> None:
     text, reason = asyncio.run(main())
     assert reason == FinishReason.STOP
     assert text.rstrip().endswith("6,")
+
+
+@pytest.mark.parametrize("type_k", ["q8_0", "q4_0"])
+def test_quantized_key_cache_generates_and_shrinks_memory(model_path: Path, type_k: str) -> None:
+    """A quantized key cache generates, and the memory estimate follows the type. q8_0 keys
+    keep the greedy answer; q4_0 keys are too coarse for this 135M model (it answers " No")."""
+    opts = EngineOptions(ctx_size=512, parallel=2, cache_type_k=type_k)  # type: ignore[arg-type]
+    q = LoadedModel("smol-q", model_path, opts)
+    f16 = LoadedModel("smol-f", model_path, EngineOptions(ctx_size=512, parallel=2))
+    try:
+
+        async def main() -> tuple[str, FinishReason]:
+            return await run(q.submit(gen(q, "Q: The capital of France is?\nA:", 1, temperature=0)))
+
+        text, reason = asyncio.run(main())
+        assert reason is FinishReason.LENGTH and text.strip()
+        if type_k == "q8_0":
+            assert text == " Paris"
+        kv = q.memory_bytes - q.model.size_bytes
+        kv16 = f16.memory_bytes - f16.model.size_bytes
+        ratio = {"q8_0": (34 / 32 + 2) / 4, "q4_0": (18 / 32 + 2) / 4}[type_k]
+        assert kv == pytest.approx(kv16 * ratio, rel=1e-6)
+    finally:
+        q.close()
+        f16.close()

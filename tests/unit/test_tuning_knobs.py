@@ -1,0 +1,57 @@
+"""The tuning flags map onto Settings and the engine options, and bad combinations fail early."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+from pydantic import ValidationError
+
+from daemon.__main__ import _parser, settings_from_args
+from daemon.app import engine_options
+from daemon.config import Settings
+from daemon.engine.llama import CACHE_TYPES
+from daemon.engine.types import CacheType
+
+
+def parse(*argv: str) -> Settings:
+    return settings_from_args(_parser().parse_args(["serve", *argv]))
+
+
+def test_every_cache_type_has_a_ggml_type() -> None:
+    assert set(get_args(CacheType)) == set(CACHE_TYPES)
+
+
+def test_tuning_flags_reach_the_engine() -> None:
+    s = parse(
+        *("--threads", "3", "--threads-batch", "5", "--batch-size", "256"),
+        *("--ubatch-size", "128", "--parallel", "4", "--cache-type-k", "q8_0"),
+    )
+    e = engine_options(s)
+    assert (e.threads, e.threads_batch, e.batch_size, e.ubatch_size, e.parallel) == (
+        3,
+        5,
+        256,
+        128,
+        4,
+    )
+    assert (e.cache_type_k, e.cache_type_v) == ("q8_0", "f16")
+
+
+def test_quantized_value_cache_needs_flash_attention() -> None:
+    with pytest.raises(ValidationError, match="flash_attn"):
+        parse("--cache-type-v", "q8_0")
+    s = parse("--cache-type-v", "q8_0", "--cache-type-k", "q8_0", "--flash-attn")
+    assert (s.cache_type_k, s.cache_type_v, s.flash_attn) == ("q8_0", "q8_0", True)
+
+
+def test_unknown_cache_type_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse("--cache-type-k", "q3_k")
+    with pytest.raises(ValidationError):
+        Settings(cache_type_k="int8")  # type: ignore[arg-type]
+
+
+def test_cache_types_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_CACHE_TYPE_K", "q4_0")
+    assert Settings().cache_type_k == "q4_0"
