@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import get_args
 
 import pytest
@@ -9,7 +12,7 @@ from pydantic import ValidationError
 
 from daemon.__main__ import _parser, settings_from_args
 from daemon.app import engine_options
-from daemon.config import Settings
+from daemon.config import Settings, default_threads
 from daemon.engine.llama import CACHE_TYPES
 from daemon.engine.types import CacheType
 
@@ -55,3 +58,15 @@ def test_unknown_cache_type_is_refused() -> None:
 def test_cache_types_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGED_CACHE_TYPE_K", "q4_0")
     assert Settings().cache_type_k == "q4_0"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
+def test_default_threads_follow_cpu_affinity() -> None:
+    """Pinned to one CPU (taskset, cpusets, systemd CPUAffinity=), edged runs one thread."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from daemon.config import Settings; print(Settings().threads)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    assert 1 <= default_threads() <= (os.cpu_count() or 1)
