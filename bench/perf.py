@@ -259,10 +259,10 @@ def markdown(res: Results, plot: str) -> str:
         out.append(f"| {name} | {goal} | {value:.3f}{unit} | {'yes' if ok else 'no'} |")
 
     one, top = res.levels[0], res.levels[-1]
-    v = ratio(L["edged"][one], L["raw"][one], "tps")
-    target(f"{one} stream tokens/s ÷ raw loop", "≥ 0.95×", v, v >= 0.95)
-    v = ratio(L["edged"][top], L["raw"][top], "tps")
-    target(f"{top} streams tokens/s ÷ raw batched loop", "≥ 0.95×", v, v >= 0.95)
+    v = ratio(L["edged"][one], L["raw"][one], "decode_tps")
+    target(f"{one} stream decode tokens/s ÷ raw decode loop", "≥ 0.95×", v, v >= 0.95)
+    v = ratio(L["edged"][top], L["raw"][top], "decode_tps")
+    target(f"{top} streams decode tokens/s ÷ raw batched decode", "≥ 0.95×", v, v >= 0.95)
     if has_peer:
         v = ratio(L["edged"][top], L["peer"][top], "tps")
         target(f"{top} streams tokens/s ÷ llama-cpp-python server", "≥ 1.8×", v, v >= 1.8)
@@ -310,6 +310,7 @@ def plot(res: Results, path: Path) -> None:
         if system != "raw":
             b.plot(lv, [med([x.ttft for x in res.load[system][v]]) for v in lv], style, label=label)
     a.set(xlabel="concurrent streams", ylabel="aggregate tokens/s", title="Throughput")
+    a.set_ylim(bottom=0)
     b.set(
         xlabel="concurrent streams",
         ylabel="TTFT p50 (s)",
