@@ -71,6 +71,18 @@ class Results:
         self.load.setdefault(system, {}).setdefault(level, []).append(s)
 
 
+def load_results(path: Path) -> Results:
+    """A run saved as JSON by an earlier `perf.py`."""
+    data = json.loads(path.read_text())
+    load = data.pop("load")
+    res = Results(**data)
+    for system, levels in load.items():
+        for level, samples in levels.items():
+            for x in samples:
+                res.add(system, int(level), Sample(**x))
+    return res
+
+
 def sample_of(rnd: Round) -> Sample:
     return Sample(rnd.tokens_per_s, rnd.decode_tokens_per_s, rnd.ttft_p50)
 
@@ -248,8 +260,10 @@ def markdown(res: Results, plot: str) -> str:
         "",
         "Raw = `bench/raw.py`: the same prompts prefilled, then one `llama_decode` per step "
         "with greedy sampling, no server; its tokens/s include the prefill, like a server "
-        "round's wall time. Decode-only rates: raw's decode steps; edged's window from the "
-        "last stream's first token to the first stream's end.",
+        "round's wall time (edged's also reflect its prefix cache: the chat prompts share the "
+        "template's first ~30 tokens, which edged does not recompute and the raw loop does). "
+        "Decode-only rates: raw's decode steps; edged's window from the last stream's first "
+        "token to the first stream's end.",
         "",
         "| figure | target | measured | met |",
         "| --- | --- | --- | --- |",
@@ -309,7 +323,11 @@ def plot(res: Results, path: Path) -> None:
         a.plot(lv, [med([x.tps for x in res.load[system][v]]) for v in lv], style, label=label)
         if system != "raw":
             b.plot(lv, [med([x.ttft for x in res.load[system][v]]) for v in lv], style, label=label)
-    a.set(xlabel="concurrent streams", ylabel="aggregate tokens/s", title="Throughput")
+    a.set(
+        xlabel="concurrent streams",
+        ylabel="aggregate tokens/s (prefill included)",
+        title="Throughput",
+    )
     a.set_ylim(bottom=0)
     b.set(
         xlabel="concurrent streams",
@@ -354,13 +372,17 @@ def main() -> None:
     )
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--plot", type=Path, default=HERE / "perf.png")
+    p.add_argument("--from-json", type=Path, help="re-render a saved run, measure nothing")
     args = p.parse_args()
-    model = Model(embedded_model_path())
-    res = Results(args.levels, args.rounds, args.max_tokens, args.threads)
-    measure_load(args, model, res)
-    measure_continuation(args, res)
+    if args.from_json:
+        res = load_results(args.from_json)
+    else:
+        model = Model(embedded_model_path())
+        res = Results(args.levels, args.rounds, args.max_tokens, args.threads)
+        measure_load(args, model, res)
+        measure_continuation(args, res)
+        args.plot.with_suffix(".json").write_text(json.dumps(asdict(res), indent=1))
     plot(res, args.plot)
-    args.plot.with_suffix(".json").write_text(json.dumps(asdict(res), indent=1))
     body = markdown(res, args.plot.name)
     print(body)
     write_section(args.results, body)
