@@ -20,7 +20,7 @@ from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
-from daemon.engine.slots import Slot, chunk_size, common_prefix, seed32
+from daemon.engine.slots import Slot, chunk_size, common_prefix, reassign, seed32
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import (
     Chunk,
@@ -477,29 +477,7 @@ class Scheduler(ContextWorker):
             reason = FinishReason.STOP if best.ended else FinishReason.LENGTH
             self._finish(a, reason, text, out, best_tokens=best.tokens)
             return
-        self._reorder(group, [p for p, _ in parents])
-
-    def _reorder(self, group: _Beams, parents: list[int]) -> None:
-        """Give beam i the KV of its parent beam: first children keep slots, others copy."""
-        old = list(group.slots)
-        taken: set[int] = set()
-        new: list[Slot | None] = [None] * len(parents)
-        for i, p in enumerate(parents):
-            if p not in taken:
-                taken.add(p)
-                new[i] = old[p]
-        spare = [s for j, s in enumerate(old) if j not in taken]
-        for i, p in enumerate(parents):
-            if new[i] is not None:
-                continue
-            src, dst = old[p], spare.pop()
-            dst.tokens = list(src.tokens)
-            dst.exact = src.exact
-            self.ctx.seq_rm(dst.seq)
-            if not self.ctx.state_set(dst.seq, self.ctx.state_get(src.seq)):
-                raise EngineError("could not copy a beam's KV state")
-            new[i] = dst
-        group.slots = [s for s in new if s is not None] + spare
+        group.slots = reassign(self.ctx, group.slots, [p for p, _ in parents])
 
     def _finish(
         self,

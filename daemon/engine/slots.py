@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from daemon.errors import EngineError
+
+if TYPE_CHECKING:
+    from daemon.engine.llama import Context
 
 _SEED_MASK = 0xFFFFFFFF
 
@@ -46,3 +52,26 @@ class Slot:
     exact: int = 0
     busy: bool = False
     last_used: float = 0.0
+
+
+def reassign(ctx: Context, slots: list[Slot], parents: list[int]) -> list[Slot]:
+    """Beam slots after a step: beam i gets the KV of beam `parents[i]`. A parent's first
+    child keeps its slot; further children get a spare slot holding a copy of its state."""
+    new: list[Slot | None] = [None] * len(parents)
+    taken: set[int] = set()
+    for i, p in enumerate(parents):
+        if p not in taken:
+            taken.add(p)
+            new[i] = slots[p]
+    spare = [s for j, s in enumerate(slots) if j not in taken]
+    for i, p in enumerate(parents):
+        if new[i] is not None:
+            continue
+        src, dst = slots[p], spare.pop()
+        dst.tokens = list(src.tokens)
+        dst.exact = src.exact
+        ctx.seq_rm(dst.seq)
+        if not ctx.state_set(dst.seq, ctx.state_get(src.seq)):
+            raise EngineError("could not copy a beam's KV state")
+        new[i] = dst
+    return [s for s in new if s is not None] + spare
