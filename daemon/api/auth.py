@@ -93,9 +93,9 @@ def api_key_guard(keys: ApiKeys, public_paths: frozenset[str]) -> Any:
 def provide_api_key(request: Request[Any, Any, Any]) -> str | None:
     """Dependency `api_key`: the caller's key identity (hex SHA-256), or None when auth is off.
 
-    Declare `api_key: str | None` in a handler to get it; the guard has already refused
-    requests without a valid key, so a handler never sees an unauthenticated caller when
-    keys are configured. Use it to scope per-client state (e.g. the request_id store).
+    Declare `api_key: NamedDependency[str | None]` in a handler to get it; the guard has
+    already refused requests without a valid key, so a handler never sees an unauthenticated
+    caller when keys are configured. Use it to scope per-client state (e.g. the request_id store).
     """
     value = request.state.get(_STATE_KEY)
     return value if isinstance(value, str) else None

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from daemon.engine.registry import ModelRegistry
 
 
 @get("/health", sync_to_thread=False)
-def health(registry: ModelRegistry) -> Response[dict[str, Any]]:
+def health(registry: NamedDependency[ModelRegistry]) -> Response[dict[str, Any]]:
     """200 once the default model is loaded and its scheduler runs; 503 before."""
     loaded = [
         {

@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from litestar import post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from daemon.api.sampling import ProtocolModel
 from daemon.engine.registry import ModelRegistry
@@ -30,7 +32,9 @@ class DetokenizeRequest(ProtocolModel):
 
 
 @post(["/tokenize", "/v1/tokenize"], status_code=200)
-async def tokenize(data: TokenizeRequest, registry: ModelRegistry) -> dict[str, Any]:
+async def tokenize(
+    data: JSONBody[TokenizeRequest], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
     """`{content, add_special?, parse_special?}` → `{tokens}`."""
     lm = await registry.get(data.model)
     # Off the event loop: a body of megabytes takes a while to tokenize.
@@ -44,7 +48,9 @@ async def tokenize(data: TokenizeRequest, registry: ModelRegistry) -> dict[str, 
 
 
 @post(["/detokenize", "/v1/detokenize"], status_code=200)
-async def detokenize(data: DetokenizeRequest, registry: ModelRegistry) -> dict[str, Any]:
+async def detokenize(
+    data: JSONBody[DetokenizeRequest], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
     """`{tokens, special?}` → `{content}`; `special` renders control tokens as their text."""
     lm = await registry.get(data.model)
     n_vocab = lm.model.n_vocab

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar import Litestar, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.testing import TestClient
 
 from daemon.api.auth import ApiKeys, api_key_guard, is_loopback, provide_api_key
@@ -156,7 +156,7 @@ def test_loopback_detection() -> None:
 
 def _app(keys: list[str]) -> Litestar:
     @get("/whoami", sync_to_thread=False)
-    def whoami(api_key: str | None) -> dict[str, str | None]:
+    def whoami(api_key: NamedDependency[str | None]) -> dict[str, str | None]:
         return {"key": api_key}
 
     return Litestar(

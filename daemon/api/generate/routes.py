@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Router, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from daemon.api.choices import policy_of
@@ -14,14 +16,17 @@ from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
 
 
-def _owner(api_key: str | None) -> str:
+def _owner(api_key: NamedDependency[str | None]) -> str:
     """Store entries belong to the caller's key identity ('' when auth is off)."""
     return api_key or ""
 
 
 @post("/generate", status_code=200, media_type="text/plain")
 async def generate(
-    data: GenerateRequest, registry: ModelRegistry, settings: Settings, api_key: str | None
+    data: JSONBody[GenerateRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+    api_key: NamedDependency[str | None],
 ) -> Stream | str:
     """Generate or continue under `request_id`; plain chunked text when streaming."""
     return await serving.generate(
@@ -31,7 +36,10 @@ async def generate(
 
 @post("/generate-batch", status_code=200)
 async def generate_batch(
-    data: GenerateBatchRequest, registry: ModelRegistry, settings: Settings, api_key: str | None
+    data: JSONBody[GenerateBatchRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+    api_key: NamedDependency[str | None],
 ) -> list[dict[str, Any]]:
     """Several request_ids decoded together; the answers in request order."""
     return await serving.generate_batch(

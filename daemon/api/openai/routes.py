@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Router, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import policy_of
@@ -17,7 +19,9 @@ from daemon.engine.registry import ModelRegistry
 
 @post("/chat/completions", status_code=200)
 async def chat_completions(
-    data: ChatCompletionRequest, registry: ModelRegistry, settings: Settings
+    data: JSONBody[ChatCompletionRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
 ) -> dict[str, Any] | ServerSentEvent:
     """Chat completion, streamed as SSE when `stream` is true."""
     return await serving.chat_completion(registry, data, policy_of(settings))
@@ -25,20 +29,24 @@ async def chat_completions(
 
 @post("/completions", status_code=200)
 async def completions(
-    data: CompletionRequest, registry: ModelRegistry, settings: Settings
+    data: JSONBody[CompletionRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
 ) -> dict[str, Any] | ServerSentEvent:
     """Text completion, streamed as SSE when `stream` is true."""
     return await serving.completion(registry, data, policy_of(settings))
 
 
 @post("/embeddings", status_code=200)
-async def embeddings(data: EmbeddingRequest, registry: ModelRegistry) -> dict[str, Any]:
+async def embeddings(
+    data: JSONBody[EmbeddingRequest], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
     """Embedding vectors of one or more inputs."""
     return await create_embeddings(registry, data)
 
 
 @get("/models")
-async def list_models(registry: ModelRegistry) -> dict[str, Any]:
+async def list_models(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
     """Every servable model and alias."""
     data = [
         {

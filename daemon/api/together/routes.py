@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from daemon.api.choices import policy_of
 from daemon.api.together import serving
@@ -15,10 +17,10 @@ from daemon.engine.registry import ModelRegistry
 
 @post("/inference", status_code=200)
 async def inference(
-    data: InferenceRequest,
+    data: JSONBody[InferenceRequest],
     request: Request[Any, Any, Any],
-    registry: ModelRegistry,
-    settings: Settings,
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
 ) -> dict[str, Any]:
     """Complete a prompt; the request is echoed back under `args` as the client sent it."""
     args = await request.json()
