@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.test_errors import assert_error
@@ -137,3 +140,45 @@ def test_bad_reasoning_fields(thinking_server: Server, extra: dict[str, Any], pa
     body = {"model": "thinker", "messages": MSGS, "max_tokens": 2, **extra}
     r = httpx.post(f"{thinking_server.url}/v1/chat/completions", json=body, timeout=60)
     assert_error(r, 400, param)
+
+
+_any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kwargs=st.dictionaries(st.text(max_size=12), _any_json, max_size=4) | _any_json,
+    effort=st.sampled_from(["none", "low", "high"]) | _any_json,
+    stream=st.booleans(),
+)
+def test_fuzz_reasoning_fields_never_500(
+    thinking_server: Server, kwargs: Any, effort: Any, stream: bool
+) -> None:
+    """Any chat_template_kwargs / reasoning_effort: a 200 or a 4xx in the one error shape."""
+    body = {
+        "model": "thinker",
+        "messages": MSGS,
+        "max_tokens": 3,
+        "stream": stream,
+        "chat_template_kwargs": kwargs,
+        "reasoning_effort": effort,
+    }
+    r = httpx.post(
+        f"{thinking_server.url}/v1/chat/completions",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert_error(r, r.status_code)
+    elif stream:
+        assert r.text.rstrip().endswith("data: [DONE]")
