@@ -152,6 +152,10 @@ class Thinking:
         tags = detect(template)
         return None if tags is None else cls(tags, opens_thinking(prompt, tags))
 
+    def answer_only(self) -> Thinking:
+        """The same tags for output that starts as the answer (a leading <think> still counts)."""
+        return Thinking(self.tags, started=False)
+
     def splitter(self) -> ReasoningSplitter:
         """A fresh streaming splitter for one choice."""
         return ReasoningSplitter(self.tags, started=self.started)

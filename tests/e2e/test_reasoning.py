@@ -182,3 +182,39 @@ def test_fuzz_reasoning_fields_never_500(
         assert_error(r, r.status_code)
     elif stream:
         assert r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_constrained_answers_are_never_swallowed_as_reasoning(client: openai.OpenAI) -> None:
+    """The prompt opened <think>, but a schema or a required call shapes the answer itself."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model="thinker",
+        messages=MSGS,  # type: ignore[arg-type]
+        max_tokens=30,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    msg = r.choices[0].message
+    assert json.loads(msg.content or "")["city"] in ("Paris", "Rome")
+    assert "reasoning_content" not in (msg.model_extra or {})
+    tool = {
+        "type": "function",
+        "function": {"name": "capital", "parameters": schema},
+    }
+    r = client.chat.completions.create(
+        model="thinker",
+        messages=MSGS,  # type: ignore[arg-type]
+        max_tokens=60,
+        temperature=0,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "capital"}},
+        parallel_tool_calls=False,
+    )
+    calls = r.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["capital"]
+    assert json.loads(calls[0].function.arguments)["city"] in ("Paris", "Rome")

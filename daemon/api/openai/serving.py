@@ -94,6 +94,10 @@ async def chat_completion(
     extras = _extras(req, count, req.echo and count is not None)
     if plan is not None and plan.grammar is not None:
         extras = replace(extras, grammar=plan.grammar)
+    if think is not None and _answer_only(req, plan):
+        # A schema or a required call constrains the answer from the first token: the
+        # output is the answer even when the prompt opened a thinking block.
+        think = think.answer_only()
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     guard = None
@@ -123,6 +127,14 @@ async def chat_completion(
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
         body["prompt"] = [{"text": rendered, "logprobs": scores}]
     return body
+
+
+def _answer_only(req: ChatCompletionRequest, plan: tools.ToolPlan | None) -> bool:
+    """Whether constrained decoding (json schema, a required tool call) shapes the answer."""
+    fmt = req.response_format
+    return (fmt is not None and fmt.type != "text") or (
+        plan is not None and plan.grammar is not None
+    )
 
 
 def _chat_choice(
