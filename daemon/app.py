@@ -19,6 +19,7 @@ from daemon.api.metrics import Metrics
 from daemon.api.middleware import ServiceMiddleware
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
+from daemon.api.rerank.routes import handlers as rerank_handlers
 from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
@@ -117,6 +118,7 @@ def create_app(
             together_inference,
             generate_router,
             *tokenize.handlers,
+            *rerank_handlers,
             metrics.route(),
         ],
         dependencies={

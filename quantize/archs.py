@@ -112,6 +112,17 @@ BERT_HPARAMS: tuple[HParam, ...] = (
 )
 
 
+def _single_score(config: Config) -> None:
+    """A reranker has one output (a relevance logit); a multi-label classifier is not one."""
+    labels = config.get("id2label") or {}
+    n = int(config.get("num_labels") or len(labels) or 1)
+    if n != 1:
+        raise UnsupportedArchitecture(
+            f"a sequence classifier with {n} labels is not a reranker; only single-score "
+            "cross-encoders (num_labels = 1) convert"
+        )
+
+
 @dataclass(frozen=True)
 class Arch:
     """How one Hugging Face architecture becomes one GGUF architecture."""
@@ -129,6 +140,10 @@ class Arch:
     keep_f32: frozenset[MT] = frozenset()
     # config.json rope_scaling types this architecture converts (quantize.rope.SCALINGS keys).
     rope_scalings: frozenset[str] = frozenset()
+    # HF tensor names (after prefix stripping) renamed to the names gguf's map knows.
+    renames: Mapping[str, str] = field(default_factory=dict)
+    # Raises when config.json describes a variant this table cannot convert.
+    validate: Callable[[Config], None] | None = None
 
     @property
     def name(self) -> str:
@@ -180,12 +195,35 @@ BERT = Arch(
     keep_f32=frozenset({MT.POS_EMBD, MT.TOKEN_TYPES}),
 )
 
+# A cross-encoder: BERT plus HF's classification head, tanh(pooler.dense(h[CLS])) then
+# classifier, which is llama.cpp's RANK head (cls, tanh, cls.output). llama.cpp's own converter
+# drops the pooler and maps classifier to cls.output alone, which scores differently from
+# transformers; the pooler kept as `cls` gives transformers' score.
+BERT_RERANK = Arch(
+    gguf_arch=gguf.MODEL_ARCH.BERT,
+    hparams=tuple(hp for hp in BERT_HPARAMS if hp.key != K.LLM.POOLING_TYPE),
+    tokenizer="wordpiece",
+    fixed={K.Attention.CAUSAL: False, K.LLM.POOLING_TYPE: int(gguf.PoolingType.RANK)},
+    strip_prefixes=("bert.",),
+    skip_prefixes=("cls.predictions", "cls.seq_relationship"),
+    skip_suffixes=("position_ids",),
+    keep_f32=frozenset({MT.POS_EMBD, MT.TOKEN_TYPES, MT.CLS, MT.CLS_OUT}),
+    renames={
+        "pooler.dense.weight": "classifier.dense.weight",
+        "pooler.dense.bias": "classifier.dense.bias",
+        "classifier.weight": "classifier.out_proj.weight",
+        "classifier.bias": "classifier.out_proj.bias",
+    },
+    validate=_single_score,
+)
+
 ARCHITECTURES: dict[str, Arch] = {
     "LlamaForCausalLM": LLAMA,
     "MistralForCausalLM": LLAMA,  # llama.cpp runs Mistral 7B as llama
     "Qwen2ForCausalLM": QWEN2,
     "BertModel": BERT,
     "BertForMaskedLM": BERT,
+    "BertForSequenceClassification": BERT_RERANK,
 }
 
 
@@ -196,7 +234,10 @@ def arch_for(config: Config) -> tuple[str, Arch]:
         raise BrokenCheckpoint("config.json has no 'architectures' list")
     for hf_name in names:
         if hf_name in ARCHITECTURES:
-            return hf_name, ARCHITECTURES[hf_name]
+            arch = ARCHITECTURES[hf_name]
+            if arch.validate is not None:
+                arch.validate(config)
+            return hf_name, arch
     supported = ", ".join(sorted(ARCHITECTURES))
     raise UnsupportedArchitecture(
         f"architecture {names[0]!r} is not supported (supported: {supported})"

@@ -80,6 +80,7 @@ def _gguf_name(
             hf_name = hf_name[len(prefix) :]
     if hf_name.startswith(arch.skip_prefixes) or hf_name.endswith(arch.skip_suffixes):
         return None
+    hf_name = arch.renames.get(hf_name, hf_name)
     for suffix in (".weight", ".bias"):
         if hf_name.endswith(suffix):
             found = tmap.get_type_and_name(hf_name[: -len(suffix)])
@@ -205,7 +206,7 @@ def _tensor_data(
     transform = arch.transforms.get(t.kind)
     if transform is not None:
         data = transform(data, config)
-    return encode(data, t.qtype)
+    return encode(data, t.qtype, t.source.name)
 
 
 def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:

@@ -33,3 +33,7 @@ class FetchError(QuantizeError):
 
 class InvalidGGUF(QuantizeError):
     """A file is not a readable GGUF model."""
+
+
+class OutOfRange(QuantizeError):
+    """A tensor holds values the output type cannot represent (F16 above 65504)."""

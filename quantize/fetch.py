@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ CHECKPOINT_PATTERNS: tuple[str, ...] = (
     "*.safetensors",
     "model.safetensors.index.json",
 )
+INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -94,19 +97,42 @@ def fetch(
         return Path(repo_id).expanduser()
     from huggingface_hub import snapshot_download
 
-    patterns = list(include) if include else list(CHECKPOINT_PATTERNS)
-    log.info("fetching %s@%s (%s)", repo_id, revision or "main", ", ".join(patterns))
+    def download(patterns: list[str]) -> Path:
+        log.info("fetching %s@%s (%s)", repo_id, revision or "main", ", ".join(patterns))
+        try:
+            return Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    allow_patterns=patterns,
+                    endpoint=endpoint,
+                    cache_dir=cache_dir,
+                )
+            )
+        except _hub_errors() as e:
+            raise FetchError(f"{repo_id}@{revision or 'main'}: {_first_line(e)}") from e
+
+    if include:
+        return download(list(include))
+    # Small files first: with a safetensors index, the weights are exactly the files it names
+    # (Mistral's repos also ship consolidated.safetensors, which would double the download).
+    small = [p for p in CHECKPOINT_PATTERNS if p != "*.safetensors"]
+    path = download(small)
+    return download([*small, *_weight_files(path)])
+
+
+def _weight_files(snapshot: Path) -> list[str]:
+    """The safetensors files to download: the index's shards, else every *.safetensors."""
+    index = snapshot / INDEX_FILE
+    if not index.is_file():
+        return ["*.safetensors"]
     try:
-        path = snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=patterns,
-            endpoint=endpoint,
-            cache_dir=cache_dir,
-        )
-    except _hub_errors() as e:
-        raise FetchError(f"{repo_id}@{revision or 'main'}: {_first_line(e)}") from e
-    return Path(path)
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({str(f) for f in weight_map.values()})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FetchError(f"{INDEX_FILE}: unreadable weight map ({e})") from e
+    # Names are matched as globs; escape the characters fnmatch treats specially.
+    return [glob.escape(f) for f in files]
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from quantize.errors import UnknownType
+from quantize.errors import OutOfRange, UnknownType
 
 Q = gguf.GGMLQuantizationType
 
@@ -57,10 +57,24 @@ def nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return int(np.prod(byte_shape, dtype=np.int64)) * itemsize
 
 
-def encode(data: np.ndarray, qtype: Q) -> np.ndarray:
-    """Convert a float tensor to the bytes/array GGUFWriter stores for qtype."""
+F16_MAX = float(np.finfo(np.float16).max)  # 65504; BF16 and F32 reach 3.4e38
+
+
+def encode(data: np.ndarray, qtype: Q, name: str = "tensor") -> np.ndarray:
+    """Convert a float tensor to the bytes/array GGUFWriter stores for qtype.
+
+    F16 is checked, never silently overflowed: a BF16 or F32 value beyond 65504 would become
+    inf and poison every activation it touches, so such a tensor is refused instead.
+    """
     if qtype == Q.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == Q.F16:
+        finite = data[np.isfinite(data)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        if peak > F16_MAX:
+            raise OutOfRange(
+                f"{name}: values up to {peak:.6g} do not fit F16 (max {F16_MAX:g}); "
+                "convert with --outtype bf16 or f32"
+            )
         return np.ascontiguousarray(data, dtype=np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)

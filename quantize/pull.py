@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from quantize.atomic import atomic_output
+from quantize.checkpoint import Checkpoint
 from quantize.convert import convert
 from quantize.errors import FetchError
 from quantize.fetch import fetch, list_repo
@@ -109,12 +110,14 @@ def pull(
             how = "gguf+quantize"
         elif any(f.endswith(".safetensors") for f in listing.files):
             snapshot = fetch(repo_id, rev, None, endpoint)
+            checkpoint = Checkpoint(snapshot)
+            # Only the files the conversion reads (the index's shards, when there is one).
             sources = {
                 str(p.relative_to(snapshot)): sha256_file(p)
-                for p in sorted(snapshot.glob("*.safetensors"))
+                for p in sorted({ref.file for ref in checkpoint})
             }
             intermediate = Path(work) / "model.gguf"
-            convert(snapshot, intermediate, "f32" if qtype in ("F32", "BF16") else "f16", progress)
+            convert(snapshot, intermediate, intermediate_type(checkpoint, qtype), progress)
             quantize_gguf(intermediate, target, qtype, threads, progress)
             how = "safetensors"
         else:
@@ -137,6 +140,20 @@ def pull(
         tmp.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
     log.info("pulled %s -> %s", repo_id, target)
     return target
+
+
+def intermediate_type(checkpoint: Checkpoint, qtype: str) -> str:
+    """The converter output to quantize from: never F16 for a BF16 checkpoint.
+
+    BF16 reaches 3.4e38 while F16 stops at 65504; a BF16 checkpoint goes through a BF16
+    intermediate (lossless), an F32/F16 one through F16 (the converter refuses any value
+    F16 cannot hold rather than write inf).
+    """
+    if qtype in ("F32", "BF16"):
+        return "f32"
+    if any(ref.dtype == "BF16" for ref in checkpoint):
+        return "bf16"
+    return "f16"
 
 
 def _combined_sha(sources: dict[str, str]) -> str:

@@ -69,7 +69,11 @@ def _looks_special(text: str) -> bool:
 def _by_id(
     vocab: Mapping[str, int], added: list[Mapping[str, Any]], size: int
 ) -> tuple[list[str], list[int]]:
-    """Tokens ordered by id with GGUF token types; holes become [PADn] user-defined tokens."""
+    """Tokens ordered by id with GGUF token types; holes become [PADn] UNUSED tokens.
+
+    UNUSED as llama.cpp's converter types them: a USER_DEFINED "[PAD5]" would be matched in
+    prompt text and map a literal "[PAD5]" typed by a user to an untrained embedding row.
+    """
     tokens: list[str | None] = [None] * size
     types = [int(TT.NORMAL)] * size
     for text, idx in vocab.items():
@@ -89,7 +93,7 @@ def _by_id(
     for i, text in enumerate(tokens):
         if text is None:
             out.append(f"[PAD{i}]")
-            types[i] = int(TT.USER_DEFINED)
+            types[i] = int(TT.UNUSED)
         else:
             out.append(text)
     return out, types

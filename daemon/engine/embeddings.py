@@ -2,7 +2,9 @@
 
 Each decode takes waiting inputs in arrival order, one sequence each, until the sequence
 slots or the batch's token budget run out; every sequence's pooled vector is read with
-`llama_get_embeddings_seq`, L2-normalized and handed to its asyncio future.
+`llama_get_embeddings_seq`, L2-normalized and handed to its asyncio future. A reranker
+(RANK pooling) runs through the same worker: each sequence is one query/document pair and
+yields the classifier head's raw outputs instead of a vector.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def embedding_pooling(model: Model) -> Pooling | None:
     return None
 
 
+def is_reranker(model: Model) -> bool:
+    """Whether the GGUF declares RANK pooling (a cross-encoder with a classification head)."""
+    return declared_pooling(model) == Pooling.RANK
+
+
 def normalize(vec: np.ndarray) -> np.ndarray:
     """The vector scaled to unit L2 length (a zero vector stays zero)."""
     norm = float(np.linalg.norm(vec))
@@ -96,6 +103,7 @@ class Embedder(ContextWorker):
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-emb-{name}")
         # One input must fit one decode: encoders cannot split a sequence across ubatches.
         self.max_tokens = min(max_tokens, options.n_batch)
+        self.ranks = options.pooling == Pooling.RANK
         self._busy = 0
         self._thread.start()
 
@@ -154,7 +162,26 @@ class Embedder(ContextWorker):
 
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """Unit-length pooled vectors of the inputs, in order; decoded together with others."""
-        self.check(inputs)
+        if self.ranks:
+            raise InvalidRequest(
+                f"`{self.name}` is a reranker; it gives scores, not embeddings",
+                param="model",
+                code="model_not_supported",
+            )
+        return await self._run_inputs(inputs, "input")
+
+    async def score(self, pairs: list[list[int]], param: str = "documents") -> list[float]:
+        """A reranker's relevance score (classifier output 0, raw) of each tokenized pair."""
+        if not self.ranks:
+            raise InvalidRequest(
+                f"`{self.name}` is not a reranker (its GGUF declares no rank pooling)",
+                param="model",
+                code="model_not_supported",
+            )
+        return [float(out[0]) for out in await self._run_inputs(pairs, param)]
+
+    async def _run_inputs(self, inputs: list[list[int]], param: str) -> list[np.ndarray]:
+        self.check(inputs, param)
         loop = asyncio.get_running_loop()
         jobs = [_Job(tokens, loop.create_future(), loop) for tokens in inputs]
         # One inbox item per request, so a racing worker never splits its inputs.
@@ -240,10 +267,10 @@ class Embedder(ContextWorker):
             raise EngineError(f"llama_decode returned {rc}")
         vectors = []
         for seq in range(len(group)):
-            vec = self.ctx.embeddings_seq(seq)
+            vec = self.ctx.rank_seq(seq) if self.ranks else self.ctx.embeddings_seq(seq)
             if vec is None:
                 raise EngineError("llama.cpp produced no pooled embedding")
-            vectors.append(normalize(vec))
+            vectors.append(vec if self.ranks else normalize(vec))
         return vectors
 
 

@@ -152,6 +152,11 @@ class Model:
         self.bos: int = lc.llama_vocab_bos(self.vocab)
         self.eos: int = lc.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        # What llama-server's rerank input layout consults ([BOS] q [EOS] [SEP] d [EOS]).
+        self.add_eos: bool = bool(lc.llama_vocab_get_add_eos(self.vocab))
+        self.add_sep: bool = bool(lc.llama_vocab_get_add_sep(self.vocab))
+        self.sep: int = lc.llama_vocab_sep(self.vocab)
+        self.n_cls_out: int = lc.llama_model_n_cls_out(ptr)
         self.size_bytes: int = lc.llama_model_size(ptr)
         self.n_layer: int = lc.llama_model_n_layer(ptr)
         self.n_head: int = lc.llama_model_n_head(ptr)
@@ -230,6 +235,11 @@ class Model:
         raw = lc.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", "replace") if raw else None
 
+    def named_template(self, name: str) -> str | None:
+        """A named template from the metadata (e.g. a reranker's "rerank" prompt), or None."""
+        raw = lc.llama_model_chat_template(self.ptr, name.encode())
+        return raw.decode("utf-8", "replace") if raw else None
+
     def close(self) -> None:
         """Free the weights."""
         if self.ptr:
@@ -302,6 +312,14 @@ class Context:
         if not ptr:
             return None
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+
+    def rank_seq(self, seq: int) -> np.ndarray | None:
+        """A copy of a sequence's classifier outputs after a decode with RANK pooling."""
+        # RANK fills n_cls_out floats per sequence, not n_embd: read no further.
+        ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(max(self.model.n_cls_out, 1),)).copy()
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Forget positions [p0, p1) of a sequence (-1 = open end)."""

