@@ -49,8 +49,8 @@ def hub(tmp_path: Path) -> Iterator[FakeHub]:
 def test_pull_list_show_rm(hub: FakeHub, tmp_path: Path, models_dir: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copyfile(embedded_model_path(), repo / "smollm2-135m-instruct.Q4_1.gguf")
-    hub.add("someone/SmolLM2-135M-Instruct-GGUF", repo)
+    shutil.copyfile(embedded_model_path(), repo / "tiny-chat.Q4_1.gguf")
+    hub.add("someone/Tiny-Chat-GGUF", repo)
     env = _env(
         HF_ENDPOINT=hub.url,
         HF_HOME=str(tmp_path / "hf"),
@@ -58,36 +58,36 @@ def test_pull_list_show_rm(hub: FakeHub, tmp_path: Path, models_dir: Path) -> No
         EDGED_URL=f"http://127.0.0.1:{free_port()}",
     )
 
-    r = edged("pull", "someone/SmolLM2-135M-Instruct-GGUF:Q4_1", env=env)
+    r = edged("pull", "someone/Tiny-Chat-GGUF:Q4_1", env=env)
     assert r.returncode == 0, r.stderr
-    assert "pulled SmolLM2-135M-Instruct.Q4_1" in r.stdout
-    pulled = models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert "pulled Tiny-Chat.Q4_1" in r.stdout
+    pulled = models_dir / "Tiny-Chat.Q4_1.gguf"
     assert pulled.read_bytes() == embedded_model_path().read_bytes()
     # Again: nothing left to download, the same file.
     downloads = len([q for q in hub.requests if q.startswith("GET") and "/resolve/" in q])
-    assert edged("pull", "someone/SmolLM2-135M-Instruct-GGUF:Q4_1", env=env).returncode == 0
+    assert edged("pull", "someone/Tiny-Chat-GGUF:Q4_1", env=env).returncode == 0
     assert len([q for q in hub.requests if q.startswith("GET") and "/resolve/" in q]) == downloads
 
-    missing = edged("pull", "someone/SmolLM2-135M-Instruct-GGUF:Q8_0", env=env)
+    missing = edged("pull", "someone/Tiny-Chat-GGUF:Q8_0", env=env)
     assert missing.returncode == 1 and "no Q8_0 GGUF" in missing.stderr
 
     listing = edged("list", env=env).stdout.splitlines()
     assert listing[0].split() == ["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "MODIFIED"]
-    row = next(line for line in listing if line.startswith("SmolLM2-135M-Instruct.Q4_1 "))
+    row = next(line for line in listing if line.startswith("Tiny-Chat.Q4_1 "))
     assert "llama" in row and "Q4_1" in row and "8192" in row and "MB" in row
     assert any("(embedded default)" in line for line in listing)
 
-    show = edged("show", "SmolLM2-135M-Instruct.Q4_1", env=env)
+    show = edged("show", "Tiny-Chat.Q4_1", env=env)
     assert show.returncode == 0, show.stderr
     for section in ("Model", "Pulled from", "Parameters", "License", "Template"):
         assert f"  {section}" in show.stdout
-    assert "someone/SmolLM2-135M-Instruct-GGUF" in show.stdout
+    assert "someone/Tiny-Chat-GGUF" in show.stdout
     assert "general.license" not in show.stdout and "apache-2.0" in show.stdout.lower()
-    template = edged("show", "--template", "SmolLM2-135M-Instruct.Q4_1", env=env).stdout
+    template = edged("show", "--template", "Tiny-Chat.Q4_1", env=env).stdout
     assert "<|im_start|>" in template
     assert edged("show", "nope", env=env).returncode == 1
 
-    rm = edged("rm", "SmolLM2-135M-Instruct.Q4_1", env=env)
+    rm = edged("rm", "Tiny-Chat.Q4_1", env=env)
     assert rm.returncode == 0 and "deleted" in rm.stdout
     assert list(models_dir.iterdir()) == []
     gone = edged("rm", DEFAULT, env=env)
