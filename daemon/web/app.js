@@ -153,8 +153,9 @@
     if (timings && timings.predicted_per_second) parts.push(timings.predicted_per_second.toFixed(1) + " tok/s");
     else if (seconds > 0 && tokens > 0) parts.push((tokens / seconds).toFixed(1) + " tok/s");
     if (ttft !== null) parts.push("first token " + Math.round(ttft) + " ms");
-    const n = timings ? timings.predicted_n : tokens;
-    if (n) parts.push(n + " tokens");
+    // The server's count when the answer ran to its end; else the pieces seen (about tokens).
+    if (timings && timings.predicted_n) parts.push(timings.predicted_n + " tokens");
+    else if (tokens) parts.push("~" + tokens + " tokens");
     if (timings && timings.cache_n) parts.push(timings.cache_n + " cached");
     if (stopped) parts.push("stopped");
     return parts.join(" · ");

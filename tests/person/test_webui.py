@@ -144,8 +144,13 @@ def test_page_without_key_then_with_key(browser: object, tmp_path: Path) -> None
     try:
         for path in ("/", "/ui/app.js", "/ui/markdown.js", "/ui/style.css"):
             assert httpx.get(srv.url + path).status_code == 200, path
-        assert httpx.get(srv.url + "/ui/../admin/ps").status_code in (401, 404)
+        assert httpx.get(srv.url + "/ui/nothing.js").status_code == 401
         assert httpx.get(srv.url + "/v1/models").status_code == 401
+        # The admin routes want a key like every API route.
+        assert httpx.get(srv.url + "/admin/ps").status_code == 401
+        assert httpx.post(srv.url + "/admin/unload", json={"model": DEFAULT}).status_code == 401
+        auth = {"Authorization": "Bearer sekrit"}
+        assert httpx.get(srv.url + "/admin/ps", headers=auth).status_code == 200
         page = browser.new_page()  # type: ignore[attr-defined]
         page.goto(srv.url + "/")
         page.wait_for_selector("#key-label:not([hidden])")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from daemon.engine.registry import ModelRegistry
 from daemon.errors import ModelNotFound
 from tests.conftest import start_server, stop_server
 from tests.person.conftest import SMALL
+from tests.quantize.hub import serve as serve_hub
 from tests.service.conftest import assert_error, sse_events
 
 DEFAULT = embedded_model_path().stem
@@ -181,33 +183,57 @@ def test_admin_ps_load_unload(http: httpx.Client) -> None:
     assert [m["name"] for m in http.get("/admin/ps").json()["models"]] == [DEFAULT]
 
 
-def _link(src: Path, dst: Path) -> None:
-    os.symlink(src, dst)
-
-
-def test_one_generation_model_beside_an_embedding_model_still_answers_unknown_names(
-    tmp_path: Path, embed_gguf: Path
-) -> None:
+def test_pull_through_the_daemon_ends_zero_config(tmp_path: Path, embed_gguf: Path) -> None:
+    """One generation model beside an embedding model: unknown names get it. POST
+    /admin/pull streams its progress and adds a second: unknown names are 404 again."""
     models = tmp_path / "models"
     models.mkdir()
-    _link(embed_gguf, models / "minilm.gguf")
-    srv = start_server(tmp_path, *SMALL, "--models-dir", str(models))
-    try:
-        chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-        r = httpx.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=60)
-        assert r.status_code == 200, r.text
-        assert r.json()["model"] == DEFAULT
-        # A second generation model: names matter again (404 as before), after a rescan.
-        _link(embedded_model_path(), models / "other.gguf")
-        rescan = httpx.post(f"{srv.url}/admin/rescan", timeout=30).json()
-        assert "other" in rescan["models"]
-        r = httpx.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=60)
-        assert_error(r, 404)
-        chat["model"] = "other"
-        r = httpx.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=60)
-        assert r.status_code == 200 and r.json()["model"] == "other"
-    finally:
-        stop_server(srv)
+    os.symlink(embed_gguf, models / "minilm.gguf")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(embedded_model_path(), repo / "tiny-chat.Q4_1.gguf")
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with serve_hub() as hub:
+        hub.add("someone/Tiny-Chat-GGUF", repo)
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+        srv = start_server(tmp_path, *SMALL, "--models-dir", str(models), env=env)
+        try:
+            with httpx.Client(base_url=srv.url, timeout=120) as c:
+                r = c.post("/v1/chat/completions", json=chat)
+                assert r.status_code == 200, r.text
+                assert r.json()["model"] == DEFAULT
+
+                with c.stream(
+                    "POST", "/admin/pull", json={"model": "someone/Tiny-Chat-GGUF:Q4_1"}
+                ) as r:
+                    assert r.status_code == 200
+                    assert r.headers["content-type"].startswith("application/x-ndjson")
+                    lines = [json.loads(line) for line in r.iter_lines() if line]
+                assert lines[0]["status"] == "pulling"
+                assert lines[-1] == {
+                    "status": "success",
+                    "model": "Tiny-Chat.Q4_1",
+                    "path": str(models / "Tiny-Chat.Q4_1.gguf"),
+                }
+                assert_error(c.post("/v1/chat/completions", json=chat), 404)
+                r = c.post("/v1/chat/completions", json={**chat, "model": "Tiny-Chat.Q4_1"})
+                assert r.status_code == 200 and r.json()["model"] == "Tiny-Chat.Q4_1"
+
+                # A quant the repo lacks: the stream ends with an error line, nothing is added.
+                with c.stream(
+                    "POST", "/admin/pull", json={"model": "someone/Tiny-Chat-GGUF:Q8_0"}
+                ) as r:
+                    last = [json.loads(line) for line in r.iter_lines() if line][-1]
+                assert last["status"] == "error" and "Q8_0" in last["error"]
+                assert_error(c.post("/admin/pull", json={"model": "a/b:NOT_A_QUANT"}), 400)
+
+                # The file goes away; a rescan makes the one model answer unknown names again.
+                c.post("/admin/unload", json={"model": "Tiny-Chat.Q4_1"})
+                (models / "Tiny-Chat.Q4_1.gguf").unlink()
+                assert "Tiny-Chat.Q4_1" not in c.post("/admin/rescan").json()["models"]
+                assert c.post("/v1/chat/completions", json=chat).json()["model"] == DEFAULT
+        finally:
+            stop_server(srv)
 
 
 def test_strict_model_names_flag() -> None:
