@@ -1,4 +1,4 @@
-"""The `edged` command line: `edged serve`, `edged models`."""
+"""The `edged` command line: `edged serve`, `edged models`; the other verbs live in daemon/cli."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from daemon.cli import add_commands, duration
 from daemon.config import Settings
 from daemon.engine.types import CacheType
 
@@ -38,9 +39,9 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_n": ("--max-n", int, "largest n (choices) per request"),
     "max_batch": ("--max-batch", int, "most prompts in one batch request"),
     "max_beams": ("--max-beams", int, "largest num_beams"),
-    "request_timeout": ("--request-timeout", float, "seconds before a request is cut (504)"),
-    "drain_timeout": ("--drain-timeout", float, "seconds SIGTERM waits for running streams"),
-    "keep_alive": ("--keep-alive", float, "idle seconds before a non-default model unloads"),
+    "request_timeout": ("--request-timeout", duration, "seconds (or 5m) before a request is cut"),
+    "drain_timeout": ("--drain-timeout", duration, "seconds SIGTERM waits for running streams"),
+    "keep_alive": ("--keep-alive", duration, "idle time (300, 5m, 1h) before a model unloads"),
     "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
     "max_models_memory": ("--max-models-memory", int, "bytes of weights + KV for all models"),
 }
@@ -49,6 +50,7 @@ _SWITCHES: dict[str, tuple[str, str]] = {
     "insecure_no_auth": ("--insecure-no-auth", "allow a non-loopback bind without API keys"),
     "metrics_auth": ("--metrics-auth", "require an API key for /metrics too"),
     "log_json": ("--log-json", "write the access log as JSON lines"),
+    "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
 }
 
 
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
             help="allow browser requests from ORIGIN (CORS); repeatable; default: none",
         )
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    add_commands(sub)
     return p
 
 
@@ -136,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edged` console script."""
     args = _parser().parse_args(argv)
+    if getattr(args, "func", None) is not None:  # the person-facing verbs of daemon/cli
+        return int(args.func(args))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -11,12 +11,14 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
-from daemon.api import tokenize
+from daemon.api import tokenize, webui
+from daemon.api.admin import router as admin_router
 from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
 from daemon.api.errors import exception_handlers
 from daemon.api.generate.routes import router as generate_router
 from daemon.api.metrics import Metrics
 from daemon.api.middleware import ServiceMiddleware
+from daemon.api.openai.routes import deepinfra_router
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
 from daemon.api.rerank.routes import handlers as rerank_handlers
@@ -59,11 +61,12 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry(
         settings.default_model_path(),
         engine_options(settings),
-        models_dir=settings.models_dir,
+        models_dir=settings.models_dir_or_default(),
         aliases=settings.aliases,
         keep_alive=settings.keep_alive,
         max_loaded=settings.max_loaded_models,
         max_memory=settings.max_models_memory,
+        strict_names=settings.strict_model_names,
     )
 
 
@@ -87,6 +90,7 @@ def create_app(
     service = state if state is not None else ServiceState()
     metrics = Metrics(reg, lambda: service.draining)
     public = {"/health"} if settings.metrics_auth else {"/health", "/metrics"}
+    public |= webui.PUBLIC_PATHS  # the chat page itself; its API calls carry the key
     guard = api_key_guard(ApiKeys(load_api_keys(settings)), frozenset(public))
     middleware = ServiceMiddleware(
         service, metrics, request_timeout=settings.request_timeout, log_json=settings.log_json
@@ -115,11 +119,14 @@ def create_app(
         route_handlers=[
             health,
             openai_router,
+            deepinfra_router,
             together_inference,
             generate_router,
             *tokenize.handlers,
             *rerank_handlers,
             metrics.route(),
+            admin_router,
+            *webui.handlers,
         ],
         dependencies={
             "registry": Provide(lambda: reg, sync_to_thread=False),

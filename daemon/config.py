@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from daemon.durations import Seconds
 from daemon.engine.types import CacheType
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,14 +107,16 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n (choices per request)")
     max_batch: int = Field(64, ge=1, description="most prompts in one batch request")
     max_beams: int = Field(8, ge=1, description="largest num_beams")
-    request_timeout: float = Field(600.0, gt=0, description="seconds before a request is cut")
-    drain_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
-    keep_alive: float = Field(300.0, ge=0, description="idle seconds before a model unloads")
+    request_timeout: Seconds = Field(600.0, gt=0, description="seconds before a request is cut")
+    drain_timeout: Seconds = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
+    keep_alive: Seconds = Field(300.0, ge=0, description="idle seconds before a model unloads")
     max_loaded_models: int = Field(2, ge=1, description="models in memory at once")
     max_models_memory: int | None = Field(
         None, ge=1, description="bytes of weights + KV all loaded models may use"
     )
     log_json: bool = Field(False, description="access log as one JSON object per line")
+    # Off: with one generation model, a request naming an unknown model gets that one.
+    strict_model_names: bool = Field(False, description="404 for unknown names even with one")
 
     @model_validator(mode="after")
     def _quantized_values_need_flash_attn(self) -> Settings:
@@ -121,6 +124,15 @@ class Settings(BaseSettings):
         if self.cache_type_v not in ("f32", "f16", "bf16") and not self.flash_attn:
             raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn (--flash-attn)")
         return self
+
+    def models_dir_or_default(self) -> Path:
+        """The models directory: --models-dir, else where `edged pull` puts models
+        ($EDGED_MODELS_DIR or ~/.local/share/edged/models; fine if it does not exist yet)."""
+        if self.models_dir is not None:
+            return self.models_dir
+        from quantize.pull import default_models_dir  # one definition, shared with pull
+
+        return default_models_dir()
 
     def default_model_path(self) -> Path:
         """The model served when a request names none."""

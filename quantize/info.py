@@ -29,6 +29,11 @@ class GGUFInfo:
     vocab_size: int = 0
     chat_template: str | None = None
 
+    @property
+    def file_type_name(self) -> str:
+        """The quantization of the file as llama.cpp names it (Q4_K_M, F16, ...)."""
+        return _file_type_name(self.file_type)
+
     def lines(self) -> list[str]:
         """Human-readable report, one fact per line."""
         mix = ", ".join(

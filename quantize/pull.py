@@ -63,12 +63,38 @@ def type_pattern(qtype: str) -> re.Pattern[str]:
     )
 
 
+# llama.cpp's split files: <prefix>-00001-of-00003.gguf; the first part loads the rest.
+SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$", re.IGNORECASE)
+
+
 def pick_gguf(files: tuple[str, ...], qtype: str) -> str | None:
-    """The repository GGUF of that type, if any (the shortest name wins among several)."""
+    """The repository GGUF of that type, if any (the shortest name wins among several; of a
+    split model, its first part)."""
     matches = [
-        f for f in files if f.lower().endswith(".gguf") and type_pattern(qtype).search(Path(f).name)
+        f
+        for f in files
+        if f.lower().endswith(".gguf")
+        and type_pattern(qtype).search(Path(f).name)
+        and not ((m := SPLIT.match(f)) and int(m["i"]) != 1)
     ]
     return min(matches, key=len) if matches else None
+
+
+def split_parts(files: tuple[str, ...], first: str) -> list[str]:
+    """Every part of the split model whose first part is `first` ([first] if not split)."""
+    m = SPLIT.match(first)
+    if m is None:
+        return [first]
+    parts = [f for f in files if (p := SPLIT.match(f)) and p["prefix"] == m["prefix"]]
+    return sorted(p for p in parts if SPLIT.match(p)["n"] == m["n"])  # type: ignore[index]
+
+
+def split_model_ref(ref: str, default_quant: str = "Q4_K_M") -> tuple[str, str]:
+    """`owner/name:Q4_K_M` -> (repo, quant); the quant defaults to Q4_K_M."""
+    repo, sep, quant = ref.rpartition(":")
+    if not sep or "/" in quant or not repo:
+        return ref, default_quant
+    return repo, quant
 
 
 def model_name(repo_id: str) -> str:
@@ -97,7 +123,19 @@ def pull(
     exact = pick_gguf(listing.files, qtype)
     full = next((f for t in FULL_PRECISION if (f := pick_gguf(listing.files, t))), None)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=out_dir) as work:
-        if exact is not None:
+        if exact is not None and SPLIT.match(exact):
+            parts = split_parts(listing.files, exact)
+            snapshot = fetch(repo_id, rev, parts, endpoint)
+            sources = {f: sha256_file(snapshot / f) for f in parts}
+            n = len(parts)
+            for k, f in enumerate(parts, 1):
+                # llama.cpp finds the other parts by this exact naming next to the first.
+                part = out_dir / f"{target.stem}-{k:05d}-of-{n:05d}.gguf"
+                with atomic_output(part) as tmp:
+                    shutil.copyfile(snapshot / f, tmp)
+            target = out_dir / f"{target.stem}-00001-of-{n:05d}.gguf"
+            how = "gguf"
+        elif exact is not None:
             src = fetch(repo_id, rev, [exact], endpoint) / exact
             sources = {exact: sha256_file(src)}
             with atomic_output(target) as tmp:

@@ -87,11 +87,13 @@ def model_path() -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One daemon for the e2e suite: default model, 8 slots, 4096-token context.
 
-    4096 leaves room for the generate seed payload's max_new_tokens of 2048.
+    4096 leaves room for the generate seed payload's max_new_tokens of 2048. Names are
+    strict here (unknown ones are 404s the suite checks); tests/person covers zero-config.
     """
     tmp = tmp_path_factory.mktemp("server")
     srv = start_server(
         tmp,
+        "--strict-model-names",
         "--parallel",
         "8",
         "--ctx-size",

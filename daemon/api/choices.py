@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -129,18 +130,57 @@ def usage(handles: list[RequestHandle], policy: Policy) -> dict[str, Any]:
 
     Choices of one prompt share its prompt tokens, which are counted once per prompt.
     """
-    seen: set[int] = set()
-    prompt = 0
-    for h in handles:
-        key = id(h.request.prompt_tokens)
-        if key not in seen:
-            seen.add(key)
-            prompt += h.usage.prompt_tokens
+    prompt, cached = _prompt_counts(handles)
     completion = sum(h.usage.completion_tokens for h in handles)
     cost = (prompt * policy.price_input + completion * policy.price_output) / 1e6
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
         "estimated_cost": cost,
     }
+
+
+def _prompt_counts(handles: list[RequestHandle]) -> tuple[int, int]:
+    """Prompt tokens and prefix-cache hits, counted once per distinct prompt."""
+    seen: set[int] = set()
+    prompt = cached = 0
+    for h in handles:
+        key = id(h.request.prompt_tokens)
+        if key not in seen:
+            seen.add(key)
+            prompt += h.usage.prompt_tokens
+            cached += h.usage.cached_tokens
+    return prompt, cached
+
+
+def timings(handles: list[RequestHandle]) -> dict[str, Any]:
+    """llama-server's per-response `timings`: prompt processing and generation, ms and tok/s.
+
+    prompt_ms runs from submission to the first token (queueing included: what a client
+    waits); predicted_ms from the first token to the last. Over several choices the spans
+    run from the earliest start to the latest end.
+    """
+    prompt, cached = _prompt_counts(handles)
+    predicted = sum(h.usage.completion_tokens for h in handles)
+    now = time.monotonic()
+    start = min((h.submitted_at for h in handles), default=now)
+    firsts = [h.first_token_at for h in handles if h.first_token_at is not None]
+    first = min(firsts, default=now)
+    end = max((h.finished_at or now for h in handles), default=now)
+    prompt_ms = max(0.0, (first - start) * 1000.0)
+    predicted_ms = max(0.0, (end - first) * 1000.0) if firsts else 0.0
+    return {
+        "cache_n": cached,
+        "prompt_n": prompt - cached,
+        "prompt_ms": prompt_ms,
+        "prompt_per_second": _per_second(prompt - cached, prompt_ms),
+        "predicted_n": predicted,
+        "predicted_ms": predicted_ms,
+        "predicted_per_second": _per_second(predicted, predicted_ms),
+    }
+
+
+def _per_second(n: int, ms: float) -> float:
+    return n * 1000.0 / ms if ms > 0 else 0.0

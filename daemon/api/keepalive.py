@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+from daemon.durations import parse_duration
 
 
 def parse_keep_alive(value: Any) -> float | None:
     """Seconds from a number or a duration such as "5m", "90s", "1h"; negative = forever."""
-    if isinstance(value, bool):
-        raise ValueError("keep_alive is a number of seconds or a duration like '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    else:
-        raise ValueError("keep_alive is a number of seconds or a duration like '5m'")
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError("keep_alive is a number of seconds or a duration like '5m'") from None
     return None if seconds < 0 else seconds
 
 

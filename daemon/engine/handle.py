@@ -30,6 +30,7 @@ class RequestHandle:
         self.beam_logprob: float | None = None
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
+        self.finished_at: float | None = None
         self.cancelled = False
         self._queue: asyncio.Queue[Chunk | EdgedError] = asyncio.Queue()
         self._poke: queue.SimpleQueue[object] | None = None
@@ -70,6 +71,7 @@ class RequestHandle:
     def _put(self, item: Chunk | EdgedError) -> None:
         self._queue.put_nowait(item)
         if isinstance(item, EdgedError) or item.finish_reason is not None:
+            self.finished_at = time.monotonic()
             callbacks, self._on_done = self._on_done, []
             for fn in callbacks:
                 try:

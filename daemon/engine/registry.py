@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.engine.ggufmeta import is_embedding_file
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.errors import ModelNotFound, Unavailable
 
 log = logging.getLogger("edged.registry")
+_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,12 @@ class ModelRegistry:
         keep_alive: float | None = None,
         max_loaded: int | None = None,
         max_memory: int | None = None,
+        strict_names: bool = False,
     ) -> None:
         self.options = options
+        # Zero-config (llama-server's rule): with one generation model, unknown names get it.
+        self.strict_names = strict_names
+        self._sole: ModelEntry | None = None
         # ... and keep the loaded models' weights + KV under `max_memory` bytes (None = no cap).
         self.max_memory = max_memory
         # Lifecycle of non-default models: unload after `keep_alive` idle seconds (None = never),
@@ -66,7 +73,10 @@ class ModelRegistry:
         files: dict[str, Path] = {self.default_name: self._default_path}
         if self._models_dir is not None and self._models_dir.is_dir():
             for p in sorted(self._models_dir.glob("*.gguf")):
-                files.setdefault(p.stem, p)
+                # A split model is served once, from its first part, under its prefix.
+                split = _SPLIT.match(p.stem)
+                if split is None or int(split["i"]) == 1:
+                    files.setdefault(split["prefix"] if split else p.stem, p)
         entries = {n: ModelEntry(n, p) for n, p in files.items()}
         for alias, target in self._alias_spec.items():
             if target in files:
@@ -79,6 +89,11 @@ class ModelRegistry:
             else:
                 log.warning("alias %s -> %s names no known model; ignored", alias, target)
         self._entries = entries
+        generating = {e.path for e in entries.values() if not is_embedding_file(e.path)}
+        self._sole = None
+        if len(generating) == 1:
+            path = generating.pop()
+            self._sole = next(e for e in entries.values() if e.path == path and not e.alias_of)
 
     def entries(self) -> list[ModelEntry]:
         """Every servable name, files first then aliases."""
@@ -87,9 +102,26 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> ModelEntry:
         """The entry for a requested name (None = the default model)."""
         entry = self._entries.get(name or self.default_name)
+        if entry is None and not self.strict_names and self._sole is not None:
+            return self._sole
         if entry is None:
             raise ModelNotFound(f"The model `{name}` does not exist", param="model")
         return entry
+
+    def knows(self, name: str | None) -> bool:
+        """Whether `name` is a servable name itself (not answered by the zero-config rule)."""
+        return name is not None and name in self._entries
+
+    def answering_name(self, requested: str | None, loaded: str) -> str:
+        """The `model` a response reports: the name asked for if it exists, else the model's."""
+        return requested if self.knows(requested) else loaded  # type: ignore[return-value]
+
+    def idle_deadline(self, name: str) -> float | None:
+        """When (time.monotonic) the loaded model `name` unloads if left idle; None = never."""
+        keep = self._keep_alive_of(name)
+        if keep is None or name == self.default_name or name not in self._loaded:
+            return None
+        return self._last_used.get(name, time.monotonic()) + keep
 
     def loaded(self) -> list[LoadedModel]:
         """Models currently in memory."""

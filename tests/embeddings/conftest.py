@@ -48,6 +48,7 @@ def embed_server(
         tmp_path_factory.mktemp("embed_server"),
         "--models-dir",
         str(embed_models_dir),
+        "--strict-model-names",  # test_errors checks the 404 of an unknown name
         "--parallel",
         "4",
         "--threads",

@@ -91,6 +91,6 @@ async def create_embeddings(registry: ModelRegistry, req: EmbeddingRequest) -> d
     return {
         "object": "list",
         "data": data,
-        "model": req.model or lm.name,
+        "model": registry.answering_name(req.model, lm.name),
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }

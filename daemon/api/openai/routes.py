@@ -14,7 +14,8 @@ from daemon.api.openai import serving
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.registry import ModelEntry, ModelRegistry
+from daemon.errors import ModelNotFound
 
 
 @post("/chat/completions", status_code=200)
@@ -45,20 +46,32 @@ async def embeddings(
     return await create_embeddings(registry, data)
 
 
+def _model_object(e: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": e.name,
+        "object": "model",
+        "created": int(e.path.stat().st_mtime) if e.path.exists() else 0,
+        "owned_by": "edged",
+        **({"alias_of": e.alias_of} if e.alias_of else {}),
+    }
+
+
 @get("/models")
 async def list_models(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
     """Every servable model and alias."""
-    data = [
-        {
-            "id": e.name,
-            "object": "model",
-            "created": int(e.path.stat().st_mtime) if e.path.exists() else 0,
-            "owned_by": "edged",
-            **({"alias_of": e.alias_of} if e.alias_of else {}),
-        }
-        for e in registry.entries()
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model_object(e) for e in registry.entries()]}
 
 
-router = Router(path="/v1", route_handlers=[chat_completions, completions, embeddings, list_models])
+@get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
+    """One servable model by name (ids may hold slashes); 404 for a name that is not served."""
+    name = model_id.lstrip("/")
+    if not registry.knows(name):
+        raise ModelNotFound(f"The model `{name}` does not exist", param="model")
+    return _model_object(registry.resolve(name))
+
+
+_HANDLERS = [chat_completions, completions, embeddings, list_models, retrieve_model]
+router = Router(path="/v1", route_handlers=_HANDLERS)
+# DeepInfra's base URL (seed 003's curl): its requests work with only the host changed.
+deepinfra_router = Router(path="/v1/openai", route_handlers=_HANDLERS)

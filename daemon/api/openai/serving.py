@@ -10,7 +10,7 @@ from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.choices import Extras, Policy, submit_choices, usage
+from daemon.api.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
@@ -98,7 +98,7 @@ async def chat_completion(
         # A schema or a required call constrains the answer from the first token: the
         # output is the answer even when the prompt opened a thinking block.
         think = think.answer_only()
-    meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
+    meta = _meta("chatcmpl", "chat.completion", registry.answering_name(req.model, lm.name))
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     guard = None
     if req.safety_model is not None:
@@ -121,7 +121,7 @@ async def chat_completion(
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     if guard is not None:
         choices = await _screen(guard, req, choices)
-    body = {**meta.envelope(choices), "usage": usage(handles, policy)}
+    body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
     if req.echo:
         # Together semantics: the rendered prompt comes back beside the choices.
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
@@ -285,6 +285,7 @@ async def _chat_events(
     parsers = [tools.CallParser(plan) for _ in handles]
     # Reasoning is split off first; tool calls are parsed in the answer only.
     splitters = [think.splitter() if think is not None else None for _ in handles]
+    finished = 0
     async for i, chunk in merge(handles):
         parser, splitter = parsers[i], splitters[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
@@ -314,18 +315,30 @@ async def _chat_events(
                 ]
             )
         if chunk.finish_reason is not None:
-            yield meta.envelope(
-                [
-                    {
-                        "index": i,
-                        "delta": {},
-                        "logprobs": None,
-                        "finish_reason": _chat_finish(chunk.finish_reason, parser.calls > 0),
-                    }
-                ]
+            finished += 1
+            yield _with_timings(
+                meta.envelope(
+                    [
+                        {
+                            "index": i,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": _chat_finish(chunk.finish_reason, parser.calls > 0),
+                        }
+                    ]
+                ),
+                handles,
+                finished,
             )
     if include_usage:
         yield {**meta.envelope([]), "usage": usage(handles, policy)}
+
+
+def _with_timings(
+    event: dict[str, Any], handles: list[RequestHandle], finished: int
+) -> dict[str, Any]:
+    """The chunk ending the last choice carries `timings`, as llama-server's last chunk does."""
+    return {**event, "timings": timings(handles)} if finished == len(handles) else event
 
 
 def _completion_prompts(lm: LoadedModel, req: CompletionRequest) -> list[list[int]]:
@@ -391,13 +404,13 @@ async def completion(
     count = req.logprob_count
     extras = _extras(req, count, req.echo and count is not None)
     handles = submit_choices(lm, prompts, req.token_limit, req, req.n, policy, extras)
-    meta = _meta("cmpl", "text_completion", req.model or lm.name)
+    meta = _meta("cmpl", "text_completion", registry.answering_name(req.model, lm.name))
     echo = _Echo(lm, prompts, req.n) if req.echo else None
     if req.stream:
         return sse(_completion_events(meta, handles, req, lm, echo, policy), handles)
     results = await collect_all(handles)
     choices = [_completion_choice(i, r, lm, echo, count) for i, r in enumerate(results)]
-    return {**meta.envelope(choices), "usage": usage(handles, policy)}
+    return {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
 
 
 async def _completion_events(
@@ -415,9 +428,12 @@ async def _completion_events(
             yield meta.envelope(
                 [{"index": i, "text": echo.text(i), "logprobs": None, "finish_reason": None}]
             )
+    finished = 0
     async for i, chunk in merge(handles):
+        finished += chunk.finish_reason is not None
         if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
-            yield meta.envelope([_stream_choice(i, chunk, count, piece)])
+            event = meta.envelope([_stream_choice(i, chunk, count, piece)])
+            yield _with_timings(event, handles, finished) if chunk.finish_reason else event
     if req.include_usage:
         yield {**meta.envelope([]), "usage": usage(handles, policy)}
 

@@ -28,7 +28,7 @@ async def inference(
     return {
         "status": "finished",
         "prompt": [req.prompt],
-        "model": req.model or lm.name,
+        "model": registry.answering_name(req.model, lm.name),
         "model_owner": "",
         "tags": {},
         "num_returns": req.n,

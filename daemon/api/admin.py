@@ -1,0 +1,165 @@
+"""Admin routes the `edged` CLI uses: what is loaded, load/unload a model, pull one.
+
+They sit behind the same API-key guard as every other route (keys apply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from litestar import Router, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.response import Stream
+from pydantic import Field
+
+from daemon.api.keepalive import KeepAlive, keep_alive_arg
+from daemon.api.sampling import ProtocolModel
+from daemon.config import Settings
+from daemon.engine.registry import ModelRegistry
+from daemon.errors import InvalidRequest, ModelNotFound
+
+
+class LoadRequest(ProtocolModel):
+    """POST /admin/load and /admin/unload."""
+
+    model: str = Field(min_length=1)
+    keep_alive: KeepAlive = None
+
+
+class PullRequest(ProtocolModel):
+    """POST /admin/pull: `owner/name[:QUANT]` as `edged pull` takes it."""
+
+    model: str = Field(min_length=1)
+    revision: str | None = None
+
+
+def _entry_key(registry: ModelRegistry, name: str) -> str:
+    """The file-stem model a name stands for; 404 unless `name` itself is served."""
+    if not registry.knows(name):
+        raise ModelNotFound(f"The model `{name}` does not exist", param="model")
+    entry = registry.resolve(name)
+    return entry.alias_of or entry.name
+
+
+@get("/ps", sync_to_thread=False)
+def ps(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
+    """The loaded models: slots, memory and when each unloads if left idle."""
+    now_mono, now = time.monotonic(), time.time()
+    models = []
+    for lm in registry.loaded():
+        deadline = registry.idle_deadline(lm.name)
+        models.append(
+            {
+                "name": lm.name,
+                "path": str(lm.path),
+                "default": lm.name == registry.default_name,
+                "ctx_size": lm.ctx_size,
+                "slots": lm.worker.n_slots,
+                "busy_slots": lm.worker.busy_slots,
+                "memory_bytes": lm.memory_bytes,
+                "loaded_at": lm.loaded_at,
+                # Wall-clock time of the unload if no request comes; null = stays loaded.
+                "expires_at": None if deadline is None else now + (deadline - now_mono),
+            }
+        )
+    return {"models": models}
+
+
+@post("/load", status_code=200)
+async def load(
+    data: JSONBody[LoadRequest], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
+    """Load a model now (a no-op if loaded); `keep_alive` as on any request."""
+    key = _entry_key(registry, data.model)
+    lm = await registry.get(data.model, keep_alive_arg(data.model_fields_set, data.keep_alive))
+    return {"model": key, "loaded": True, "memory_bytes": lm.memory_bytes}
+
+
+@post("/unload", status_code=200)
+async def unload(
+    data: JSONBody[LoadRequest], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
+    """Unload a model now; requests still running on it end as 503. The default model
+    loads again on the next request that needs it."""
+    key = _entry_key(registry, data.model)
+    was = registry.is_loaded(key)
+    await registry.unload(key)
+    return {"model": key, "loaded": False, "was_loaded": was}
+
+
+@post("/rescan", status_code=200, sync_to_thread=False)
+def rescan(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
+    """Re-read the models directory (what SIGHUP does, aliases aside)."""
+    registry.rescan()
+    return {"models": [e.name for e in registry.entries()]}
+
+
+def _cache_bytes(repo: str) -> int:
+    """Bytes of repo's files in the hub cache so far (partial downloads included)."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--")) / "blobs"
+    total = 0
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+    return total
+
+
+@post("/pull", status_code=200)
+async def pull(
+    data: JSONBody[PullRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+) -> Stream:
+    """Pull into the models directory; progress streams as JSON lines (NDJSON), then rescan.
+
+    Lines: {"status": "pulling", "completed": bytes-so-far}..., then {"status": "success",
+    "model": name, "path": ...} or {"status": "error", "error": message}. The pull goes on
+    if the client hangs up (downloads resume next time anyway).
+    """
+    from quantize.errors import QuantizeError
+    from quantize.pull import pull as do_pull
+    from quantize.pull import split_model_ref
+    from quantize.quantize import normalize_type
+
+    repo, quant = split_model_ref(data.model)
+    try:
+        normalize_type(quant)
+    except QuantizeError as exc:
+        raise InvalidRequest(str(exc), param="model") from exc
+    out_dir = settings.models_dir_or_default()
+
+    async def lines() -> AsyncIterator[bytes]:
+        job = asyncio.create_task(
+            asyncio.to_thread(do_pull, repo, quant, out_dir, data.revision, progress=False)
+        )
+        yield _line({"status": "pulling", "model": data.model, "completed": 0})
+        while not job.done():
+            await asyncio.wait({job}, timeout=0.5)
+            if not job.done():
+                yield _line({"status": "pulling", "completed": _cache_bytes(repo)})
+        try:
+            path = job.result()
+        except (QuantizeError, OSError) as exc:
+            yield _line({"status": "error", "error": str(exc)})
+            return
+        registry.rescan()
+        yield _line({"status": "success", "model": path.stem, "path": str(path)})
+
+    return Stream(lines(), media_type="application/x-ndjson")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+router = Router(path="/admin", route_handlers=[ps, load, unload, pull, rescan])

@@ -1,0 +1,205 @@
+"""`edged list`, `edged show MODEL`, `edged rm MODEL`: the models on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.config import embedded_model_path
+
+# llama.cpp's split naming: only the first part is a model, the others belong to it.
+_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model file on disk under the name the daemon serves it as."""
+
+    name: str
+    path: Path
+    embedded: bool = False
+
+    def files(self) -> list[Path]:
+        """Every file belonging to it: split parts and the pull sidecar (<stem>.json)."""
+        out = [self.path]
+        m = _SPLIT.match(self.path.stem)
+        if m:
+            out += sorted(self.path.parent.glob(f"{m['prefix']}-*-of-{m['n']}.gguf"))
+        sidecar = self.path.with_suffix(".json")
+        if sidecar.exists():
+            out.append(sidecar)
+        return list(dict.fromkeys(out))
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files() if p.suffix == ".gguf")
+
+
+def models_dir(args: argparse.Namespace) -> Path:
+    if args.models_dir is not None:
+        return Path(args.models_dir)
+    from daemon.config import Settings
+
+    return Settings().models_dir_or_default()
+
+
+def local_models(directory: Path) -> list[LocalModel]:
+    """The embedded default, then every model in the directory (first split parts only)."""
+    embedded = embedded_model_path()
+    out = [LocalModel(embedded.stem, embedded, embedded=True)]
+    if directory.is_dir():
+        for p in sorted(directory.glob("*.gguf")):
+            m = _SPLIT.match(p.stem)
+            if m and int(m["i"]) != 1:
+                continue
+            out.append(LocalModel(m["prefix"] if m else p.stem, p))  # the daemon's name
+    return out
+
+
+def find(directory: Path, name: str) -> LocalModel | None:
+    """A model by served name, or by the path of a .gguf file."""
+    for m in local_models(directory):
+        if m.name == name:
+            return m
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf" and p.is_file():
+        return LocalModel(p.stem, p)
+    return None
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from quantize.errors import QuantizeError
+    from quantize.info import inspect_gguf
+
+    rows = [["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "MODIFIED"]]
+    for m in local_models(models_dir(args)):
+        try:
+            info = inspect_gguf(m.path)
+            arch, quant = info.architecture, info.file_type_name
+            ctx = str(info.context_length or "-")
+        except QuantizeError:
+            arch = quant = ctx = "?"
+        modified = datetime.fromtimestamp(m.path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        name = f"{m.name} (embedded default)" if m.embedded else m.name
+        rows.append([name, human_size(m.size()), arch, quant, ctx, modified])
+    print(table(rows))
+    return 0
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    """Every scalar key of the GGUF header (arrays such as the vocabulary are left out)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    out: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or field.types[:1] == [gguf.GGUFValueType.ARRAY]:
+            continue
+        out[key] = field.contents()
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from quantize.errors import QuantizeError
+    from quantize.info import inspect_gguf
+
+    m = find(models_dir(args), args.model)
+    if m is None:
+        print(f"edged: no model {args.model!r} here (see `edged list`)", file=sys.stderr)
+        return 1
+    try:
+        info = inspect_gguf(m.path)
+        meta = _meta(m.path)
+    except (QuantizeError, ValueError, OSError) as exc:
+        print(f"edged: {m.path} is not a readable GGUF: {exc}", file=sys.stderr)
+        return 1
+    license_ = "\n".join(
+        f"{k.removeprefix('general.')}: {v}" for k, v in meta.items() if "license" in k
+    )
+    if args.template:
+        print(info.chat_template or "(no chat template: the daemon uses ChatML)")
+        return 0
+    if args.license:
+        print(license_ or "(the GGUF names no license)")
+        return 0
+    print("  Model")
+    for line in info.lines():
+        if not line.startswith("chat template"):
+            print(f"    {line}")
+    print(f"    size:            {human_size(m.size())}")
+    sidecar = m.path.with_suffix(".json")
+    if sidecar.exists():
+        print("\n  Pulled from")
+        print("    " + sidecar.read_text().strip().replace("\n", "\n    "))
+    print("\n  Parameters (GGUF metadata)")
+    skip = ("tokenizer.chat_template", "general.license")
+    for k, v in meta.items():
+        if not k.startswith(skip):
+            print(f"    {k:<40} {v}")
+    print("\n  License")
+    print("    " + (license_.replace("\n", "\n    ") or "(the GGUF names no license)"))
+    print("\n  Template")
+    template = info.chat_template or "(none: the daemon uses ChatML)"
+    print("    " + template.replace("\n", "\n    "))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    directory = models_dir(args)
+    status = 0
+    for name in args.model:
+        m = find(directory, name)
+        if m is None or m.path.parent.resolve() != directory.resolve():
+            hint = " (the embedded model ships with edged)" if m is not None and m.embedded else ""
+            print(f"edged: no model {name!r} in {directory}{hint}", file=sys.stderr)
+            status = 1
+            continue
+        for p in m.files():
+            p.unlink(missing_ok=True)
+        print(f"deleted '{m.name}'")
+    if status == 0:
+        print("a running daemon forgets them on its next rescan (SIGHUP) or restart")
+    return status
+
+
+def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def dir_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--models-dir",
+            type=Path,
+            default=None,
+            help="default: $EDGED_MODELS_DIR or ~/.local/share/edged/models",
+        )
+
+    ls = sub.add_parser("list", aliases=["ls"], help="models on this machine")
+    dir_flag(ls)
+    ls.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a model's metadata, parameters, license and template")
+    show.add_argument("model")
+    show.add_argument("--template", action="store_true", help="only the chat template")
+    show.add_argument("--license", action="store_true", help="only the license")
+    dir_flag(show)
+    show.set_defaults(func=cmd_show)
+    rm = sub.add_parser("rm", help="delete models from the models directory")
+    rm.add_argument("model", nargs="+")
+    dir_flag(rm)
+    rm.set_defaults(func=cmd_rm)
