@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from daemon.engine.types import CacheType
@@ -114,6 +114,15 @@ class Settings(BaseSettings):
         None, ge=1, description="bytes of weights + KV all loaded models may use"
     )
     log_json: bool = Field(False, description="access log as one JSON object per line")
+    rpc: str = Field("", description="RPC workers (edged rpc-worker) host:port,... to split over")
+
+    @field_validator("rpc")
+    @classmethod
+    def _rpc_endpoints(cls, value: str) -> str:
+        from daemon.rpc.cluster import parse_endpoints
+
+        parse_endpoints(value)  # ValueError names the malformed worker
+        return value
 
     @model_validator(mode="after")
     def _quantized_values_need_flash_attn(self) -> Settings:
