@@ -35,8 +35,7 @@ def _generate(url: str, prompt: str, rid: str, n: int = 16) -> str:
         timeout=120,
     )
     assert r.status_code == 200, r.text
-    body = r.json()
-    return str(body["response"] if isinstance(body, dict) else body)
+    return r.text
 
 
 @dataclass
