@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +157,6 @@ class RpcCluster:
         self._recovering = False
         self._reload = False  # a loss took the default model: load it once workers are back
         self._quarantined: set[int] = set()  # fds shut down after a loss (ggml still owns them)
-        self.on_change: Callable[[], None] | None = None
 
     # ---- set-up --------------------------------------------------------------------
 
@@ -177,7 +175,7 @@ class RpcCluster:
     async def before_load(self) -> None:
         """Registry hook: every worker must answer, and its devices be registered, before a
         model loads (ggml aborts on a worker it cannot reach)."""
-        await self.probe()
+        await self._refresh()
         down = [w for w in self.workers if not w.up]
         if down:
             raise Unavailable(
@@ -205,21 +203,26 @@ class RpcCluster:
         return bool(self.registry.loaded()) and self._registered == self.generation
 
     async def probe(self) -> None:
-        """Refresh each worker's up/down state (not while a model loads: it is connected)."""
-        if self.registry.loading:
-            return
+        """Refresh each worker's up/down state (not while a model loads: it holds them)."""
+        if not self.registry.loading:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         if self._connected():
             dead = await asyncio.to_thread(self._dead_connections)
-            if dead:
-                await self.recover(f"lost the connection to {', '.join(dead)}")
-            else:
+            if not dead:
                 for w in self.workers:
                     w.mark(True)
-            if not dead:
                 return
+            await self.recover(f"lost the connection to {', '.join(dead)}")
+            return
+        await self._dial_all()
+
+    async def _dial_all(self) -> list[str | None]:
         results = await asyncio.gather(*(asyncio.to_thread(self._dial, w) for w in self.workers))
         for w, err in zip(self.workers, results, strict=True):
             w.mark(err is None, err)
+        return results
 
     def _dial(self, w: Worker) -> str | None:
         try:
@@ -279,13 +282,8 @@ class RpcCluster:
             for fd in fds:
                 _shutdown(fd)
             self._quarantined.update(fds)
-            results = await asyncio.gather(
-                *(asyncio.to_thread(self._dial, w) for w in self.workers)
-            )
-            for w, err in zip(self.workers, results, strict=True):
-                if err is not None:
-                    w.losses += 1
-                w.mark(err is None, err or None)
+            for w, err in zip(self.workers, await self._dial_all(), strict=True):
+                w.losses += err is not None
         finally:
             self._recovering = False
 
