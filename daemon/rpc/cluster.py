@@ -256,10 +256,19 @@ class RpcCluster:
         doing, and recover on the event loop; anything else aborts as before."""
         if not any(k in message for k in _RPC_ABORTS) or self._loop is None:
             return False
-        log.error("ggml RPC client failed: %s; giving up the models that use the workers", message)
+        # "/path/ggml-rpc.cpp:566: Remote RPC server crashed ..." -> the words only
+        reason = message.rsplit(": ", 1)[-1].strip()
+        log.error("ggml RPC client failed: %s; giving up the models that use the workers", reason)
         with contextlib.suppress(RuntimeError):  # loop closed: we are shutting down anyway
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.recover(message)))
+            self._loop.call_soon_threadsafe(self._spawn_recover, reason)
         return True
+
+    def _spawn_recover(self, reason: str) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("recovering from a lost RPC worker failed", exc_info=task.exception())
+
+        asyncio.ensure_future(self.recover(reason)).add_done_callback(done)
 
     async def recover(self, reason: str) -> None:
         """Give up every loaded model (their requests end with a 503), drop the daemon's

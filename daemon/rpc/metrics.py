@@ -22,7 +22,9 @@ class RpcCollector(Collector):
             "edged_rpc_worker_up", "1 while the RPC worker answers", labels=["endpoint"]
         )
         total = GaugeMetricFamily(
-            "edged_rpc_worker_memory_total_bytes", "Device memory of the worker", ["endpoint"]
+            "edged_rpc_worker_memory_total_bytes",
+            "Device memory of the worker",
+            labels=["endpoint"],
         )
         free = GaugeMetricFamily(
             "edged_rpc_worker_memory_free_bytes",
