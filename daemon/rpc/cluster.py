@@ -155,7 +155,9 @@ class RpcCluster:
         self._local: tuple[int, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recovering = False
-        self._reload = False  # a loss took the default model: load it once workers are back
+        # A loss took the default model, or a load found a worker down: the watcher loads
+        # the default model once every worker answers.
+        self._reload = False
         self._quarantined: set[int] = set()  # fds shut down after a loss (ggml still owns them)
 
     # ---- set-up --------------------------------------------------------------------
@@ -178,6 +180,7 @@ class RpcCluster:
         await self._refresh()
         down = [w for w in self.workers if not w.up]
         if down:
+            self._reload = True  # the watcher loads the default model once they answer
             raise Unavailable(
                 "RPC worker " + ", ".join(f"{w.endpoint} is down ({w.error})" for w in down),
                 retry_after=5,
