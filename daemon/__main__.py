@@ -44,6 +44,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "keep_alive": ("--keep-alive", duration, "idle time (300, 5m, 1h) before a model unloads"),
     "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
     "max_models_memory": ("--max-models-memory", int, "bytes of weights + KV for all models"),
+    "rpc": ("--rpc", str, "RPC workers host:port,... to split the model over (edged rpc-worker)"),
 }
 # flag dest -> (flag, help) for switches that only turn a Settings boolean on
 _SWITCHES: dict[str, tuple[str, str]] = {
@@ -104,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     add_commands(sub)
+    from daemon.rpc.worker import add_parser as add_rpc_worker
+
+    add_rpc_worker(sub).add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning"]
+    )
     return p
 
 
@@ -144,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "rpc-worker":
+        from daemon.rpc.worker import run
+
+        return run(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -155,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         for e in build_registry(settings).entries():
             print(e.name if e.alias_of is None else f"{e.name} -> {e.alias_of}", e.path, sep="\t")
         return 0
+    if settings.rpc:
+        from daemon.engine.ggml_rpc import RPC_MISSING, rpc_available
+
+        if not rpc_available():
+            print(f"edged: --rpc: {RPC_MISSING}", file=sys.stderr)
+            return 2
     from daemon.service.runner import serve
 
     return serve(settings, args.log_level, reload=lambda: settings_from_args(args))

@@ -27,6 +27,8 @@ from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
 from daemon.engine.loaded import EngineOptions
 from daemon.engine.registry import ModelRegistry
+from daemon.rpc.cluster import RpcCluster
+from daemon.rpc.metrics import RpcCollector
 from daemon.service.state import ServiceState
 
 log = logging.getLogger("edged")
@@ -48,7 +50,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         store_max_bytes=settings.store_max_bytes,
         store_dir=settings.store_dir,
         model=ModelOptions(
-            n_gpu_layers=settings.n_gpu_layers,
+            # With RPC workers every layer goes to a device unless told otherwise.
+            n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),
             main_gpu=settings.main_gpu,
             tensor_split=tuple(settings.tensor_split) if settings.tensor_split else None,
             extra_buffers=settings.extra_buffers,
@@ -96,6 +99,10 @@ def create_app(
         service, metrics, request_timeout=settings.request_timeout, log_json=settings.log_json
     )
     cors = CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None
+    rpc = RpcCluster(settings.rpc, reg) if settings.rpc else None
+    if rpc is not None:
+        reg.before_load = rpc.before_load
+        metrics.registry.register(RpcCollector(rpc))
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -106,13 +113,18 @@ def create_app(
             except Exception:
                 log.exception("loading the default model failed")
 
+        if rpc is not None:
+            rpc.start(asyncio.get_running_loop())
         task = asyncio.create_task(load_default())
         reaper = asyncio.create_task(_reap_forever(reg))
+        watcher = asyncio.create_task(rpc.watch()) if rpc is not None else None
         try:
             yield
         finally:
             task.cancel()
             reaper.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await asyncio.to_thread(_persist_and_close, reg)
 
     return Litestar(
@@ -132,6 +144,7 @@ def create_app(
             "registry": Provide(lambda: reg, sync_to_thread=False),
             "api_key": Provide(provide_api_key, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "rpc": Provide(lambda: rpc, sync_to_thread=False),
         },
         guards=[guard],
         middleware=[middleware],

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from daemon.durations import Seconds
@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="access log as one JSON object per line")
     # Off: with one generation model, a request naming an unknown model gets that one.
     strict_model_names: bool = Field(False, description="404 for unknown names even with one")
+    rpc: str = Field("", description="RPC workers (edged rpc-worker) host:port,... to split over")
+
+    @field_validator("rpc")
+    @classmethod
+    def _rpc_endpoints(cls, value: str) -> str:
+        from daemon.rpc.cluster import parse_endpoints
+
+        parse_endpoints(value)  # ValueError names the malformed worker
+        return value
 
     @model_validator(mode="after")
     def _quantized_values_need_flash_attn(self) -> Settings:

@@ -8,11 +8,15 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from daemon.engine.registry import ModelRegistry
+from daemon.rpc.cluster import RpcCluster
 
 
 @get("/health", sync_to_thread=False)
-def health(registry: NamedDependency[ModelRegistry]) -> Response[dict[str, Any]]:
-    """200 once the default model is loaded and its scheduler runs; 503 before."""
+def health(
+    registry: NamedDependency[ModelRegistry], rpc: NamedDependency[RpcCluster | None]
+) -> Response[dict[str, Any]]:
+    """200 once the default model is loaded and its scheduler runs (and every RPC worker
+    answers); 503 before."""
     loaded = [
         {
             "name": lm.name,
@@ -26,9 +30,14 @@ def health(registry: NamedDependency[ModelRegistry]) -> Response[dict[str, Any]]
         for lm in registry.loaded()
     ]
     ready = registry.is_loaded(registry.default_name) and all(m["alive"] for m in loaded)
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if ready else "loading",
         "default_model": registry.default_name,
         "models": loaded,
     }
+    if rpc is not None:
+        body["rpc_workers"] = rpc.snapshot()
+        if not rpc.healthy():
+            ready = False
+            body["status"] = "degraded"
     return Response(body, status_code=200 if ready else 503)

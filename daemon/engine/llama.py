@@ -76,6 +76,9 @@ class ModelOptions:
     # llama.cpp's extra CPU buffer types (AMX, weight repacking). None = auto: off on AMX
     # CPUs, where the AMX kernels of 0.3.36 crash in llama_decode under virtualisation.
     extra_buffers: bool | None = None
+    # ggml_backend_dev_t pointers to offload to (RPC workers, then local GPUs); None lets
+    # llama.cpp take every device it knows.
+    devices: tuple[int, ...] | None = None
 
     def use_extra_buffers(self) -> bool:
         """The resolved `extra_buffers` choice."""
@@ -138,6 +141,9 @@ class Model:
         if options.tensor_split:
             self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
             params.tensor_split = self._split
+        if options.devices:
+            self._devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
+            params.devices = ctypes.addressof(self._devices)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         ptr = lc.llama_model_load_from_file(str(path).encode(), params)
@@ -457,3 +463,14 @@ class SamplerChain:
         if self.ptr:
             lc.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+def ggml_library(stem: str) -> ctypes.CDLL | None:
+    """A ggml library shipped next to libllama (`ggml-base`, `ggml-rpc` ...), or None when
+    this build lacks it; the backends are initialised first."""
+    init_backend()
+    lib_dir = Path(lc.__file__).parent / "lib"
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    return None

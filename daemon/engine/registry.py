@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class ModelRegistry:
         self._default_path = default_path
         self._entries: dict[str, ModelEntry] = {}
         self._loaded: dict[str, LoadedModel] = {}
+        # Awaited before every load; may raise (an RPC worker is down) or adjust self.options.
+        self.before_load: Callable[[], Awaitable[None]] | None = None
         self.rescan()
 
     def rescan(self, aliases: dict[str, str] | None = None) -> None:
@@ -151,6 +154,8 @@ class ModelRegistry:
         async with self._load_lock:
             lm = self._loaded.get(key)
             if lm is None:
+                if self.before_load is not None:
+                    await self.before_load()
                 await self._make_room(self._file_size(entry.path))
                 log.info("loading %s from %s", key, entry.path)
                 try:
@@ -163,6 +168,16 @@ class ModelRegistry:
                 await self._fit_memory(key)
             self._last_used[key] = time.monotonic()
         return lm
+
+    @property
+    def loading(self) -> bool:
+        """Whether a model is being loaded right now."""
+        return self._load_lock.locked()
+
+    def forget(self, name: str) -> LoadedModel | None:
+        """Take `name` out of service without freeing it (its llama.cpp objects are stuck on
+        a lost RPC worker: freeing them would talk to it); the next request loads it anew."""
+        return self._loaded.pop(name, None)
 
     def _idle(self, name: str) -> bool:
         lm = self._loaded[name]

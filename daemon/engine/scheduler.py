@@ -559,6 +559,23 @@ class Scheduler(ContextWorker):
             out.append((a.handle, error))
         self._deliver(out)
 
+    def abandon(self, error: EdgedError) -> None:
+        """End every request with `error` from another thread, for a scheduler whose thread
+        is stuck inside llama.cpp for good (a lost RPC worker); it takes no new work."""
+        with self._lock:
+            self._closing = True
+        handles = [a.handle for a in list(self._active)] + list(self._waiting)
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, RequestHandle):
+                handles.append(item)
+        for h in handles:
+            h.finish_reason = h.finish_reason or FinishReason.ERROR
+        self._deliver([(h, error) for h in handles])
+
     @staticmethod
     def _deliver(out: Out) -> None:
         """Hand a step's output to each event loop with one thread-safe call per loop."""

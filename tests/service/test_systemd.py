@@ -24,7 +24,10 @@ from tests.service.conftest import SMALL
 UNITS = ROOT / "systemd"
 
 
-@pytest.mark.parametrize(("unit", "user"), [("edged.service", False), ("edged-user.service", True)])
+@pytest.mark.parametrize(
+    ("unit", "user"),
+    [("edged.service", False), ("edged-user.service", True), ("edged@.service", False)],
+)
 def test_unit_verifies(tmp_path: Path, unit: str, user: bool) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:

@@ -1,0 +1,202 @@
+"""Beyond one machine, measured: what the RPC transport costs, and what replicas buy.
+
+1. tokens/s of the model served locally vs split over two `edged rpc-worker`s on loopback
+   (the same machine: the difference is the transport's cost, not extra compute);
+2. aggregate tokens/s of one daemon pinned to one core vs two daemons behind the shipped
+   HAProxy configuration, pinned to one core each (taskset).
+
+Needs the RPC venv (.venv-rpc, see README) for part 1 and haproxy for part 2:
+
+    .venv-rpc/bin/python bench/distributed.py --rounds 3 --max-tokens 64
+    .venv-rpc/bin/python bench/distributed.py --only replicas
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import run_round
+from load import banned_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+HAPROXY_CFG = ROOT / "systemd" / "haproxy" / "edged.cfg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def pinned(cpus: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *argv] if cpus and shutil.which("taskset") else argv
+
+
+def daemon(procs: list, args: list[str], cpus: str | None = None) -> str:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    argv = [sys.executable, "-m", "daemon", "serve", "--port", str(port), *args]
+    procs.append(
+        subprocess.Popen(
+            pinned(cpus, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    )
+    return f"http://127.0.0.1:{port}"
+
+
+def worker(procs: list, threads: int) -> int:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "daemon",
+        "rpc-worker",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+    ]
+    procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return port
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"worker on {port}")
+
+
+def measure(url: str, level: int, rounds: int, max_tokens: int, ban: list[int]) -> list[float]:
+    out = []
+    for r in range(rounds):
+        rnd = asyncio.run(run_round(url, level, max_tokens, ban, offset=r * level))
+        out.append(rnd.tokens_per_s)
+    return out
+
+
+def row(name: str, xs: list[float], base: float | None = None) -> str:
+    med = statistics.median(xs)
+    rel = f"{med / base:.2f}x" if base else "1.00x"
+    return f"| {name} | {med:.1f} | {min(xs):.1f}-{max(xs):.1f} | {rel} |"
+
+
+def bench_rpc(args: argparse.Namespace, ban: list[int]) -> list[str]:
+    common = ["--threads", str(args.threads), "--ctx-size", "512", "--parallel", str(args.level)]
+    with processes() as procs:
+        url = daemon(procs, common)
+        wait_for(url)
+        local = measure(url, args.level, args.rounds, args.max_tokens, ban)
+    with processes() as procs:
+        ports = [worker(procs, args.threads), worker(procs, args.threads)]
+        url = daemon(procs, [*common, "--rpc", ",".join(f"127.0.0.1:{p}" for p in ports)])
+        wait_for(url)
+        split = measure(url, args.level, args.rounds, args.max_tokens, ban)
+    base = statistics.median(local)
+    return [
+        f"RPC: {args.level} concurrent greedy streams x {args.max_tokens} tokens, "
+        f"{args.rounds} rounds, {args.threads} thread(s) per process",
+        "",
+        "| setup | tokens/s (median) | range | vs local |",
+        "|---|---|---|---|",
+        row("local (one process)", local),
+        row("split over 2 loopback RPC workers", split, base),
+    ]
+
+
+def bench_replicas(args: argparse.Namespace, ban: list[int]) -> list[str]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    common = ["--threads", "1", "--ctx-size", "512", "--parallel", str(args.level)]
+    with processes() as procs:
+        url = daemon(procs, common, cpus="0")
+        wait_for(url)
+        one = measure(url, args.level, args.rounds, args.max_tokens, ban)
+    with processes() as procs:
+        urls = [daemon(procs, common, cpus="0"), daemon(procs, common, cpus="1")]
+        for u in urls:
+            wait_for(u)
+        port = free_port()
+        env = dict(
+            os.environ, EDGED_LISTEN=f"127.0.0.1:{port}", EDGED_1=urls[0][7:], EDGED_2=urls[1][7:]
+        )
+        procs.append(
+            subprocess.Popen(
+                [haproxy, "-db", "-f", str(HAPROXY_CFG)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(3)  # both servers pass two health checks
+        two = measure(f"http://127.0.0.1:{port}", args.level, args.rounds, args.max_tokens, ban)
+    base = statistics.median(one)
+    return [
+        f"Replicas: {args.level} concurrent greedy streams x {args.max_tokens} tokens, "
+        f"{args.rounds} rounds, 1 thread per daemon",
+        "",
+        "| setup | tokens/s (median) | range | vs one |",
+        "|---|---|---|---|",
+        row("one daemon, taskset -c 0", one),
+        row("two daemons (-c 0, -c 1) behind HAProxy", two, base),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--level", type=int, default=4, help="concurrent streams")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="threads of daemon and workers (RPC)")
+    p.add_argument("--only", choices=["rpc", "replicas"], default=None)
+    args = p.parse_args()
+    ban = banned_tokens()
+    lines: list[str] = []
+    if args.only in (None, "rpc"):
+        lines += [*bench_rpc(args, ban), ""]
+    if args.only in (None, "replicas"):
+        lines += bench_replicas(args, ban)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

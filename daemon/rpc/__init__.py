@@ -1,0 +1,1 @@
+"""Beyond one machine: RPC workers and the daemon's side of them."""
