@@ -90,7 +90,7 @@ def test_hang_up_cancels_a_non_streamed_request(
     while _metric(base_url, "edged_requests_total", route=path, status="499") < 1:
         time.sleep(0.1)  # the access record is written when the handler returns
     generated = _metric(base_url, "edged_completion_tokens_total") - before
-    assert 0 < generated < LONG / 2, generated
+    assert generated < LONG / 2, generated
 
 
 # ---- logit_bias -----------------------------------------------------------------------------
