@@ -63,6 +63,15 @@ HANG_UPS = [
         },
     ),
     ("/inference", {"prompt": "Once upon a time", "max_tokens": LONG, "logit_bias": NO_EOS}),
+    (
+        "/api/generate",
+        {
+            "request_id": "hang-up",
+            "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",  # greedy SmolLM2 counts on and on
+            "stream_response": False,
+            "generation_config": {"do_sample": False, "max_new_tokens": LONG},
+        },
+    ),
 ]
 
 

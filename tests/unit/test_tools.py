@@ -316,14 +316,15 @@ def test_refs_are_rewritten_for_their_new_place() -> None:
         "$defs": {"u": {"$ref": "#/properties/a"}},
     }
     fns = [tools.Function("f", None, params), tools.Function("g", None, params)]
-    one = tools.calls_schema(fns[:1])
-    assert one["properties"]["arguments"]["properties"]["b"] == {
-        "$ref": "#/properties/arguments/properties/a"
-    }
-    two = tools.calls_schema(fns)
-    second = two["anyOf"][1]["properties"]["arguments"]["properties"]["b"]
-    assert second == {"$ref": "#/anyOf/1/properties/arguments/properties/a"}
-    assert two["$defs"]["f1-u"] == {"$ref": "#/anyOf/1/properties/arguments/properties/a"}
+    for n in (1, 2):
+        schema = tools.calls_schema(fns[:n])
+        last = f"f{n - 1}"
+        assert schema["$defs"][last]["properties"]["b"] == {"$ref": f"#/$defs/{last}/properties/a"}
+        assert schema["$defs"][f"{last}-u"] == {"$ref": f"#/$defs/{last}/properties/a"}
+        # and the converter resolves them
+        tools.call_grammar(fns[:n], tools.ToolFormat.HERMES, parallel=False)
+    plain = tools.calls_schema([tools.Function("f", None, {"type": "object"})])
+    assert plain["properties"]["arguments"] == {"type": "object"}  # nothing moves needlessly
 
 
 @pytest.mark.parametrize(

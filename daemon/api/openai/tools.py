@@ -201,6 +201,22 @@ def _prefix_refs(node: Any, prefix: str, base: str) -> Any:
     return node
 
 
+def _points_into_itself(node: Any) -> bool:
+    """Whether a schema has a local `$ref` that is not into its `$defs`/`definitions`."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if (
+            isinstance(ref, str)
+            and ref.startswith("#")
+            and not ref.startswith(("#/$defs/", "#/definitions/"))
+        ):
+            return True
+        return any(_points_into_itself(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_points_into_itself(v) for v in node)
+    return False
+
+
 def _moved_ref(ref: str, prefix: str, base: str) -> str:
     for d in _DEFS:
         if ref.startswith(f"#/{d}/"):
@@ -220,20 +236,21 @@ def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[
     """
     alternatives = []
     defs: dict[str, Any] = {}
-    functions = list(functions)
     for i, f in enumerate(functions):
         prefix = f"f{i}-"
-        base = f"#/properties/{key}" if len(functions) == 1 else f"#/anyOf/{i}/properties/{key}"
+        # A schema that points into itself (`#/properties/...`) moves whole to `$defs/f<i>`
+        # (no `-`, so no hoisted name collides), where such pointers can follow it.
+        base = f"#/$defs/f{i}"
         for d in _DEFS:
             for name, sub in (f.parameters.get(d) or {}).items():
                 defs[f"{prefix}{name}"] = _prefix_refs(sub, prefix, base)
+        params = _prefix_refs(f.parameters, prefix, base)
+        if _points_into_itself(f.parameters):
+            defs[f"f{i}"], params = params, {"$ref": base}
         alternatives.append(
             {
                 "type": "object",
-                "properties": {
-                    "name": {"const": f.name},
-                    key: _prefix_refs(f.parameters, prefix, base),
-                },
+                "properties": {"name": {"const": f.name}, key: params},
                 "required": ["name", key],
             }
         )
