@@ -76,8 +76,17 @@ WILD = st.recursive(
 )
 
 
-# Fields whose arbitrary strings would almost always end in a 404 before the rest is looked at.
+# Fields whose schema-valid values would almost always end in an early 404 (a model name) or 400
+# (a budget above --max-tokens-cap, more choices than slots): mostly servable values instead.
+_SMALL = st.integers(0, TOKEN_CAP) | st.integers(0, TOKEN_CAP) | st.integers(0, 10**7)
+_FEW = st.integers(1, 4) | st.integers(1, 4) | st.integers(-1, 200)
 _NAMED = {
+    "max_tokens": _SMALL,
+    "max_completion_tokens": _SMALL,
+    "max_new_tokens": _SMALL,
+    "n": _FEW,
+    "best_of": _FEW,
+    "num_beams": _FEW,
     "model": st.sampled_from([None, "SmolLM2-135M-Instruct.Q4_1"]) | _TEXT,
     "safety_model": st.sampled_from([None, "SmolLM2-135M-Instruct.Q4_1"]) | _TEXT,
     "logit_bias": st.dictionaries(
@@ -190,8 +199,7 @@ class SchemaStrategies:
             values = self.value(extra, depth + 1) if isinstance(extra, dict) else WILD
             return st.dictionaries(_TEXT, values, max_size=4)
         strategies = {
-            k: _NAMED[k] if k in _NAMED and depth == 0 else self.value(v, depth + 1)
-            for k, v in props.items()
+            k: _NAMED[k] if k in _NAMED else self.value(v, depth + 1) for k, v in props.items()
         }
         drop_required = int(self.noise * 1000)
 
