@@ -50,7 +50,7 @@ class Endpoint:
 
 
 ENDPOINTS = [
-    Endpoint("POST", "/v1/chat/completions", ChatCompletionRequest, 450, {"max_tokens": 4}),
+    Endpoint("POST", "/v1/chat/completions", ChatCompletionRequest, 500, {"max_tokens": 4}),
     Endpoint("POST", "/v1/completions", CompletionRequest, 350, {"max_tokens": 4}),
     Endpoint("POST", "/v1/embeddings", EmbeddingRequest, 150),
     Endpoint("POST", "/inference", InferenceRequest, 200, {"max_tokens": 4}),
