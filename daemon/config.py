@@ -143,6 +143,16 @@ class Settings(BaseSettings):
 
         return default_models_dir()
 
+    @model_validator(mode="after")
+    def _batch_holds_every_slot(self) -> Settings:
+        # Each decode step puts one token of every busy slot into one batch.
+        if self.batch_size < self.parallel:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be at least parallel ({self.parallel}): "
+                "every decode step puts one token of each slot into one batch"
+            )
+        return self
+
     def default_model_path(self) -> Path:
         """The model served when a request names none."""
         return self.model if self.model is not None else embedded_model_path()

@@ -118,9 +118,17 @@ def submit_choices(
             )
             for j in range(n)
         )
-    if n > lm.generator().n_slots:
+    worker = lm.generator()
+    if n > worker.n_slots:
+        raise InvalidRequest(f"n must be at most the model's {worker.n_slots} slots", param="n")
+    capacity = worker.n_slots + worker.max_queue
+    if len(requests) > capacity:
+        # More sequences than slots and queue hold even when idle: a 429 would invite a retry
+        # that can never succeed.
         raise InvalidRequest(
-            f"n must be at most the model's {lm.generator().n_slots} slots", param="n"
+            f"{len(prompts)} prompt(s) × n={n} is {len(requests)} sequences; the model holds at "
+            f"most {capacity} ({worker.n_slots} slots + {worker.max_queue} queued)",
+            param="n" if n > 1 else "prompt",
         )
     return submit_all(lm, requests)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +30,50 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return value.decode("latin-1")
     return uuid.uuid4().hex
+
+
+class HangUpWatch:
+    """An ASGI `receive` that hands the body to the app, then watches for a hang-up.
+
+    Once the last body message has passed, one task owns the server's `receive`: when the
+    client disconnects it calls `on_gone`, so a non-streamed handler awaiting its result is
+    cut too (streams notice on their own). Later callers, such as Litestar's disconnect
+    listener on streams, wait for that task's verdict, so no message is lost between readers.
+    """
+
+    def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+        self._receive = receive
+        self._on_gone = on_gone
+        self._closed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self) -> Message:
+        if self._task is None and not self._closed.is_set():
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._gone()
+            elif not message.get("more_body", False):
+                self._task = asyncio.create_task(self._watch())
+            return message
+        await self._closed.wait()
+        return {"type": "http.disconnect"}
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._gone()
+
+    def _gone(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._on_gone()
+
+    async def stop(self) -> None:
+        """The response is over: stop watching."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class ServiceMiddleware:
@@ -77,9 +124,11 @@ class ServiceMiddleware:
         self.state.inflight += counted
         self.state.records.add(record)
         start = time.perf_counter()
+        watch = HangUpWatch(receive, record.hang_up)
         try:
-            await app(scope, receive, send_tracking)
+            await app(scope, watch, send_tracking)
         finally:
+            await watch.stop()
             self.state.inflight -= counted
             self.state.records.discard(record)
             current.reset(token)

@@ -20,7 +20,9 @@ def health(
     loaded = [
         {
             "name": lm.name,
-            "path": str(lm.path),
+            # The file name only: absolute paths tell anyone who can reach /health about the
+            # host's layout (user names, mount points).
+            "file": lm.path.name,
             "ctx_size": lm.ctx_size,
             "slots": lm.worker.n_slots,
             "busy_slots": lm.worker.busy_slots,

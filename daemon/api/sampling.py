@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,6 +11,8 @@ from daemon.engine.types import SamplingParams
 
 MAX_STOPS = 16
 MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS = 300  # OpenAI's cap on logit_bias entries
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 class ProtocolModel(BaseModel):
@@ -43,11 +46,23 @@ class SamplingFields(ProtocolModel):
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v is not None:
-            for key in v:
-                if not key.strip().isdigit():
-                    raise ValueError(f"logit_bias keys are token ids, got {key!r}")
-        return v
+        """Keys are ASCII decimal token ids (`str.isdigit` would let "²" through to `int`);
+        "5", "05" and " 5" are one token, so a second spelling is refused rather than
+        stacking past ±100."""
+        if v is None:
+            return None
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries, got {len(v)}")
+        out: dict[str, float] = {}
+        for key, bias in v.items():
+            digits = key.strip(" \t")
+            if not _TOKEN_ID.fullmatch(digits):
+                raise ValueError(f"keys are decimal token ids, got {key!r}")
+            token = str(int(digits))
+            if token in out:
+                raise ValueError(f"token {token} appears twice (as {key!r} and another key)")
+            out[token] = bias
+        return out
 
     @field_validator("stop")
     @classmethod

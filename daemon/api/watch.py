@@ -13,6 +13,18 @@ from daemon.engine.handle import RequestHandle
 from daemon.errors import EdgedError, Timeout
 
 
+class ClientGone(EdgedError):
+    """The client hung up before its answer was ready; generation was cancelled (499).
+
+    Nobody receives this status: it names the outcome in metrics and the access log, as
+    nginx's 499 does.
+    """
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 @dataclass(eq=False)
 class RequestRecord:
     """What one HTTP request did in the engine; filled by `watched`, read by the middleware."""
@@ -24,12 +36,20 @@ class RequestRecord:
     # (model, time to first token, seconds per output token or None) per finished handle
     latencies: list[tuple[str, float, float | None]] = field(default_factory=list)
     live: list[RequestHandle] = field(default_factory=list)
+    # Set when the client hung up: what is running is cut, what is submitted later at once.
+    gone: EdgedError | None = None
     _seen: set[int] = field(default_factory=set)
 
     def cut(self, error: EdgedError) -> None:
         """End every generation still running for this request with `error`."""
         for h in list(self.live):
             _fail(h, error)
+
+    def hang_up(self) -> None:
+        """The client disconnected: nobody will read the answer, so stop generating it."""
+        if self.gone is None:
+            self.gone = ClientGone("the client closed the connection")
+            self.cut(self.gone)
 
     def finish(self, handle: RequestHandle, now: float) -> None:
         """Account for a handle once, however many layers watched it."""
@@ -71,6 +91,9 @@ def watched(handles: list[RequestHandle]) -> Iterator[None]:
             timers.append(h.loop.call_later(delay, _expire, h, record.timeout))
     if record is not None:
         record.live.extend(handles)
+        if record.gone is not None:
+            for h in handles:
+                _fail(h, record.gone)
     try:
         yield
     finally:

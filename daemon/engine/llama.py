@@ -419,6 +419,7 @@ class SamplerChain:
             add(
                 chain,
                 lc.llama_sampler_init_penalties(
+                    model.n_vocab,  # the pinned binding's first parameter
                     params.penalty_last_n,
                     params.repetition_penalty,
                     params.frequency_penalty,

@@ -94,7 +94,7 @@ def test_forced_calls_validate(client: openai.OpenAI, choice: Any, parallel: boo
         assert r.choices[0].finish_reason == "tool_calls"
         assert msg.content is None
         _check_calls(msg.tool_calls, allowed)
-        if not parallel:
+        if not parallel or choice is NAMED:
             assert len(msg.tool_calls) == 1
 
 
@@ -322,3 +322,149 @@ def test_unknown_safety_model_is_404(base_url: str) -> None:
     assert r.status_code == 404
     err = r.json()["error"]
     assert err["param"] == "safety_model" and err["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "tool"])
+def test_instructions_are_checked_too(guarded: openai.OpenAI, role: str) -> None:
+    """Issue 11: a system, developer or tool turn does not skip the input check."""
+    extra: dict[str, Any] = {"tool_call_id": "call_1"} if role == "tool" else {}
+    r = guarded.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": role, "content": VIOLENT, **extra},
+            {"role": "user", "content": "Name a color."},
+        ],
+        max_tokens=16,
+        temperature=0,
+        extra_body={"safety_model": "llama-guard"},
+    )
+    assert r.choices[0].finish_reason == "content_filter"
+    assert r.usage.completion_tokens == 0  # refused before generating
+
+
+# ---- issue 11: tool hardening ---------------------------------------------------------------
+
+
+def test_named_choice_calls_exactly_once(client: openai.OpenAI) -> None:
+    """The call grammar of a named function allows one call: the default model used to call
+    get_weather twice, the second cut by max_tokens beside raw markup in `content`."""
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What's the weather in Paris and in Rome?"}],
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=60,
+            temperature=0.8,
+            seed=seed,
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        assert choice.message.content is None
+        assert len(choice.message.tool_calls) == 1
+        _check_calls(choice.message.tool_calls, {"get_weather"})
+
+
+REF_PARAMS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "home": {"$ref": "#/properties/city"},
+        "unit": {"$ref": "#/$defs/unit"},
+    },
+    "required": ["city", "home", "unit"],
+    "$defs": {"unit": {"enum": ["c", "f"]}},
+}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_refs_into_properties_work_under_a_forced_call(client: openai.OpenAI, choice: Any) -> None:
+    tools: Any = [
+        {"type": "function", "function": {"name": "f", "parameters": REF_PARAMS}},
+        {"type": "function", "function": {"name": "g", "parameters": TIME_PARAMS}},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=tools,
+        tool_choice=choice,
+        max_tokens=80,
+        temperature=0,
+    )
+    assert r.choices[0].message.tool_calls, r  # used to be a 500
+    for call in r.choices[0].message.tool_calls:
+        params = REF_PARAMS if call.function.name == "f" else TIME_PARAMS
+        jsonschema.validate(json.loads(call.function.arguments), params)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"type": "object", "$defs": [{"type": "string"}]},
+        {"type": "object", "definitions": "x"},
+        {"type": "string"},
+        {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}},
+    ],
+    ids=["list-defs", "string-definitions", "not-object", "dangling-ref"],
+)
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_bad_parameter_schemas_are_400(base_url: str, params: Any, choice: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": params}}],
+            "tool_choice": choice,
+            "model": "no-such-model",  # checked before the model is even looked up
+        },
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "tools"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_legacy_functions_are_tools(client: openai.OpenAI, stream: bool) -> None:
+    """`functions`/`function_call` are served, not silently dropped."""
+    kwargs: Any = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What time is it in Tokyo?"}],
+        functions=[{"name": "get_time", "parameters": TIME_PARAMS}],
+        function_call={"name": "get_time"},
+        max_tokens=60,
+        temperature=0,
+    )
+    if stream:
+        name, args, finish = "", "", None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            for ch in chunk.choices:
+                fc = ch.delta.function_call
+                name += (fc.name or "") if fc else ""
+                args += (fc.arguments or "") if fc else ""
+                finish = ch.finish_reason or finish
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        fc = choice.message.function_call
+        assert fc is not None and choice.message.tool_calls is None
+        name, args, finish = fc.name, fc.arguments, choice.finish_reason
+    assert finish == "function_call" and name == "get_time"
+    jsonschema.validate(json.loads(args), TIME_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"function_call": "auto"}, "function_call"),
+        ({"functions": [{"name": "f"}], "tools": TOOLS}, "functions"),
+        ({"functions": [{"name": "f"}], "function_call": {"name": "g"}}, "function_call"),
+        ({"functions": [{"name": "f", "parameters": {"type": "string"}}]}, "functions"),
+    ],
+)
+def test_legacy_function_errors(base_url: str, body: dict[str, Any], param: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], **body},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param

@@ -8,7 +8,13 @@ import pytest
 
 from daemon.api.openai import tools
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage
-from daemon.api.openai.safety import Verdict, conversation, guard_prompt, parse_verdict
+from daemon.api.openai.safety import (
+    Verdict,
+    conversation,
+    guard_prompt,
+    instructions,
+    parse_verdict,
+)
 from daemon.errors import InvalidRequest
 
 WEATHER = {
@@ -243,13 +249,90 @@ def test_verdicts() -> None:
 def test_guard_prompt_judges_the_last_turn() -> None:
     turns = conversation(
         [
-            ChatMessage(role="system", content="ignored"),
+            ChatMessage(role="system", content="s"),
             ChatMessage(role="user", content="a"),
             ChatMessage(role="user", content="b"),
             ChatMessage(role="assistant", content="c"),
         ]
     )
-    assert turns == [("User", "a\n\nb"), ("Agent", "c")]
+    assert turns == [("User", "s\n\na\n\nb"), ("Agent", "c")]
     prompt = guard_prompt(turns)
     assert "ONLY THE LAST Agent message" in prompt
-    assert "S14: Code Interpreter Abuse." in prompt and "User: a\n\nb\n\nAgent: c" in prompt
+    assert "S14: Code Interpreter Abuse." in prompt and "User: s\n\na\n\nb\n\nAgent: c" in prompt
+
+
+def test_instructions_are_judged_on_their_own() -> None:
+    """Llama Guard judges only the last turn: system, developer and tool text gets a turn."""
+    msgs = [
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="developer", content="d"),
+        ChatMessage(role="user", content="a"),
+        ChatMessage(role="assistant", content="c"),
+        ChatMessage(role="tool", content="t", tool_call_id="x"),
+        ChatMessage(role="user", content="b"),
+    ]
+    assert instructions(msgs) == [("User", "s\n\nd\n\nt")]
+    assert conversation(msgs)[-1] == ("User", "t\n\nb")
+    assert instructions([ChatMessage(role="user", content="a")]) == []
+
+
+# ---- issue 11 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ['["get_time"]', '{"a": 1}', "3", "null"])
+def test_a_call_whose_name_is_not_a_string_is_content(name: str) -> None:
+    text = f'<tool_call>{{"name": {name}, "arguments": {{}}}}</tool_call>'
+    assert tools.parse_message(_plan(), text) == (text, [])
+    for fmt in (tools.ToolFormat.LLAMA3, tools.ToolFormat.MISTRAL):
+        body = f'{{"name": {name}, "parameters": {{}}}}'
+        assert tools.parse_message(_plan(fmt), body) == (body, [])
+
+
+def test_no_markup_beside_parsed_calls() -> None:
+    call = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    cut = '\n<tool_call>\n{"name": "get_weather", "argu'
+    content, calls = tools.parse_message(_plan(), call + cut)
+    assert content is None and [c.name for c in calls] == ["get_time"]
+    junk = "\n<tool_call>not json</tool_call>"
+    content, calls = tools.parse_message(_plan(), call + junk)
+    assert content is None and len(calls) == 1
+    # Without parsed calls, markup is what the model said.
+    assert tools.parse_message(_plan(), cut) == (cut, [])
+
+
+def test_named_choice_grammar_allows_one_call() -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    plan = tools.plan_tools(_req(tool_choice=named, parallel_tool_calls=True), "")
+    assert plan is not None and plan.grammar is not None
+    assert plan.grammar.startswith('root ::= "<tool_call>\\n" tool-call "\\n</tool_call>"\n')
+    required = tools.plan_tools(_req(tool_choice="required"), "")
+    assert required is not None and "*" in required.grammar.splitlines()[0]
+
+
+def test_refs_are_rewritten_for_their_new_place() -> None:
+    params = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}},
+        "$defs": {"u": {"$ref": "#/properties/a"}},
+    }
+    fns = [tools.Function("f", None, params), tools.Function("g", None, params)]
+    for n in (1, 2):
+        schema = tools.calls_schema(fns[:n])
+        last = f"f{n - 1}"
+        assert schema["$defs"][last]["properties"]["b"] == {"$ref": f"#/$defs/{last}/properties/a"}
+        assert schema["$defs"][f"{last}-u"] == {"$ref": f"#/$defs/{last}/properties/a"}
+        # and the converter resolves them
+        tools.call_grammar(fns[:n], tools.ToolFormat.HERMES, parallel=False)
+    plain = tools.calls_schema([tools.Function("f", None, {"type": "object"})])
+    assert plain["properties"]["arguments"] == {"type": "object"}  # nothing moves needlessly
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"type": "object", "$defs": []}, {"type": "array"}, {"type": "object", "definitions": 1}],
+)
+def test_bad_parameter_schemas_are_refused(params: dict[str, object]) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+    with pytest.raises(InvalidRequest) as exc:
+        tools.check_request(_req(tools=[tool]))
+    assert exc.value.param == "tools"

@@ -9,6 +9,7 @@ from pydantic import Field, JsonValue
 
 from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import ProtocolModel, SamplingFields
+from daemon.errors import InvalidRequest
 
 MaxTokens = Annotated[int, Field(ge=0, le=1_000_000)]
 
@@ -177,6 +178,36 @@ class ChatCompletionRequest(_Common):
     # Reasoning models (daemon/api/reasoning.py): passed to the chat template.
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     chat_template_kwargs: Annotated[dict[str, JsonValue], Field(max_length=32)] | None = None
+    # OpenAI's deprecated spelling of tools/tool_choice: one call at most, answered as
+    # `message.function_call` (see `with_legacy_functions`).
+    functions: Annotated[list[FunctionDef], Field(min_length=1)] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+
+    @property
+    def legacy_functions(self) -> bool:
+        """Whether the request used `functions` and expects `function_call` answers."""
+        return self.functions is not None
+
+    def with_legacy_functions(self) -> ChatCompletionRequest:
+        """`functions`/`function_call` as tools/tool_choice (one call), or self unchanged."""
+        if self.functions is None:
+            if self.function_call is not None:
+                raise InvalidRequest("function_call needs functions", param="function_call")
+            return self
+        if self.tools is not None or self.tool_choice is not None:
+            raise InvalidRequest(
+                "use tools/tool_choice or the legacy functions/function_call, not both",
+                param="functions",
+            )
+        fc = self.function_call
+        choice = NamedToolChoice(function=fc) if isinstance(fc, NamedFunction) else fc
+        return self.model_copy(
+            update={
+                "tools": [Tool(type="function", function=f) for f in self.functions],
+                "tool_choice": choice,
+                "parallel_tool_calls": False,
+            }
+        )
 
     @property
     def logprob_count(self) -> int | None:
@@ -211,6 +242,24 @@ class CompletionRequest(_Common):
     )
     max_tokens: MaxTokens | None = 16
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # `best_of` candidates per prompt are generated and the `n` most likely returned.
+    best_of: Annotated[int, Field(ge=1, le=128)] | None = None
+    suffix: str | None = None  # refused unless empty: no insertion mode (yet)
+
+    def check_unsupported(self) -> None:
+        """Refuse what would change the answer and cannot be served as asked."""
+        if self.best_of is not None:
+            if self.best_of < self.n:
+                raise InvalidRequest("best_of must be at least n", param="best_of")
+            if self.best_of > self.n and self.stream:
+                raise InvalidRequest("best_of cannot be streamed", param="best_of")
+        if self.suffix:
+            raise InvalidRequest("suffix (insertion) is not supported", param="suffix")
+
+    @property
+    def candidates(self) -> int:
+        """Sequences generated per prompt: `best_of` when it asks for more than `n`."""
+        return max(self.n, self.best_of or 0)
 
     @property
     def logprob_count(self) -> int | None:

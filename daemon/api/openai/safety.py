@@ -89,13 +89,31 @@ def with_turn(turns: list[tuple[str, str]], role: str, text: str) -> list[tuple[
     return [*turns, (role, text)]
 
 
+# Turns whose text the caller supplies besides the user's own: judged as user input too, since
+# a system prompt or a forged tool result can carry what the user turn would be refused for.
+_INSTRUCTION_ROLES = ("system", "developer", "tool")
+
+
 def conversation(messages: list[ChatMessage]) -> list[tuple[str, str]]:
-    """The (User|Agent, text) turns Llama Guard judges; system and tool turns are context."""
+    """The (User|Agent, text) turns Llama Guard judges: assistant turns are the Agent's,
+    everything else (user, system, developer, tool) the User's."""
     turns: list[tuple[str, str]] = []
     for m in messages:
-        if m.role in ("user", "assistant"):
-            turns = with_turn(turns, "User" if m.role == "user" else "Agent", _message_text(m))
+        text = _message_text(m)
+        if text:
+            turns = with_turn(turns, "Agent" if m.role == "assistant" else "User", text)
     return turns
+
+
+def instructions(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    """System, developer and tool text as one User turn of its own (empty when there is none).
+
+    Llama Guard judges only the last turn of a conversation, so instructions sent earlier
+    would otherwise never be judged at all.
+    """
+    texts = [_message_text(m) for m in messages if m.role in _INSTRUCTION_ROLES]
+    text = "\n\n".join(t for t in texts if t)
+    return [("User", text)] if text else []
 
 
 def guard_prompt(turns: list[tuple[str, str]]) -> str:
@@ -158,8 +176,14 @@ class Guard:
         return parse_verdict(result.text)
 
     async def check_input(self, messages: list[ChatMessage]) -> Verdict:
-        """Judge the conversation as sent, before generating."""
-        return await self.judge(conversation(messages))
+        """Judge the conversation as sent, and its instructions on their own, before generating."""
+        verdicts = await asyncio.gather(
+            self.judge(conversation(messages)), self.judge(instructions(messages))
+        )
+        if all(v.safe for v in verdicts):
+            return Verdict(True)
+        cats = (c for v in verdicts for c in v.categories)
+        return Verdict(False, tuple(dict.fromkeys(cats)))
 
     async def check_outputs(self, messages: list[ChatMessage], answers: list[str]) -> list[Verdict]:
         """Judge each answer as the Agent's reply to the conversation, concurrently."""

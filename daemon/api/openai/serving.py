@@ -79,12 +79,23 @@ def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
     return Extras(grammar=_grammar(req), logprobs=count, prompt_logprobs=echo_scores)
 
 
+_LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
+
+
 async def chat_completion(
     registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
+    legacy = req.legacy_functions
+    req = req.with_legacy_functions()
+    try:
+        tools.check_request(req)  # before any model loads
+    except InvalidRequest as exc:
+        if legacy:  # name the fields the client sent
+            exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
+        raise
     lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    plan = tools.plan_tools(req, lm.template.source)
+    plan = tools.plan_tools(req, lm.template.source, legacy=legacy)
     messages, tool_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
     extra = template_vars(req.chat_template_kwargs, req.reasoning_effort)
     rendered = lm.render_chat(messages, **extra, **tool_vars)
@@ -149,20 +160,24 @@ def _chat_choice(
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
-    if calls:
+    legacy = plan is not None and plan.legacy
+    if calls and legacy:
+        message["function_call"] = calls[0].wire()["function"]
+    elif calls:
         message["tool_calls"] = [c.wire() for c in calls]
     return {
         "index": i,
         "message": message,
         "logprobs": shape.render(r.logprobs) if shape else None,
-        "finish_reason": _chat_finish(r.finish_reason, bool(calls)),
+        "finish_reason": _chat_finish(r.finish_reason, bool(calls), legacy),
     }
 
 
-def _chat_finish(reason: FinishReason | None, called: bool) -> str | None:
-    """OpenAI reports a turn that ended on its own after calls as `tool_calls`."""
+def _chat_finish(reason: FinishReason | None, called: bool, legacy: bool = False) -> str | None:
+    """OpenAI reports a turn that ended on its own after calls as `tool_calls`
+    (`function_call` for the legacy `functions` field)."""
     if called and reason is FinishReason.STOP:
-        return "tool_calls"
+        return "function_call" if legacy else "tool_calls"
     return _finish(reason)
 
 
@@ -253,10 +268,15 @@ class _ChatLogprobs:
         return lp.together(entries, piece) if self.together else lp.chat_content(entries, piece)
 
 
-def _deltas(event: tools.Event, k: int) -> list[dict[str, Any]]:
+def _deltas(event: tools.Event, k: int, legacy: bool = False) -> list[dict[str, Any]]:
     """Content, or a call as OpenAI streams it: id and name first, then the arguments."""
     if isinstance(event, str):
         return [{"content": event}]
+    if legacy:
+        return [
+            {"function_call": {"name": event.name, "arguments": ""}},
+            {"function_call": {"arguments": event.arguments}},
+        ]
     head = {"index": k, "id": event.id, "type": "function"}
     return [
         {"tool_calls": [{**head, "function": {"name": event.name, "arguments": ""}}]},
@@ -286,6 +306,7 @@ async def _chat_events(
     # Reasoning is split off first; tool calls are parsed in the answer only.
     splitters = [think.splitter() if think is not None else None for _ in handles]
     finished = 0
+    legacy = plan is not None and plan.legacy
     async for i, chunk in merge(handles):
         parser, splitter = parsers[i], splitters[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
@@ -299,7 +320,7 @@ async def _chat_events(
         deltas: list[dict[str, Any]] = [{"reasoning_content": reasoning}] if reasoning else []
         calls_before = parser.calls - sum(isinstance(e, tools.ToolCall) for e in events)
         for e in events:
-            deltas += _deltas(e, calls_before)
+            deltas += _deltas(e, calls_before, legacy)
             calls_before += isinstance(e, tools.ToolCall)
         if logprobs and not deltas:
             deltas = [{}]
@@ -323,7 +344,9 @@ async def _chat_events(
                             "index": i,
                             "delta": {},
                             "logprobs": None,
-                            "finish_reason": _chat_finish(chunk.finish_reason, parser.calls > 0),
+                            "finish_reason": _chat_finish(
+                                chunk.finish_reason, parser.calls > 0, legacy
+                            ),
                         }
                     ]
                 ),
@@ -372,15 +395,22 @@ class _Echo:
 
 
 def _completion_choice(
-    i: int, r: Collected, lm: LoadedModel, echo: _Echo | None, count: int | None
+    i: int,
+    r: Collected,
+    lm: LoadedModel,
+    echo: _Echo | None,
+    count: int | None,
+    source: int | None = None,
 ) -> dict[str, Any]:
+    """Choice `i` of the answer, made from generated sequence `source` (default `i`)."""
+    src = i if source is None else source
     text = r.text
     logprobs = None
     piece = lm.model.piece
     if echo is not None:
-        prefix = echo.text(i)
+        prefix = echo.text(src)
         if count is not None:
-            prompt = echo.prompt_of(i)
+            prompt = echo.prompt_of(src)
             entries = [None, *r.prompt_logprobs, *r.logprobs]
             tokens = prompt + [e.token for e in r.logprobs]
             logprobs = lp.completions(entries, tokens, piece)
@@ -399,18 +429,41 @@ async def completion(
     registry: ModelRegistry, req: CompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
+    req.check_unsupported()
     lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompts = _completion_prompts(lm, req)
     count = req.logprob_count
+    k = req.candidates
     extras = _extras(req, count, req.echo and count is not None)
-    handles = submit_choices(lm, prompts, req.token_limit, req, req.n, policy, extras)
+    if k > req.n and count is None:
+        extras = replace(extras, logprobs=0)  # ranking best_of needs the chosen tokens' scores
+    try:
+        handles = submit_choices(lm, prompts, req.token_limit, req, k, policy, extras)
+    except InvalidRequest as exc:
+        if k > req.n and exc.param == "n":
+            exc.param = "best_of"
+        raise
     meta = _meta("cmpl", "text_completion", registry.answering_name(req.model, lm.name))
-    echo = _Echo(lm, prompts, req.n) if req.echo else None
+    echo = _Echo(lm, prompts, k) if req.echo else None
     if req.stream:
         return sse(_completion_events(meta, handles, req, lm, echo, policy), handles)
     results = await collect_all(handles)
-    choices = [_completion_choice(i, r, lm, echo, count) for i, r in enumerate(results)]
+    picked = _best(results, k, req.n) if k > req.n else list(range(len(results)))
+    choices = [
+        _completion_choice(i, results[j], lm, echo, count, source=j) for i, j in enumerate(picked)
+    ]
     return {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
+
+
+def _best(results: list[Collected], k: int, n: int) -> list[int]:
+    """For each prompt's `k` candidates, the indexes of the `n` with the highest total
+    log-probability (OpenAI's `best_of`), best first."""
+    out: list[int] = []
+    for start in range(0, len(results), k):
+        group = range(start, start + k)
+        ranked = sorted(group, key=lambda j: -sum(e.logprob for e in results[j].logprobs))
+        out.extend(ranked[:n])
+    return out
 
 
 async def _completion_events(

@@ -74,6 +74,7 @@ class ToolPlan:
     fmt: ToolFormat
     native: bool  # the model's own template lays the tools out
     grammar: str | None  # set when a call is required or named
+    legacy: bool = False  # asked with `functions`: answered as `function_call`
 
 
 def template_supports_tools(source: str) -> bool:
@@ -105,17 +106,40 @@ def _functions(tools: list[Tool]) -> tuple[Function, ...]:
             raise InvalidRequest(f"two tools are named `{name}`", param="tools")
         seen.add(name)
         params = t.function.parameters or _EMPTY_PARAMS
-        try:
-            json_grammar(params)
-        except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
-            raise InvalidRequest(
-                f"the parameters schema of `{name}` is unusable: {exc}", param="tools"
-            ) from exc
+        _check_parameters(name, params)
         out.append(Function(name, t.function.description, params))
     return tuple(out)
 
 
-def plan_tools(req: ChatCompletionRequest, template_source: str) -> ToolPlan | None:
+def _check_parameters(name: str, params: dict[str, Any]) -> None:
+    """A parameters schema must describe an object and convert to a grammar, up front."""
+    kind = params.get("type", "object")
+    if kind != "object":
+        raise InvalidRequest(
+            f"the parameters of `{name}` must be an object schema, not type {kind!r}",
+            param="tools",
+        )
+    for d in _DEFS:
+        if d in params and not isinstance(params[d], dict):
+            raise InvalidRequest(
+                f"`{d}` in the parameters of `{name}` must be an object", param="tools"
+            )
+    try:
+        json_grammar(params)
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
+        raise InvalidRequest(
+            f"the parameters schema of `{name}` is unusable: {exc}", param="tools"
+        ) from exc
+
+
+def check_request(req: ChatCompletionRequest) -> None:
+    """Everything about `tools`/`tool_choice` that needs no model; run before anything loads."""
+    plan_tools(req, "")
+
+
+def plan_tools(
+    req: ChatCompletionRequest, template_source: str, *, legacy: bool = False
+) -> ToolPlan | None:
     """Validate `tools`/`tool_choice`; None when the model is to see no tools."""
     choice = req.tool_choice
     functions = _functions(req.tools or [])
@@ -151,28 +175,57 @@ def plan_tools(req: ChatCompletionRequest, template_source: str) -> ToolPlan | N
                 param="tool_choice",
             )
         chosen = [f for f in functions if f.name in allowed]
-        grammar = call_grammar(chosen, fmt, parallel=req.parallel_tool_calls)
-    return ToolPlan(functions, allowed, fmt, native, grammar)
+        # A named function is called once: a grammar that allowed more would let the model
+        # repeat the call until max_tokens cuts one in half.
+        parallel = req.parallel_tool_calls and not isinstance(choice, NamedToolChoice)
+        grammar = call_grammar(chosen, fmt, parallel=parallel)
+    return ToolPlan(functions, allowed, fmt, native, grammar, legacy)
 
 
-def _prefix_refs(node: Any, prefix: str) -> Any:
-    """Rewrite `#/$defs/X` references to the hoisted name `#/$defs/<prefix>X`."""
+def _prefix_refs(node: Any, prefix: str, base: str) -> Any:
+    """Rewrite references for the schema's new place: `#/$defs/X` to the hoisted name
+    `#/$defs/<prefix>X`, any other local pointer (`#`, `#/properties/...`) to start at `base`,
+    where the parameters schema now sits."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
             if k == "$ref" and isinstance(v, str):
-                for d in _DEFS:
-                    if v.startswith(f"#/{d}/"):
-                        v = f"#/$defs/{prefix}{v[len(d) + 3 :]}"
-                out[k] = v
+                out[k] = _moved_ref(v, prefix, base)
             elif k in _DEFS:
                 continue
             else:
-                out[k] = _prefix_refs(v, prefix)
+                out[k] = _prefix_refs(v, prefix, base)
         return out
     if isinstance(node, list):
-        return [_prefix_refs(v, prefix) for v in node]
+        return [_prefix_refs(v, prefix, base) for v in node]
     return node
+
+
+def _points_into_itself(node: Any) -> bool:
+    """Whether a schema has a local `$ref` that is not into its `$defs`/`definitions`."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if (
+            isinstance(ref, str)
+            and ref.startswith("#")
+            and not ref.startswith(("#/$defs/", "#/definitions/"))
+        ):
+            return True
+        return any(_points_into_itself(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_points_into_itself(v) for v in node)
+    return False
+
+
+def _moved_ref(ref: str, prefix: str, base: str) -> str:
+    for d in _DEFS:
+        if ref.startswith(f"#/{d}/"):
+            return f"#/$defs/{prefix}{ref[len(d) + 3 :]}"
+    if ref == "#":
+        return base
+    if ref.startswith("#/"):
+        return base + ref[1:]
+    return ref
 
 
 def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[str, Any]:
@@ -185,16 +238,19 @@ def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[
     defs: dict[str, Any] = {}
     for i, f in enumerate(functions):
         prefix = f"f{i}-"
+        # A schema that points into itself (`#/properties/...`) moves whole to `$defs/f<i>`
+        # (no `-`, so no hoisted name collides), where such pointers can follow it.
+        base = f"#/$defs/f{i}"
         for d in _DEFS:
             for name, sub in (f.parameters.get(d) or {}).items():
-                defs[f"{prefix}{name}"] = _prefix_refs(sub, prefix)
+                defs[f"{prefix}{name}"] = _prefix_refs(sub, prefix, base)
+        params = _prefix_refs(f.parameters, prefix, base)
+        if _points_into_itself(f.parameters):
+            defs[f"f{i}"], params = params, {"$ref": base}
         alternatives.append(
             {
                 "type": "object",
-                "properties": {
-                    "name": {"const": f.name},
-                    key: _prefix_refs(f.parameters, prefix),
-                },
+                "properties": {"name": {"const": f.name}, key: params},
                 "required": ["name", key],
             }
         )
@@ -215,7 +271,12 @@ def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) 
                 param="tools",
             )
     key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
-    body = json_grammar(calls_schema(functions, key))
+    try:
+        body = json_grammar(calls_schema(functions, key))
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
+        raise InvalidRequest(
+            f"the tool parameter schemas are unusable: {exc}", param="tools"
+        ) from exc
     # The converter names its start rule `root`; ours wraps it in the format's markup.
     body = re.sub(r"^root ::=", "tool-call ::=", body, flags=re.MULTILINE)
     if fmt is ToolFormat.HERMES:
@@ -309,7 +370,10 @@ def prompt_messages(
 
 def _call_of(obj: Any, allowed: frozenset[str]) -> ToolCall | None:
     """A call from a decoded `{"name", "arguments"|"parameters"}` object, if it is one."""
-    if not isinstance(obj, dict) or obj.get("name") not in allowed:
+    if not isinstance(obj, dict):
+        return None
+    name = obj.get("name")
+    if not isinstance(name, str) or name not in allowed:
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
@@ -319,7 +383,7 @@ def _call_of(obj: Any, allowed: frozenset[str]) -> ToolCall | None:
             return None
     if not isinstance(args, dict):
         return None
-    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+    return ToolCall(name, json.dumps(args, ensure_ascii=False))
 
 
 def _partial_suffix(buf: str, marker: str) -> int:
@@ -385,6 +449,9 @@ class CallParser:
         if self._json:
             return self._finish_json()
         rest = (OPEN if self._inside else "") + self._buf
+        if self._inside and self.calls:
+            # A call cut short (max_tokens) after parsed ones: its markup is not content.
+            rest = ""
         self._buf, self._inside = "", False
         out = self._content(rest)
         if self._ws and not self.calls:
@@ -408,7 +475,9 @@ class CallParser:
         except ValueError:
             call = None
         if call is None:
-            return self._content(OPEN + body + CLOSE)
+            # Markup that is no call stays content, unless calls were parsed: then an answer
+            # is calls, never markup beside them.
+            return [] if self.calls else self._content(OPEN + body + CLOSE)
         self._ws = ""
         self.calls += 1
         return [call]
