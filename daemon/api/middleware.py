@@ -80,6 +80,7 @@ class ServiceMiddleware:
         try:
             await app(scope, receive, send_tracking)
         finally:
+            record.leases.close()
             self.state.inflight -= counted
             self.state.records.discard(record)
             current.reset(token)

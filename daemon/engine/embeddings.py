@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daemon.engine.errors import (
+    ContextOverflow,
+    GenerationFailed,
+    InvalidInput,
+    ModelUnavailable,
+)
 from daemon.engine.llama import ContextOptions, Model, Pooling
 from daemon.engine.worker import STOP, ContextWorker
-from daemon.errors import (
-    ContextLengthExceeded,
-    EdgedError,
-    EngineError,
-    InvalidRequest,
-    Unavailable,
-)
+from daemon.errors import EdgedError
 
 if TYPE_CHECKING:
     from daemon.engine.loaded import EngineOptions
@@ -138,19 +138,19 @@ class Embedder(ContextWorker):
     def check(self, inputs: list[list[int]], param: str = "input") -> None:
         """Reject empty inputs, unknown token ids and inputs longer than the context."""
         if not inputs:
-            raise InvalidRequest("the input is empty", param=param)
+            raise InvalidInput("the input is empty", subject=param)
         n_vocab = self.model.n_vocab
         for i, tokens in enumerate(inputs):
             if not tokens:
-                raise InvalidRequest(f"input {i} is empty", param=param)
+                raise InvalidInput(f"input {i} is empty", subject=param)
             if len(tokens) > self.max_tokens:
-                raise ContextLengthExceeded(
+                raise ContextOverflow(
                     f"input {i} has {len(tokens)} tokens; this model embeds at most "
                     f"{self.max_tokens}",
-                    param=param,
+                    subject=param,
                 )
             if any(not 0 <= t < n_vocab for t in tokens):
-                raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param=param)
+                raise InvalidInput(f"token ids must be in [0, {n_vocab})", subject=param)
 
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """Unit-length pooled vectors of the inputs, in order; decoded together with others."""
@@ -175,7 +175,7 @@ class Embedder(ContextWorker):
             if group:
                 self._decode_group(group)
             self.last_beat = time.monotonic()
-        _deliver([(j, Unavailable("the model was unloaded")) for j in pending])
+        _deliver([(j, ModelUnavailable("the model was unloaded", retry_after=1)) for j in pending])
 
     def _take_inbox(self, pending: deque[_Job]) -> bool:
         """Move queued inputs into `pending`, blocking while there is nothing to do."""
@@ -204,7 +204,7 @@ class Embedder(ContextWorker):
             if len(job.tokens) > budget:
                 if not group:  # `check` keeps this from happening; never spin on it
                     pending.popleft()
-                    _deliver([(job, EngineError("the input does not fit one batch"))])
+                    _deliver([(job, GenerationFailed("the input does not fit one batch"))])
                     continue
                 break
             pending.popleft()
@@ -220,7 +220,9 @@ class Embedder(ContextWorker):
             results = list(zip(group, vectors, strict=True))
         except Exception as exc:  # the thread must outlive any single failure
             log.exception("embedding decode failed")
-            error = exc if isinstance(exc, EdgedError) else EngineError(f"embedding failed: {exc}")
+            error = (
+                exc if isinstance(exc, EdgedError) else GenerationFailed(f"embedding failed: {exc}")
+            )
             results = [(j, error) for j in group]
         finally:
             self._busy = 0
@@ -235,14 +237,14 @@ class Embedder(ContextWorker):
                 b.add(tok, pos, seq, True)
         # Every sequence starts at position 0: nothing of the previous batch may remain.
         self.ctx.clear()
-        rc = self.ctx.decode(b)
+        rc = self._decode(b)
         if rc != 0:
-            raise EngineError(f"llama_decode returned {rc}")
+            raise GenerationFailed(f"llama_decode returned {rc}")
         vectors = []
         for seq in range(len(group)):
             vec = self.ctx.embeddings_seq(seq)
             if vec is None:
-                raise EngineError("llama.cpp produced no pooled embedding")
+                raise GenerationFailed("llama.cpp produced no pooled embedding")
             vectors.append(normalize(vec))
         return vectors
 

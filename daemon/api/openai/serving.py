@@ -16,6 +16,7 @@ from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.streams import Collected, collect_all, merge, sse
+from daemon.api.watch import leased
 from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
@@ -82,7 +83,7 @@ async def chat_completion(
     registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     plan = tools.plan_tools(req, lm.template.source)
     messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
     rendered = lm.render_chat(messages, **template_vars)
@@ -354,7 +355,7 @@ async def completion(
     registry: ModelRegistry, req: CompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompts = _completion_prompts(lm, req)
     count = req.logprob_count
     extras = _extras(req, count, req.echo and count is not None)
