@@ -165,8 +165,8 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(
-    max_examples=6,
-    stateful_step_count=6,
+    max_examples=5,
+    stateful_step_count=5,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
