@@ -25,8 +25,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "2",
         "--ctx-size",
         "2048",
-        "--request-timeout",
-        "10",
         env={"EDGED_API_KEYS": "key-a,key-b"},
     )
     yield srv
@@ -35,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+    with httpx.Client(base_url=server.url, timeout=600) as c:
         yield c
 
 
@@ -58,7 +56,8 @@ def gen(
     return http.post("/api/generate", json=body, headers=key)
 
 
-CHAT_A = "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
+SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHAT_A = f"{SYSTEM}<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
 CHAT_B = "<|im_start|>user\nThe code word is PELICAN. Repeat it.<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -66,7 +65,7 @@ def test_row1_a_finished_id_never_returns_another_keys_text(http: httpx.Client) 
     first = gen(http, A, "row1", CHAT_A, max_new_tokens=200)
     assert first.status_code == 200
     for i in range(3):  # key B occupies both slots with its own conversation
-        assert gen(http, B, f"b{i}", CHAT_B, max_new_tokens=30).status_code == 200
+        assert gen(http, B, f"b{i}", CHAT_B, max_new_tokens=12).status_code == 200
     again = gen(http, A, "row1", max_new_tokens=20)
     assert again.status_code == 200 and again.text == ""
     full = gen(http, A, "row1", only_new=False, max_new_tokens=20)
@@ -97,7 +96,7 @@ def test_row6_zero_new_tokens_returns_the_text_so_far(http: httpx.Client) -> Non
 
 def test_a_hang_up_keeps_the_exact_history(http: httpx.Client) -> None:
     prompt = "Count from one to fifty: one, two,"
-    ref = gen(http, A, "hang-ref", prompt, max_new_tokens=120).text
+    ref = gen(http, A, "hang-ref", prompt, max_new_tokens=24).text
     body = {
         "request_id": "hang",
         "prompt": prompt,
@@ -146,31 +145,6 @@ def test_store_metrics_count(http: httpx.Client) -> None:
     assert scrape()["hits"] == mid["hits"] + 1
 
 
-def test_streamed_generate_is_timed_out_and_says_so(http: httpx.Client) -> None:
-    """The default (streamed) mode is under the request timeout too; the cut is visible."""
-    body = {
-        "request_id": "too-long",
-        "prompt": "Write a very long story about a cat.",
-        "generation_config": {**GREEDY, "max_new_tokens": 1900},
-    }
-    received = []
-    with (
-        pytest.raises(httpx.RemoteProtocolError),
-        http.stream("POST", "/api/generate", json=body, headers=A) as r,
-    ):
-        assert r.status_code == 200
-        for part in r.iter_text():
-            received.append(part)
-    text = "".join(received)
-    assert "\n[edged error: timeout: " in text
-    # The id keeps what was generated: it continues rather than needing a prompt again.
-    for _ in range(100):
-        nxt = gen(http, A, "too-long", max_new_tokens=2)
-        if nxt.status_code != 409:
-            break
-    assert nxt.status_code == 200
-
-
 def test_streamed_generate_is_metered(http: httpx.Client) -> None:
     def tokens() -> float:
         return _metric(http.get("/metrics", headers=A).text, "edged_completion_tokens")
@@ -181,3 +155,34 @@ def test_streamed_generate_is_metered(http: httpx.Client) -> None:
     r = http.post("/api/generate", json=body, headers=A)
     assert r.status_code == 200
     assert tokens() >= before + 1
+
+
+def test_streamed_generate_is_timed_out_and_says_so(tmp_path: Path) -> None:
+    """The default (streamed) mode is under the request timeout too; the cut is visible."""
+    body = {
+        "request_id": "too-long",
+        "prompt": "Write a very long story about a cat.",
+        "generation_config": {**GREEDY, "max_new_tokens": 1900},
+    }
+    srv = start_server(tmp_path, "--parallel", "1", "--ctx-size", "2048", "--request-timeout", "1")
+    try:
+        received = []
+        with (
+            httpx.Client(base_url=srv.url, timeout=60) as http,
+            pytest.raises(httpx.RemoteProtocolError),
+            http.stream("POST", "/api/generate", json=body) as r,
+        ):
+            assert r.status_code == 200
+            for part in r.iter_text():
+                received.append(part)
+        text = "".join(received)
+        assert "\n[edged error: timeout: " in text
+        # The id keeps what was generated: it continues rather than needing a prompt again.
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for _ in range(100):
+                nxt = gen(http, {}, "too-long", max_new_tokens=2)
+                if nxt.status_code != 409:
+                    break
+            assert nxt.status_code == 200, nxt.text
+    finally:
+        stop_server(srv)
