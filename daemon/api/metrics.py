@@ -63,7 +63,9 @@ class EngineCollector(Collector):
                 "edged_request_store_hits", "request_id store hits", labels=["model"]
             ),
             "store_misses": CounterMetricFamily(
-                "edged_request_store_misses", "request_id lookups that found nothing", ["model"]
+                "edged_request_store_misses",
+                "request_id lookups that found nothing",
+                labels=["model"],
             ),
             "store_evictions": CounterMetricFamily(
                 "edged_request_store_evictions",
