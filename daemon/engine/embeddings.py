@@ -237,7 +237,7 @@ class Embedder(ContextWorker):
                 b.add(tok, pos, seq, True)
         # Every sequence starts at position 0: nothing of the previous batch may remain.
         self.ctx.clear()
-        rc = self._decode(b)
+        rc = self._llama_decode(b)
         if rc != 0:
             raise GenerationFailed(f"llama_decode returned {rc}")
         vectors = []

@@ -365,7 +365,7 @@ class Scheduler(ContextWorker):
             else:
                 self._add_chunk(a, chunks[id(a)])
 
-        rc = self._decode(b)
+        rc = self._llama_decode(b)
         self.steps += 1
         out: Out = []
         if rc != 0:

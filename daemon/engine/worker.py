@@ -38,7 +38,7 @@ class ContextWorker:
     def _run(self) -> None:
         raise NotImplementedError
 
-    def _decode(self, batch: Batch) -> int:
+    def _llama_decode(self, batch: Batch) -> int:
         """llama_decode, with the liveness marks the watchdog reads."""
         self.decode_started = time.monotonic()
         try:
