@@ -33,6 +33,13 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "price_input_per_million": ("--price-input", float, "price per million prompt tokens"),
     "price_output_per_million": ("--price-output", float, "price per million output tokens"),
     "store_dir": ("--store-dir", Path, "spill and persist the request_id store here"),
+    "store_key_max_bytes": ("--store-key-max-bytes", int, "request_id store bytes per API key"),
+    "store_ttl": ("--store-ttl", float, "seconds an unused request_id entry is kept"),
+    "max_concurrency_per_key": (
+        "--max-concurrency-per-key",
+        int,
+        "requests of one API key running at once per model",
+    ),
     # running as a service
     "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),
     "max_tokens_cap": ("--max-tokens-cap", int, "largest max_tokens a request may ask for"),

@@ -49,6 +49,13 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_queue=settings.max_queue,
         store_max_bytes=settings.store_max_bytes,
         store_dir=settings.store_dir,
+        store_key_max_bytes=(
+            settings.store_key_max_bytes
+            if settings.store_key_max_bytes is not None
+            else settings.store_max_bytes // 4
+        ),
+        store_ttl=settings.store_ttl,
+        max_per_key=settings.max_concurrency_per_key,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
             n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),
@@ -158,9 +165,12 @@ def create_app(
 
 
 def _persist_and_close(reg: ModelRegistry) -> None:
-    """Shutdown: save what survives a restart (the request_id store), then unload."""
+    """Shutdown: unload (running generations save their state first), then save what
+    survives a restart (the request_id stores)."""
     try:
-        reg.persist()
-    except Exception:  # a failed save must not keep the models from being freed
-        log.exception("saving state before shutdown failed")
-    reg.close()
+        reg.close()
+    finally:
+        try:
+            reg.persist()
+        except Exception:  # logged: nothing more can be done at exit
+            log.exception("saving state before shutdown failed")

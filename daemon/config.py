@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     price_output_per_million: float = Field(0.0, ge=0, description="usage.estimated_cost output")
     store_max_bytes: int = Field(512 << 20, ge=0, description="request_id store memory bound")
     store_dir: Path | None = Field(None, description="spill/persist the request_id store here")
+    store_key_max_bytes: int | None = Field(
+        None, ge=0, description="request_id store bytes one API key may hold (unset = 1/4)"
+    )
+    store_ttl: float | None = Field(
+        7 * 86400.0, gt=0, description="seconds an unused request_id entry is kept"
+    )
+    max_concurrency_per_key: int | None = Field(
+        None, ge=1, description="requests of one API key running at once per model"
+    )
 
     # ---- running as a service: security, limits, model lifecycle, observability ----
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")

@@ -11,6 +11,7 @@ from typing import Any
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers import BaseRouteHandler
 
+from daemon.api.watch import current
 from daemon.config import Settings
 from daemon.errors import Unauthorized
 
@@ -85,7 +86,11 @@ def api_key_guard(keys: ApiKeys, public_paths: frozenset[str]) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         if not keys.enabled or connection.scope["path"] in public_paths:
             return
-        connection.state[_STATE_KEY] = keys.identify(presented_key(connection))
+        identity = keys.identify(presented_key(connection))
+        connection.state[_STATE_KEY] = identity
+        record = current.get()
+        if record is not None:  # the engine schedules fairly between owners
+            record.owner = identity
 
     return guard
 

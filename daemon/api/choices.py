@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.api.sampling import SamplingFields
+from daemon.api.watch import request_owner
 from daemon.config import Settings
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
@@ -115,6 +116,7 @@ def submit_choices(
                 prompt_logprobs=extras.prompt_logprobs,
                 fork_group=group,
                 fork_size=n,
+                owner=request_owner(),
             )
             for j in range(n)
         )

@@ -8,7 +8,19 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from daemon.errors import EdgedError, error_body
+from daemon.engine import errors as engine
+from daemon.errors import (
+    Conflict,
+    ContextLengthExceeded,
+    EdgedError,
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+    error_body,
+)
 
 log = logging.getLogger("edged.api")
 
@@ -23,7 +35,44 @@ _CODES = {
 }
 
 
-def _edged(_: Request[Any, Any, Any], exc: EdgedError) -> Response[dict[str, Any]]:
+# What a dialect calls an engine input, where its name differs from the engine's own.
+_FIELDS: dict[str, dict[str, str]] = {
+    "/chat/completions": {"prompt": "messages"},
+    "/api/generate": {"max_tokens": "generation_config.max_new_tokens"},
+    "/api/generate-batch": {"max_tokens": "generation_config.max_new_tokens"},
+}
+
+
+def to_api(exc: EdgedError, path: str = "") -> EdgedError:
+    """The engine's error as the API error (status, type, field) the dialect at `path`
+    reports; any other error as it is."""
+    if not isinstance(exc, engine.EngineError):
+        return exc
+    names = next((f for suffix, f in _FIELDS.items() if path.endswith(suffix)), {})
+    param = names.get(exc.subject, exc.subject) if exc.subject else None
+    retry = exc.retry_after or 1
+    msg = exc.message
+    if isinstance(exc, engine.ContextOverflow):
+        return ContextLengthExceeded(msg, param=param)
+    if isinstance(exc, engine.WrongModelKind):
+        return InvalidRequest(msg, param=param, code="model_not_supported")
+    if isinstance(exc, engine.InvalidInput):
+        return InvalidRequest(msg, param=param)
+    if isinstance(exc, engine.UnknownModel):
+        return ModelNotFound(msg, param=param)
+    if isinstance(exc, engine.ModelUnavailable):
+        return Unavailable(msg, retry_after=retry)
+    if isinstance(exc, engine.LoadFailed):
+        return ModelLoadError(msg)
+    if isinstance(exc, engine.QueueFull):
+        return Overloaded(msg, retry_after=retry)
+    if isinstance(exc, engine.IdBusy):
+        return Conflict(msg, param=param)
+    return EngineError(msg)
+
+
+def _edged(request: Request[Any, Any, Any], exc: EdgedError) -> Response[dict[str, Any]]:
+    exc = to_api(exc, request.url.path)
     return Response(exc.to_wire(), status_code=exc.status_code, headers=exc.headers)
 
 

@@ -47,6 +47,11 @@ class EngineCollector(Collector):
             "store": GaugeMetricFamily(
                 "edged_request_store_bytes", "Bytes held by the request_id store", labels=["model"]
             ),
+            "store_entries": GaugeMetricFamily(
+                "edged_request_store_entries",
+                "request_id entries held in memory",
+                labels=["model"],
+            ),
         }
         c = {
             "hits": CounterMetricFamily(
@@ -56,6 +61,16 @@ class EngineCollector(Collector):
             ),
             "store_hits": CounterMetricFamily(
                 "edged_request_store_hits", "request_id store hits", labels=["model"]
+            ),
+            "store_misses": CounterMetricFamily(
+                "edged_request_store_misses",
+                "request_id lookups that found nothing",
+                labels=["model"],
+            ),
+            "store_evictions": CounterMetricFamily(
+                "edged_request_store_evictions",
+                "request_id entries evicted from memory (quota or bound)",
+                labels=["model"],
             ),
             "steps": CounterMetricFamily(
                 "edged_decode_steps", "llama_decode calls", labels=["model"]
@@ -68,10 +83,16 @@ class EngineCollector(Collector):
             g["slots"].add_metric(m, s.n_slots)
             g["busy"].add_metric(m, s.busy_slots)
             g["kv"].add_metric(m, _num(s, "cached_tokens"))
-            g["store"].add_metric(m, _num(s, "store_bytes") or _num(lm, "store_bytes"))
             c["hits"].add_metric(m, _num(s, "cache_hit_tokens"))
-            c["store_hits"].add_metric(m, _num(s, "store_hits") or _num(lm, "store_hits"))
             c["steps"].add_metric(m, _num(s, "steps"))
+        # The stores outlive unloads: they are read by model whether loaded or not.
+        for name, store in self._registry.stores().items():
+            m = [name]
+            g["store"].add_metric(m, store.nbytes)
+            g["store_entries"].add_metric(m, len(store))
+            c["store_hits"].add_metric(m, store.hits)
+            c["store_misses"].add_metric(m, store.misses)
+            c["store_evictions"].add_metric(m, store.evictions)
         yield from g.values()
         yield from c.values()
         reg = self._registry

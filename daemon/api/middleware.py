@@ -129,6 +129,7 @@ class ServiceMiddleware:
             await app(scope, watch, send_tracking)
         finally:
             await watch.stop()
+            record.leases.close()
             self.state.inflight -= counted
             self.state.records.discard(record)
             current.reset(token)

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar.response import ServerSentEvent
 
+from daemon.api.errors import to_api
 from daemon.api.watch import watched
 from daemon.engine.handle import RequestHandle
 from daemon.engine.types import Chunk, FinishReason, TokenLogprob
@@ -117,7 +118,7 @@ def sse(events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]) -> 
                     yield _encode(event)
             yield b"[DONE]"
         except EdgedError as exc:
-            yield _encode(exc.to_wire())
+            yield _encode(to_api(exc).to_wire())
         except Exception as exc:  # never a torn stream without a word
             log.exception("stream failed")
             yield _encode(EngineError(f"stream failed: {exc}").to_wire())

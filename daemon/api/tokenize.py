@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from daemon.api.sampling import ProtocolModel
+from daemon.api.watch import leased
 from daemon.engine.registry import ModelRegistry
 from daemon.errors import InvalidRequest
 
@@ -36,7 +37,7 @@ async def tokenize(
     data: JSONBody[TokenizeRequest], registry: NamedDependency[ModelRegistry]
 ) -> dict[str, Any]:
     """`{content, add_special?, parse_special?}` → `{tokens}`."""
-    lm = await registry.get(data.model)
+    lm = await leased(registry, data.model)
     # Off the event loop: a body of megabytes takes a while to tokenize.
     tokens = await asyncio.to_thread(
         lm.model.tokenize,
@@ -52,7 +53,7 @@ async def detokenize(
     data: JSONBody[DetokenizeRequest], registry: NamedDependency[ModelRegistry]
 ) -> dict[str, Any]:
     """`{tokens, special?}` → `{content}`; `special` renders control tokens as their text."""
-    lm = await registry.get(data.model)
+    lm = await leased(registry, data.model)
     n_vocab = lm.model.n_vocab
     if any(not 0 <= t < n_vocab for t in data.tokens):
         raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param="tokens")

@@ -9,7 +9,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from daemon.api.errors import to_api
+from daemon.engine.client import EngineClient, LeaseScope
+from daemon.engine.errors import EngineError
 from daemon.engine.handle import RequestHandle
+from daemon.engine.loaded import LoadedModel
+from daemon.engine.registry import ModelRegistry
 from daemon.errors import EdgedError, Timeout
 
 
@@ -30,6 +35,8 @@ class RequestRecord:
     """What one HTTP request did in the engine; filled by `watched`, read by the middleware."""
 
     timeout: float | None = None
+    # The caller's API key identity ("" without auth), set by the key guard.
+    owner: str = ""
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -38,6 +45,8 @@ class RequestRecord:
     live: list[RequestHandle] = field(default_factory=list)
     # Set when the client hung up: what is running is cut, what is submitted later at once.
     gone: EdgedError | None = None
+    # Models this request uses, leased until its last byte is sent (the middleware closes it).
+    leases: LeaseScope = field(default_factory=LeaseScope)
     _seen: set[int] = field(default_factory=set)
 
     def cut(self, error: EdgedError) -> None:
@@ -69,11 +78,30 @@ class RequestRecord:
 current: ContextVar[RequestRecord | None] = ContextVar("edged_request", default=None)
 
 
+def request_owner() -> str:
+    """The API key identity of the HTTP request being served ("" without auth)."""
+    record = current.get()
+    return record.owner if record is not None else ""
+
+
+async def leased(
+    registry: ModelRegistry, name: str | None, keep_alive: float | str | None = "default"
+) -> LoadedModel:
+    """The loaded model for `name`, held by this HTTP request until its last byte."""
+    record = current.get()
+    try:
+        return await EngineClient(registry).acquire(
+            name, record.leases if record is not None else None, keep_alive
+        )
+    except EngineError as exc:  # the boundary: callers see the API's own errors
+        raise to_api(exc) from exc
+
+
 def _fail(handle: RequestHandle, error: EdgedError) -> None:
     """End the waiter's wait with `error` and stop the generation at the next step."""
-    # The handle's queue is where the scheduler's own errors arrive; the waiter raises it.
-    handle._put(error)
-    handle.cancel()
+    # The engine keeps running until its next step: only the reader is released here, and
+    # the handle's done callbacks (the request_id guard) wait for the engine itself.
+    handle.fail(error)
 
 
 def _expire(handle: RequestHandle, limit: float) -> None:

@@ -7,6 +7,7 @@ them (HF's `early_stopping=False` heuristic), or at `max_new_tokens`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -82,7 +83,10 @@ class BeamSearch:
         self.done = False
 
     def _normalize(self, sum_logprobs: float, length: int) -> float:
-        return sum_logprobs / (max(length, 1) ** self.length_penalty)
+        # In log space and clamped: any length_penalty, however large, neither overflows
+        # nor divides by an underflowed zero.
+        exponent = self.length_penalty * math.log(max(length, 1))
+        return sum_logprobs / math.exp(max(-700.0, min(700.0, exponent)))
 
     def _add(self, tokens: list[int], sum_logprobs: float, ended: bool) -> None:
         hyp = Hypothesis(self._normalize(sum_logprobs, len(tokens)), tokens, sum_logprobs, ended)

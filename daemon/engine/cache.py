@@ -1,8 +1,10 @@
-"""The request_id store: finished sequences kept so a later request can continue them.
+"""The request_id store: kept sequences a later request can continue.
 
 Entries are keyed by (owner, request_id), where owner identifies the caller's API key, so
-one key can never continue another key's generation. Memory is bounded in bytes (LRU);
-evicted entries spill to a directory when one is configured, itself bounded in bytes.
+one key can never continue another key's generation. Memory is bounded in bytes (LRU), and
+each owner has its own byte quota, so one key's burst evicts only that key's entries.
+Entries unused for `ttl` seconds expire. Evicted entries spill to a directory when one is
+configured (itself bounded in bytes), one self-checking file per entry, written atomically.
 """
 
 from __future__ import annotations
@@ -10,20 +12,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import struct
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.engine.errors import IdBusy
 from daemon.engine.types import SavedSequence
-from daemon.errors import Conflict
 
 log = logging.getLogger("edged.store")
 
 StoreKey = tuple[str, str]
 
+# A spill file: magic, header length, JSON header (key, tokens, sha256 of the KV bytes), KV.
+_MAGIC = b"EDGSEQ1\n"
+_SUFFIX = ".seq"
+
+
+@dataclass
+class _Entry:
+    seq: SavedSequence
+    used: float  # wall-clock time of the last claim or save (for the TTL)
+
 
 class SequenceStore:
-    """Bounded, thread-safe LRU of SavedSequence with optional spill to disk."""
+    """Bounded, thread-safe LRU of SavedSequence with per-owner quotas, TTL and disk spill."""
 
     def __init__(
         self,
@@ -31,16 +47,23 @@ class SequenceStore:
         *,
         spill_dir: Path | None = None,
         spill_max_bytes: int = 4 << 30,
+        owner_max_bytes: int | None = None,
+        ttl: float | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        self.owner_max_bytes = max_bytes if owner_max_bytes is None else owner_max_bytes
+        self.ttl = ttl
         self.spill_dir = spill_dir
         self.spill_max_bytes = spill_max_bytes
-        self._mem: OrderedDict[StoreKey, SavedSequence] = OrderedDict()
+        self._mem: OrderedDict[StoreKey, _Entry] = OrderedDict()
         self._busy: set[StoreKey] = set()
         self._bytes = 0
+        self._owner_bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
+        self.expired = 0
         if spill_dir is not None:
             spill_dir.mkdir(parents=True, exist_ok=True)
 
@@ -52,24 +75,35 @@ class SequenceStore:
     def __len__(self) -> int:
         return len(self._mem)
 
+    def owner_bytes(self, owner: str) -> int:
+        """Bytes held in memory for one owner."""
+        return self._owner_bytes[owner]
+
     def claim(self, key: StoreKey) -> SavedSequence | None:
-        """Mark `key` as generating and return what it may continue; 409 if it is busy."""
+        """Mark `key` as generating and return what it may continue; 409 if it is busy.
+
+        The mark holds until `release`, which the engine calls once it is done with the
+        request, so no second request can run under the same id meanwhile.
+        """
+        now = time.time()
         with self._lock:
             if key in self._busy:
-                raise Conflict(
-                    f"request_id {key[1]!r} is being generated right now", param="request_id"
+                raise IdBusy(
+                    f"request_id {key[1]!r} is being generated right now", subject="request_id"
                 )
+            self._expire(now)
             self._busy.add(key)
             entry = self._mem.get(key)
             if entry is not None:
                 self._mem.move_to_end(key)
-        if entry is None:
-            entry = self._load_spilled(key)
-        if entry is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return entry
+                entry.used = now
+        seq = entry.seq if entry is not None else self._load_spilled(key, now)
+        with self._lock:
+            if seq is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return seq
 
     def release(self, key: StoreKey, entry: SavedSequence | None) -> None:
         """End a generation under `key`, keeping `entry` (None keeps the previous one)."""
@@ -78,84 +112,157 @@ class SequenceStore:
             self._busy.discard(key)
             if entry is None:
                 return
-            old = self._mem.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._mem[key] = entry
+            self._drop(key)
+            self._mem[key] = _Entry(entry, time.time())
             self._bytes += entry.nbytes
+            self._owner_bytes[key[0]] += entry.nbytes
+            owner = key[0]
+            # The owner's own quota first: its oldest entries go, never another owner's.
+            while self._owner_bytes[owner] > self.owner_max_bytes:
+                evicted.append(self._evict(next(k for k in self._mem if k[0] == owner)))
             while self._bytes > self.max_bytes and self._mem:
-                k, e = self._mem.popitem(last=False)
-                self._bytes -= e.nbytes
-                evicted.append((k, e))
+                # Over the total: the oldest entry of the owner holding the most goes.
+                top = max(self._owner_bytes, key=lambda o: self._owner_bytes[o])
+                evicted.append(self._evict(next(k for k in self._mem if k[0] == top)))
         for k, e in evicted:
             self._spill(k, e)
+
+    def delete(self, key: StoreKey) -> bool:
+        """Forget `key` in memory and on disk; False when there was nothing; 409 while busy."""
+        with self._lock:
+            if key in self._busy:
+                raise IdBusy(
+                    f"request_id {key[1]!r} is being generated right now", subject="request_id"
+                )
+            found = self._drop(key) is not None
+        if self.spill_dir is not None:
+            path = self._path(key)
+            if path.exists():
+                found = found or self._read(path, key) is not None
+                path.unlink(missing_ok=True)
+        return found
 
     def persist(self) -> int:
         """Write every in-memory entry to the spill directory; returns how many were written."""
         if self.spill_dir is None:
             return 0
         with self._lock:
-            items = list(self._mem.items())
+            items = [(k, e.seq) for k, e in self._mem.items()]
         for k, e in items:
             self._spill(k, e)
         return len(items)
+
+    def _drop(self, key: StoreKey) -> _Entry | None:
+        old = self._mem.pop(key, None)
+        if old is not None:
+            self._bytes -= old.seq.nbytes
+            self._owner_bytes[key[0]] -= old.seq.nbytes
+            if self._owner_bytes[key[0]] <= 0:
+                del self._owner_bytes[key[0]]
+        return old
+
+    def _evict(self, key: StoreKey) -> tuple[StoreKey, SavedSequence]:
+        old = self._drop(key)
+        assert old is not None
+        self.evictions += 1
+        return key, old.seq
+
+    def _expire(self, now: float) -> None:
+        if self.ttl is None:
+            return
+        for k in [k for k, e in self._mem.items() if now - e.used > self.ttl]:
+            if k not in self._busy:
+                self._drop(k)
+                self.expired += 1
 
     # ---- spill ----------------------------------------------------------------------
 
     def _path(self, key: StoreKey) -> Path:
         assert self.spill_dir is not None
         digest = hashlib.sha256(json.dumps(list(key)).encode()).hexdigest()
-        return self.spill_dir / digest
+        return self.spill_dir / (digest + _SUFFIX)
 
     def _spill(self, key: StoreKey, entry: SavedSequence) -> None:
         if self.spill_dir is None:
             return
-        base = self._path(key)
-        meta = {
-            "key": list(key),
-            "tokens": list(entry.tokens),
-            "pending": list(entry.pending),
-            "n_prompt": entry.n_prompt,
-            "finished": entry.finished,
-            "exact": entry.exact,
-        }
+        state = entry.state or b""
+        header = json.dumps(
+            {
+                "key": list(key),
+                "tokens": list(entry.tokens),
+                "pending": list(entry.pending),
+                "n_prompt": entry.n_prompt,
+                "finished": entry.finished,
+                "exact": entry.exact,
+                "tail": entry.tail.hex(),
+                "has_state": entry.state is not None,
+                "kv_sha256": hashlib.sha256(state).hexdigest(),
+            }
+        ).encode()
+        path = self._path(key)
+        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
         try:
-            tmp = base.with_suffix(".tmp")
-            tmp.write_bytes(entry.state or b"")
-            tmp.replace(base.with_suffix(".kv"))
-            base.with_suffix(".json").write_text(json.dumps(meta))
+            # One file, renamed into place: a crash leaves the old entry or the new one,
+            # never tokens of one beside the KV of another.
+            with tmp.open("wb") as f:
+                f.write(_MAGIC + struct.pack("<I", len(header)) + header + state)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
         except OSError as exc:
             log.warning("could not spill a request_id entry: %s", exc)
+            tmp.unlink(missing_ok=True)
             return
         self._trim_spill()
 
-    def _load_spilled(self, key: StoreKey) -> SavedSequence | None:
+    def _load_spilled(self, key: StoreKey, now: float) -> SavedSequence | None:
         if self.spill_dir is None:
             return None
-        base = self._path(key)
+        path = self._path(key)
         try:
-            meta = json.loads(base.with_suffix(".json").read_text())
-            state = base.with_suffix(".kv").read_bytes()
-        except (OSError, ValueError):
+            if self.ttl is not None and now - path.stat().st_mtime > self.ttl:
+                path.unlink(missing_ok=True)
+                return None
+        except OSError:
             return None
-        if meta.get("key") != list(key):
+        return self._read(path, key)
+
+    @staticmethod
+    def _read(path: Path, key: StoreKey) -> SavedSequence | None:
+        try:
+            data = path.read_bytes()
+            if not data.startswith(_MAGIC):
+                return None
+            (n,) = struct.unpack_from("<I", data, len(_MAGIC))
+            start = len(_MAGIC) + 4
+            meta = json.loads(data[start : start + n])
+            state = data[start + n :]
+            if meta.get("key") != list(key):
+                return None
+            if hashlib.sha256(state).hexdigest() != meta["kv_sha256"]:
+                log.warning("a spilled request_id entry is corrupt; ignored")
+                return None
+            return SavedSequence(
+                tokens=tuple(meta["tokens"]),
+                pending=tuple(meta["pending"]),
+                n_prompt=int(meta["n_prompt"]),
+                state=state if meta.get("has_state", True) else None,
+                finished=bool(meta.get("finished", False)),
+                exact=int(meta.get("exact", 0)),
+                tail=bytes.fromhex(meta.get("tail", "")),
+            )
+        except (OSError, ValueError, KeyError, struct.error):
             return None
-        return SavedSequence(
-            tokens=tuple(meta["tokens"]),
-            pending=tuple(meta["pending"]),
-            n_prompt=int(meta["n_prompt"]),
-            state=state or None,
-            finished=bool(meta.get("finished", False)),
-            exact=int(meta.get("exact", 0)),
-        )
 
     def _trim_spill(self) -> None:
         assert self.spill_dir is not None
-        files = sorted(self.spill_dir.glob("*.kv"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for p in files:
-            if total <= self.spill_max_bytes:
-                break
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
-            p.with_suffix(".json").unlink(missing_ok=True)
+        try:
+            files = sorted(self.spill_dir.glob("*" + _SUFFIX), key=lambda p: p.stat().st_mtime)
+            total = sum(p.stat().st_size for p in files)
+            for p in files:
+                if total <= self.spill_max_bytes:
+                    break
+                total -= p.stat().st_size
+                p.unlink(missing_ok=True)
+        except OSError as exc:  # a file vanished under us (another trim): next time
+            log.debug("trimming the spill directory: %s", exc)

@@ -8,7 +8,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from daemon.errors import InvalidRequest
+from daemon.engine.errors import InvalidInput
 
 # Used when a GGUF carries no template: ChatML, which most small instruct models speak.
 CHATML_TEMPLATE = (
@@ -58,6 +58,6 @@ class ChatTemplate:
                 **extra,
             )
         except SecurityError as exc:
-            raise InvalidRequest(f"chat template refused: {exc}", param="messages") from exc
+            raise InvalidInput(f"chat template refused: {exc}", subject="messages") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
-            raise InvalidRequest(f"chat template failed: {exc}", param="messages") from exc
+            raise InvalidInput(f"chat template failed: {exc}", subject="messages") from exc

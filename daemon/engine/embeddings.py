@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daemon.engine.errors import (
+    ContextOverflow,
+    GenerationFailed,
+    InvalidInput,
+    ModelUnavailable,
+    WrongModelKind,
+)
 from daemon.engine.llama import ContextOptions, Model, Pooling
 from daemon.engine.worker import STOP, ContextWorker
-from daemon.errors import (
-    ContextLengthExceeded,
-    EdgedError,
-    EngineError,
-    InvalidRequest,
-    Unavailable,
-)
+from daemon.errors import EdgedError
 
 if TYPE_CHECKING:
     from daemon.engine.loaded import EngineOptions
@@ -146,37 +147,34 @@ class Embedder(ContextWorker):
     def check(self, inputs: list[list[int]], param: str = "input") -> None:
         """Reject empty inputs, unknown token ids and inputs longer than the context."""
         if not inputs:
-            raise InvalidRequest("the input is empty", param=param)
+            raise InvalidInput("the input is empty", subject=param)
         n_vocab = self.model.n_vocab
         for i, tokens in enumerate(inputs):
             if not tokens:
-                raise InvalidRequest(f"input {i} is empty", param=param)
+                raise InvalidInput(f"input {i} is empty", subject=param)
             if len(tokens) > self.max_tokens:
-                raise ContextLengthExceeded(
+                raise ContextOverflow(
                     f"input {i} has {len(tokens)} tokens; this model embeds at most "
                     f"{self.max_tokens}",
-                    param=param,
+                    subject=param,
                 )
             if any(not 0 <= t < n_vocab for t in tokens):
-                raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param=param)
+                raise InvalidInput(f"token ids must be in [0, {n_vocab})", subject=param)
 
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """Unit-length pooled vectors of the inputs, in order; decoded together with others."""
         if self.ranks:
-            raise InvalidRequest(
-                f"`{self.name}` is a reranker; it gives scores, not embeddings",
-                param="model",
-                code="model_not_supported",
+            raise WrongModelKind(
+                f"`{self.name}` is a reranker; it gives scores, not embeddings", subject="model"
             )
         return await self._run_inputs(inputs, "input")
 
     async def score(self, pairs: list[list[int]], param: str = "documents") -> list[float]:
         """A reranker's relevance score (classifier output 0, raw) of each tokenized pair."""
         if not self.ranks:
-            raise InvalidRequest(
+            raise WrongModelKind(
                 f"`{self.name}` is not a reranker (its GGUF declares no rank pooling)",
-                param="model",
-                code="model_not_supported",
+                subject="model",
             )
         return [float(out[0]) for out in await self._run_inputs(pairs, param)]
 
@@ -202,7 +200,7 @@ class Embedder(ContextWorker):
             if group:
                 self._decode_group(group)
             self.last_beat = time.monotonic()
-        _deliver([(j, Unavailable("the model was unloaded")) for j in pending])
+        _deliver([(j, ModelUnavailable("the model was unloaded", retry_after=1)) for j in pending])
 
     def _take_inbox(self, pending: deque[_Job]) -> bool:
         """Move queued inputs into `pending`, blocking while there is nothing to do."""
@@ -231,7 +229,7 @@ class Embedder(ContextWorker):
             if len(job.tokens) > budget:
                 if not group:  # `check` keeps this from happening; never spin on it
                     pending.popleft()
-                    _deliver([(job, EngineError("the input does not fit one batch"))])
+                    _deliver([(job, GenerationFailed("the input does not fit one batch"))])
                     continue
                 break
             pending.popleft()
@@ -247,7 +245,9 @@ class Embedder(ContextWorker):
             results = list(zip(group, vectors, strict=True))
         except Exception as exc:  # the thread must outlive any single failure
             log.exception("embedding decode failed")
-            error = exc if isinstance(exc, EdgedError) else EngineError(f"embedding failed: {exc}")
+            error = (
+                exc if isinstance(exc, EdgedError) else GenerationFailed(f"embedding failed: {exc}")
+            )
             results = [(j, error) for j in group]
         finally:
             self._busy = 0
@@ -262,14 +262,14 @@ class Embedder(ContextWorker):
                 b.add(tok, pos, seq, True)
         # Every sequence starts at position 0: nothing of the previous batch may remain.
         self.ctx.clear()
-        rc = self.ctx.decode(b)
+        rc = self._llama_decode(b)
         if rc != 0:
-            raise EngineError(f"llama_decode returned {rc}")
+            raise GenerationFailed(f"llama_decode returned {rc}")
         vectors = []
         for seq in range(len(group)):
             vec = self.ctx.rank_seq(seq) if self.ranks else self.ctx.embeddings_seq(seq)
             if vec is None:
-                raise EngineError("llama.cpp produced no pooled embedding")
+                raise GenerationFailed("llama.cpp produced no pooled embedding")
             vectors.append(vec if self.ranks else normalize(vec))
         return vectors
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+from daemon.engine.errors import LoadFailed
 from daemon.engine.llama import ggml_library
-from daemon.errors import ModelLoadError
 
 log = logging.getLogger("edged.rpc")
 
@@ -125,7 +125,7 @@ def rpc_add_server(endpoint: str) -> list[Device]:
         raise RuntimeError(RPC_MISSING)
     reg = lib.ggml_backend_rpc_add_server(endpoint.encode())
     if not reg:
-        raise ModelLoadError(f"RPC worker {endpoint} offers no device")
+        raise LoadFailed(f"RPC worker {endpoint} offers no device")
     g = _ggml()
     n = g.ggml_backend_reg_dev_count(reg)
     return [_device(g.ggml_backend_reg_dev_get(reg, i)) for i in range(n)]

@@ -64,20 +64,55 @@ class RequestHandle:
                 return
 
     def add_done_callback(self, fn: Callable[[RequestHandle], None]) -> None:
-        """Call `fn(handle)` on the event loop once the engine is done with this request,
-        whether or not anybody reads its chunks."""
+        """Call `fn(handle)` once the ENGINE is done with this request (its slots freed and
+        `saved` final), whether or not anybody still reads its chunks.
+
+        It runs on the engine's thread, so it must be thread-safe and quick. An error put in
+        front of the reader (`fail`) does not count: the engine may still be running.
+        """
         self._on_done.append(fn)
+
+    def fail(self, error: EdgedError) -> None:
+        """End the reader's wait with `error` and stop the generation at the next step."""
+        self._queue.put_nowait(error)
+        self.cancel()
+
+    def _engine_done(self) -> None:
+        """Called by the engine exactly once, when it lets go of this request."""
+        callbacks, self._on_done = self._on_done, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                log.exception("a request's done callback failed")
 
     def _put(self, item: Chunk | EdgedError) -> None:
         self._queue.put_nowait(item)
         if isinstance(item, EdgedError) or item.finish_reason is not None:
             self.finished_at = time.monotonic()
-            callbacks, self._on_done = self._on_done, []
-            for fn in callbacks:
-                try:
-                    fn(self)
-                except Exception:
-                    log.exception("a request's done callback failed")
+
+
+Out = list[tuple[RequestHandle, Chunk | EdgedError]]
+
+
+def deliver(out: Out) -> None:
+    """Hand engine output to each event loop with one thread-safe call per loop."""
+    if not out:
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, Out] = {}
+    for h, item in out:
+        by_loop.setdefault(h.loop, []).append((h, item))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for h, _ in items:
+                h.cancelled = True
+
+
+def _put_all(items: Out) -> None:
+    for h, item in items:
+        h._put(item)
 
 
 def _join(a: Chunk, b: Chunk) -> Chunk:

@@ -14,8 +14,8 @@ import llama_cpp as lc
 import numpy as np
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from daemon.engine.errors import LoadFailed
 from daemon.engine.types import CacheType, SamplingParams
-from daemon.errors import ModelLoadError
 
 log = logging.getLogger("edged.llama")
 
@@ -145,10 +145,10 @@ class Model:
             self._devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
             params.devices = ctypes.addressof(self._devices)
         if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
+            raise LoadFailed(f"model file not found: {path}")
         ptr = lc.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
-            raise ModelLoadError(f"llama.cpp could not load {path.name}")
+            raise LoadFailed(f"llama.cpp could not load {path.name}")
         self.ptr = ptr
         self.path = path
         self.vocab = lc.llama_model_get_vocab(ptr)
@@ -278,7 +278,7 @@ class Context:
         )
         ptr = lc.llama_init_from_model(model.ptr, params)
         if not ptr:
-            raise ModelLoadError(f"could not create a context for {model.path.name}")
+            raise LoadFailed(f"could not create a context for {model.path.name}")
         self.ptr = ptr
         self.model = model
         self.n_ctx: int = lc.llama_n_ctx(ptr)
@@ -368,6 +368,8 @@ class Batch:
     def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         """Append one row; returns its index."""
         i = self.n_tokens
+        if i >= self.capacity:  # llama_batch_init arrays end here: never write past them
+            raise IndexError(f"the batch holds at most {self.capacity} tokens")
         self._token[i] = token
         self._pos[i] = pos
         self._n_seq[i] = 1

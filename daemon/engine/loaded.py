@@ -13,11 +13,11 @@ import jinja2
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
 from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
+from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable, NotGenerative
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import CacheType, GenerationRequest
-from daemon.errors import ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("edged.engine")
 
@@ -39,6 +39,11 @@ class EngineOptions:
     model: ModelOptions = field(default_factory=ModelOptions)
     store_max_bytes: int = 512 << 20
     store_dir: Path | None = None
+    # Per API key share of the store (None: the whole bound), and idle expiry in seconds.
+    store_key_max_bytes: int | None = None
+    store_ttl: float | None = None
+    # Requests of one API key running at once on one model (None: no cap).
+    max_per_key: int | None = None
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -66,17 +71,28 @@ def prompt_tokens(model: Model, text: str) -> list[int]:
 class LoadedModel:
     """One GGUF loaded with its own context and scheduler thread."""
 
-    def __init__(self, name: str, path: Path, options: EngineOptions) -> None:
+    def __init__(
+        self, name: str, path: Path, options: EngineOptions, store: SequenceStore | None = None
+    ) -> None:
         self.name = name
         self.path = path
         self.loaded_at = time.time()
+        self.closed = False
+        # The request_id store outlives this object (the registry owns it across unloads).
+        self.store = store if store is not None else SequenceStore(options.store_max_bytes)
         self.model = Model(path, options.model)
+        try:
+            self._start(options)
+        except BaseException:  # a context that cannot be created must not leak the weights
+            self.model.close()
+            raise
+
+    def _start(self, options: EngineOptions) -> None:
+        name = self.name
         self.template = chat_template(self.model, name)
         train = self.model.n_ctx_train
         self.ctx_size = min(options.ctx_size, train) if train > 0 else options.ctx_size
         self.kv_types: tuple[CacheType, CacheType] = (options.cache_type_k, options.cache_type_v)
-        spill = options.store_dir / name.replace("/", "_") if options.store_dir else None
-        self.store = SequenceStore(options.store_max_bytes, spill_dir=spill)
         self.embedder: Embedder | None = None
         self.scheduler: Scheduler | None = None
         # A cross-encoder (RANK pooling): the same packing worker, scores instead of vectors.
@@ -93,7 +109,8 @@ class LoadedModel:
             self.model,
             ContextOptions(
                 n_ctx=self.ctx_size * options.parallel,
-                n_batch=options.batch_size,
+                # At least one row per slot: every decoding sequence fits each step.
+                n_batch=max(options.batch_size, options.parallel),
                 n_ubatch=options.ubatch_size,
                 n_seq_max=options.parallel,
                 n_threads=options.threads,
@@ -104,51 +121,57 @@ class LoadedModel:
             ),
             max_queue=options.max_queue,
             name=name,
+            max_per_owner=options.max_per_key,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
         """The conversation as the model's template lays it out, ending in the assistant turn."""
         return self.template.render(messages, add_generation_prompt=True, **extra)
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ModelUnavailable(f"`{self.name}` was unloaded; retry", retry_after=1)
+
     def tokenize(self, text: str) -> list[int]:
         """Prompt text to tokens, with BOS added once where the model wants it."""
+        self._check_open()
         return prompt_tokens(self.model, text)
 
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
-        """Reject token ids the vocabulary does not have, and empty prompts."""
+        """Reject token ids the vocabulary does not have, and empty prompts (`param`: the
+        caller's name for this input)."""
         if not tokens:
-            raise InvalidRequest("the prompt is empty", param=param)
+            raise InvalidInput("the prompt is empty", subject=param)
         n_vocab = self.model.n_vocab
         if any(not 0 <= t < n_vocab for t in tokens):
-            raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param=param)
+            raise InvalidInput(f"token ids must be in [0, {n_vocab})", subject=param)
 
     def fit(self, prompt_tokens: list[int], max_tokens: int | None) -> int:
         """Resolve max_tokens against the context; never truncate silently."""
         room = self.ctx_size - len(prompt_tokens)
         if max_tokens is None:
             if room <= 0:
-                raise ContextLengthExceeded(
+                raise ContextOverflow(
                     f"the prompt has {len(prompt_tokens)} tokens; this model's context is "
                     f"{self.ctx_size}",
-                    param="messages",
+                    subject="prompt",
                 )
             return room
         if max_tokens > room:
-            raise ContextLengthExceeded(
+            raise ContextOverflow(
                 f"prompt ({len(prompt_tokens)} tokens) plus max_tokens ({max_tokens}) exceeds "
                 f"this model's context of {self.ctx_size} tokens",
-                param="max_tokens",
+                subject="max_tokens",
             )
         return max_tokens
 
     def generator(self) -> Scheduler:
         """The generation scheduler; a 400 for an embedding-only model."""
+        self._check_open()
         if self.scheduler is None:
             kind = "a reranker" if self.ranker is not None else "an embedding model"
-            raise InvalidRequest(
-                f"`{self.name}` is {kind}; it cannot generate text",
-                param="model",
-                code="model_not_supported",
+            raise NotGenerative(
+                f"`{self.name}` is {kind}; it cannot generate text", subject="model"
             )
         return self.scheduler
 
@@ -169,24 +192,25 @@ class LoadedModel:
 
     def grammar_ok(self, gbnf: str) -> bool:
         """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""
+        self._check_open()
         return grammar_is_valid(self.model, gbnf)
-
-    def persist(self) -> None:
-        """Save the request_id store to its spill directory (if one is configured)."""
-        n = self.store.persist()
-        if n:
-            log.info("%s: saved %d request_id entries", self.name, n)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a generation on this model's scheduler."""
         return self.generator().submit(request)
 
     def close(self) -> None:
-        """Stop the scheduler (or embedder) and free the model."""
+        """Stop the scheduler (or embedder), waiting for its running decode, then free the
+        model. Calls after this are refused (503) instead of reaching freed memory."""
+        self.closed = True
+        stopped = True
         if self.scheduler is not None:
-            self.scheduler.close()
+            stopped = self.scheduler.close()
         if self.embedder is not None:
-            self.embedder.close()
+            stopped = self.embedder.close() and stopped
         if self.ranker is not None:
-            self.ranker.close()
-        self.model.close()
+            stopped = self.ranker.close() and stopped
+        if stopped:
+            self.model.close()
+        else:  # pragma: no cover - close waits without a timeout
+            log.error("%s: the worker did not stop; its model is not freed", self.name)

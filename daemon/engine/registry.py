@@ -6,13 +6,15 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.engine.cache import SequenceStore
+from daemon.engine.errors import ModelUnavailable, UnknownModel
 from daemon.engine.ggufmeta import is_embedding_file
 from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.errors import ModelNotFound, Unavailable
 
 log = logging.getLogger("edged.registry")
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
@@ -67,6 +69,10 @@ class ModelRegistry:
         self._loaded: dict[str, LoadedModel] = {}
         # Awaited before every load; may raise (an RPC worker is down) or adjust self.options.
         self.before_load: Callable[[], Awaitable[None]] | None = None
+        # Requests holding a model (from resolution to their last chunk): never unloaded.
+        self._leases: Counter[str] = Counter()
+        # request_id stores by model: they outlive unloads (and restarts, with store_dir).
+        self._stores: dict[str, SequenceStore] = {}
         self.rescan()
 
     def rescan(self, aliases: dict[str, str] | None = None) -> None:
@@ -108,7 +114,7 @@ class ModelRegistry:
         if entry is None and not self.strict_names and self._sole is not None:
             return self._sole
         if entry is None:
-            raise ModelNotFound(f"The model `{name}` does not exist", param="model")
+            raise UnknownModel(f"The model `{name}` does not exist", subject="model")
         return entry
 
     def knows(self, name: str | None) -> bool:
@@ -130,17 +136,52 @@ class ModelRegistry:
         """Models currently in memory."""
         return list(self._loaded.values())
 
+    def store(self, name: str) -> SequenceStore:
+        """The request_id store of the file-stem model `name` (created on first use)."""
+        store = self._stores.get(name)
+        if store is None:
+            o = self.options
+            spill = o.store_dir / name.replace("/", "_") if o.store_dir else None
+            store = SequenceStore(
+                o.store_max_bytes,
+                spill_dir=spill,
+                owner_max_bytes=o.store_key_max_bytes,
+                ttl=o.store_ttl,
+            )
+            self._stores[name] = store
+        return store
+
+    def stores(self) -> dict[str, SequenceStore]:
+        """Every request_id store created so far, by model."""
+        return dict(self._stores)
+
+    def hold(self, name: str) -> None:
+        """Lease the loaded model `name`: eviction and keep-alive leave it alone."""
+        self._leases[name] += 1
+
+    def unhold(self, name: str) -> None:
+        """End one lease of `name`; its idle time starts now."""
+        self._leases[name] -= 1
+        if self._leases[name] <= 0:
+            del self._leases[name]
+        self._last_used[name] = time.monotonic()
+
+    def leases(self, name: str) -> int:
+        """Leases held on `name` right now."""
+        return self._leases[name]
+
     def is_loaded(self, name: str) -> bool:
         """Whether the file-stem model `name` is in memory."""
         return name in self._loaded
 
     async def get(
-        self, name: str | None, keep_alive: float | str | None = "default"
+        self, name: str | None, keep_alive: float | str | None = "default", *, hold: bool = False
     ) -> LoadedModel:
         """The loaded model for `name`, loading it (off the event loop) on first use.
 
         `keep_alive` (seconds; None = until evicted) replaces the daemon's keep-alive for this
-        model from now on; the string "default" leaves it as it is.
+        model from now on; the string "default" leaves it as it is. With `hold`, the model
+        comes back leased (see `hold`); the caller must `unhold` it.
         """
         entry = self.resolve(name)
         key = entry.alias_of or entry.name
@@ -149,6 +190,8 @@ class ModelRegistry:
         self._last_used[key] = time.monotonic()
         lm = self._loaded.get(key)
         if lm is not None:
+            if hold:
+                self.hold(key)
             return lm
         # One load at a time: loads are memory-bound anyway, and the cap is checked race-free.
         async with self._load_lock:
@@ -159,7 +202,9 @@ class ModelRegistry:
                 await self._make_room(self._file_size(entry.path))
                 log.info("loading %s from %s", key, entry.path)
                 try:
-                    lm = await asyncio.to_thread(LoadedModel, key, entry.path, self.options)
+                    lm = await asyncio.to_thread(
+                        LoadedModel, key, entry.path, self.options, self.store(key)
+                    )
                 except Exception:
                     self.load_failures += 1
                     raise
@@ -167,6 +212,8 @@ class ModelRegistry:
                 self._loaded[key] = lm
                 await self._fit_memory(key)
             self._last_used[key] = time.monotonic()
+            if hold:  # before the lock is let go: no other load can evict it in between
+                self.hold(key)
         return lm
 
     @property
@@ -181,7 +228,7 @@ class ModelRegistry:
 
     def _idle(self, name: str) -> bool:
         lm = self._loaded[name]
-        return name != self.default_name and lm.worker.outstanding == 0
+        return name != self.default_name and lm.worker.outstanding == 0 and not self._leases[name]
 
     @staticmethod
     def _file_size(path: Path) -> int:
@@ -204,7 +251,7 @@ class ModelRegistry:
         while self._loaded and self._over(incoming):
             idle = [n for n in self._loaded if self._idle(n)]
             if not idle:
-                raise Unavailable(
+                raise ModelUnavailable(
                     f"{len(self._loaded)} models are loaded and busy (caps: "
                     f"{self.max_loaded} models, {self.max_memory} bytes); retry shortly",
                     retry_after=5,
@@ -220,7 +267,7 @@ class ModelRegistry:
             if not idle:
                 need = self._loaded[key].memory_bytes
                 await self.unload(key)
-                raise Unavailable(
+                raise ModelUnavailable(
                     f"`{key}` needs about {need >> 20} MiB; with the models in use that exceeds "
                     f"the {self.max_memory >> 20} MiB cap",
                     retry_after=5,
@@ -255,11 +302,11 @@ class ModelRegistry:
         return expired
 
     def persist(self) -> None:
-        """Save what survives a restart (request_id store)."""
-        for lm in self._loaded.values():
-            save = getattr(lm, "persist", None)
-            if callable(save):
-                save()
+        """Save what survives a restart: every model's request_id store (with store_dir)."""
+        for name, store in self._stores.items():
+            n = store.persist()
+            if n:
+                log.info("%s: saved %d request_id entries", name, n)
 
     def close(self) -> None:
         """Unload everything."""

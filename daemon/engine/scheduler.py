@@ -12,67 +12,22 @@ import asyncio
 import logging
 import queue
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import Counter
 
-from daemon.engine.beam import BeamSearch, Sampling, log_softmax, repetition_penalize
+from daemon.engine.active import Active, Beams, Decode, FairQueue
+from daemon.engine.beam import log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
-from daemon.engine.handle import RequestHandle
+from daemon.engine.errors import EngineError, GenerationFailed, ModelUnavailable
+from daemon.engine.handle import Out, RequestHandle, deliver
+from daemon.engine.keep import beam_search, saved_sequence
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
 from daemon.engine.slots import Slot, chunk_size, common_prefix, reassign, seed32
 from daemon.engine.stops import StopMatcher
-from daemon.engine.types import (
-    Chunk,
-    FinishReason,
-    GenerationRequest,
-    SavedSequence,
-    TokenLogprob,
-)
+from daemon.engine.types import Chunk, FinishReason, GenerationRequest, SavedSequence
 from daemon.engine.worker import STOP, ContextWorker
-from daemon.errors import EdgedError, EngineError, Unavailable
 
 log = logging.getLogger("edged.scheduler")
-
-
-@dataclass(eq=False)
-class _Beams:
-    """A beam search in flight: one slot per beam, and the search state."""
-
-    search: BeamSearch
-    slots: list[Slot]
-    rows: list[int] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class _Active:
-    """A request that owns one slot (or several, for beams)."""
-
-    handle: RequestHandle
-    slot: Slot
-    pending: list[int]
-    sampler: SamplerChain | None
-    detok: IncrementalDetokenizer
-    stops: StopMatcher
-    n_prompt: int
-    beams: _Beams | None = None
-    generated: int = 0
-    next_token: int = -1
-    row: int = -1
-    # prompt scoring (echo): batch rows of the current chunk and their positions
-    score_rows: list[tuple[int, int]] = field(default_factory=list)
-    # n > 1: siblings wait for this leader's prefill, then take a copy of its KV
-    forks: list[_Active] = field(default_factory=list)
-    leader: _Active | None = None
-    prompt_lp: list[TokenLogprob] = field(default_factory=list)
-    lp_pending: list[TokenLogprob] = field(default_factory=list)
-
-    @property
-    def slots(self) -> list[Slot]:
-        return self.beams.slots if self.beams else [self.slot]
-
-
-Out = list[tuple[RequestHandle, Chunk | EdgedError]]
 
 
 class Scheduler(ContextWorker):
@@ -85,11 +40,12 @@ class Scheduler(ContextWorker):
         *,
         max_queue: int,
         name: str = "model",
+        max_per_owner: int | None = None,
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
-        self._waiting: deque[RequestHandle] = deque()
-        self._active: list[_Active] = []
+        self._waiting = FairQueue(max_per_owner)
+        self._active: list[Active] = []
         self.cache_hit_tokens = 0
         self.prefill_tokens = 0
         self._thread.start()
@@ -125,15 +81,22 @@ class Scheduler(ContextWorker):
                     self._step()
             except Exception as exc:  # the thread must outlive any single failure
                 log.exception("scheduler step failed")
-                self._fail_all(EngineError(f"generation failed: {exc}"))
+                self._fail_all(GenerationFailed(f"generation failed: {exc}"))
             self.last_beat = time.monotonic()
-        self._fail_all(Unavailable("the model was unloaded"))
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        """Unload: running requests end with an error, kept sequences keep what they have."""
         out: Out = []
+        gone = ModelUnavailable("the model was unloaded", retry_after=1)
+        for a in list(self._active):
+            # Their KV is intact (no decode runs now): save it like a hang-up would.
+            self._finish(a, FinishReason.CANCELLED, "", out, error=gone)
         for h in self._waiting:
             self._release(h, FinishReason.ERROR)
-            out.append((h, Unavailable("the model was unloaded")))
+            out.append((h, gone))
         self._waiting.clear()
-        self._deliver(out)
+        deliver(out)
 
     def _take_inbox(self) -> bool:
         """Move new requests into the waiting line; block when idle. False means stop."""
@@ -153,26 +116,66 @@ class Scheduler(ContextWorker):
             idle = False
 
     def _admit(self) -> None:
+        """Give free slots to waiting requests, one owner after the other (round-robin)."""
         out: Out = []
         for a in [a for a in self._active if a.handle.cancelled]:
             self._finish(a, FinishReason.CANCELLED, "", out)
-        while self._waiting:
-            h = self._waiting[0]
+        running = Counter(a.owner for a in self._active)
+        while True:
+            heads = self._waiting.heads(running)
+            if not heads:
+                break
+            h = heads[0]  # whose turn it is; when it does not fit, nobody overtakes it
             if h.cancelled:
-                self._waiting.popleft()
+                self._waiting.remove(h)
                 self._release(h, FinishReason.CANCELLED)
                 out.append((h, Chunk("", (), FinishReason.CANCELLED)))
                 continue
-            if h.request.fork_group is not None and h.request.fork_size > 1:
-                if not self._admit_group(h, out):
-                    break
+            try:
+                admitted = self._admit_one(h, out)
+            except Exception as exc:  # this request's setup failed: it alone ends
+                log.exception("admitting a request failed")
+                self._abort(h, exc, out)
                 continue
-            slots = self._pick_slots(h.request)
-            if slots is None:
+            if not admitted:
                 break
-            self._waiting.popleft()
-            self._start(h, slots, out)
-        self._deliver(out)
+            running[h.request.owner] += 1
+            self._waiting.served(h.request.owner)
+        deliver(out)
+
+    def _admit_one(self, h: RequestHandle, out: Out) -> bool:
+        """Start `h` (and its fork group) if slots allow; False when it must wait."""
+        req = h.request
+        saved = req.resume
+        if saved is not None and (saved.finished or not saved.pending or req.max_tokens == 0):
+            # Nothing to generate: answer without touching any slot, and keep the entry
+            # exactly as it was (a slot may hold another request's tokens by now).
+            self._waiting.remove(h)
+            ended = saved.finished or not saved.pending
+            reason = FinishReason.STOP if ended else FinishReason.LENGTH
+            h.saved = saved
+            self._release(h, reason)
+            out.append((h, Chunk("", (), reason)))
+            return True
+        if req.fork_group is not None and req.fork_size > 1:
+            return self._admit_group(h, out)
+        slots = self._pick_slots(req)
+        if slots is None:
+            return False
+        self._waiting.remove(h)
+        self._start(h, slots, out)
+        return True
+
+    def _abort(self, h: RequestHandle, exc: Exception, out: Out) -> None:
+        """A request whose admission raised: free whatever it took, fail it alone."""
+        for a in [a for a in self._active if a.handle is h]:
+            self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
+            return
+        if h in self._waiting:
+            self._waiting.remove(h)
+        if h.finish_reason is None:
+            self._release(h, FinishReason.ERROR)
+            out.append((h, _failed(exc)))
 
     def _admit_group(self, leader: RequestHandle, out: Out) -> bool:
         """Admit the n choices of one prompt together: one prefill, KV copied at the fork."""
@@ -185,13 +188,22 @@ class Scheduler(ContextWorker):
             self._waiting.remove(h)
         slots = self._pick_slots(req)
         assert slots is not None
-        head = self._start(leader, slots, out)
+        try:
+            head = self._start(leader, slots, out)
+        except Exception as exc:  # the whole group ends with its leader's failure
+            for h in group:
+                self._abort(h, exc, out)
+            return True
         for h in group[1:]:
             free = [s for s in self._slots if not s.busy]
             free.sort(key=lambda s: s.last_used)
-            child = self._start(h, [free[0]], out, fork_of=head)
+            try:
+                child = self._start(h, [free[0]], out, fork_of=head)
+            except Exception as exc:
+                self._abort(h, exc, out)
+                continue
             if child is not None and head is not None:
-                head.forks.append(child)
+                head.fork.children.append(child)
         return True
 
     def _pick_slots(self, req: GenerationRequest) -> list[Slot] | None:
@@ -205,98 +217,82 @@ class Scheduler(ContextWorker):
         return free[: req.n_slots]
 
     def _start(
-        self, h: RequestHandle, slots: list[Slot], out: Out, fork_of: _Active | None = None
-    ) -> _Active | None:
+        self, h: RequestHandle, slots: list[Slot], out: Out, fork_of: Active | None = None
+    ) -> Active | None:
         req = h.request
         slot = slots[0]
+        # Sampler and search first: if they refuse the request, no slot was touched yet.
+        sampler = None
+        beams = None
+        if req.beams is not None:
+            beams = Beams(beam_search(req, self.model.eog_tokens), slots)
+        else:
+            sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed))
+        carry = req.resume.tail if req.resume is not None else b""
+        detok = IncrementalDetokenizer(self.model.piece, carry)
+        decode = Decode(sampler, detok, StopMatcher(req.stop))
+        active = Active(h, slot, [], decode, len(req.prompt_tokens), 0, beams)
         for s in slots:
             s.busy = True
+        self._active.append(active)
         if fork_of is not None:
             # KV arrives from the leader after its prefill; nothing to decode of our own.
-            pending, n_prompt = [], len(req.prompt_tokens)
+            pending = []
         elif req.resume is not None:
-            pending, n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
+            pending, active.n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
         elif req.prompt_logprobs:
             # Scoring needs the logits of every prompt position: nothing can come from cache.
             self._trim(slot, 0)
-            pending, n_prompt = list(req.prompt_tokens), len(req.prompt_tokens)
+            pending = list(req.prompt_tokens)
         else:
-            pending, n_prompt = self._reuse_prefix(slot, req.prompt_tokens), len(req.prompt_tokens)
+            pending = self._reuse_prefix(slot, req.prompt_tokens)
+        active.pending = pending
         h.usage.cached_tokens = len(slot.tokens)
         self.cache_hit_tokens += len(slot.tokens)
         log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
         history = list(req.prompt_tokens) if fork_of is not None else slot.tokens + pending
-        sampler = None
-        beams = None
-        if req.beams is not None:
-            beams = _Beams(self._beam_search(req), slots)
-        else:
-            sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed))
+        active.base = len(history)
+        if sampler is not None:
             sampler.prime(history[-req.sampling.penalty_last_n :])
-        active = _Active(
-            handle=h,
-            slot=slot,
-            pending=pending,
-            sampler=sampler,
-            detok=IncrementalDetokenizer(self.model.piece),
-            stops=StopMatcher(req.stop),
-            n_prompt=n_prompt,
-            beams=beams,
-            leader=fork_of,
-        )
-        self._active.append(active)
         if fork_of is not None:
+            active.fork.leader = fork_of
             if fork_of not in self._active:  # the leader already ended: prefill on our own
                 self._detach(active)
             return active
-        if not pending:
-            self._finish(active, FinishReason.STOP, "", out)  # a kept sequence that ended
-            return None
         if req.max_tokens == 0 and not req.prompt_logprobs:
             self._finish(active, FinishReason.LENGTH, "", out)
             return None
         return active
 
-    def _detach(self, child: _Active) -> None:
+    def _detach(self, child: Active) -> None:
         """A fork whose leader went away before its prefill: prefill the prompt itself."""
-        child.leader = None
+        child.fork.leader = None
         child.pending = self._reuse_prefix(child.slot, child.handle.request.prompt_tokens)
 
-    def _fork(self, leader: _Active, out: Out) -> None:
+    def _fork(self, leader: Active, out: Out) -> None:
         """The leader's prompt is in its KV: copy it to each sibling, sample their first token."""
-        if not leader.forks:
+        if not leader.fork.children:
             return
         state = self.ctx.state_get(leader.slot.seq)
-        for child in leader.forks:
+        for child in leader.fork.children:
             if child not in self._active:
                 continue
-            self._trim(child.slot, 0)
-            if not self.ctx.state_set(child.slot.seq, state):
-                self._detach(child)
-                continue
-            child.slot.tokens = list(leader.slot.tokens)
-            child.slot.exact = leader.slot.exact
-            child.leader = None
-            child.prompt_lp = list(leader.prompt_lp)
-            assert child.sampler is not None
-            self._on_token(child, child.sampler.sample(self.ctx, leader.row), out, leader.row)
-        leader.forks.clear()
-
-    def _beam_search(self, req: GenerationRequest) -> BeamSearch:
-        assert req.beams is not None
-        sp = req.sampling
-        sampling = (
-            Sampling(sp.temperature, sp.top_k, sp.top_p, seed32(sp.seed))
-            if req.beams.do_sample
-            else None
-        )
-        return BeamSearch(
-            req.beams.num_beams,
-            length_penalty=req.beams.length_penalty,
-            eos=self.model.eog_tokens,
-            max_new_tokens=req.max_tokens,
-            sampling=sampling,
-        )
+            try:
+                self._trim(child.slot, 0)
+                if not self.ctx.state_set(child.slot.seq, state):
+                    self._detach(child)
+                    continue
+                child.slot.tokens = list(leader.slot.tokens)
+                child.slot.exact = leader.slot.exact
+                child.fork.leader = None
+                child.scoring.logprobs = list(leader.scoring.logprobs)
+                assert child.decode.sampler is not None
+                tok = child.decode.sampler.sample(self.ctx, leader.row)
+                self._on_token(child, tok, out, leader.row)
+            except Exception as exc:  # one sibling's sampling failed: that sibling alone
+                log.exception("a forked choice failed")
+                self._finish(child, FinishReason.ERROR, "", out, error=_failed(exc))
+        leader.fork.children.clear()
 
     def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> list[int]:
         """Keep the slot's KV for the shared prefix; return the prompt tokens still to decode."""
@@ -308,8 +304,6 @@ class Scheduler(ContextWorker):
 
     def _restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
         """Put a kept sequence back into `slot`; return the tokens still to feed."""
-        if saved.finished or not saved.pending:
-            return []
         target = list(saved.tokens)
         keep = common_prefix(slot.tokens, target)
         if keep < len(target) and saved.state is not None:
@@ -335,9 +329,9 @@ class Scheduler(ContextWorker):
         # Plan first (decode rows, then prompt chunks first come first served), then lay the
         # rows out in ascending sequence id: llama.cpp splits a batch whose sequences are out
         # of order with one KV stream each into several micro-batches (decode ~25 % slower).
-        rows: list[tuple[int, _Active, int]] = []  # (seq, request, beam index or -1)
+        rows: list[tuple[int, Active, int]] = []  # (seq, request, beam index or -1)
         for a in self._active:
-            if a.pending or a.leader is not None:
+            if a.pending or a.fork.leader is not None:
                 continue
             if a.beams is not None:
                 n = min(len(a.beams.search.beams), len(a.beams.slots))
@@ -345,6 +339,8 @@ class Scheduler(ContextWorker):
                 rows.extend((a.beams.slots[i].seq, a, i) for i in range(n))
             else:
                 rows.append((a.slot.seq, a, -1))
+        # One row per slot at most, and the batch holds at least one per slot (see
+        # LoadedModel), so decode rows always fit; prompt chunks share what is left.
         budget = b.capacity - len(rows)
         chunks: dict[int, int] = {}
         for a in self._active:
@@ -364,34 +360,45 @@ class Scheduler(ContextWorker):
                 a.beams.rows[i] = b.add(token, len(slot.tokens), seq, True)
                 slot.tokens.append(token)
             elif not a.pending:
-                a.row = b.add(a.next_token, len(a.slot.tokens), seq, True)
-                a.slot.tokens.append(a.next_token)
+                a.row = b.add(a.decode.next_token, len(a.slot.tokens), seq, True)
+                a.slot.tokens.append(a.decode.next_token)
             else:
                 self._add_chunk(a, chunks[id(a)])
 
-        rc = self.ctx.decode(b)
+        rc = self._llama_decode(b)
         self.steps += 1
         out: Out = []
         if rc != 0:
-            self._fail_all(EngineError(f"llama_decode returned {rc}"))
+            self._fail_all(GenerationFailed(f"llama_decode returned {rc}"))
             return
         for a in list(self._active):
-            if a.score_rows:
-                self._score_prompt(a)
-            if a.beams is not None:
-                if a.row >= 0 or (a.beams.rows and not a.pending):
-                    self._advance_beams(a, out)
-            elif a.row >= 0:
-                if a.forks:
-                    self._fork(a, out)
-                if a.handle.request.max_tokens == 0:
-                    self._finish(a, FinishReason.LENGTH, "", out)  # scoring only
-                    continue
-                assert a.sampler is not None
-                self._on_token(a, a.sampler.sample(self.ctx, a.row), out, a.row)
-        self._deliver(out)
+            if a not in self._active:
+                continue  # ended by a sibling's fork this step
+            try:
+                self._after_decode(a, out)
+            except Exception as exc:  # sampling, grammar, scoring, text: this request alone
+                log.exception("a sequence failed after decode")
+                if a in self._active:
+                    self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
+        deliver(out)
 
-    def _add_chunk(self, a: _Active, n: int) -> None:
+    def _after_decode(self, a: Active, out: Out) -> None:
+        """Use this step's logits of `a`: score its prompt, sample, or advance its beams."""
+        if a.scoring.rows:
+            self._score_prompt(a)
+        if a.beams is not None:
+            if a.row >= 0 or (a.beams.rows and not a.pending):
+                self._advance_beams(a, out)
+        elif a.row >= 0:
+            if a.fork.children:
+                self._fork(a, out)
+            if a.handle.request.max_tokens == 0:
+                self._finish(a, FinishReason.LENGTH, "", out)  # scoring only
+                return
+            assert a.decode.sampler is not None
+            self._on_token(a, a.decode.sampler.sample(self.ctx, a.row), out, a.row)
+
+    def _add_chunk(self, a: Active, n: int) -> None:
         """Put the next `n` prompt tokens of `a` into the batch."""
         b = self.batch
         take = a.pending[:n]
@@ -402,7 +409,7 @@ class Scheduler(ContextWorker):
         for j, tok in enumerate(take):
             row = b.add(tok, pos + j, slot.seq, score or (done and j == n - 1))
             if score:
-                a.score_rows.append((row, pos + j))
+                a.scoring.rows.append((row, pos + j))
         if done:
             a.row = b.n_tokens - 1
         if n > 1 and slot.exact == pos:
@@ -411,46 +418,48 @@ class Scheduler(ContextWorker):
         del a.pending[:n]
         self.prefill_tokens += n
 
-    def _score_prompt(self, a: _Active) -> None:
+    def _score_prompt(self, a: Active) -> None:
         """Log-probability of each prompt token given the ones before it (echo + logprobs)."""
         prompt = a.handle.request.prompt_tokens
         top = a.handle.request.logprobs or 0
-        for row, pos in a.score_rows:
+        for row, pos in a.scoring.rows:
             if pos + 1 < len(prompt):
-                a.prompt_lp.append(token_logprob(self.ctx.logits_np(row), prompt[pos + 1], top))
-        a.score_rows.clear()
+                lp = token_logprob(self.ctx.logits_np(row), prompt[pos + 1], top)
+                a.scoring.logprobs.append(lp)
+        a.scoring.rows.clear()
 
-    def _on_token(self, a: _Active, tok: int, out: Out, row: int) -> None:
+    def _on_token(self, a: Active, tok: int, out: Out, row: int) -> None:
         h = a.handle
+        d = a.decode
         if h.first_token_at is None:
             h.first_token_at = time.monotonic()
         if self.model.is_eog(tok):
-            a.next_token = -1
-            self._finish(a, FinishReason.STOP, a.stops.push(a.detok.flush()), out)
+            d.next_token = -1
+            self._finish(a, FinishReason.STOP, d.stops.push(d.detok.flush()), out)
             return
         if h.request.logprobs is not None:
-            a.lp_pending.append(token_logprob(self.ctx.logits_np(row), tok, h.request.logprobs))
-        a.generated += 1
-        a.next_token = tok
-        h.usage.completion_tokens = a.generated
-        text = a.stops.push(a.detok.push(tok))
-        if a.stops.stopped:
+            d.logprobs.append(token_logprob(self.ctx.logits_np(row), tok, h.request.logprobs))
+        d.generated += 1
+        d.next_token = tok
+        h.usage.completion_tokens = d.generated
+        text = d.stops.push(d.detok.push(tok))
+        if d.stops.stopped:
             self._finish(a, FinishReason.STOP, text, out, tok)
-        elif a.generated >= h.request.max_tokens:
-            self._finish(a, FinishReason.LENGTH, text + a.stops.push(a.detok.flush()), out, tok)
+        elif d.generated >= h.request.max_tokens:
+            if not h.request.keep:  # a kept sequence carries a cut character over instead
+                text += d.stops.push(d.detok.flush())
+            self._finish(a, FinishReason.LENGTH, text, out, tok)
         elif text:
             out.append((h, self._chunk(a, text, (tok,), None)))
 
     @staticmethod
-    def _chunk(
-        a: _Active, text: str, tokens: tuple[int, ...], reason: FinishReason | None
-    ) -> Chunk:
+    def _chunk(a: Active, text: str, tokens: tuple[int, ...], reason: FinishReason | None) -> Chunk:
         """A chunk carrying the log-probabilities gathered since the previous one."""
-        lps, a.lp_pending = tuple(a.lp_pending), []
-        plps, a.prompt_lp = tuple(a.prompt_lp), []
+        lps, a.decode.logprobs = tuple(a.decode.logprobs), []
+        plps, a.scoring.logprobs = tuple(a.scoring.logprobs), []
         return Chunk(text, tokens, reason, lps, plps)
 
-    def _advance_beams(self, a: _Active, out: Out) -> None:
+    def _advance_beams(self, a: Active, out: Out) -> None:
         """Score every beam's next token, reorder the beams' KV, finish when the search ends."""
         assert a.beams is not None
         group = a.beams
@@ -471,95 +480,77 @@ class Scheduler(ContextWorker):
         if group.search.done:
             best = group.search.best()
             h.beam_logprob = best.sum_logprobs
-            a.generated = len(best.tokens)
-            h.usage.completion_tokens = a.generated
-            text = self.model.detokenize(best.tokens)
+            a.decode.generated = len(best.tokens)
+            h.usage.completion_tokens = a.decode.generated
             reason = FinishReason.STOP if best.ended else FinishReason.LENGTH
+            detok = a.decode.detok
+            text = "".join(detok.push(t) for t in best.tokens)
+            if reason is FinishReason.STOP or not h.request.keep:
+                text += detok.flush()
             self._finish(a, reason, text, out, best_tokens=best.tokens)
             return
         group.slots = reassign(self.ctx, group.slots, [p for p, _ in parents])
 
     def _finish(
         self,
-        a: _Active,
+        a: Active,
         reason: FinishReason,
         text: str,
         out: Out,
         tok: int | None = None,
         best_tokens: list[int] | None = None,
+        error: EngineError | None = None,
     ) -> None:
-        text += a.stops.flush()
-        for child in a.forks:
-            if child.leader is a:
+        """End `a`: save what a continuation needs, free its slots, answer its reader.
+
+        With `error` the reader gets the error instead of a last chunk; reason ERROR keeps
+        the request_id entry as it was and drops the slots' KV (it may be half-updated).
+        """
+        text += a.decode.stops.flush()
+        for child in a.fork.children:
+            if child.fork.leader is a:
                 self._detach(child)
-        a.forks.clear()
-        if a.leader is not None and a in a.leader.forks:
-            a.leader.forks.remove(a)
+        a.fork.children.clear()
+        leader = a.fork.leader
+        if leader is not None and a in leader.fork.children:
+            leader.fork.children.remove(a)
         h = a.handle
-        if h.request.keep and reason is not FinishReason.ERROR:
-            h.saved = self._save(a, reason, tok, best_tokens)
-        if a.sampler is not None:
-            a.sampler.close()
+        failed = reason is FinishReason.ERROR
+        if h.request.keep and not failed:
+            try:
+                h.saved = saved_sequence(a, reason, tok, best_tokens, self.ctx.state_get)
+            except Exception:  # the entry stays as it was; the answer still goes out
+                log.exception("saving a request_id entry failed")
+        if a.decode.sampler is not None:
+            a.decode.sampler.close()
         now = time.monotonic()
         for s in a.slots:
             s.busy = False
             s.last_used = now
-        if a.beams is not None:
-            # Beam slots hold hypotheses other than the answer: keep only the shared prompt.
-            for s in a.slots:
-                self._trim(s, a.n_prompt)
+            if failed:
+                self._trim(s, 0)
+            elif a.beams is not None:
+                # Beam slots hold hypotheses other than the answer: keep the shared history.
+                self._trim(s, a.base)
         self._active.remove(a)
         self._release(h, reason)
-        out.append((h, self._chunk(a, text, () if tok is None else (tok,), reason)))
-
-    def _save(
-        self, a: _Active, reason: FinishReason, tok: int | None, best: list[int] | None
-    ) -> SavedSequence | None:
-        """What a later request needs to continue this one exactly (None: keep the old)."""
-        if a.beams is not None and best is None:
-            return None
-        if best is not None:
-            prompt = a.slot.tokens[: a.n_prompt]
-            full = prompt + best
-            return SavedSequence(
-                tokens=tuple(full[:-1]),
-                pending=tuple(full[-1:]),
-                n_prompt=a.n_prompt,
-                state=None,
-                finished=reason is FinishReason.STOP,
-            )
-        if reason is FinishReason.CANCELLED:
-            pending = a.pending + ([a.next_token] if not a.pending and a.next_token >= 0 else [])
-        else:
-            pending = [] if tok is None else [tok]
-        return SavedSequence(
-            tokens=tuple(a.slot.tokens),
-            pending=tuple(pending),
-            n_prompt=a.n_prompt,
-            state=self.ctx.state_get(a.slot.seq) if a.slot.tokens else None,
-            finished=not pending,
-            exact=a.slot.exact,
-        )
+        ids = tuple(best_tokens) if best_tokens is not None else () if tok is None else (tok,)
+        item = error or self._chunk(a, text, ids, reason)
+        out.append((h, item))
 
     def _release(self, h: RequestHandle, reason: FinishReason) -> None:
         h.finish_reason = reason
         self._done()
+        h._engine_done()
 
-    def _fail_all(self, error: EdgedError) -> None:
-        """End every running request with `error`; their KV is dropped since it may be torn."""
+    def _fail_all(self, error: EngineError) -> None:
+        """llama_decode failed: end every running request; their KV may be torn, so drop it."""
         out: Out = []
         for a in list(self._active):
-            if a.sampler is not None:
-                a.sampler.close()
-            for s in a.slots:
-                s.busy = False
-                self._trim(s, 0)
-            self._active.remove(a)
-            self._release(a.handle, FinishReason.ERROR)
-            out.append((a.handle, error))
-        self._deliver(out)
+            self._finish(a, FinishReason.ERROR, "", out, error=error)
+        deliver(out)
 
-    def abandon(self, error: EdgedError) -> None:
+    def abandon(self, error: EngineError) -> None:
         """End every request with `error` from another thread, for a scheduler whose thread
         is stuck inside llama.cpp for good (a lost RPC worker); it takes no new work."""
         with self._lock:
@@ -574,24 +565,10 @@ class Scheduler(ContextWorker):
                 handles.append(item)
         for h in handles:
             h.finish_reason = h.finish_reason or FinishReason.ERROR
-        self._deliver([(h, error) for h in handles])
-
-    @staticmethod
-    def _deliver(out: Out) -> None:
-        """Hand a step's output to each event loop with one thread-safe call per loop."""
-        if not out:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, Out] = {}
-        for h, item in out:
-            by_loop.setdefault(h.loop, []).append((h, item))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                for h, _ in items:
-                    h.cancelled = True
+        deliver([(h, error) for h in handles])
+        for h in handles:  # the stuck thread never will: free their request_ids now
+            h._engine_done()
 
 
-def _put_all(items: Out) -> None:
-    for h, item in items:
-        h._put(item)
+def _failed(exc: Exception) -> EngineError:
+    return exc if isinstance(exc, EngineError) else GenerationFailed(f"generation failed: {exc}")

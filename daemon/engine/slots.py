@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from daemon.errors import EngineError
+from daemon.engine.errors import GenerationFailed
 
 if TYPE_CHECKING:
     from daemon.engine.llama import Context
@@ -72,6 +72,6 @@ def reassign(ctx: Context, slots: list[Slot], parents: list[int]) -> list[Slot]:
         dst.exact = src.exact
         ctx.seq_rm(dst.seq)
         if not ctx.state_set(dst.seq, ctx.state_get(src.seq)):
-            raise EngineError("could not copy a beam's KV state")
+            raise GenerationFailed("could not copy a beam's KV state")
         new[i] = dst
     return [s for s in new if s is not None] + spare

@@ -61,11 +61,15 @@ class SavedSequence:
     state: bytes | None
     finished: bool = False
     exact: int = 0
+    # Bytes of a UTF-8 character the last call generated only partly: the next call's text
+    # starts with them instead of a U+FFFD at the boundary.
+    tail: bytes = b""
 
     @property
     def nbytes(self) -> int:
         """Bytes this entry costs in memory."""
-        return (len(self.state) if self.state else 0) + 8 * (len(self.tokens) + len(self.pending))
+        n = len(self.state) if self.state else 0
+        return n + 8 * (len(self.tokens) + len(self.pending)) + len(self.tail)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class GenerationRequest:
     # and its KV copied to the other choices' slots.
     fork_group: int | None = None
     fork_size: int = 1
+    # Who asked (the API key's identity, "" without auth): admission is fair between owners.
+    owner: str = ""
 
     @property
     def n_slots(self) -> int:

@@ -6,8 +6,8 @@ import queue
 import threading
 import time
 
+from daemon.engine.errors import ModelUnavailable, QueueFull
 from daemon.engine.llama import Batch, Context, ContextOptions, Model
-from daemon.errors import Overloaded, Unavailable
 
 STOP = object()
 
@@ -29,19 +29,41 @@ class ContextWorker:
         self._lock = threading.Lock()
         self._closing = False
         self.last_beat = time.monotonic()
+        # When the llama_decode running now began (None between decodes): the watchdog
+        # counts a long step as alive, and only one past its bound as hung.
+        self.decode_started: float | None = None
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=thread, daemon=True)
 
     def _run(self) -> None:
         raise NotImplementedError
 
+    def _llama_decode(self, batch: Batch) -> int:
+        """llama_decode, with the liveness marks the watchdog reads."""
+        self.decode_started = time.monotonic()
+        try:
+            return self.ctx.decode(batch)
+        finally:
+            self.decode_started = None
+            self.last_beat = time.monotonic()
+
+    def healthy(self, now: float, stale_after: float, hung_after: float) -> bool:
+        """Alive: the thread runs, and it either is inside a decode shorter than `hung_after`
+        or finished its last step or idle wait within `stale_after` seconds."""
+        if not self._thread.is_alive():
+            return False
+        started = self.decode_started
+        if started is not None:
+            return now - started < hung_after
+        return now - self.last_beat < stale_after
+
     def _enqueue(self, item: object) -> None:
         """Count a request in and queue it; 503 when closing, 429 when slots and queue are full."""
         with self._lock:
             if self._closing:
-                raise Unavailable("the model is shutting down")
+                raise ModelUnavailable("the model is shutting down", retry_after=1)
             if self._outstanding >= self.n_slots + self.max_queue:
-                raise Overloaded(
+                raise QueueFull(
                     f"all {self.n_slots} slots of {self.name} are busy and the queue is full"
                 )
             self._outstanding += 1
@@ -63,12 +85,19 @@ class ContextWorker:
         """Whether the worker thread is running."""
         return self._thread.is_alive()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop taking work, stop the thread, and free llama.cpp resources."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking work, wait for the running step, free llama.cpp resources.
+
+        False when the thread did not stop within `timeout` (None: wait as long as the step
+        takes): then nothing is freed, since a decode may still be using it.
+        """
         with self._lock:
             self._closing = True
         self._inbox.put(STOP)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.batch.close()
-            self.ctx.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        self.batch.close()
+        self.ctx.close()
+        return True

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import Unavailable
+from daemon.engine.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from daemon.engine.ggml_rpc import Device
@@ -181,7 +181,7 @@ class RpcCluster:
         down = [w for w in self.workers if not w.up]
         if down:
             self._reload = True  # the watcher loads the default model once they answer
-            raise Unavailable(
+            raise ModelUnavailable(
                 "RPC worker " + ", ".join(f"{w.endpoint} is down ({w.error})" for w in down),
                 retry_after=5,
             )
@@ -280,7 +280,7 @@ class RpcCluster:
             return  # already done for this generation (another thread's abort, a stale one)
         self._recovering = True
         try:
-            error = Unavailable(
+            error = ModelUnavailable(
                 f"an RPC worker was lost ({reason}); the request was ended", retry_after=5
             )
             for lm in self.registry.loaded():
@@ -307,7 +307,7 @@ class RpcCluster:
                 if self._reload and self.healthy():
                     await self.registry.get(None)
                     self._reload = False
-            except Unavailable:
+            except ModelUnavailable:
                 pass
             except Exception:  # keep watching; one failed probe or load must not stop it
                 log.exception("watching the RPC workers failed")

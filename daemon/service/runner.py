@@ -24,11 +24,14 @@ from daemon.service.state import ServiceState
 log = logging.getLogger("edged.service")
 
 
-def schedulers_healthy(registry: ModelRegistry, now: float, stale_after: float) -> bool:
-    """Every loaded model's scheduler thread runs and has stepped within `stale_after` s."""
-    return all(
-        lm.worker.alive and now - lm.worker.last_beat < stale_after for lm in registry.loaded()
-    )
+def schedulers_healthy(
+    registry: ModelRegistry, now: float, stale_after: float, hung_after: float | None = None
+) -> bool:
+    """Every loaded model's worker thread runs, and either stepped within `stale_after` s or
+    is inside one llama_decode that began less than `hung_after` s ago (a long prefill is
+    work, not a hang; a decode past that bound is hung)."""
+    hung = max(stale_after, hung_after if hung_after is not None else stale_after)
+    return all(lm.worker.healthy(now, stale_after, hung) for lm in registry.loaded())
 
 
 def outstanding(registry: ModelRegistry, state: ServiceState) -> int:
@@ -132,7 +135,9 @@ class EdgedServer(uvicorn.Server):
                 log.info("ready on http://%s:%d", self.settings.host, self.settings.port)
             if interval and now - last_ping >= interval:
                 # A hung or dead scheduler stops the pings: systemd then restarts the service.
-                if schedulers_healthy(self.registry, now, stale_after):
+                # One decode may run as long as a request may; longer than that is a hang.
+                hung_after = self.settings.request_timeout
+                if schedulers_healthy(self.registry, now, stale_after, hung_after):
                     notify("WATCHDOG=1")
                     last_ping = now
                 else:

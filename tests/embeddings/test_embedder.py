@@ -11,8 +11,8 @@ import pytest
 
 from daemon.config import embedded_model_path
 from daemon.engine.embeddings import Embedder, embedding_pooling, truncate
+from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable
 from daemon.engine.llama import ContextOptions, Model, Pooling
-from daemon.errors import ContextLengthExceeded, InvalidRequest, Unavailable
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -117,13 +117,13 @@ def test_concurrent_requests_batch_together(model: Model, embedder: Embedder) ->
 
 
 def test_input_checks(model: Model, embedder: Embedder) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidInput):
         asyncio.run(embedder.embed([]))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidInput):
         asyncio.run(embedder.embed([[101, 102], []]))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidInput):
         asyncio.run(embedder.embed([[101, model.n_vocab, 102]]))
-    with pytest.raises(ContextLengthExceeded):
+    with pytest.raises(ContextOverflow):
         asyncio.run(embedder.embed([[101] + [1037] * 200 + [102]]))
     # The worker lives on: a good request after the bad ones still works.
     (v,) = asyncio.run(embedder.embed(_tokens(model, ["still alive"])))
@@ -152,9 +152,9 @@ def test_close_answers_queued_inputs(model: Model) -> None:
         task = asyncio.ensure_future(e.embed(_tokens(model, TEXTS)))  # 8 decodes, one each
         await asyncio.sleep(0)
         await asyncio.to_thread(e.close)
-        with pytest.raises(Unavailable):
+        with pytest.raises(ModelUnavailable):
             await asyncio.wait_for(task, 30)
-        with pytest.raises(Unavailable):
+        with pytest.raises(ModelUnavailable):
             await e.embed(_tokens(model, ["after close"]))
 
     asyncio.run(run())

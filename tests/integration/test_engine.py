@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.engine.errors import QueueFull
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import FinishReason, GenerationRequest, SamplingParams
-from daemon.errors import Overloaded
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -103,7 +103,7 @@ def test_queue_bound_gives_overloaded(model_path: Path) -> None:
         async def main() -> None:
             a = small.submit(gen(small, "Count:", 50, temperature=0))
             b = small.submit(gen(small, "Count:", 5, temperature=0))
-            with pytest.raises(Overloaded):
+            with pytest.raises(QueueFull):
                 small.submit(gen(small, "Count:", 5, temperature=0))
             a.cancel()
             assert (await run(b))[1] == FinishReason.LENGTH

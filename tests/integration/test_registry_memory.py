@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.engine.errors import ModelUnavailable
 from daemon.engine.loaded import EngineOptions
 from daemon.engine.registry import ModelRegistry
-from daemon.errors import Unavailable
 
 OPTIONS = EngineOptions(ctx_size=256, parallel=2)
 
@@ -50,7 +50,7 @@ def test_model_larger_than_the_cap_is_refused(tmp_path: Path, model_path: Path) 
 
     async def main() -> None:
         reg = ModelRegistry(d / "alpha.gguf", OPTIONS, models_dir=d, max_memory=1)
-        with pytest.raises(Unavailable):
+        with pytest.raises(ModelUnavailable):
             await reg.get("beta")
         assert reg.loaded() == []
         reg.close()

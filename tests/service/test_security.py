@@ -15,9 +15,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.testing import TestClient
 
 from daemon.api.auth import ApiKeys, api_key_guard, is_loopback, provide_api_key
-from daemon.api.errors import exception_handlers
+from daemon.api.errors import exception_handlers, to_api
 from daemon.engine.chat_template import ChatTemplate
-from daemon.errors import InvalidRequest
+from daemon.engine.errors import InvalidInput
 from tests.conftest import Server, free_port, start_server, stop_server
 from tests.service.conftest import SMALL, assert_error
 
@@ -187,9 +187,10 @@ def test_api_key_dependency_is_the_key_identity() -> None:
     ],
 )
 def test_malicious_chat_template_is_a_400(source: str) -> None:
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(InvalidInput) as info:
         ChatTemplate(source).render([{"role": "user", "content": "hi"}])
-    assert info.value.status_code == 400 and info.value.param == "messages"
+    api = to_api(info.value)  # what any dialect answers
+    assert api.status_code == 400 and api.param == "messages"
 
 
 def test_template_cannot_read_internals() -> None:

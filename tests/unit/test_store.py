@@ -1,12 +1,13 @@
 """The request_id store: byte-bounded LRU, spill to disk, busy ids, owner isolation."""
 
+import time
 from pathlib import Path
 
 import pytest
 
 from daemon.engine.cache import SequenceStore
+from daemon.engine.errors import IdBusy
 from daemon.engine.types import SavedSequence
-from daemon.errors import Conflict
 
 
 def entry(n: int, size: int = 1000) -> SavedSequence:
@@ -26,7 +27,7 @@ def test_claim_release_roundtrip() -> None:
 def test_busy_id_conflicts() -> None:
     store = SequenceStore(10_000)
     store.claim(("k", "a"))
-    with pytest.raises(Conflict):
+    with pytest.raises(IdBusy):
         store.claim(("k", "a"))
     store.release(("k", "a"), entry(1))
     store.claim(("k", "a"))
@@ -67,4 +68,76 @@ def test_spill_directory_is_bounded(tmp_path: Path) -> None:
     for i in range(5):
         store.claim(("k", str(i)))
         store.release(("k", str(i)), entry(i))
-    assert sum(p.stat().st_size for p in tmp_path.glob("*.kv")) <= 2_500
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.seq")) <= 2_500
+
+
+def test_one_owner_cannot_evict_another(tmp_path: Path) -> None:
+    """Per-owner quota: a burst of one key evicts that key's own entries only."""
+    store = SequenceStore(10_000, owner_max_bytes=3_000)
+    store.claim(("bob", "keep"))
+    store.release(("bob", "keep"), entry(9))
+    for i in range(20):
+        store.claim(("alice", str(i)))
+        store.release(("alice", str(i)), entry(i))
+    assert store.owner_bytes("alice") <= 3_000
+    assert store.claim(("bob", "keep")) == entry(9)
+    assert store.claim(("alice", "19")) == entry(19)
+    assert store.evictions >= 17
+
+
+def test_ttl_expires_unused_entries(tmp_path: Path) -> None:
+    store = SequenceStore(10_000, ttl=0.01, spill_dir=tmp_path)
+    store.claim(("k", "a"))
+    store.release(("k", "a"), entry(1))
+    store.persist()
+    time.sleep(0.05)
+    assert store.claim(("k", "a")) is None  # gone from memory and from disk
+    assert not list(tmp_path.glob("*.seq"))
+
+
+def test_delete_only_the_owners_entry(tmp_path: Path) -> None:
+    store = SequenceStore(10_000, spill_dir=tmp_path)
+    store.claim(("alice", "x"))
+    store.release(("alice", "x"), entry(1))
+    store.persist()
+    assert not store.delete(("bob", "x"))
+    store.claim(("alice", "busy"))
+    with pytest.raises(IdBusy):
+        store.delete(("alice", "busy"))
+    assert store.delete(("alice", "x"))
+    assert store.claim(("alice", "x")) is None
+    assert SequenceStore(10_000, spill_dir=tmp_path).claim(("alice", "x")) is None
+
+
+def test_a_torn_spill_file_is_never_read(tmp_path: Path) -> None:
+    """Tokens and KV live in one checksummed file: a crash mid-write cannot pair them wrong."""
+    store = SequenceStore(10_000, spill_dir=tmp_path)
+    store.claim(("k", "a"))
+    store.release(("k", "a"), entry(1))
+    store.persist()
+    (path,) = tmp_path.glob("*.seq")
+    data = path.read_bytes()
+    path.write_bytes(data[:-10] + bytes(10))  # the KV bytes of another write
+    assert SequenceStore(10_000, spill_dir=tmp_path).claim(("k", "a")) is None
+    path.write_bytes(data[: len(data) // 2])  # cut short
+    assert SequenceStore(10_000, spill_dir=tmp_path).claim(("k", "a")) is None
+
+
+def test_counters_count() -> None:
+    store = SequenceStore(1_500)
+    assert store.claim(("k", "a")) is None
+    store.release(("k", "a"), entry(1))
+    store.claim(("k", "a"))
+    store.release(("k", "a"), None)
+    store.claim(("k", "b"))
+    store.release(("k", "b"), entry(2))
+    assert (store.hits, store.misses, store.evictions, len(store)) == (1, 2, 1, 1)
+    assert store.nbytes == entry(2).nbytes
+
+
+def test_the_tail_of_a_cut_character_survives_a_spill(tmp_path: Path) -> None:
+    store = SequenceStore(0, spill_dir=tmp_path)
+    e = SavedSequence(tokens=(1,), pending=(2,), n_prompt=1, state=None, tail=b"\xe2\x82")
+    store.claim(("k", "t"))
+    store.release(("k", "t"), e)
+    assert store.claim(("k", "t")) == e

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from daemon.api.keepalive import KeepAlive
 from daemon.api.sampling import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
@@ -24,14 +23,9 @@ class GenerationConfig(ProtocolModel):
     top_k: TopK | None = None
     max_new_tokens: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     repetition_penalty: RepetitionPenalty | None = None
-    length_penalty: float | None = None
-
-    @field_validator("length_penalty")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("length_penalty must be a finite number")
-        return v
+    # Beam scores are sum_logprobs / length ** length_penalty: beyond ±10 the exponent only
+    # decides the sign of overflow, never a useful preference.
+    length_penalty: Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)] | None = None
 
     def resolve(self, defaults: GenerationDefaults) -> GenerationDefaults:
         """These settings over the configured defaults."""

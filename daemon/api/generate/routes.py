@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Router, post
+from litestar import Router, delete, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
@@ -47,4 +47,14 @@ async def generate_batch(
     )
 
 
-router = Router(path="/api", route_handlers=[generate, generate_batch])
+@delete("/generate/{request_id:str}", status_code=204)
+async def forget(
+    request_id: str,
+    registry: NamedDependency[ModelRegistry],
+    api_key: NamedDependency[str | None],
+) -> None:
+    """Drop the caller's kept generation under `request_id` (404 if it has none)."""
+    await serving.forget(registry, _owner(api_key), request_id)
+
+
+router = Router(path="/api", route_handlers=[generate, generate_batch, forget])

@@ -10,16 +10,19 @@ from typing import Any
 from litestar.response import Stream
 
 from daemon.api.choices import Policy
+from daemon.api.errors import to_api
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import collect
+from daemon.api.watch import leased, watched
 from daemon.config import GenerationDefaults
 from daemon.engine.cache import StoreKey
+from daemon.engine.client import EngineClient
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
-from daemon.errors import InvalidRequest
+from daemon.errors import EdgedError, InvalidRequest, NotFound
 
 
 @dataclass
@@ -82,14 +85,21 @@ def start(
             lm.check_tokens(tokens)
             history = tokens
         max_new, sampling, beams = _engine_request(lm, history, cfg, limits)
-        request = GenerationRequest(tokens, max_new, sampling, beams=beams, resume=saved, keep=True)
+        request = GenerationRequest(
+            tokens, max_new, sampling, beams=beams, resume=saved, keep=True, owner=owner
+        )
         handle = lm.submit(request)
     except BaseException:
         lm.store.release(key, None)
         raise
-    # The id is released when the engine is done, even if the client hung up long before.
-    handle.add_done_callback(lambda h: lm.store.release(key, h.saved))
-    return Started(key, handle, lm.model.detokenize(history, special=True))
+    # The id is released when the ENGINE is done (not when a timeout or hang-up lets the
+    # reader go), with exactly what this request's own slot holds.
+    store = lm.store
+    handle.add_done_callback(lambda h: store.release(key, h.saved))
+    text = lm.model.detokenize(history, special=True)
+    if saved is not None and saved.tail and text.endswith("\ufffd"):
+        text = text[:-1]  # the cut character's bytes open this call's text instead
+    return Started(key, handle, text)
 
 
 def _config(cfg: GenerationConfig | None, defaults: GenerationDefaults) -> GenerationDefaults:
@@ -104,7 +114,7 @@ async def generate(
     limits: Policy,
 ) -> Stream | str:
     """POST /api/generate: the text, streamed in chunks or whole."""
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     started = start(
         lm, owner, req.request_id, req.prompt, _config(req.generation_config, defaults), limits
     )
@@ -115,15 +125,36 @@ async def generate(
     return prefix + result.text
 
 
+class StreamAborted(Exception):
+    """Raised inside a plain-text stream after its error line: the transfer is cut short."""
+
+
 async def _text_stream(started: Started, prefix: str) -> AsyncIterator[str]:
+    """The plain-text body. A failure mid-stream (timeout, drain, engine error) ends it with
+    a last line `[edged error: <code>: <message>]` and then aborts the chunked transfer, so
+    a client sees an incomplete response rather than a silently short text."""
     try:
-        if prefix:
-            yield prefix
-        async for chunk in started.handle.chunks():
-            if chunk.text:
-                yield chunk.text
+        with watched([started.handle]):
+            if prefix:
+                yield prefix
+            async for chunk in started.handle.chunks():
+                if chunk.text:
+                    yield chunk.text
+    except EdgedError as exc:
+        exc = to_api(exc, "/api/generate")
+        yield f"\n[edged error: {exc.code or exc.error_type}: {exc.message}]\n"
+        raise StreamAborted(exc.message) from exc
     finally:
         started.handle.cancel()
+
+
+async def forget(registry: ModelRegistry, owner: str, request_id: str) -> None:
+    """DELETE /api/generate/{request_id}: drop the caller's entry under every model."""
+    found = False
+    for store in EngineClient(registry).stores().values():
+        found = store.delete((owner, request_id)) or found
+    if not found:
+        raise NotFound(f"no kept generation under request_id {request_id!r}")
 
 
 async def generate_batch(
@@ -139,7 +170,7 @@ async def generate_batch(
     ids = [p.request_id for p in req.prompts]
     if len(set(ids)) != len(ids):
         raise InvalidRequest("request_ids in one batch must be distinct", param="prompts")
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     cfg = _config(req.generation_config, defaults)
     started: list[Started] = []
     try:

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from daemon.api.sampling import ProtocolModel
+from daemon.api.watch import leased
 from daemon.engine.embeddings import Embedder, truncate
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
@@ -71,7 +72,7 @@ def _encode(vec: np.ndarray, encoding_format: str) -> list[float] | str:
 
 async def create_embeddings(registry: ModelRegistry, req: EmbeddingRequest) -> dict[str, Any]:
     """POST /v1/embeddings: one vector per input, in input order."""
-    lm = await registry.get(req.model)
+    lm = await leased(registry, req.model)
     embedder = _embedder(lm)
     if req.dimensions is not None and req.dimensions > embedder.n_embd:
         raise InvalidRequest(

@@ -11,6 +11,7 @@ from daemon.api.choices import Extras, Policy, submit_choices
 from daemon.api.openai.protocol import ChatMessage
 from daemon.api.sampling import SamplingFields
 from daemon.api.streams import collect_all
+from daemon.api.watch import leased
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.errors import ModelNotFound
@@ -144,7 +145,7 @@ class Guard:
     async def open(cls, registry: ModelRegistry, name: str, policy: Policy) -> Guard:
         """Load (or find) the named safety model; an unknown name is a 404 on `safety_model`."""
         try:
-            lm = await registry.get(name)
+            lm = await leased(registry, name)
         except ModelNotFound as exc:
             raise ModelNotFound(
                 f"The safety model `{name}` does not exist", param="safety_model"

@@ -17,6 +17,7 @@ from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.reasoning import Thinking, template_vars
 from daemon.api.streams import Collected, collect_all, merge, sse
+from daemon.api.watch import leased
 from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
@@ -94,7 +95,7 @@ async def chat_completion(
         if legacy:  # name the fields the client sent
             exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
         raise
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     plan = tools.plan_tools(req, lm.template.source, legacy=legacy)
     messages, tool_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
     extra = template_vars(req.chat_template_kwargs, req.reasoning_effort)
@@ -430,7 +431,7 @@ async def completion(
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/completions."""
     req.check_unsupported()
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompts = _completion_prompts(lm, req)
     count = req.logprob_count
     k = req.candidates

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from daemon.api.rerank.protocol import RerankRequest
+from daemon.api.watch import leased
 from daemon.engine.embeddings import Embedder
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
@@ -27,7 +28,7 @@ def _ranker(lm: LoadedModel) -> Embedder:
 
 async def rerank(registry: ModelRegistry, req: RerankRequest) -> dict[str, Any]:
     """Scores of every document against the query, best first, cut to top_n."""
-    lm = await registry.get(req.model)
+    lm = await leased(registry, req.model)
     ranker = _ranker(lm)
     texts = req.texts()
     # Off the event loop: a thousand long documents take a while to tokenize.

@@ -9,6 +9,7 @@ from daemon.api.choices import Policy, submit_choices
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import collect_all
 from daemon.api.together.protocol import InferenceRequest
+from daemon.api.watch import leased
 from daemon.engine.registry import ModelRegistry
 
 
@@ -17,7 +18,7 @@ async def inference(
 ) -> dict[str, Any]:
     """Run `n` completions of one prompt; answer in seed 000's shape."""
     start = time.perf_counter()
-    lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
+    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompt = lm.tokenize(req.prompt)
     handles = submit_choices(lm, [prompt], req.max_tokens, req, req.n, limits)
     results = await collect_all(handles)

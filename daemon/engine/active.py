@@ -1,0 +1,134 @@
+"""The scheduler's per-request state, split by concern so their meetings stay visible.
+
+A running request (`Active`) always has a slot and a `Decode` (token-by-token sampling,
+text and stops). Beyond that, each concern has its own part: `Scoring` (prompt
+log-probabilities for echo), `Fork` (n > 1 choices sharing one prefill) and `Beams` (a beam
+search over several slots). Each part is empty or None when the request does not use it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from daemon.engine.beam import BeamSearch
+from daemon.engine.detokenize import IncrementalDetokenizer
+from daemon.engine.handle import RequestHandle
+from daemon.engine.llama import SamplerChain
+from daemon.engine.slots import Slot
+from daemon.engine.stops import StopMatcher
+from daemon.engine.types import TokenLogprob
+
+
+@dataclass(eq=False)
+class Decode:
+    """One sequence generating token by token: sampler, text so far, stop strings."""
+
+    sampler: SamplerChain | None
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    generated: int = 0
+    # Sampled but not decoded yet: the next step feeds it (and a cut keeps it as pending).
+    next_token: int = -1
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Scoring:
+    """Prompt scoring (echo + logprobs): batch rows of the current chunk and the results."""
+
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Fork:
+    """n > 1: siblings wait for the leader's prefill, then take a copy of its KV."""
+
+    children: list[Active] = field(default_factory=list)
+    leader: Active | None = None
+
+
+@dataclass(eq=False)
+class Beams:
+    """A beam search in flight: one slot per beam, and the search state."""
+
+    search: BeamSearch
+    slots: list[Slot]
+    rows: list[int] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Active:
+    """A request that owns one slot (or several, for beams)."""
+
+    handle: RequestHandle
+    slot: Slot
+    # Tokens still to feed before sampling (prompt chunks, or a continuation's pending).
+    pending: list[int]
+    decode: Decode
+    n_prompt: int
+    # Length of the history this request started from (prompt, or everything a
+    # continuation restored): what beams share, and where a beam answer begins.
+    base: int
+    beams: Beams | None = None
+    scoring: Scoring = field(default_factory=Scoring)
+    fork: Fork = field(default_factory=Fork)
+    # Batch row whose logits belong to this request this step (-1: none).
+    row: int = -1
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.beams.slots if self.beams else [self.slot]
+
+    @property
+    def owner(self) -> str:
+        return self.handle.request.owner
+
+
+class FairQueue:
+    """Requests waiting for slots: one line per owner (API key), served round-robin.
+
+    One key's burst therefore waits behind every other key's next request instead of in
+    front of it. `limit` caps the requests of one owner running at once (None: no cap).
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._lines: OrderedDict[str, deque[RequestHandle]] = OrderedDict()
+
+    def append(self, h: RequestHandle) -> None:
+        self._lines.setdefault(h.request.owner, deque()).append(h)
+
+    def remove(self, h: RequestHandle) -> None:
+        line = self._lines.get(h.request.owner)
+        if line is not None:
+            line.remove(h)
+            if not line:
+                del self._lines[h.request.owner]
+
+    def served(self, owner: str) -> None:
+        """`owner` just got a slot: its line goes to the back of the round."""
+        if owner in self._lines:
+            self._lines.move_to_end(owner)
+
+    def heads(self, running: dict[str, int]) -> list[RequestHandle]:
+        """The first request of each owner, in turn order, skipping owners at their cap."""
+        return [
+            line[0]
+            for owner, line in self._lines.items()
+            if self.limit is None or running.get(owner, 0) < self.limit
+        ]
+
+    def clear(self) -> None:
+        self._lines.clear()
+
+    def __iter__(self) -> Iterator[RequestHandle]:
+        return iter([h for line in self._lines.values() for h in line])
+
+    def __len__(self) -> int:
+        return sum(len(line) for line in self._lines.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._lines)

@@ -1,0 +1,82 @@
+"""The one narrow way into the engine for the API layer: leased models, requests, the store.
+
+A lease holds a loaded model from the moment a request resolves it until the request's
+last chunk: eviction, keep-alive reaping and the memory cap skip leased models, so a
+request can never lose its model (or its safety model) half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from daemon.engine.cache import SequenceStore
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loaded import LoadedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.types import GenerationRequest
+
+
+class LeaseScope:
+    """Leases that end together, e.g. when one HTTP request has sent its last byte."""
+
+    def __init__(self) -> None:
+        self._releases: list[Callable[[], None]] = []
+
+    def add(self, release: Callable[[], None]) -> None:
+        self._releases.append(release)
+
+    def close(self) -> None:
+        """End every lease of this scope (idempotent)."""
+        releases, self._releases = self._releases, []
+        for release in releases:
+            release()
+
+
+class EngineClient:
+    """Leases, submission, tokenization and the request_id store, over one registry."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def acquire(
+        self,
+        name: str | None,
+        scope: LeaseScope | None,
+        keep_alive: float | str | None = "default",
+    ) -> LoadedModel:
+        """The loaded model for `name`, leased until `scope` closes (no scope: no lease)."""
+        if scope is None:
+            return await self.registry.get(name, keep_alive)
+        lm = await self.registry.get(name, keep_alive, hold=True)
+        scope.add(lambda: self.registry.unhold(lm.name))
+        return lm
+
+    @asynccontextmanager
+    async def lease(
+        self, name: str | None, keep_alive: float | str | None = "default"
+    ) -> AsyncIterator[LoadedModel]:
+        """`async with client.lease(name) as lm`: the model cannot be unloaded inside."""
+        scope = LeaseScope()
+        try:
+            yield await self.acquire(name, scope, keep_alive)
+        finally:
+            scope.close()
+
+    @staticmethod
+    def submit(lm: LoadedModel, request: GenerationRequest) -> RequestHandle:
+        """Queue a generation on a leased model."""
+        return lm.submit(request)
+
+    @staticmethod
+    def tokenize(lm: LoadedModel, text: str) -> list[int]:
+        """Prompt text to tokens (BOS once where the model wants it)."""
+        return lm.tokenize(text)
+
+    def store(self, model: str) -> SequenceStore:
+        """The request_id store of a model (it outlives unloads)."""
+        return self.registry.store(model)
+
+    def stores(self) -> dict[str, SequenceStore]:
+        """Every model's request_id store."""
+        return self.registry.stores()

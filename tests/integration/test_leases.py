@@ -1,0 +1,145 @@
+"""A request holds its models: leases, closed models, failed loads, the store across unloads."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from daemon.engine.client import EngineClient
+from daemon.engine.errors import ModelUnavailable
+from daemon.engine.llama import Model
+from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.types import GenerationRequest, SamplingParams
+from daemon.errors import EdgedError
+
+OPTIONS = EngineOptions(ctx_size=256, parallel=1)
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def models(tmp_path: Path, model_path: Path, names: tuple[str, ...]) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    for name in names:
+        (d / f"{name}.gguf").symlink_to(model_path)
+    return d
+
+
+def test_a_leased_model_is_never_evicted(tmp_path: Path, model_path: Path) -> None:
+    """Row 3: model M and safety model G under one request, a third model loaded, a cap of
+    loaded models: loading G must evict the third model, never M."""
+    d = models(tmp_path, model_path, ("main", "guard", "third"))
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d, max_loaded=3)
+        client = EngineClient(reg)
+        await reg.get(None)
+        try:
+            await reg.get("main")
+            await reg.get("third")  # more recently used than main
+            async with client.lease("main") as m, client.lease("guard") as g:
+                assert sorted(x.name for x in reg.loaded()) == sorted(
+                    [reg.default_name, "guard", "main"]
+                )
+                m.tokenize("still usable")
+                g.tokenize("and this one")
+                # Everything else is leased or the default: a fourth model must wait.
+                with pytest.raises(ModelUnavailable):
+                    async with client.lease("third"):
+                        pass
+            assert reg.leases("main") == 0 and reg.leases("guard") == 0
+            assert await reg.reap(now=10**9) == []  # keep-alive unset: nothing expires
+            reg.keep_alive = 0.0
+            assert sorted(await reg.reap()) == ["guard", "main"]
+        finally:
+            reg.close()
+
+    asyncio.run(main())
+
+
+def test_keep_alive_skips_leased_models(tmp_path: Path, model_path: Path) -> None:
+    d = models(tmp_path, model_path, ("other",))
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d, keep_alive=0.0)
+        try:
+            async with EngineClient(reg).lease("other"):
+                assert await reg.reap() == []
+                assert reg.is_loaded("other")
+            assert await reg.reap() == ["other"]
+        finally:
+            reg.close()
+
+    asyncio.run(main())
+
+
+def test_the_store_outlives_an_unload(tmp_path: Path, model_path: Path) -> None:
+    d = models(tmp_path, model_path, ("other",))
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d)
+        try:
+            lm = await reg.get("other")
+            key = ("k", "id")
+            lm.store.claim(key)
+            h = lm.submit(GenerationRequest(lm.tokenize("Hello"), 4, GREEDY, keep=True))
+            h.add_done_callback(lambda h: lm.store.release(key, h.saved))
+            async for _ in h.chunks():
+                pass
+            await reg.unload("other")
+            again = await reg.get("other")
+            assert again is not lm
+            assert again.store.claim(key) is not None
+        finally:
+            reg.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_context_frees_the_weights(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    freed: list[Model] = []
+    real_close = Model.close
+
+    def spy(self: Model) -> None:
+        freed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(Model, "close", spy)
+    # More sequences than llama.cpp allows in one context: it cannot create the context.
+    with pytest.raises(EdgedError):
+        LoadedModel("refused", model_path, EngineOptions(ctx_size=16, parallel=1000))
+    assert len(freed) == 1 and freed[0].ptr is None
+
+
+def test_unload_under_a_running_generation_keeps_its_state(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """Shutdown waits for the decode; the request ends with an error, its id keeps its tokens."""
+    d = models(tmp_path, model_path, ("other",))
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d)
+        try:
+            lm = await reg.get("other")
+            key = ("k", "long")
+            lm.store.claim(key)
+            prompt = lm.tokenize("Count: 1, 2, 3,")
+            h = lm.submit(GenerationRequest(prompt, 200, GREEDY, keep=True))
+            h.add_done_callback(lambda h: lm.store.release(key, h.saved))
+            ids: list[int] = []
+            with pytest.raises(ModelUnavailable):
+                async for c in h.chunks():
+                    ids.extend(c.token_ids)
+                    if len(ids) >= 3:
+                        await reg.unload("other")
+            kept = reg.store("other").claim(key)
+            assert kept is not None
+            assert (kept.tokens + kept.pending)[: len(prompt) + len(ids)] == tuple(prompt + ids)
+        finally:
+            reg.close()
+
+    asyncio.run(main())
