@@ -207,6 +207,14 @@ class ModelRegistry:
             await self.unload(name)
         return expired
 
+    def unload_deadline(self, name: str) -> float | None:
+        """Wall-clock time at which an idle loaded `name` is unloaded; None = never."""
+        keep = self._keep_alive_of(name)
+        if keep is None or name == self.default_name or name not in self._loaded:
+            return None
+        last = self._last_used.get(name, time.monotonic())
+        return time.time() + max(0.0, last + keep - time.monotonic())
+
     def persist(self) -> None:
         """Save what survives a restart (request_id store)."""
         for lm in self._loaded.values():

@@ -108,6 +108,10 @@ class Scheduler(ContextWorker):
         """Slots owned by a running request."""
         return sum(1 for s in self._slots if s.busy)
 
+    def slot_states(self) -> list[tuple[int, bool, int]]:
+        """(sequence id, busy, tokens held) of every slot, for status pages."""
+        return [(s.seq, s.busy, len(s.tokens)) for s in self._slots]
+
     @property
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache across all slots."""
