@@ -423,6 +423,7 @@ class SamplerChain:
             add(
                 chain,
                 lc.llama_sampler_init_penalties(
+                    model.n_vocab,  # this llama.cpp still takes the vocabulary size first
                     params.penalty_last_n,
                     params.repetition_penalty,
                     params.frequency_penalty,

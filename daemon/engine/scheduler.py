@@ -66,6 +66,8 @@ class _Active:
     leader: _Active | None = None
     prompt_lp: list[TokenLogprob] = field(default_factory=list)
     lp_pending: list[TokenLogprob] = field(default_factory=list)
+    # tokens whose text is held back (a possible stop string, a partial UTF-8 character)
+    tok_pending: list[int] = field(default_factory=list)
 
     @property
     def slots(self) -> list[Slot]:
@@ -444,6 +446,8 @@ class Scheduler(ContextWorker):
             self._finish(a, FinishReason.LENGTH, text + a.stops.push(a.detok.flush()), out, tok)
         elif text:
             out.append((h, self._chunk(a, text, (tok,), None)))
+        else:
+            a.tok_pending.append(tok)  # reported with the chunk that releases its text
 
     @staticmethod
     def _chunk(
@@ -451,6 +455,7 @@ class Scheduler(ContextWorker):
     ) -> Chunk:
         """A chunk carrying the log-probabilities gathered since the previous one."""
         lps, a.lp_pending = tuple(a.lp_pending), []
+        tokens, a.tok_pending = (*a.tok_pending, *tokens), []
         plps, a.prompt_lp = tuple(a.prompt_lp), []
         return Chunk(text, tokens, reason, lps, plps)
 

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 
+from daemon.config import embedded_model_path
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.fim_model import write_fim_copy
+
+FIM = "smollm-fim"
 GREEDY: dict[str, Any] = {"temperature": 0, "n_predict": 8}
 COUNT = "Count from 1 to 20: 1, 2, 3,"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default model plus a copy of it whose GGUF declares FIM tokens."""
+    models = tmp_path_factory.mktemp("llamacpp_models")
+    write_fim_copy(embedded_model_path(), models / f"{FIM}.gguf")
+    tmp = tmp_path_factory.mktemp("llamacpp_server")
+    srv = start_server(tmp, "--models-dir", str(models), "--parallel", "4", "--ctx-size", "2048")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def base_url(llama_server: Server) -> str:
+    return llama_server.url
 
 
 def _post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -115,28 +137,79 @@ def test_several_prompts(base_url: str) -> None:
     assert isinstance(b, list) and [x["index"] for x in b] == [0, 1]
 
 
-def test_infill(base_url: str) -> None:
-    props = httpx.get(f"{base_url}/props").json()
+def test_infill_lays_out_fim_tokens(base_url: str) -> None:
     body = {
+        "model": FIM,
         "input_prefix": "def add(a, b):\n    return ",
         "input_suffix": "\n\nprint(add(1, 2))\n",
         "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"}],
+        "return_tokens": True,
         **GREEDY,
     }
     r = _post(base_url, "/infill", body)
-    if not props["infill"]:
-        assert r.status_code == 400 and "fill-in-the-middle" in r.json()["error"]["message"]
-        return
     assert r.status_code == 200, r.text
     b = r.json()
     assert isinstance(b["content"], str) and b["tokens_predicted"] <= 8
+
+    def ids(text: str) -> list[int]:
+        return _post(base_url, "/tokenize", {"content": text, "parse_special": False}).json()[
+            "tokens"
+        ]
+
+    # [REP]myproject\n [SEP]util.py\n text [SEP]filename\n [PRE]prefix [SUF]suffix [MID]
+    expected = [
+        4, *ids("myproject\n"),
+        5, *ids("util.py\n"), *ids(body["input_extra"][0]["text"]),
+        5, *ids("filename\n"),
+        7, *ids(body["input_prefix"]), 8, *ids(body["input_suffix"]), 9,
+    ]  # fmt: skip
+    detok = _post(base_url, "/detokenize", {"tokens": expected}).json()["content"]
+    assert b["prompt"] == detok and b["tokens_evaluated"] == len(expected)
     without = _post(base_url, "/infill", {**body, "input_extra": []}).json()
-    assert b["tokens_evaluated"] > without["tokens_evaluated"]
+    assert without["tokens_evaluated"] < b["tokens_evaluated"]
+    streamed = _events(_post(base_url, "/infill", {**body, "stream": True}))
+    assert "".join(e["content"] for e in streamed) == b["content"]
+    # Special-token text in client input stays text.
+    sneaky = _post(base_url, "/infill", {**body, "input_prefix": "<issue_comment>"}).json()
+    assert sneaky["tokens_evaluated"] > b["tokens_evaluated"] - len(ids(body["input_prefix"]))
+
+
+def test_infill_without_fim_tokens_and_ollama_suffix(base_url: str) -> None:
+    r = _post(base_url, "/infill", {"input_prefix": "a", "input_suffix": "b"})
+    assert r.status_code == 400 and "fill-in-the-middle" in r.json()["error"]["message"]
+    ol = _post(
+        base_url,
+        "/api/generate",
+        {
+            "model": FIM,
+            "prompt": "def f(",
+            "suffix": "):\n",
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 4},
+        },
+    )
+    assert ol.status_code == 200 and ol.json()["done"] is True
+    infill = _post(
+        base_url,
+        "/infill",
+        {
+            "model": FIM,
+            "input_prefix": "def f(",
+            "input_suffix": "):\n",
+            "temperature": 0,
+            "n_predict": 4,
+            "repeat_penalty": 1.1,
+            "top_k": 40,
+            "top_p": 0.9,
+            "min_p": 0,
+        },
+    ).json()
+    assert ol.json()["prompt_eval_count"] == infill["tokens_evaluated"]
 
 
 def test_props_template_tokenize_slots(base_url: str) -> None:
     props = httpx.get(f"{base_url}/props").json()
-    assert props["total_slots"] == 8 and props["default_generation_settings"]["n_ctx"] == 4096
+    assert props["total_slots"] == 4 and props["default_generation_settings"]["n_ctx"] == 2048
     assert "im_start" in props["chat_template"] and props["modalities"]["vision"] is False
     out = _post(
         base_url,
@@ -156,7 +229,7 @@ def test_props_template_tokenize_slots(base_url: str) -> None:
     back = _post(base_url, "/detokenize", {"tokens": plain}).json()["content"]
     assert back == text
     slots = httpx.get(f"{base_url}/slots").json()
-    assert [s["id"] for s in slots] == list(range(8))
+    assert [s["id"] for s in slots] == list(range(4))
     assert all(isinstance(s["is_processing"], bool) for s in slots)
 
 
@@ -190,7 +263,7 @@ def test_openai_routes_without_v1(base_url: str) -> None:
         ("/completion", {"prompt": ""}, 400, "empty"),
         ("/completion", {"prompt": "x", "model": "nope"}, 404, "nope"),
         ("/completion", {"prompt": "x", "logit_bias": [["hello", 1]]}, 400, "logit_bias"),
-        ("/completion", {"prompt": "x " * 5000}, 400, "context"),
+        ("/completion", {"prompt": "x " * 3000}, 400, "context"),
         ("/completion", {"n_predict": 3}, 400, "prompt"),
         ("/infill", {"input_prefix": "x", "temperature": -1}, 400, "temperature"),
         ("/apply-template", {"messages": []}, 400, "messages"),
