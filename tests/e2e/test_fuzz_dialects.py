@@ -207,7 +207,7 @@ def test_fuzzed_bodies_never_5xx(fuzz_server: Server, path: str) -> None:
     client = httpx.Client(base_url=fuzz_server.url, timeout=120)
 
     @settings(
-        max_examples=40,
+        max_examples=25,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )

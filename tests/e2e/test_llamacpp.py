@@ -101,7 +101,7 @@ def test_stop_word_and_eos(base_url: str) -> None:
     tpl = _post(
         base_url, "/apply-template", {"messages": [{"role": "user", "content": "Say hi."}]}
     ).json()["prompt"]
-    eos = _post(base_url, "/completion", {"prompt": tpl, "temperature": 0, "n_predict": 200}).json()
+    eos = _post(base_url, "/completion", {"prompt": tpl, "temperature": 0, "n_predict": 60}).json()
     assert eos["stop_type"] == "eos"
     ignored = _post(
         base_url,

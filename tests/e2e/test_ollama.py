@@ -20,8 +20,8 @@ from tests.quantize.hub import FakeHub, serve
 
 DEFAULT = embedded_model_path().stem
 EMBED = "minilm"
-REPO = "someone/SmolLM2-135M-Instruct-GGUF"
-PULLED = "SmolLM2-135M-Instruct.Q4_1"
+REPO = "someone/SmolPulled-GGUF"
+PULLED = "SmolPulled.Q4_1"
 GREEDY = {"temperature": 0, "num_predict": 12}
 
 
@@ -29,7 +29,7 @@ GREEDY = {"temperature": 0, "num_predict": 12}
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     """A local hub stand-in serving the embedded SmolLM2 as a GGUF repository."""
     src = tmp_path_factory.mktemp("hub_repo")
-    shutil.copyfile(embedded_model_path(), src / "smollm2-135m-instruct.Q4_1.gguf")
+    shutil.copyfile(embedded_model_path(), src / "smolpulled.Q4_1.gguf")
     with serve() as h:
         h.add(REPO, src)
         yield h
