@@ -1,6 +1,7 @@
 """Fuzzed Ollama and llama-server bodies: never a 5xx, errors in each dialect's own shape.
 
-A small context (128 tokens) bounds every generation a fuzzed body can ask for.
+A small context (128 tokens) and output cap (6 tokens) bound every generation a fuzzed body can
+ask for (asking for more is a 400, which is fuzzed too).
 """
 
 from __future__ import annotations
@@ -187,7 +188,13 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(
-        tmp_path_factory.mktemp("fuzz_dialects"), "--ctx-size", "128", "--parallel", "4"
+        tmp_path_factory.mktemp("fuzz_dialects"),
+        "--ctx-size",
+        "128",
+        "--parallel",
+        "4",
+        "--max-tokens-cap",
+        "6",
     )
     yield srv
     stop_server(srv)

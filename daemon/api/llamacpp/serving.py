@@ -62,13 +62,14 @@ def _grammar(req: CompletionRequest) -> str | None:
     return req.grammar or None
 
 
-def _budget(lm: LoadedModel, prompt: list[int], n_predict: int) -> int:
+def _budget(lm: LoadedModel, prompt: list[int], n_predict: int, cap: int) -> int:
     room = lm.ctx_size - len(prompt)
     if room <= 0:
         raise ContextLengthExceeded(
             f"the prompt has {len(prompt)} tokens; the context is {lm.ctx_size}", param="prompt"
         )
-    return room if n_predict < 0 else min(n_predict, room)
+    # -1 ("until the context is full") is still bounded by the daemon's cap on output tokens.
+    return min(room, cap) if n_predict < 0 else min(n_predict, room)
 
 
 def submit(
@@ -83,7 +84,7 @@ def submit(
     try:
         for p in prompts:
             handles += submit_choices(
-                lm, [p], _budget(lm, p, req.n_predict), fields, 1, policy, extras
+                lm, [p], _budget(lm, p, req.n_predict, policy.max_tokens), fields, 1, policy, extras
             )
     except BaseException:
         for h in handles:

@@ -123,7 +123,7 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
     """One engine request under the options' sampling and context bounds.
 
     `num_ctx` above the model's context is clamped to it; below it, it bounds prompt plus
-    output. `num_predict` -1/-2 (or unset) means: until the context is full.
+    output. `num_predict` -1/-2 (or unset) means: until the context is full (or the cap).
     """
     opts = req.options
     n_ctx = lm.ctx_size if opts.num_ctx is None else min(opts.num_ctx, lm.ctx_size)
@@ -132,7 +132,9 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
         raise ContextLengthExceeded(
             f"the prompt has {len(prompt)} tokens; the context is {n_ctx}", param="num_ctx"
         )
-    limit = room if opts.num_predict is None or opts.num_predict < 0 else opts.num_predict
+    # "Until the context is full" is still bounded by the daemon's cap on output tokens.
+    unbounded = opts.num_predict is None or opts.num_predict < 0
+    limit = min(room, policy.max_tokens) if unbounded else opts.num_predict
     grammar = format_grammar(req.format)
     fields = opts.sampling(n_ctx)
     (handle,) = submit_choices(
