@@ -16,8 +16,11 @@ from daemon.api.admin import router as admin_router
 from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
 from daemon.api.errors import exception_handlers
 from daemon.api.generate.routes import router as generate_router
+from daemon.api.llamacpp.routes import router as llamacpp_router
+from daemon.api.llamacpp.routes import unversioned as unversioned_openai_router
 from daemon.api.metrics import Metrics
 from daemon.api.middleware import ServiceMiddleware
+from daemon.api.ollama.routes import router as ollama_router
 from daemon.api.openai.routes import deepinfra_router
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
@@ -141,6 +144,9 @@ def create_app(
             deepinfra_router,
             together_inference,
             generate_router,
+            ollama_router,
+            llamacpp_router,
+            unversioned_openai_router,
             *tokenize.handlers,
             *rerank_handlers,
             metrics.route(),

@@ -11,6 +11,7 @@ from litestar.params import JSONBody
 
 from daemon.api.sampling import ProtocolModel
 from daemon.api.watch import leased
+from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.errors import InvalidRequest
 
@@ -22,6 +23,7 @@ class TokenizeRequest(ProtocolModel):
     content: str
     add_special: bool = False
     parse_special: bool = True
+    with_pieces: bool = False
 
 
 class DetokenizeRequest(ProtocolModel):
@@ -36,7 +38,11 @@ class DetokenizeRequest(ProtocolModel):
 async def tokenize(
     data: JSONBody[TokenizeRequest], registry: NamedDependency[ModelRegistry]
 ) -> dict[str, Any]:
-    """`{content, add_special?, parse_special?}` → `{tokens}`."""
+    """`{content, add_special?, parse_special?, with_pieces?}` → `{tokens}`.
+
+    With `with_pieces`, each token is `{id, piece}` as llama-server gives it: the piece as text,
+    or as its byte values when it is not valid UTF-8 on its own.
+    """
     lm = await leased(registry, data.model)
     # Off the event loop: a body of megabytes takes a while to tokenize.
     tokens = await asyncio.to_thread(
@@ -45,7 +51,17 @@ async def tokenize(
         add_special=data.add_special,
         parse_special=data.parse_special,
     )
+    if data.with_pieces:
+        return {"model": lm.name, "tokens": [{"id": t, "piece": _piece(lm, t)} for t in tokens]}
     return {"model": lm.name, "tokens": tokens}
+
+
+def _piece(lm: LoadedModel, token: int) -> str | list[int]:
+    raw = lm.model.special_piece(token)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
 
 
 @post(["/detokenize", "/v1/detokenize"], status_code=200)

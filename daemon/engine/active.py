@@ -32,6 +32,9 @@ class Decode:
     # Sampled but not decoded yet: the next step feeds it (and a cut keeps it as pending).
     next_token: int = -1
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Tokens whose text is held back (a possible stop string, a partial UTF-8 character):
+    # reported with the chunk that releases it, so every chunk's token ids match its text.
+    held: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)

@@ -128,6 +128,22 @@ class ContextOptions:
     pooling: Pooling = Pooling.UNSPECIFIED
 
 
+@dataclass(frozen=True)
+class FimTokens:
+    """A vocabulary's fill-in-the-middle token ids (-1 where it has none)."""
+
+    pre: int = -1
+    suf: int = -1
+    mid: int = -1
+    rep: int = -1
+    sep: int = -1
+
+    @property
+    def usable(self) -> bool:
+        """Whether prefix, suffix and middle markers all exist."""
+        return min(self.pre, self.suf, self.mid) >= 0
+
+
 class Model:
     """A loaded GGUF: weights, vocabulary and metadata."""
 
@@ -167,6 +183,14 @@ class Model:
         self.n_layer: int = lc.llama_model_n_layer(ptr)
         self.n_head: int = lc.llama_model_n_head(ptr)
         self.n_head_kv: int = lc.llama_model_n_head_kv(ptr)
+        # Fill-in-the-middle tokens from the GGUF (tokenizer.ggml.fim_*_token_id); -1 = none.
+        self.fim = FimTokens(
+            pre=lc.llama_vocab_fim_pre(self.vocab),
+            suf=lc.llama_vocab_fim_suf(self.vocab),
+            mid=lc.llama_vocab_fim_mid(self.vocab),
+            rep=lc.llama_vocab_fim_rep(self.vocab),
+            sep=lc.llama_vocab_fim_sep(self.vocab),
+        )
         vocab = self.vocab
         self._eog = frozenset(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(vocab, t))
         # One table lookup per generated token instead of a foreign call.
@@ -189,6 +213,10 @@ class Model:
     def piece(self, token: int) -> bytes:
         """Bytes of one token as text (special tokens render empty)."""
         return self._pieces[token]
+
+    def special_piece(self, token: int) -> bytes:
+        """Bytes of one token, control tokens rendered as their text."""
+        return self._token_to_piece(token, special=True)
 
     def special_text(self, token: int) -> str:
         """Text of a token including control tokens such as `<s>`."""

@@ -301,6 +301,14 @@ class ModelRegistry:
             await self.unload(name)
         return expired
 
+    def unload_deadline(self, name: str) -> float | None:
+        """Wall-clock time at which an idle loaded `name` is unloaded; None = never."""
+        keep = self._keep_alive_of(name)
+        if keep is None or name == self.default_name or name not in self._loaded:
+            return None
+        last = self._last_used.get(name, time.monotonic())
+        return time.time() + max(0.0, last + keep - time.monotonic())
+
     def persist(self) -> None:
         """Save what survives a restart: every model's request_id store (with store_dir)."""
         for name, store in self._stores.items():

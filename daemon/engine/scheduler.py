@@ -64,6 +64,10 @@ class Scheduler(ContextWorker):
         """Slots owned by a running request."""
         return sum(1 for s in self._slots if s.busy)
 
+    def slot_states(self) -> list[tuple[int, bool, int]]:
+        """(sequence id, busy, tokens held) of every slot, for status pages."""
+        return [(s.seq, s.busy, len(s.tokens)) for s in self._slots]
+
     @property
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache across all slots."""
@@ -451,11 +455,14 @@ class Scheduler(ContextWorker):
             self._finish(a, FinishReason.LENGTH, text, out, tok)
         elif text:
             out.append((h, self._chunk(a, text, (tok,), None)))
+        else:
+            d.held.append(tok)  # reported with the chunk that releases its text
 
     @staticmethod
     def _chunk(a: Active, text: str, tokens: tuple[int, ...], reason: FinishReason | None) -> Chunk:
         """A chunk carrying the log-probabilities gathered since the previous one."""
         lps, a.decode.logprobs = tuple(a.decode.logprobs), []
+        tokens, a.decode.held = (*a.decode.held, *tokens), []
         plps, a.scoring.logprobs = tuple(a.scoring.logprobs), []
         return Chunk(text, tokens, reason, lps, plps)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Router, delete, post
+from litestar import Request, Router, delete, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar.response import Stream
 
 from daemon.api.choices import policy_of
 from daemon.api.generate import serving
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest
+from daemon.api.ollama import dispatch
 from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
 
@@ -23,12 +23,19 @@ def _owner(api_key: NamedDependency[str | None]) -> str:
 
 @post("/generate", status_code=200, media_type="text/plain")
 async def generate(
-    data: JSONBody[GenerateRequest],
+    request: Request[Any, Any, Any],
     registry: NamedDependency[ModelRegistry],
     settings: NamedDependency[Settings],
     api_key: NamedDependency[str | None],
-) -> Stream | str:
-    """Generate or continue under `request_id`; plain chunked text when streaming."""
+) -> Any:
+    """Generate or continue under `request_id`; plain chunked text when streaming.
+
+    A body without request_id is Ollama's /api/generate (the rule: daemon/api/ollama/dispatch).
+    """
+    body = await dispatch.read_body(request)
+    if dispatch.is_ollama(body):
+        return await dispatch.ollama_generate(registry, body, policy_of(settings))
+    data = dispatch.seed_body(GenerateRequest, body)
     return await serving.generate(
         registry, data, _owner(api_key), settings.generation, policy_of(settings)
     )

@@ -11,6 +11,7 @@ from typing import Any
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import Extras, Policy, submit_choices, timings, usage
+from daemon.api.formats import schema_grammar
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
@@ -18,7 +19,6 @@ from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest,
 from daemon.api.reasoning import Thinking, template_vars
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.api.watch import leased
-from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
@@ -62,18 +62,7 @@ def _grammar(req: _Common) -> str | None:
         raise InvalidRequest("use either grammar or response_format, not both", param="grammar")
     if fmt.type == "json_schema" and fmt.json_schema is None:
         raise InvalidRequest("json_schema needs a json_schema member", param="response_format")
-    schema = fmt.schema_or_none()
-    unsupported = unenforceable_keywords(schema)
-    if unsupported:
-        raise InvalidRequest(
-            f"constrained decoding cannot enforce {', '.join(sorted(unsupported))}; "
-            "remove them or use a raw grammar",
-            param="response_format",
-        )
-    try:
-        return json_grammar(schema)
-    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
-        raise InvalidRequest(f"unusable JSON schema: {exc}", param="response_format") from exc
+    return schema_grammar(fmt.schema_or_none(), "response_format")
 
 
 def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:

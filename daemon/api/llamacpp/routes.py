@@ -1,0 +1,156 @@
+"""Routes of llama-server's own API, and the OpenAI routes without their `/v1` prefix."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import JSONBody
+
+from daemon.api.choices import policy_of
+from daemon.api.errors import to_api
+from daemon.api.llamacpp import serving
+from daemon.api.llamacpp.protocol import ApplyTemplateRequest, CompletionRequest, InfillRequest
+from daemon.api.openai import routes as openai_routes
+from daemon.api.openai import tools
+from daemon.api.watch import leased
+from daemon.config import Settings
+from daemon.engine.registry import ModelRegistry
+from daemon.errors import EdgedError
+
+log = logging.getLogger("edged.api")
+
+Body = dict[str, Any]
+
+
+@post("/completion", status_code=200)
+async def completion(
+    data: JSONBody[CompletionRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+) -> Any:
+    """Raw completion of text or token prompts; SSE `data:` events when `stream` is true."""
+    return await serving.complete(registry, data, policy_of(settings))
+
+
+@post("/infill", status_code=200)
+async def infill(
+    data: JSONBody[InfillRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+) -> Any:
+    """Fill-in-the-middle between `input_prefix` and `input_suffix`."""
+    return await serving.infill(registry, data, policy_of(settings))
+
+
+@post("/apply-template", status_code=200)
+async def apply_template(
+    data: JSONBody[ApplyTemplateRequest], registry: NamedDependency[ModelRegistry]
+) -> Body:
+    """The conversation rendered by the model's chat template, ready for /completion."""
+    lm = await leased(registry, data.model)
+    messages, extra = tools.prompt_messages(data.messages, None, lm.template.source)
+    return {"prompt": lm.render_chat(messages, **extra)}
+
+
+def _build() -> str:
+    try:
+        return f"edged {version('edged')}"
+    except PackageNotFoundError:
+        return "edged"
+
+
+@get("/props")
+async def props(registry: NamedDependency[ModelRegistry]) -> Body:
+    """The default model's context, slots, template and special tokens."""
+    lm = await leased(registry, None)
+    m = lm.model
+    return {
+        "default_generation_settings": {
+            "id": 0,
+            "n_ctx": lm.ctx_size,
+            "params": serving.settings_of(lm, CompletionRequest(prompt="")),
+        },
+        "total_slots": lm.worker.n_slots,
+        "model_alias": lm.name,
+        "model_path": str(lm.path),
+        "chat_template": lm.template.source,
+        "bos_token": m.special_text(m.bos),
+        "eos_token": m.special_text(m.eos),
+        "modalities": {"vision": False, "audio": False},
+        "infill": m.fim.usable,
+        "build_info": _build(),
+    }
+
+
+@get("/slots")
+async def slots(registry: NamedDependency[ModelRegistry]) -> list[Body]:
+    """Each sequence slot of the default model: whether it is busy and the tokens it holds."""
+    lm = await leased(registry, None)
+    sched = lm.generator()
+    return [
+        {
+            "id": seq,
+            "id_task": -1,
+            "n_ctx": lm.ctx_size,
+            "speculative": False,
+            "is_processing": busy,
+            "n_cached": held,
+        }
+        for seq, busy, held in sched.slot_states()
+    ]
+
+
+def _edged(_: Request[Any, Any, Any], exc: EdgedError) -> Response[Body]:
+    exc = to_api(exc)
+    return Response(serving.error_body(exc), status_code=exc.status_code, headers=exc.headers)
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Body]:
+    parts = [
+        f"{item.get('key')}: {item.get('message')}" if item.get("key") else str(item.get("message"))
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    message = "; ".join(parts) or str(exc.detail)
+    body = {"error": {"code": 400, "message": message, "type": "invalid_request_error"}}
+    return Response(body, status_code=400)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Body]:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    body = {"error": {"code": exc.status_code, "message": exc.detail, "type": kind}}
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Body]:
+    log.exception("unhandled error", exc_info=exc)
+    body = {"error": {"code": 500, "message": "internal error", "type": "server_error"}}
+    return Response(body, status_code=500)
+
+
+router = Router(
+    path="/",
+    route_handlers=[completion, infill, apply_template, props, slots],
+    exception_handlers={
+        EdgedError: _edged,
+        ValidationException: _validation,
+        HTTPException: _http,
+        Exception: _unexpected,
+    },
+)
+
+# llama-server also serves the OpenAI routes at the root: the same handlers, a second path.
+unversioned = Router(
+    path="/",
+    route_handlers=[
+        openai_routes.chat_completions,
+        openai_routes.completions,
+        openai_routes.embeddings,
+        openai_routes.list_models,
+    ],
+)

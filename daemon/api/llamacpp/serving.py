@@ -1,0 +1,267 @@
+"""llama-server's /completion and /infill: translations into the one engine path and back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from daemon.api.choices import Extras, Policy, submit_choices
+from daemon.api.errors import to_api
+from daemon.api.formats import schema_grammar
+from daemon.api.framing import plain_sse
+from daemon.api.llamacpp.infill import infill_tokens
+from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest
+from daemon.api.streams import Collected, collect_all, merge
+from daemon.api.watch import leased
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loaded import LoadedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.types import FinishReason, TokenLogprob
+from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest
+
+Body = dict[str, Any]
+
+
+def error_body(exc: EdgedError) -> Body:
+    """llama-server's error shape: `{"error": {"code", "message", "type"}}`."""
+    exc = to_api(exc)
+    return {"error": {"code": exc.status_code, "message": exc.message, "type": exc.error_type}}
+
+
+def _tokens(lm: LoadedModel, prompt: str | list[Any], first: bool) -> list[int]:
+    """Text, ids, or a mix; BOS (where the model wants it) only before the first piece."""
+    if isinstance(prompt, str):
+        return lm.tokenize(prompt) if first else _plain(lm, prompt)
+    out: list[int] = []
+    for i, piece in enumerate(prompt):
+        if isinstance(piece, str):
+            out += _tokens(lm, piece, first and i == 0)
+        else:
+            out.append(piece)
+    return out
+
+
+def _plain(lm: LoadedModel, text: str) -> list[int]:
+    return lm.model.tokenize(text, add_special=False, parse_special=True)
+
+
+def prompts_of(lm: LoadedModel, req: CompletionRequest) -> list[list[int]]:
+    """One or several prompts: a list holding lists (or only strings) is several prompts."""
+    p = req.prompt
+    many = isinstance(p, list) and any(isinstance(x, list) for x in p)
+    if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str) for x in p):
+        many = True
+    items = p if many else [p]
+    prompts = [_tokens(lm, x, True) for x in items]  # type: ignore[arg-type]
+    for tokens in prompts:
+        lm.check_tokens(tokens)
+    return prompts
+
+
+def _grammar(req: CompletionRequest) -> str | None:
+    if req.json_schema is not None:
+        return schema_grammar(req.json_schema, "json_schema")
+    return req.grammar or None
+
+
+def _budget(lm: LoadedModel, prompt: list[int], n_predict: int, cap: int) -> int:
+    room = lm.ctx_size - len(prompt)
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"the prompt has {len(prompt)} tokens; the context is {lm.ctx_size}", param="prompt"
+        )
+    # -1 ("until the context is full") is still bounded by the daemon's cap on output tokens.
+    return min(room, cap) if n_predict < 0 else min(n_predict, room)
+
+
+def submit(
+    lm: LoadedModel, prompts: list[list[int]], req: CompletionRequest, policy: Policy
+) -> list[RequestHandle]:
+    """Every prompt through `submit_choices`, one choice each, cancelled together on refusal."""
+    if len(prompts) > policy.max_batch:
+        raise InvalidRequest(f"at most {policy.max_batch} prompts", param="prompt")
+    fields = req.sampling(lm.ctx_size, lm.model.eog_tokens)
+    extras = Extras(grammar=_grammar(req), logprobs=req.n_probs or None)
+    handles: list[RequestHandle] = []
+    try:
+        for p in prompts:
+            handles += submit_choices(
+                lm, [p], _budget(lm, p, req.n_predict, policy.max_tokens), fields, 1, policy, extras
+            )
+    except BaseException:
+        for h in handles:
+            h.cancel()
+        raise
+    return handles
+
+
+def _piece(lm: LoadedModel, token: int) -> tuple[str, list[int]]:
+    raw = lm.model.piece(token) if 0 <= token < lm.model.n_vocab else b""
+    return raw.decode("utf-8", "replace"), list(raw)
+
+
+def probabilities(
+    lm: LoadedModel, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]
+) -> list[Body]:
+    """`completion_probabilities` in llama-server's log-probability form."""
+    out = []
+    for e in entries:
+        text, raw = _piece(lm, e.token)
+        top = []
+        for t, lp in e.top:
+            t_text, t_raw = _piece(lm, t)
+            top.append({"id": t, "token": t_text, "logprob": lp, "bytes": t_raw})
+        out.append(
+            {"id": e.token, "token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top}
+        )
+    return out
+
+
+def _stop_fields(lm: LoadedModel, r: Collected, stops: list[str]) -> Body:
+    """`stop_type` and `stopping_word`: a stop string, the end-of-generation token, or the limit."""
+    if r.finish_reason is FinishReason.LENGTH:
+        return {"stop_type": "limit", "stopping_word": ""}
+    if r.finish_reason is not FinishReason.STOP:
+        return {"stop_type": "none", "stopping_word": ""}
+    # The text ends before a matched stop string; what was generated past it names the word.
+    rest = lm.model.detokenize(r.token_ids)[len(r.text) :]
+    word = next((s for s in stops if s and rest.startswith(s)), None)
+    if word is None:
+        word = next((s for s in stops if s and s in rest), None)
+    if word is not None:
+        return {"stop_type": "word", "stopping_word": word}
+    return {"stop_type": "eos", "stopping_word": ""}
+
+
+def timings(handle: RequestHandle) -> Body:
+    """Prompt and generation timings, as llama-server reports them (prompt includes queueing)."""
+    end = time.monotonic()
+    first = handle.first_token_at or end
+    u = handle.usage
+    prompt_n = max(0, u.prompt_tokens - u.cached_tokens)
+    prompt_ms = (first - handle.submitted_at) * 1000
+    predicted_ms = (end - first) * 1000
+    return {
+        "cache_n": u.cached_tokens,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": prompt_n * 1000 / prompt_ms if prompt_ms > 0 else 0.0,
+        "predicted_n": u.completion_tokens,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / u.completion_tokens
+        if u.completion_tokens
+        else 0.0,
+        "predicted_per_second": (
+            u.completion_tokens * 1000 / predicted_ms if predicted_ms > 0 else 0.0
+        ),
+    }
+
+
+def settings_of(lm: LoadedModel, req: CompletionRequest) -> Body:
+    return {
+        "n_predict": req.n_predict,
+        "seed": req.seed,
+        "temperature": req.temperature,
+        "top_k": req.top_k,
+        "top_p": req.top_p,
+        "min_p": req.min_p,
+        "typical_p": req.typical_p,
+        "repeat_penalty": req.repeat_penalty,
+        "repeat_last_n": req.repeat_last_n,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "stop": req.stop,
+        "n_probs": req.n_probs,
+        "ignore_eos": req.ignore_eos,
+        "stream": req.stream,
+        "grammar": req.grammar or "",
+        "n_ctx": lm.ctx_size,
+    }
+
+
+def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: CompletionRequest) -> Body:
+    body: Body = {
+        "index": i,
+        "content": r.text,
+        "tokens": list(r.token_ids) if req.return_tokens else [],
+        "id_slot": -1,
+        "stop": True,
+        "model": lm.name,
+        "tokens_predicted": h.usage.completion_tokens,
+        "tokens_evaluated": h.usage.prompt_tokens,
+        "tokens_cached": h.usage.prompt_tokens + h.usage.completion_tokens,
+        "generation_settings": settings_of(lm, req),
+        "prompt": lm.model.detokenize(h.request.prompt_tokens, special=True),
+        "has_new_line": "\n" in r.text,
+        "truncated": False,
+        **_stop_fields(lm, r, req.stop),
+        "timings": timings(h),
+    }
+    if req.n_probs:
+        body["completion_probabilities"] = probabilities(lm, r.logprobs)
+    return body
+
+
+async def complete(
+    registry: ModelRegistry, req: CompletionRequest, policy: Policy
+) -> Body | list[Body] | Any:
+    """POST /completion: one result (a list for several prompts), or SSE events."""
+    lm = await leased(registry, req.model)
+    return await _serve(lm, prompts_of(lm, req), req, policy)
+
+
+async def infill(registry: ModelRegistry, req: InfillRequest, policy: Policy) -> Body | Any:
+    """POST /infill: fill-in-the-middle with the model's FIM tokens."""
+    lm = await leased(registry, req.model)
+    extra = [(f.filename, f.text) for f in req.input_extra]
+    prompt = infill_tokens(lm, req.input_prefix, req.input_suffix, extra, req.prompt)
+    return await _serve(lm, [prompt], req, policy)
+
+
+async def _serve(
+    lm: LoadedModel, prompts: list[list[int]], req: CompletionRequest, policy: Policy
+) -> Body | list[Body] | Any:
+    handles = submit(lm, prompts, req, policy)
+    if req.stream:
+        return plain_sse(_events(lm, handles, req), handles, error_body)
+    results = await collect_all(handles)
+    bodies = [
+        _final(lm, i, h, r, req) for i, (h, r) in enumerate(zip(handles, results, strict=True))
+    ]
+    return bodies[0] if len(bodies) == 1 else bodies
+
+
+async def _events(
+    lm: LoadedModel, handles: list[RequestHandle], req: CompletionRequest
+) -> AsyncIterator[Body]:
+    collected = [Collected("", FinishReason.ERROR, []) for _ in handles]
+    parts: list[list[str]] = [[] for _ in handles]
+    async for i, chunk in merge(handles):
+        c = collected[i]
+        parts[i].append(chunk.text)
+        c.token_ids.extend(chunk.token_ids)
+        c.logprobs.extend(chunk.logprobs)
+        h = handles[i]
+        if chunk.text or chunk.token_ids:
+            event: Body = {
+                "index": i,
+                "content": chunk.text,
+                "tokens": list(chunk.token_ids) if req.return_tokens else [],
+                "stop": False,
+                "id_slot": -1,
+                "tokens_predicted": h.usage.completion_tokens,
+                "tokens_evaluated": h.usage.prompt_tokens,
+            }
+            if req.n_probs:
+                event["completion_probabilities"] = probabilities(lm, chunk.logprobs)
+            yield event
+        if chunk.finish_reason is not None:
+            c.text = "".join(parts[i])
+            c.finish_reason = chunk.finish_reason
+            final = _final(lm, i, h, c, req)
+            # The last event repeats no text: the content arrived in the events before it.
+            final.update(content="", tokens=[])
+            final.pop("completion_probabilities", None)
+            yield final

@@ -1,0 +1,326 @@
+"""Ollama's model management: /api/tags, /api/show, /api/ps, /api/pull, /api/delete, /api/copy.
+
+Models are GGUF files in the models directory, named by file stem, as everywhere in edged.
+Facts about a file come from its GGUF header (read once per file version); the digest is the
+sha256 the pull sidecar recorded, else a digest of the file's path, size and mtime (hashing a
+multi-GB file on every listing would stall the listing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
+from daemon.api.ollama.serving import resolve_name
+from daemon.config import Settings
+from daemon.engine.registry import ModelEntry, ModelRegistry
+from daemon.errors import InvalidRequest, NotFound
+
+# The Ollama API level these routes implement (clients gate features on /api/version).
+OLLAMA_API_VERSION = "0.12.0"
+DEFAULT_PULL_TYPE = "Q4_K_M"
+# RFC 3339 stand-in for "never unloaded" in /api/ps.
+NEVER = "9999-12-31T23:59:59Z"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_ENCODERS = ("bert", "nomic-bert", "jina-bert-v2", "t5encoder")
+
+Body = dict[str, Any]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@lru_cache(maxsize=256)
+def _header(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, Any], ...]:
+    """Scalar metadata of a GGUF (arrays as their length), keyed by file version."""
+    reader = gguf.GGUFReader(path)
+    out: list[tuple[str, Any]] = []
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            value = field.contents()
+        except Exception:  # an odd field must not hide the others
+            continue
+        out.append((key, value))
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    out.append(("general.parameter_count", n_params))
+    return tuple(out)
+
+
+def header(path: Path) -> dict[str, Any]:
+    """A GGUF's metadata; empty when the file cannot be read."""
+    try:
+        st = path.stat()
+        return dict(_header(str(path), st.st_mtime_ns, st.st_size))
+    except Exception:
+        return {}
+
+
+def digest(path: Path) -> str:
+    """The pulled file's sha256 from its sidecar, else a digest of its identity."""
+    try:
+        side = json.loads(path.with_suffix(".json").read_text())
+        if isinstance(side.get("sha256"), str):
+            return str(side["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        st = path.stat()
+        ident = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        ident = str(path)
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def _size_label(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}".replace(".0", "")
+    return str(n)
+
+
+def details(meta: dict[str, Any]) -> Body:
+    """Ollama's `details` object."""
+    arch = str(meta.get("general.architecture", ""))
+    ftype = meta.get("general.file_type")
+    try:
+        level = (
+            gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_") if ftype is not None else ""
+        )
+    except ValueError:
+        level = ""
+    size = meta.get("general.size_label") or _size_label(
+        int(meta.get("general.parameter_count", 0))
+    )
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": arch,
+        "families": [arch] if arch else None,
+        "parameter_size": str(size),
+        "quantization_level": level,
+    }
+
+
+def capabilities(meta: dict[str, Any]) -> list[str]:
+    """What a model can do, from its metadata."""
+    arch = str(meta.get("general.architecture", ""))
+    if f"{arch}.pooling_type" in meta or arch in _ENCODERS:
+        return ["embedding"]
+    caps = ["completion", "tools"]  # tools: through the template or edged's generic prompt
+    if all(f"tokenizer.ggml.fim_{k}_token_id" in meta for k in ("pre", "suf", "mid")):
+        caps.append("insert")
+    return caps
+
+
+def _entry_body(e: ModelEntry) -> Body:
+    meta = header(e.path)
+    try:
+        st = e.path.stat()
+        size, mtime = st.st_size, st.st_mtime
+    except OSError:
+        size, mtime = 0, 0.0
+    return {
+        "name": e.name,
+        "model": e.name,
+        "modified_at": _iso(mtime),
+        "size": size,
+        "digest": digest(e.path),
+        "details": details(meta),
+    }
+
+
+def tags(registry: ModelRegistry) -> Body:
+    """GET /api/tags: every servable name (files and aliases)."""
+    return {"models": [_entry_body(e) for e in registry.entries()]}
+
+
+def show(registry: ModelRegistry, req: ModelRef) -> Body:
+    """POST /api/show: template, details, metadata and capabilities of one model."""
+    if req.ref is None:
+        raise InvalidRequest("model is required", param="model")
+    entry = registry.resolve(resolve_name(registry, req.ref))
+    meta = header(entry.path)
+    info = {k: v for k, v in meta.items() if req.verbose or not isinstance(v, list)}
+    template = next(
+        (lm.template.source for lm in registry.loaded() if lm.path == entry.path),
+        meta.get("tokenizer.chat_template", ""),
+    )
+    return {
+        "modelfile": f"FROM {entry.path}\n",
+        "parameters": "",
+        "template": template,
+        "details": details(meta),
+        "model_info": info,
+        "capabilities": capabilities(meta),
+        "modified_at": _entry_body(entry)["modified_at"],
+    }
+
+
+def ps(registry: ModelRegistry, settings: Settings) -> Body:
+    """GET /api/ps: the models in memory, with when each is unloaded if left idle."""
+    out = []
+    for lm in registry.loaded():
+        deadline = registry.unload_deadline(lm.name)
+        size = lm.memory_bytes
+        out.append(
+            {
+                "name": lm.name,
+                "model": lm.name,
+                "size": size,
+                "digest": digest(lm.path),
+                "details": details(header(lm.path)),
+                "expires_at": NEVER if deadline is None else _iso(deadline),
+                # An estimate: everything is on the GPU when layers are offloaded at all.
+                "size_vram": size if settings.n_gpu_layers != 0 else 0,
+                "context_length": lm.ctx_size,
+            }
+        )
+    return {"models": out}
+
+
+def _models_dir(settings: Settings) -> Path:
+    if settings.models_dir is None:
+        raise InvalidRequest(
+            "this daemon has no models directory (--models-dir); nothing can be pulled, "
+            "copied or deleted",
+            param="model",
+        )
+    return settings.models_dir
+
+
+def _own_file(registry: ModelRegistry, settings: Settings, ref: str) -> ModelEntry:
+    """An entry that is a file in the models directory (what delete may remove)."""
+    entry = registry.resolve(resolve_name(registry, ref))
+    if entry.alias_of is not None:
+        raise InvalidRequest(
+            f"`{entry.name}` is an alias from the configuration; remove it there", param="model"
+        )
+    if entry.name == registry.default_name:
+        raise InvalidRequest("the default model cannot be deleted", param="model")
+    folder = _models_dir(settings).resolve()
+    if entry.path.resolve().parent != folder:
+        raise InvalidRequest(f"`{entry.name}` is not in the models directory", param="model")
+    return entry
+
+
+async def delete(registry: ModelRegistry, settings: Settings, req: ModelRef) -> None:
+    """DELETE /api/delete: unload the model and remove its file (and pull sidecar)."""
+    if req.ref is None:
+        raise InvalidRequest("model is required", param="model")
+    entry = _own_file(registry, settings, req.ref)
+    await registry.unload(entry.name)
+    entry.path.unlink(missing_ok=True)
+    entry.path.with_suffix(".json").unlink(missing_ok=True)
+    registry.rescan()
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same file system: instant, and no extra space
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.part")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+
+
+async def copy(registry: ModelRegistry, settings: Settings, req: CopyRequest) -> None:
+    """POST /api/copy: a new file (hard link where possible) named `destination`.
+
+    An existing name is refused rather than overwritten (Ollama overwrites): a loaded
+    model's file is never replaced under it.
+    """
+    folder = _models_dir(settings)
+    src = registry.resolve(resolve_name(registry, req.source))
+    name = req.destination.removesuffix(":latest")
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            "destination must be letters, digits, '.', '_' or '-' (it becomes a file name)",
+            param="destination",
+        )
+    dst = folder / f"{name}.gguf"
+    if dst.exists() or any(e.name == name for e in registry.entries()):
+        raise InvalidRequest(f"a model named `{name}` already exists", param="destination")
+    folder.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_copy_file, src.path, dst)
+    registry.rescan()
+
+
+def pull_target(ref: str) -> tuple[str, str]:
+    """`[hf.co/]owner/repo[:TYPE]` as (repo id, quantization type); `latest` is the default."""
+    for host in ("hf.co/", "huggingface.co/", "https://huggingface.co/"):
+        ref = ref.removeprefix(host)
+    repo, _, tag = ref.partition(":")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise InvalidRequest(
+            "model must name a Hugging Face repository: owner/repo[:TYPE]", param="model"
+        )
+    return repo, (DEFAULT_PULL_TYPE if tag in ("", "latest") else tag)
+
+
+async def _run_pull(repo: str, qtype: str, folder: Path) -> Path:
+    from quantize.errors import FetchError, QuantizeError, UnknownType
+    from quantize.pull import pull
+
+    try:
+        return await asyncio.to_thread(pull, repo, qtype, folder, progress=False)
+    except UnknownType as exc:
+        raise InvalidRequest(str(exc), param="model") from exc
+    except FetchError as exc:
+        raise NotFound(f"pull failed: {exc}", param="model") from exc
+    except QuantizeError as exc:
+        raise InvalidRequest(f"pull failed: {exc}", param="model") from exc
+
+
+def pull_plan(settings: Settings, req: PullRequest) -> tuple[str, str, Path]:
+    """Repository, type and destination of a pull, checked before anything streams."""
+    if req.ref is None:
+        raise InvalidRequest("model is required", param="model")
+    folder = _models_dir(settings)
+    return (*pull_target(req.ref), folder)
+
+
+async def pull_events(registry: ModelRegistry, plan: tuple[str, str, Path]) -> AsyncIterator[Body]:
+    """Ollama's progress lines; the last is `success` (or the error line the stream adds)."""
+    repo, qtype, folder = plan
+    yield {"status": "pulling manifest"}
+    task = asyncio.ensure_future(_run_pull(repo, qtype, folder))
+    status = f"pulling {repo}:{qtype}"
+    try:
+        # Fetch, convert and quantize report no byte counts on the way; a heartbeat shows life.
+        while not task.done():
+            yield {"status": status}
+            await asyncio.wait([task], timeout=1.0)
+        path = task.result()
+    finally:
+        if not task.done():
+            task.cancel()  # the worker thread finishes its file; only the wait is dropped
+    size = path.stat().st_size
+    sha = digest(path)
+    yield {"status": status, "digest": f"sha256:{sha}", "total": size, "completed": size}
+    yield {"status": "verifying sha256 digest"}
+    registry.rescan()
+    yield {"status": "writing manifest"}
+    yield {"status": "success", "model": path.stem}
+
+
+async def pull(registry: ModelRegistry, settings: Settings, req: PullRequest) -> Body:
+    """POST /api/pull with `stream: false`: the last status, once the file is in place."""
+    last: Body = {}
+    async for event in pull_events(registry, pull_plan(settings, req)):
+        last = event
+    return last

@@ -1,0 +1,279 @@
+"""llama-server's own routes over real HTTP, checked against what its README promises."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from daemon.config import embedded_model_path
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.fim_model import write_fim_copy
+
+FIM = "smollm-fim"
+GREEDY: dict[str, Any] = {"temperature": 0, "n_predict": 8}
+COUNT = "Count from 1 to 20: 1, 2, 3,"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default model plus a copy of it whose GGUF declares FIM tokens."""
+    models = tmp_path_factory.mktemp("llamacpp_models")
+    write_fim_copy(embedded_model_path(), models / f"{FIM}.gguf")
+    tmp = tmp_path_factory.mktemp("llamacpp_server")
+    srv = start_server(tmp, "--models-dir", str(models), "--parallel", "4", "--ctx-size", "2048")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def base_url(llama_server: Server) -> str:
+    return llama_server.url
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=600)  # generous: shared CI cores
+
+
+def _events(r: httpx.Response) -> list[dict[str, Any]]:
+    assert r.headers["content-type"].startswith("text/event-stream")
+    lines = [x for x in r.text.splitlines() if x.startswith("data:")]
+    assert lines and all(x != "data: [DONE]" for x in lines)  # llama-server sends no [DONE]
+    return [json.loads(x[5:]) for x in lines]
+
+
+def test_completion_fields(base_url: str) -> None:
+    r = _post(base_url, "/completion", {"prompt": COUNT, "return_tokens": True, **GREEDY})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert isinstance(b["content"], str) and b["stop"] is True
+    assert b["tokens_predicted"] == len(b["tokens"]) == 8 and b["stop_type"] == "limit"
+    assert b["tokens_evaluated"] > 5 and b["generation_settings"]["n_predict"] == 8
+    t = b["timings"]
+    assert t["predicted_n"] == 8 and t["prompt_n"] + t["cache_n"] == b["tokens_evaluated"]
+    assert "completion_probabilities" not in b
+
+
+def test_token_mixed_and_text_prompts_agree(base_url: str) -> None:
+    text = _post(base_url, "/completion", {"prompt": COUNT, **GREEDY}).json()
+    ids = _post(base_url, "/tokenize", {"content": COUNT, "add_special": True}).json()["tokens"]
+    by_ids = _post(base_url, "/completion", {"prompt": ids, **GREEDY}).json()
+    assert by_ids["content"] == text["content"]
+    head = _post(base_url, "/tokenize", {"content": "Count from 1 to 20:"}).json()["tokens"]
+    mixed = _post(base_url, "/completion", {"prompt": [*head, " 1, 2, 3,"], **GREEDY}).json()
+    assert mixed["tokens_evaluated"] > len(head) and isinstance(mixed["content"], str)
+
+
+def test_stream_is_sse_without_done(base_url: str) -> None:
+    whole = _post(base_url, "/completion", {"prompt": COUNT, **GREEDY}).json()
+    events = _events(_post(base_url, "/completion", {"prompt": COUNT, "stream": True, **GREEDY}))
+    assert all(e["stop"] is False for e in events[:-1]) and events[-1]["stop"] is True
+    assert "".join(e["content"] for e in events) == whole["content"]
+    assert events[-1]["timings"]["predicted_n"] == 8
+
+
+def test_n_probs(base_url: str) -> None:
+    b = _post(base_url, "/completion", {"prompt": COUNT, "n_probs": 3, **GREEDY}).json()
+    probs = b["completion_probabilities"]
+    assert len(probs) == b["tokens_predicted"]
+    for p in probs:
+        assert len(p["top_logprobs"]) == 3 and p["logprob"] <= 0
+        assert p["top_logprobs"][0]["logprob"] >= p["top_logprobs"][-1]["logprob"]
+        # Greedy: the chosen token is the most likely one.
+        assert p["id"] == p["top_logprobs"][0]["id"]
+    events = _events(
+        _post(base_url, "/completion", {"prompt": COUNT, "n_probs": 2, "stream": True, **GREEDY})
+    )
+    assert sum(len(e.get("completion_probabilities", [])) for e in events) == 8
+
+
+def test_stop_word_and_eos(base_url: str) -> None:
+    b = _post(
+        base_url,
+        "/completion",
+        {"prompt": COUNT, "temperature": 0, "n_predict": 16, "stop": [" 6"]},
+    ).json()
+    assert b["stop_type"] == "word" and b["stopping_word"] == " 6" and " 6" not in b["content"]
+    tpl = _post(
+        base_url, "/apply-template", {"messages": [{"role": "user", "content": "Say hi."}]}
+    ).json()["prompt"]
+    eos = _post(base_url, "/completion", {"prompt": tpl, "temperature": 0, "n_predict": 60}).json()
+    assert eos["stop_type"] == "eos"
+    ignored = _post(
+        base_url,
+        "/completion",
+        {
+            "prompt": tpl,
+            "temperature": 0,
+            "n_predict": eos["tokens_predicted"] + 3,
+            "ignore_eos": True,
+        },
+    ).json()
+    assert ignored["stop_type"] == "limit"
+
+
+def test_json_schema_and_grammar(base_url: str) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    b = _post(
+        base_url,
+        "/completion",
+        {"prompt": "A JSON object:", "json_schema": schema, "temperature": 0, "n_predict": 40},
+    ).json()
+    jsonschema.validate(json.loads(b["content"]), schema)
+    g = _post(
+        base_url,
+        "/completion",
+        {"prompt": "Yes or no?", "grammar": 'root ::= "yes" | "no"', "n_predict": 5},
+    ).json()
+    assert g["content"] in ("yes", "no")
+
+
+def test_several_prompts(base_url: str) -> None:
+    b = _post(base_url, "/completion", {"prompt": ["Hello", "Goodbye"], **GREEDY}).json()
+    assert isinstance(b, list) and [x["index"] for x in b] == [0, 1]
+
+
+def test_infill_lays_out_fim_tokens(base_url: str) -> None:
+    body = {
+        "model": FIM,
+        "input_prefix": "def add(a, b):\n    return ",
+        "input_suffix": "\n\nprint(add(1, 2))\n",
+        "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"}],
+        "return_tokens": True,
+        **GREEDY,
+    }
+    r = _post(base_url, "/infill", body)
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert isinstance(b["content"], str) and b["tokens_predicted"] <= 8
+
+    def ids(text: str) -> list[int]:
+        return _post(base_url, "/tokenize", {"content": text, "parse_special": False}).json()[
+            "tokens"
+        ]
+
+    # [REP]myproject\n [SEP]util.py\n text [SEP]filename\n [PRE]prefix [SUF]suffix [MID]
+    expected = [
+        4, *ids("myproject\n"),
+        5, *ids("util.py\n"), *ids(body["input_extra"][0]["text"]),
+        5, *ids("filename\n"),
+        7, *ids(body["input_prefix"]), 8, *ids(body["input_suffix"]), 9,
+    ]  # fmt: skip
+    detok = _post(base_url, "/detokenize", {"tokens": expected}).json()["content"]
+    assert b["prompt"] == detok and b["tokens_evaluated"] == len(expected)
+    without = _post(base_url, "/infill", {**body, "input_extra": []}).json()
+    assert without["tokens_evaluated"] < b["tokens_evaluated"]
+    streamed = _events(_post(base_url, "/infill", {**body, "stream": True}))
+    assert "".join(e["content"] for e in streamed) == b["content"]
+    # Special-token text in client input stays text.
+    sneaky = _post(base_url, "/infill", {**body, "input_prefix": "<issue_comment>"}).json()
+    assert sneaky["tokens_evaluated"] > b["tokens_evaluated"] - len(ids(body["input_prefix"]))
+
+
+def test_infill_without_fim_tokens_and_ollama_suffix(base_url: str) -> None:
+    r = _post(base_url, "/infill", {"input_prefix": "a", "input_suffix": "b"})
+    assert r.status_code == 400 and "fill-in-the-middle" in r.json()["error"]["message"]
+    ol = _post(
+        base_url,
+        "/api/generate",
+        {
+            "model": FIM,
+            "prompt": "def f(",
+            "suffix": "):\n",
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 4},
+        },
+    )
+    assert ol.status_code == 200 and ol.json()["done"] is True
+    infill = _post(
+        base_url,
+        "/infill",
+        {
+            "model": FIM,
+            "input_prefix": "def f(",
+            "input_suffix": "):\n",
+            "temperature": 0,
+            "n_predict": 4,
+            "repeat_penalty": 1.1,
+            "top_k": 40,
+            "top_p": 0.9,
+            "min_p": 0,
+        },
+    ).json()
+    assert ol.json()["prompt_eval_count"] == infill["tokens_evaluated"]
+
+
+def test_props_template_tokenize_slots(base_url: str) -> None:
+    props = httpx.get(f"{base_url}/props").json()
+    assert props["total_slots"] == 4 and props["default_generation_settings"]["n_ctx"] == 2048
+    assert "im_start" in props["chat_template"] and props["modalities"]["vision"] is False
+    out = _post(
+        base_url,
+        "/apply-template",
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]},
+    ).json()
+    assert "<|im_start|>user\nU<|im_end|>" in out["prompt"]
+    assert out["prompt"].endswith("<|im_start|>assistant\n")
+    text = "Hello wörld <|im_end|>"
+    plain = _post(base_url, "/tokenize", {"content": text}).json()["tokens"]
+    pieces = _post(base_url, "/tokenize", {"content": text, "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == plain
+    joined = b"".join(
+        p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces
+    )
+    assert joined.decode() == text
+    back = _post(base_url, "/detokenize", {"tokens": plain}).json()["content"]
+    assert back == text
+    slots = httpx.get(f"{base_url}/slots").json()
+    assert [s["id"] for s in slots] == list(range(4))
+    assert all(isinstance(s["is_processing"], bool) for s in slots)
+
+
+def test_openai_routes_without_v1(base_url: str) -> None:
+    msgs = [{"role": "user", "content": "Hi"}]
+    a = _post(base_url, "/chat/completions", {"messages": msgs, "max_tokens": 4, "temperature": 0})
+    b = _post(
+        base_url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "temperature": 0}
+    )
+    assert (
+        a.status_code == 200
+        and a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
+    )
+    c = _post(base_url, "/completions", {"prompt": "Hi", "max_tokens": 2})
+    assert c.status_code == 200 and c.json()["object"] == "text_completion"
+    assert httpx.get(f"{base_url}/models").json() == httpx.get(f"{base_url}/v1/models").json()
+    e = _post(base_url, "/embeddings", {"input": "x"})
+    assert e.status_code == 400 and e.json()["error"]["code"] == "model_not_supported"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        ("/completion", {"prompt": "x", "n_probs": 50}, 400, "n_probs"),
+        ("/completion", {"prompt": "x", "mirostat": 2}, 400, "mirostat"),
+        ("/completion", {"prompt": "x", "post_sampling_probs": True}, 400, "post_sampling_probs"),
+        ("/completion", {"prompt": "x", "lora": [{"id": 0, "scale": 1}]}, 400, "lora"),
+        ("/completion", {"prompt": "x", "grammar": "root ::= x", "json_schema": {}}, 400, "either"),
+        ("/completion", {"prompt": "x", "grammar": "nonsense"}, 400, "grammar"),
+        ("/completion", {"prompt": [10**9]}, 400, "token"),
+        ("/completion", {"prompt": ""}, 400, "empty"),
+        ("/completion", {"prompt": "x", "model": "nope"}, 404, "nope"),
+        ("/completion", {"prompt": "x", "logit_bias": [["hello", 1]]}, 400, "logit_bias"),
+        ("/completion", {"prompt": "x " * 3000}, 400, "context"),
+        ("/completion", {"n_predict": 3}, 400, "prompt"),
+        ("/infill", {"input_prefix": "x", "temperature": -1}, 400, "temperature"),
+        ("/apply-template", {"messages": []}, 400, "messages"),
+    ],
+)
+def test_errors_in_llama_server_shape(
+    base_url: str, path: str, body: dict[str, Any], status: int, needle: str
+) -> None:
+    r = _post(base_url, path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and isinstance(err["type"], str)
+    assert needle.lower() in err["message"].lower()

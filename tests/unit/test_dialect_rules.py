@@ -1,0 +1,60 @@
+"""Small rules of the Ollama and llama-server dialects that need no model."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from daemon.api.llamacpp.protocol import CompletionRequest
+from daemon.api.ollama.catalog import pull_target
+from daemon.api.ollama.dispatch import is_ollama
+from daemon.api.ollama.protocol import Options
+from daemon.errors import InvalidRequest
+
+
+@pytest.mark.parametrize(
+    ("body", "ollama"),
+    [
+        ({"model": "m", "prompt": "x"}, True),
+        ({}, True),
+        ({"request_id": "a", "prompt": "x"}, False),
+        ({"prompt": "x", "generation_config": {}}, False),
+        ({"prompt": "x", "stream_response": False}, False),
+        ({"prompt": "x", "only_new_tokens": True}, False),
+        ([1, 2], False),
+        (None, False),
+    ],
+)
+def test_generate_dispatch_rule(body: object, ollama: bool) -> None:
+    assert is_ollama(body) is ollama
+
+
+def test_options_take_ollamas_defaults_and_windows() -> None:
+    s = Options().sampling(n_ctx=512).to_sampling()
+    assert (s.temperature, s.top_k, s.top_p, s.repetition_penalty) == (0.8, 40, 0.9, 1.1)
+    assert s.penalty_last_n == 64 and s.seed is None
+    s = Options(repeat_last_n=-1, seed=-1).sampling(n_ctx=512).to_sampling()
+    assert s.penalty_last_n == 512 and s.seed is None
+    assert Options(seed=7, num_gpu=99).sampling(64).to_sampling().seed == 7  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        Options(mirostat=2)  # type: ignore[arg-type]
+
+
+def test_pull_target() -> None:
+    assert pull_target("hf.co/a/b:Q8_0") == ("a/b", "Q8_0")
+    assert pull_target("a/b") == ("a/b", "Q4_K_M")
+    assert pull_target("a/b:latest") == ("a/b", "Q4_K_M")
+    for bad in ("ab", "a/b/c", "/b", "a/"):
+        with pytest.raises(InvalidRequest):
+            pull_target(bad)
+
+
+def test_completion_refuses_what_it_cannot_honour() -> None:
+    for field, value in [("mirostat", 1), ("post_sampling_probs", True), ("n_keep", 5)]:
+        with pytest.raises(ValidationError, match=field):
+            CompletionRequest(prompt="x", **{field: value})
+    req = CompletionRequest(prompt="x", logit_bias=[[5, False], ["7", 2.5]], ignore_eos=True)
+    bias = req.bias_map(frozenset({0}))
+    assert bias == {"5": -100.0, "7": 2.5, "0": -100.0}
+    with pytest.raises(ValidationError):
+        CompletionRequest(prompt="x", logit_bias=[[-1, 1]])
