@@ -12,6 +12,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
 from daemon.api import tokenize
+from daemon.api.anthropic.routes import router as anthropic_router
 from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
 from daemon.api.errors import exception_handlers
 from daemon.api.generate.routes import router as generate_router
@@ -19,6 +20,7 @@ from daemon.api.metrics import Metrics
 from daemon.api.middleware import ServiceMiddleware
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
+from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
@@ -114,6 +116,8 @@ def create_app(
         route_handlers=[
             health,
             openai_router,
+            anthropic_router,
+            responses_router(),
             together_inference,
             generate_router,
             *tokenize.handlers,

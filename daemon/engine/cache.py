@@ -90,6 +90,17 @@ class SequenceStore:
         for k, e in evicted:
             self._spill(k, e)
 
+    def discard(self, key: StoreKey) -> None:
+        """Forget `key`, in memory and spilled (its owner deleted what it belonged to)."""
+        with self._lock:
+            old = self._mem.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+        if self.spill_dir is not None:
+            base = self._path(key)
+            base.with_suffix(".kv").unlink(missing_ok=True)
+            base.with_suffix(".json").unlink(missing_ok=True)
+
     def persist(self) -> int:
         """Write every in-memory entry to the spill directory; returns how many were written."""
         if self.spill_dir is None:

@@ -5,23 +5,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from litestar.response import ServerSentEvent
 
+from daemon.api.chat import build_chat, grammar_of
 from daemon.api.choices import Extras, Policy, submit_choices, usage
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.streams import Collected, collect_all, merge, sse
-from daemon.engine.grammar import json_grammar, unenforceable_keywords
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.types import Chunk, FinishReason
-from daemon.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -51,31 +50,8 @@ def _finish(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
-def _grammar(req: _Common) -> str | None:
-    """The GBNF that constrains decoding: a raw `grammar`, or one derived from the schema."""
-    fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return req.grammar
-    if req.grammar is not None:
-        raise InvalidRequest("use either grammar or response_format, not both", param="grammar")
-    if fmt.type == "json_schema" and fmt.json_schema is None:
-        raise InvalidRequest("json_schema needs a json_schema member", param="response_format")
-    schema = fmt.schema_or_none()
-    unsupported = unenforceable_keywords(schema)
-    if unsupported:
-        raise InvalidRequest(
-            f"constrained decoding cannot enforce {', '.join(sorted(unsupported))}; "
-            "remove them or use a raw grammar",
-            param="response_format",
-        )
-    try:
-        return json_grammar(schema)
-    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
-        raise InvalidRequest(f"unusable JSON schema: {exc}", param="response_format") from exc
-
-
 def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
-    return Extras(grammar=_grammar(req), logprobs=count, prompt_logprobs=echo_scores)
+    return Extras(grammar=grammar_of(req), logprobs=count, prompt_logprobs=echo_scores)
 
 
 async def chat_completion(
@@ -83,14 +59,9 @@ async def chat_completion(
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
     lm = await registry.get(req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    plan = tools.plan_tools(req, lm.template.source)
-    messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
-    rendered = lm.render_chat(messages, **template_vars)
-    prompt = lm.tokenize(rendered)
     count = req.logprob_count
-    extras = _extras(req, count, req.echo and count is not None)
-    if plan is not None and plan.grammar is not None:
-        extras = replace(extras, grammar=plan.grammar)
+    chat = build_chat(lm, req, count, req.echo and count is not None)
+    plan, rendered, prompt, extras = chat.plan, chat.rendered, chat.tokens, chat.extras
     meta = _meta("chatcmpl", "chat.completion", req.model or lm.name)
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     guard = None

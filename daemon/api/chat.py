@@ -1,0 +1,142 @@
+"""Building a chat prompt: tools, template rendering, tokens and grammar, shared by dialects.
+
+OpenAI chat, Anthropic Messages and OpenAI Responses all translate their bodies into a
+ChatCompletionRequest and come here, so a conversation renders the same way whatever the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from daemon.api.choices import Extras
+from daemon.api.openai import tools
+from daemon.api.openai.protocol import ChatCompletionRequest, _Common
+from daemon.api.watch import watched
+from daemon.engine.grammar import json_grammar, unenforceable_keywords
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loaded import LoadedModel
+from daemon.engine.types import FinishReason
+from daemon.errors import InvalidRequest
+
+
+def grammar_of(req: _Common, param: str = "response_format") -> str | None:
+    """The GBNF that constrains decoding: a raw `grammar`, or one derived from the schema."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return req.grammar
+    if req.grammar is not None:
+        raise InvalidRequest("use either grammar or response_format, not both", param="grammar")
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise InvalidRequest("json_schema needs a json_schema member", param=param)
+    schema = fmt.schema_or_none()
+    unsupported = unenforceable_keywords(schema)
+    if unsupported:
+        raise InvalidRequest(
+            f"constrained decoding cannot enforce {', '.join(sorted(unsupported))}; "
+            "remove them or use a raw grammar",
+            param=param,
+        )
+    try:
+        return json_grammar(schema)
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
+        raise InvalidRequest(f"unusable JSON schema: {exc}", param=param) from exc
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation ready to submit: its tool plan, rendered text, tokens and extras."""
+
+    plan: tools.ToolPlan | None
+    rendered: str
+    tokens: list[int]
+    extras: Extras
+
+
+def build_chat(
+    lm: LoadedModel,
+    req: ChatCompletionRequest,
+    logprobs: int | None = None,
+    prompt_logprobs: bool = False,
+    format_param: str = "response_format",
+) -> ChatPrompt:
+    """Render `req.messages` (with its tools) through the model's template and tokenize it."""
+    plan = tools.plan_tools(req, lm.template.source)
+    messages, template_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
+    rendered = lm.render_chat(messages, **template_vars)
+    tokens = lm.tokenize(rendered)
+    grammar = grammar_of(req, format_param)
+    if plan is not None and plan.grammar is not None:
+        grammar = plan.grammar
+    return ChatPrompt(plan, rendered, tokens, Extras(grammar, logprobs, prompt_logprobs))
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """How a generated turn ended: the engine's reason, and the stop string that hit, if any."""
+
+    reason: FinishReason
+    stop_sequence: str | None
+    calls: int
+    text: str
+    token_ids: list[int]
+
+
+def _stop_hit(lm: LoadedModel, text: str, ids: list[int], stops: tuple[str, ...]) -> str | None:
+    """The stop string that ended the turn; None when the model ended it (EOG) itself."""
+    if not stops or (ids and ids[-1] in lm.model.eog_tokens):
+        return None
+    # The engine drops the stop text from the output; the tokens still hold it.
+    rest = lm.model.detokenize(ids)[len(text) :]
+    hits = [s for s in stops if s in rest]
+    return min(hits, key=rest.index) if hits else None
+
+
+async def turn_events(
+    lm: LoadedModel, handle: RequestHandle, plan: tools.ToolPlan | None
+) -> AsyncIterator[tools.Event | TurnEnd]:
+    """One handle's output as content text and tool calls, then a TurnEnd."""
+    parser = tools.CallParser(plan)
+    parts: list[str] = []
+    ids: list[int] = []
+    async for chunk in handle.chunks():
+        parts.append(chunk.text)
+        ids.extend(chunk.token_ids)
+        for event in parser.push(chunk.text):
+            yield event
+        if chunk.finish_reason is not None:
+            for event in parser.finish():
+                yield event
+            text = "".join(parts)
+            stop = None
+            if chunk.finish_reason is FinishReason.STOP:
+                stop = _stop_hit(lm, text, ids, handle.request.stop)
+            yield TurnEnd(chunk.finish_reason, stop, parser.calls, text, ids)
+            return
+
+
+@dataclass
+class Turn:
+    """A whole turn: its content, calls and how it ended."""
+
+    content: str
+    calls: list[tools.ToolCall]
+    end: TurnEnd
+
+
+async def run_turn(lm: LoadedModel, handle: RequestHandle, plan: tools.ToolPlan | None) -> Turn:
+    """Wait for the turn to finish; cancel it if the client goes away first."""
+    parts: list[str] = []
+    calls: list[tools.ToolCall] = []
+    try:
+        with watched([handle]):
+            async for event in turn_events(lm, handle, plan):
+                if isinstance(event, TurnEnd):
+                    return Turn("".join(parts), calls, event)
+                if isinstance(event, str):
+                    parts.append(event)
+                else:
+                    calls.append(event)
+    finally:
+        handle.cancel()
+    raise AssertionError("a handle ended without a finish_reason")
