@@ -79,17 +79,6 @@ class TurnEnd:
     stop_sequence: str | None
     calls: int
     text: str
-    token_ids: list[int]
-
-
-def _stop_hit(lm: LoadedModel, text: str, ids: list[int], stops: tuple[str, ...]) -> str | None:
-    """The stop string that ended the turn; None when the model ended it (EOG) itself."""
-    if not stops or (ids and ids[-1] in lm.model.eog_tokens):
-        return None
-    # The engine drops the stop text from the output; the tokens still hold it.
-    rest = lm.model.detokenize(ids)[len(text) :]
-    hits = [s for s in stops if s in rest]
-    return min(hits, key=rest.index) if hits else None
 
 
 async def turn_events(
@@ -98,20 +87,15 @@ async def turn_events(
     """One handle's output as content text and tool calls, then a TurnEnd."""
     parser = tools.CallParser(plan)
     parts: list[str] = []
-    ids: list[int] = []
     async for chunk in handle.chunks():
         parts.append(chunk.text)
-        ids.extend(chunk.token_ids)
         for event in parser.push(chunk.text):
             yield event
         if chunk.finish_reason is not None:
             for event in parser.finish():
                 yield event
-            text = "".join(parts)
-            stop = None
-            if chunk.finish_reason is FinishReason.STOP:
-                stop = _stop_hit(lm, text, ids, handle.request.stop)
-            yield TurnEnd(chunk.finish_reason, stop, parser.calls, text, ids)
+            stop = handle.stop_sequence if chunk.finish_reason is FinishReason.STOP else None
+            yield TurnEnd(chunk.finish_reason, stop, parser.calls, "".join(parts))
             return
 
 

@@ -496,6 +496,7 @@ class Scheduler(ContextWorker):
         if a.leader is not None and a in a.leader.forks:
             a.leader.forks.remove(a)
         h = a.handle
+        h.stop_sequence = a.stops.matched
         if h.request.keep and reason is not FinishReason.ERROR:
             h.saved = self._save(a, reason, tok, best_tokens)
         if a.sampler is not None:

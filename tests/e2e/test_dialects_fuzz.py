@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
-EXAMPLES = 120
+EXAMPLES = 80
 
 leaf = (
     st.none()

@@ -122,7 +122,10 @@ def test_json_schema_format(client: openai.OpenAI) -> None:
         max_output_tokens=48,
         temperature=0,
     )
-    assert isinstance(json.loads(obj.output_text), dict)
+    # Any JSON object is allowed, so it may run past the budget: whole only when completed.
+    assert obj.output_text.lstrip().startswith("{")
+    if obj.status == "completed":
+        assert isinstance(json.loads(obj.output_text), dict)
 
 
 @pytest.mark.parametrize("stream", [False, True])

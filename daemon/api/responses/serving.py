@@ -213,8 +213,11 @@ class _Job:
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": u.prompt_tokens + u.completion_tokens,
         }
-        if self.req.store:
-            generated = self.lm.model.detokenize(end.token_ids, special=True)
+        saved = self.handle.saved
+        if self.req.store and saved is not None:
+            # What the kept KV state holds, from the engine itself (chunks skip held-back tokens).
+            tokens = list(saved.tokens + saved.pending)
+            generated = self.lm.model.detokenize(tokens[len(self.prompt) :], special=True)
             self.store.put(
                 self.owner,
                 self.id,
@@ -224,7 +227,7 @@ class _Job:
                     history=self.history + it.to_messages(output),
                     model=self.lm.name,
                     covered=self.chat.rendered + generated,
-                    tokens=self.prompt + end.token_ids,
+                    tokens=tokens,
                 ),
             )
         return done
