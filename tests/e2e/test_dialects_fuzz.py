@@ -7,6 +7,7 @@ and the translation behind it are reached. Generation budgets stay tiny to keep 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
-EXAMPLES = 80
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))  # per endpoint
 
 leaf = (
     st.none()
