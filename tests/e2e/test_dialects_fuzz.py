@@ -30,8 +30,9 @@ junk = st.recursive(
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
     max_leaves=6,
 )
-# Budgets: a few tokens, or something that is not a small integer at all.
-budget = st.integers(-2, 4) | st.none() | st.text(max_size=4) | st.floats(-1, 3)
+# Budgets: a few tokens, or something that is not a small integer at all (never absent:
+# no budget means "until the context is full", far too slow for a fuzz run).
+budget = st.integers(-2, 4) | st.text(max_size=4) | st.floats(-1, 3) | st.lists(st.integers())
 
 
 def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
