@@ -13,6 +13,7 @@ from litestar.di import Provide
 
 from daemon.api import tokenize, webui
 from daemon.api.admin import router as admin_router
+from daemon.api.anthropic.routes import router as anthropic_router
 from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
 from daemon.api.errors import exception_handlers
 from daemon.api.generate.routes import router as generate_router
@@ -25,6 +26,7 @@ from daemon.api.openai.routes import deepinfra_router
 from daemon.api.openai.routes import router as openai_router
 from daemon.api.ops import health
 from daemon.api.rerank.routes import handlers as rerank_handlers
+from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
@@ -142,6 +144,8 @@ def create_app(
             health,
             openai_router,
             deepinfra_router,
+            anthropic_router,
+            responses_router(),
             together_inference,
             generate_router,
             ollama_router,

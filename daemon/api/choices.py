@@ -12,7 +12,7 @@ from daemon.api.watch import request_owner
 from daemon.config import Settings
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
-from daemon.engine.types import GenerationRequest, SamplingParams
+from daemon.engine.types import GenerationRequest, SamplingParams, SavedSequence
 from daemon.errors import InvalidRequest
 
 
@@ -47,6 +47,10 @@ class Extras:
     grammar: str | None = None
     logprobs: int | None = None
     prompt_logprobs: bool = False
+    # A kept sequence to continue (the prompt then only has to extend it), and whether to
+    # keep this one; n must be 1 for either.
+    resume: SavedSequence | None = None
+    keep: bool = False
 
 
 _fork_groups = itertools.count()
@@ -117,6 +121,8 @@ def submit_choices(
                 fork_group=group,
                 fork_size=n,
                 owner=request_owner(),
+                resume=extras.resume,
+                keep=extras.keep,
             )
             for j in range(n)
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
 from daemon.api.errors import to_api
 from daemon.api.watch import watched
@@ -122,6 +123,36 @@ def sse(events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]) -> 
         except Exception as exc:  # never a torn stream without a word
             log.exception("stream failed")
             yield _encode(EngineError(f"stream failed: {exc}").to_wire())
+        finally:
+            for h in handles:
+                h.cancel()
+
+    return EventStream(body())
+
+
+Named = tuple[str, dict[str, Any]]  # an SSE event name and its JSON data
+
+
+def named_sse(
+    events: AsyncIterator[Named],
+    handles: list[RequestHandle],
+    on_error: Callable[[EdgedError], Named],
+) -> EventStream:
+    """Frame `event:`-named JSON events (Anthropic, Responses); a failure becomes `on_error`."""
+
+    def message(item: Named) -> ServerSentEventMessage:
+        return ServerSentEventMessage(data=_encode(item[1]).decode(), event=item[0])
+
+    async def body() -> AsyncIterator[ServerSentEventMessage]:
+        try:
+            with watched(handles):
+                async for item in events:
+                    yield message(item)
+        except EdgedError as exc:
+            yield message(on_error(exc))
+        except Exception as exc:  # never a torn stream without a word
+            log.exception("stream failed")
+            yield message(on_error(EngineError(f"stream failed: {exc}")))
         finally:
             for h in handles:
                 h.cancel()

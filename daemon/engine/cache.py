@@ -9,6 +9,7 @@ configured (itself bounded in bytes), one self-checking file per entry, written 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -141,6 +142,11 @@ class SequenceStore:
                 found = found or self._read(path, key) is not None
                 path.unlink(missing_ok=True)
         return found
+
+    def discard(self, key: StoreKey) -> None:
+        """Forget `key` if it is not generating (its owner deleted what it belonged to)."""
+        with contextlib.suppress(IdBusy):
+            self.delete(key)
 
     def persist(self) -> int:
         """Write every in-memory entry to the spill directory; returns how many were written."""

@@ -27,6 +27,7 @@ class RequestHandle:
         self.usage = Usage(prompt_tokens=len(history) or len(request.prompt_tokens))
         self.finish_reason: FinishReason | None = None
         self.saved: SavedSequence | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended it, if one did
         self.beam_logprob: float | None = None
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None

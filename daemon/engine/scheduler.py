@@ -522,6 +522,7 @@ class Scheduler(ContextWorker):
         if leader is not None and a in leader.fork.children:
             leader.fork.children.remove(a)
         h = a.handle
+        h.stop_sequence = a.decode.stops.matched
         failed = reason is FinishReason.ERROR
         if h.request.keep and not failed:
             try:

@@ -70,3 +70,10 @@ def test_streaming_equals_whole_text(text: str, cuts: list[int], stops: list[str
     hits = [text.find(s) for s in stops if s in text]
     expected = text[: min(hits)] if hits else text
     assert feed(StopMatcher(stops), deltas) == expected
+
+
+def test_matched_names_the_earliest_stop() -> None:
+    m = StopMatcher(["world", "lo w"])
+    out = m.push("hel") + m.push("lo wor")
+    assert m.stopped and m.matched == "lo w" and out == "hel"
+    assert StopMatcher(["x"]).matched is None

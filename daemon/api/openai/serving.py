@@ -10,13 +10,13 @@ from typing import Any
 
 from litestar.response import ServerSentEvent
 
+from daemon.api.chat import build_chat, grammar_of
 from daemon.api.choices import Extras, Policy, submit_choices, timings, usage
-from daemon.api.formats import schema_grammar
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
-from daemon.api.reasoning import Thinking, template_vars
+from daemon.api.reasoning import Thinking
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
@@ -53,20 +53,8 @@ def _finish(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
-def _grammar(req: _Common) -> str | None:
-    """The GBNF that constrains decoding: a raw `grammar`, or one derived from the schema."""
-    fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return req.grammar
-    if req.grammar is not None:
-        raise InvalidRequest("use either grammar or response_format, not both", param="grammar")
-    if fmt.type == "json_schema" and fmt.json_schema is None:
-        raise InvalidRequest("json_schema needs a json_schema member", param="response_format")
-    return schema_grammar(fmt.schema_or_none(), "response_format")
-
-
 def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
-    return Extras(grammar=_grammar(req), logprobs=count, prompt_logprobs=echo_scores)
+    return Extras(grammar=grammar_of(req), logprobs=count, prompt_logprobs=echo_scores)
 
 
 _LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
@@ -85,20 +73,15 @@ async def chat_completion(
             exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
         raise
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    plan = tools.plan_tools(req, lm.template.source, legacy=legacy)
-    messages, tool_vars = tools.prompt_messages(req.messages, plan, lm.template.source)
-    extra = template_vars(req.chat_template_kwargs, req.reasoning_effort)
-    rendered = lm.render_chat(messages, **extra, **tool_vars)
-    think = Thinking.of(lm.template.source, rendered)
-    prompt = lm.tokenize(rendered)
     count = req.logprob_count
-    extras = _extras(req, count, req.echo and count is not None)
-    if plan is not None and plan.grammar is not None:
-        extras = replace(extras, grammar=plan.grammar)
-    if think is not None and _answer_only(req, plan):
-        # A schema or a required call constrains the answer from the first token: the
-        # output is the answer even when the prompt opened a thinking block.
-        think = think.answer_only()
+    chat = build_chat(lm, req, count, req.echo and count is not None, legacy=legacy)
+    plan, rendered, prompt, extras, think = (
+        chat.plan,
+        chat.rendered,
+        chat.tokens,
+        chat.extras,
+        chat.think,
+    )
     meta = _meta("chatcmpl", "chat.completion", registry.answering_name(req.model, lm.name))
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     guard = None
@@ -128,14 +111,6 @@ async def chat_completion(
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
         body["prompt"] = [{"text": rendered, "logprobs": scores}]
     return body
-
-
-def _answer_only(req: ChatCompletionRequest, plan: tools.ToolPlan | None) -> bool:
-    """Whether constrained decoding (json schema, a required tool call) shapes the answer."""
-    fmt = req.response_format
-    return (fmt is not None and fmt.type != "text") or (
-        plan is not None and plan.grammar is not None
-    )
 
 
 def _chat_choice(

@@ -1,0 +1,158 @@
+"""Responses input and output items, and their translation into chat messages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from daemon.api.openai.tools import ToolCall
+from daemon.api.responses.protocol import ContentPart, InputItem
+from daemon.errors import InvalidRequest
+
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def new_id(prefix: str) -> str:
+    """An item or response id in OpenAI's style."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _text(parts: str | list[ContentPart] | None, where: str) -> str:
+    if parts is None:
+        return ""
+    if isinstance(parts, str):
+        return parts
+    out = []
+    for k, p in enumerate(parts):
+        if p.type in ("input_image", "input_file", "input_audio"):
+            raise InvalidRequest(
+                f"{where}[{k}]: {p.type} parts are not supported; edged's models read text only",
+                param="input",
+            )
+        if p.type == "refusal":
+            continue  # a refusal the model gave earlier carries no text to render
+        if p.type not in _TEXT_PARTS or p.text is None:
+            raise InvalidRequest(
+                f"{where}[{k}]: unsupported content part `{p.type}`", param="input"
+            )
+        out.append(p.text)
+    return "".join(out)
+
+
+def input_items(value: str | list[InputItem]) -> list[dict[str, Any]]:
+    """`input` as Responses items (ids added), validated: messages and function calls only."""
+    if isinstance(value, str):
+        value = [InputItem(role="user", content=value)]
+    if not value:
+        raise InvalidRequest("input must not be empty", param="input")
+    items = []
+    for i, it in enumerate(value):
+        where = f"input[{i}]"
+        kind = it.type or "message"
+        if kind == "message":
+            if it.role is None:
+                raise InvalidRequest(f"{where}: a message needs a role", param="input")
+            text = _text(it.content, f"{where}.content")
+            part = "output_text" if it.role == "assistant" else "input_text"
+            content = [{"type": part, "text": text}]
+            if part == "output_text":
+                content[0]["annotations"] = []
+            items.append(
+                {
+                    "id": it.id or new_id("msg"),
+                    "type": "message",
+                    "role": it.role,
+                    "content": content,
+                    "status": "completed",
+                }
+            )
+        elif kind == "function_call":
+            if not it.call_id or not it.name or it.arguments is None:
+                raise InvalidRequest(
+                    f"{where}: a function_call needs call_id, name and arguments", param="input"
+                )
+            items.append(
+                {
+                    "id": it.id or new_id("fc"),
+                    "type": "function_call",
+                    "call_id": it.call_id,
+                    "name": it.name,
+                    "arguments": it.arguments,
+                    "status": "completed",
+                }
+            )
+        elif kind == "function_call_output":
+            if not it.call_id or it.output is None:
+                raise InvalidRequest(
+                    f"{where}: a function_call_output needs call_id and output", param="input"
+                )
+            items.append(
+                {
+                    "id": it.id or new_id("fco"),
+                    "type": "function_call_output",
+                    "call_id": it.call_id,
+                    "output": _text(it.output, f"{where}.output"),
+                    "status": "completed",
+                }
+            )
+        else:
+            raise InvalidRequest(
+                f"{where}: input items of type `{kind}` are not supported", param="input"
+            )
+    return items
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items as chat messages; calls join the assistant turn before them."""
+    out: list[dict[str, Any]] = []
+    for it in items:
+        kind = it["type"]
+        if kind == "message":
+            out.append({"role": it["role"], "content": it["content"][0]["text"]})
+        elif kind == "function_call":
+            call = {
+                "id": it["call_id"],
+                "type": "function",
+                "function": {"name": it["name"], "arguments": _arguments(it["arguments"])},
+            }
+            if out and out[-1]["role"] == "assistant":
+                out[-1].setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        else:
+            out.append({"role": "tool", "tool_call_id": it["call_id"], "content": it["output"]})
+    return out
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    """An assistant message output item."""
+    content = (
+        [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
+    )
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def call_item(call: ToolCall, status: str = "completed") -> dict[str, Any]:
+    """A function_call output item."""
+    return {
+        "id": "fc_" + call.id.removeprefix("call_"),
+        "type": "function_call",
+        "status": status,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if status == "completed" else "",
+    }
