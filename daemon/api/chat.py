@@ -60,7 +60,10 @@ def build_chat(
     rendered = lm.render_chat(messages, **extra, **tool_vars)
     tokens = lm.tokenize(rendered)
     grammar = grammar_of(req, format_param)
-    constrained = grammar is not None
+    # A JSON format or a required call shapes the answer; a raw `grammar` may well write the
+    # thinking block itself, so it leaves the split alone.
+    fmt = req.response_format
+    constrained = fmt is not None and fmt.type != "text"
     if plan is not None and plan.grammar is not None:
         grammar, constrained = plan.grammar, True
     think = Thinking.of(lm.template.source, rendered)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import re
 import time
 from collections.abc import Iterator
@@ -152,8 +154,11 @@ def test_streamed_generate_is_metered(http: httpx.Client) -> None:
         return _metric(http.get("/metrics", headers=A).text, "edged_completion_tokens")
 
     before = tokens()
-    body = {"request_id": "metered-stream", "prompt": "Hi", "generation_config": {
-        **GREEDY, "max_new_tokens": 5}}
+    body = {
+        "request_id": "metered-stream",
+        "prompt": "Hi",
+        "generation_config": {**GREEDY, "max_new_tokens": 5},
+    }
     r = http.post("/api/generate", json=body, headers=A)
     assert r.status_code == 200
     assert tokens() >= before + 1
@@ -169,9 +174,12 @@ def test_streamed_generate_is_timed_out_and_says_so(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--parallel", "1", "--ctx-size", "2048", "--request-timeout", "1")
     try:
         received = []
+        # The cut writes the error line, then aborts the chunked transfer; whether the client
+        # sees the abort as a protocol error depends on how the last bytes arrive, so the test
+        # holds the documented signal: the error line.
         with (
             httpx.Client(base_url=srv.url, timeout=60) as http,
-            pytest.raises(httpx.RemoteProtocolError),
+            contextlib.suppress(httpx.RemoteProtocolError),
             http.stream("POST", "/api/generate", json=body) as r,
         ):
             assert r.status_code == 200

@@ -57,7 +57,15 @@ def osrv(
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     srv = start_server(
-        tmp, "--models-dir", str(models_dir), "--parallel", "4", "--ctx-size", "1024", env=env
+        tmp,
+        "--models-dir",
+        str(models_dir),
+        "--parallel",
+        "4",
+        "--ctx-size",
+        "1024",
+        "--strict-model-names",  # the error tests check 404s of unknown names
+        env=env,
     )
     yield srv
     stop_server(srv)
