@@ -35,6 +35,7 @@ from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, ToolCallIn
 from daemon.api.streams import collect_all
 from daemon.api.watch import leased
+from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
@@ -60,13 +61,13 @@ def resolve_name(registry: ModelRegistry, name: str | None) -> str | None:
     try:
         registry.resolve(name)
         return name
-    except ModelNotFound:
+    except UnknownModel:
         base, _, tag = name.rpartition(":")
         if base and tag == "latest":
             try:
                 registry.resolve(base)
                 return base
-            except ModelNotFound:
+            except UnknownModel:
                 pass
     raise ModelNotFound(f'model "{name}" not found, try pulling it first', param="model")
 
