@@ -15,7 +15,7 @@ from daemon.__main__ import _parser, settings_from_args
 from daemon.app import engine_options
 from daemon.config import Settings, embedded_model_path
 from daemon.engine.registry import ModelRegistry
-from daemon.errors import ModelNotFound
+from daemon.engine.errors import UnknownModel
 from tests.conftest import start_server, stop_server
 from tests.person.conftest import SMALL
 from tests.quantize.hub import serve as serve_hub
@@ -241,7 +241,7 @@ def test_strict_model_names_flag() -> None:
     settings = settings_from_args(args)
     assert settings.strict_model_names and settings.keep_alive == 300.0
     reg = ModelRegistry(embedded_model_path(), engine_options(settings), strict_names=True)
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(UnknownModel):
         reg.resolve("codellama/CodeLlama-70b-Instruct-hf")
     loose = ModelRegistry(embedded_model_path(), engine_options(Settings()))
     assert loose.resolve("codellama/CodeLlama-70b-Instruct-hf").name == DEFAULT
