@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from daemon.engine.worker import ContextWorker
 from daemon.service import sdnotify
 from daemon.service.runner import schedulers_healthy
 from tests.conftest import ROOT, start_server, stop_server
@@ -98,15 +99,31 @@ def _registry(*schedulers: SimpleNamespace) -> SimpleNamespace:
     return SimpleNamespace(loaded=lambda: models)
 
 
+def _worker(alive: bool, last_beat: float, decode_started: float | None = None) -> SimpleNamespace:
+    """A stand-in worker judged by the real ContextWorker.healthy rule."""
+    w = SimpleNamespace(
+        _thread=SimpleNamespace(is_alive=lambda: alive),
+        last_beat=last_beat,
+        decode_started=decode_started,
+    )
+    w.healthy = lambda now, stale, hung: ContextWorker.healthy(w, now, stale, hung)  # type: ignore[arg-type]
+    return w
+
+
 def test_watchdog_withheld_for_a_hung_or_dead_scheduler() -> None:
     now = 1000.0
-    ok = SimpleNamespace(alive=True, last_beat=now - 0.5)
-    hung = SimpleNamespace(alive=True, last_beat=now - 30.0)
-    dead = SimpleNamespace(alive=False, last_beat=now)
+    ok = _worker(True, now - 0.5)
+    stale = _worker(True, now - 30.0)
+    dead = _worker(False, now)
+    long_prefill = _worker(True, now - 30.0, decode_started=now - 20.0)
+    hung_decode = _worker(True, now - 300.0, decode_started=now - 200.0)
     assert schedulers_healthy(_registry(ok), now, 5.0)  # type: ignore[arg-type]
     assert schedulers_healthy(_registry(), now, 5.0)  # type: ignore[arg-type]
-    assert not schedulers_healthy(_registry(ok, hung), now, 5.0)  # type: ignore[arg-type]
+    assert not schedulers_healthy(_registry(ok, stale), now, 5.0)  # type: ignore[arg-type]
     assert not schedulers_healthy(_registry(dead, ok), now, 5.0)  # type: ignore[arg-type]
+    # A step in progress is alive until it outlasts the hung bound (the request timeout).
+    assert schedulers_healthy(_registry(ok, long_prefill), now, 5.0, 60.0)  # type: ignore[arg-type]
+    assert not schedulers_healthy(_registry(hung_decode), now, 5.0, 60.0)  # type: ignore[arg-type]
 
 
 def _messages(s: socket.socket, until: float) -> list[str]:
