@@ -163,16 +163,13 @@ def test_streamed_generate_is_metered(http: httpx.Client) -> None:
     assert tokens() >= before + 1
 
 
-@pytest.mark.xfail(
-    reason="after the merge of the hang-up watcher and the Ollama dispatch the cut stream was "
-    "seen to arrive empty on this machine; the error line is not yet reliable (issue 11 note)",
-    strict=False,
-)
 def test_streamed_generate_is_timed_out_and_says_so(tmp_path: Path) -> None:
     """The default (streamed) mode is under the request timeout too; the cut is visible."""
     body = {
         "request_id": "too-long",
-        "prompt": "Write a very long story about a cat.",
+        # A plain instruction is answered by an immediate end-of-text on some CPUs (AVX2):
+        # a story opening keeps the model writing past the 1 s timeout.
+        "prompt": "Once upon a time, there was a cat who",
         "generation_config": {**GREEDY, "max_new_tokens": 1900},
     }
     srv = start_server(tmp_path, "--parallel", "1", "--ctx-size", "2048", "--request-timeout", "1")
