@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="every *.gguf here is served by file stem")
     aliases: dict[str, str] = Field(default_factory=dict, description="public name -> model")
 
-    ctx_size: int = Field(2048, ge=16, description="context of one sequence, in tokens")
+    ctx_size: int = Field(
+        4096, ge=16, description="context of one sequence, in tokens (Ollama's default too)"
+    )
     parallel: int = Field(8, ge=1, le=64, description="sequence slots per model")
     threads: int = Field(default_factory=default_threads, ge=1, description="physical cores")
     threads_batch: int | None = Field(None, ge=1)

@@ -26,7 +26,7 @@ log = logging.getLogger("edged.engine")
 class EngineOptions:
     """Per-model engine settings derived from the daemon's Settings."""
 
-    ctx_size: int = 2048
+    ctx_size: int = 4096
     parallel: int = 8
     threads: int = 2
     threads_batch: int | None = None

@@ -26,7 +26,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def http(fresh: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fresh.url, timeout=120) as c:
+    with httpx.Client(base_url=fresh.url, timeout=300) as c:
         yield c
 
 
