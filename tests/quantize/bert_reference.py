@@ -21,15 +21,18 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))
 
 
-def bert_reference(model_dir: Path, ids: list[int]) -> np.ndarray:
-    """sentence-transformers' all-MiniLM-L6-v2: BERT, mean pooling, L2 normalization, in numpy."""
+def bert_hidden(
+    model_dir: Path, ids: list[int], token_types: list[int] | None = None, prefix: str = ""
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """BERT's last hidden states for one input, in float64 numpy, with the weights (their
+    names without `prefix`, e.g. "bert." of a BertForSequenceClassification checkpoint)."""
     cfg = json.loads((model_dir / "config.json").read_text())
     eps, n_head = cfg["layer_norm_eps"], cfg["num_attention_heads"]
     with safe_open(str(model_dir / "model.safetensors"), framework="numpy") as f:
-        w = {k: f.get_tensor(k).astype(np.float64) for k in f.keys()}  # noqa: SIM118
+        w = {k.removeprefix(prefix): f.get_tensor(k).astype(np.float64) for k in f.keys()}  # noqa: SIM118
     n = len(ids)
     x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-    x = x + w["embeddings.token_type_embeddings.weight"][0]
+    x = x + w["embeddings.token_type_embeddings.weight"][token_types or [0] * n]
     x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
@@ -54,5 +57,10 @@ def bert_reference(model_dir: Path, ids: list[int]) -> np.ndarray:
         x = _layer_norm(
             x + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps
         )
-    pooled = x.mean(0)
+    return x, w
+
+
+def bert_reference(model_dir: Path, ids: list[int]) -> np.ndarray:
+    """sentence-transformers' all-MiniLM-L6-v2: BERT, mean pooling, L2 normalization, in numpy."""
+    pooled = bert_hidden(model_dir, ids)[0].mean(0)
     return pooled / np.linalg.norm(pooled)

