@@ -56,7 +56,8 @@ def start_server(
     return server
 
 
-def wait_healthy(server: Server, timeout: float = 120.0) -> None:
+def wait_healthy(server: Server, timeout: float = 300.0) -> None:
+    """Wait for /health 200 (generous: a loaded 2-core machine starts Python slowly)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,39 @@ def test_pairs_batched_together_score_as_alone(http: httpx.Client) -> None:
     for i in (0, 8):
         alone = http.post(URL, json={"model": "ranker-f32", "query": QUERY, "documents": [docs[i]]})
         assert alone.json()["results"][0]["relevance_score"] == pytest.approx(by_index[i], abs=1e-4)
+
+
+def test_rerankers_evicting_each_other_under_load(http: httpx.Client) -> None:
+    """Room for two models: the default plus one other. Concurrent requests for two rerankers
+    and an embedding model evict one another between requests, never under one (leases):
+    every answer is a 200 equal to the same request served alone."""
+    alone = {
+        m: http.post(URL, json={"model": m, "query": QUERY, "documents": DOCS}).json()["results"]
+        for m in ("ranker-f32", "ranker-f16")
+    }
+    emb = {"model": "minilm-f16", "input": DOCS[:2]}
+    emb_alone = http.post("/v1/embeddings", json=emb).json()["data"]
+
+    def one(i: int) -> tuple[str, Any]:
+        kind = ("ranker-f32", "ranker-f16", "embed")[i % 3]
+        if kind == "embed":
+            r = http.post("/v1/embeddings", json=emb)
+        else:
+            r = http.post(URL, json={"model": kind, "query": QUERY, "documents": DOCS})
+        assert r.status_code == 200, r.text
+        return kind, r.json()
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(one, range(12)))
+    for kind, body in answers:
+        if kind == "embed":
+            for got, ref in zip(body["data"], emb_alone, strict=True):
+                assert got["embedding"] == pytest.approx(ref["embedding"], abs=1e-4)
+        else:
+            got = {x["index"]: x["relevance_score"] for x in body["results"]}
+            for ref in alone[kind]:
+                assert got[ref["index"]] == pytest.approx(ref["relevance_score"], abs=1e-4)
+    assert http.get("/health").status_code == 200
 
 
 @pytest.mark.parametrize("model", ["minilm-f16", "SmolLM2-135M-Instruct.Q4_1", None])
