@@ -69,6 +69,55 @@ SEED_003_STREAM = """{
 }
 ]
 }"""
+SEED_001_CHAT = """{
+"messages": [
+{
+"role": "system",
+"content": "<string>"
+}
+],
+"model": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+"max_tokens": 123,
+"stop": [
+"<string>"
+],
+"temperature": 123,
+"top_p": 123,
+"top_k": 123,
+"repetition_penalty": 123,
+"stream": true,
+"logprobs": 0,
+"echo": true,
+"n": 64,
+"min_p": 123,
+"presence_penalty": 123,
+"frequency_penalty": 123,
+"logit_bias": {
+"105": 21.4,
+"1024": -10.5
+},
+"response_format": {
+"type": "json",
+"schema": {}
+},
+"tools": [
+{
+"type": "tool_type",
+"function": {
+"description": "A description of the function.",
+"name": "function_name",
+"parameters": {}
+}
+}
+],
+"tool_choice": {
+"type": "tool_choice_type",
+"function": {
+"name": "function_name"
+}
+},
+"safety_model": "safety_model_name"
+}"""
 SEED_002_GENERATE = """{
 "request_id": "YmFzZTY0",
 "prompt": "[INST] Generate a very long poem about 1000 cats [/INST]\\n\\n",
@@ -86,6 +135,7 @@ SEED_002_GENERATE = """{
 }
 }"""
 # The curl headers, verbatim but for the shell variables they name.
+HEADERS_001 = {"Authorization": "<api-key>", "Content-Type": "application/json"}
 HEADERS_000 = {"Authorization": "Bearer YOUR_API_KEY", "Content-Type": "application/json"}
 HEADERS_003 = {"Content-Type": "application/json", "Authorization": "Bearer $DEEPINFRA_TOKEN"}
 
@@ -119,6 +169,16 @@ def test_seed_003_stream_ends_with_timings(http: httpx.Client) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] is not None
     assert chunks[-1]["timings"]["predicted_n"] >= 1
     assert all("timings" not in c for c in chunks[:-1])
+
+
+def test_seed_001_placeholder_body_is_a_400_naming_the_field(http: httpx.Client) -> None:
+    """Seed 001's curl is the API reference's placeholder body (temperature 123, top_p 123,
+    n 64, tool type "tool_type", safety_model "safety_model_name"): no server accepts those
+    values, so the answer is a 400 in OpenAI's shape naming the first field out of range,
+    never a 5xx; the same body with real values answers 200 (test_openai covers each field)."""
+    r = http.post("/v1/chat/completions", content=SEED_001_CHAT, headers=HEADERS_001)
+    err = assert_error(r, 400)
+    assert err["param"], err
 
 
 def test_seed_000_inference_answers(http: httpx.Client) -> None:
