@@ -65,7 +65,7 @@ def evicting(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _loaded(srv: Server) -> set[str]:
-    ps = httpx.get(f"{srv.url}/api/ps", timeout=30).json()
+    ps = httpx.get(f"{srv.url}/api/ps", timeout=120).json()
     return {m["name"] for m in ps["models"]}
 
 
@@ -125,7 +125,7 @@ def test_hang_up_mid_stream_stores_nothing_and_keeps_the_chain(evicting: Server)
 
 def test_timeout_stores_nothing_and_keeps_the_chain(model_path: Path, tmp_path: Path) -> None:
     srv = start_server(
-        tmp_path, "--strict-model-names", "--parallel", "1", "--request-timeout", "2"
+        tmp_path, "--strict-model-names", "--parallel", "1", "--request-timeout", "4"
     )
     try:
         c = _client(srv)
