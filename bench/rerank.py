@@ -156,6 +156,7 @@ def main() -> None:
                         parallel=args.parallel,
                         ctx_size=512 * args.parallel,
                         extra_args=["--reranking"],
+                        log=Path(tmp) / "llama-server.log",
                     )
                 )
                 servers["llama-server"] = f"http://127.0.0.1:{peer_port}"

@@ -152,6 +152,7 @@ def peer_conversation(client: httpx.Client, args: argparse.Namespace, seed: int)
             out = {
                 "history_tokens": usage.get("input_tokens"),
                 "peer_ttft": ttft,
+                "peer_cached": (usage.get("input_tokens_details") or {}).get("cached_tokens"),
             }
         # An output message item: llama-server takes assistant turns only in this form.
         history.append(
@@ -213,6 +214,7 @@ def main() -> None:
     ap.add_argument("--spawn", action="store_true", help="start an edged server for the run")
     ap.add_argument("--peer", action="store_true", help="start llama-server side by side")
     ap.add_argument("--peer-url", default=None, help="a running llama-server instead")
+    ap.add_argument("--peer-log", type=Path, default=Path("/tmp/llama-server-chain.log"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--model-file", type=Path, default=None, help="GGUF for the peer")
     ap.add_argument("--turns", type=int, default=10)
@@ -252,6 +254,7 @@ def main() -> None:
                     parallel=args.parallel,
                     # llama-server's --ctx-size is shared by its slots.
                     ctx_size=args.ctx_size * args.parallel,
+                    log=args.peer_log,
                 )
             )
             peer_url = f"http://127.0.0.1:{port}"
