@@ -260,7 +260,17 @@ def main() -> None:
             peer_url = f"http://127.0.0.1:{port}"
         runs: list[dict[str, Any]] = []
         with httpx.Client(base_url=url, timeout=900) as client:
-            peer_client = httpx.Client(base_url=peer_url, timeout=900) if peer_url else None
+            # A fresh connection per request: llama-server (cpp-httplib) may close a kept-alive
+            # connection just as the next request goes out on it.
+            peer_client = (
+                httpx.Client(
+                    base_url=peer_url,
+                    timeout=900,
+                    limits=httpx.Limits(max_keepalive_connections=0),
+                )
+                if peer_url
+                else None
+            )
             for seed in range(args.rounds):
                 if peer_client is not None and seed % 2 == 1:
                     p = peer_conversation(peer_client, args, seed)
