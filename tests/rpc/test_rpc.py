@@ -170,3 +170,19 @@ def test_worker_lost_mid_stream_then_back(split: Split) -> None:
     for i, prompt in enumerate(PROMPTS):
         assert _generate(url, prompt, f"again-{i}") == split.local[prompt]
     assert split.daemon.proc.poll() is None
+
+
+def test_ggml_libraries_are_the_copies_libllama_uses() -> None:
+    """A wheel holds libggml-base.so, .so.0 and .so.0.x as separate files; opening another
+    one than libllama's gives a second copy whose abort callback nobody calls (the daemon
+    then died on a lost worker). One file of each library must be mapped."""
+    from daemon.engine import ggml_rpc
+
+    ggml_rpc._ggml()
+    ggml_rpc._registry()
+    ggml_rpc.rpc_available()
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    files = {line.split()[-1] for line in maps if "/llama_cpp/lib/lib" in line}
+    for stem in ("libggml-base.so", "libggml.so", "libggml-rpc.so"):
+        copies = {f for f in files if Path(f).name.startswith(stem)}
+        assert len(copies) <= 1, copies
