@@ -135,11 +135,6 @@ def _wait(cond: Any, what: str, timeout: float = 120) -> None:
         time.sleep(0.3)
 
 
-@pytest.mark.xfail(
-    reason="with the RPC wheel .ci/run builds, the merged daemon was seen to exit after the "
-    "worker's loss on this machine (issue 15 note); passed against the branch's build",
-    strict=False,
-)
 def test_worker_lost_mid_stream_then_back(split: Split) -> None:
     url = split.daemon.url
     proc, port = split.workers[1]
@@ -162,6 +157,8 @@ def test_worker_lost_mid_stream_then_back(split: Split) -> None:
     assert r.status_code == 503
     down = [w for w in r.json()["rpc_workers"] if w["status"] == "down"]
     assert [w["endpoint"] for w in down] == [f"127.0.0.1:{port}"]
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    assert f'edged_rpc_worker_up{{endpoint="127.0.0.1:{port}"}} 0.0' in metrics
     r = httpx.post(f"{url}/api/generate", json={"request_id": "x", "prompt": "hi"}, timeout=60)
     assert r.status_code == 503 and "RPC worker" in r.text
     # The worker returns on the same port: the daemon reloads the model and serves again.
