@@ -24,7 +24,7 @@ from tests.conftest import ROOT, Server, free_port, stop_server
 from tests.rpc.conftest import can_connect, start_daemon
 
 CONFIG = ROOT / "systemd" / "haproxy" / "edged.cfg"
-ARGS = ("--threads", "1", "--ctx-size", "256", "--parallel", "4")
+ARGS = ("--threads", "1", "--ctx-size", "256", "--parallel", "4", "--drain-timeout", "900")
 PROMPTS = ["1, 2, 3, 4, 5, 6,", "The capital of France is", "def add(a, b):", "Once upon a time"]
 STEP = 6  # tokens per call: a first call and 3 continuations
 
@@ -73,7 +73,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     proc = subprocess.Popen(
         [tool, "-db", "-f", CONFIG], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not can_connect(port):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
@@ -164,7 +164,7 @@ def test_sigterm_drains_while_new_requests_go_to_the_other(pool: Pool) -> None:
     # Long generations, so streams are still running when the signal lands: the victim is
     # picked once one has produced its first chunk, not after a fixed wait (which on a slow
     # or a fast machine found every stream queued or already finished).
-    n = 160
+    n = 96
     with httpx.Client() as client:
         expected = {p: _generate(pool.url, f"ref-{i}", p, n, client) for i, p in enumerate(PROMPTS)}
     with ThreadPoolExecutor(8) as ex:
