@@ -128,7 +128,7 @@ def _stream(url: str, prompt: str, n: int) -> Iterator[Any]:
         yield from sse_events(r)
 
 
-def _wait(cond: Any, what: str, timeout: float = 120) -> None:
+def _wait(cond: Any, what: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, what
