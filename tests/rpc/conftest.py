@@ -59,7 +59,7 @@ def start_worker(
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while not can_connect(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker did not start:\n{log.read_text()}")
@@ -82,5 +82,5 @@ def start_daemon(
     )
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     if wait:
-        wait_healthy(server)
+        wait_healthy(server, timeout=600)  # generous: CI machines and shared ones are slow
     return server
