@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daemon.api.lora import request_adapters
 from daemon.api.sampling import SamplingFields
 from daemon.api.watch import request_owner
 from daemon.config import Settings
@@ -105,6 +106,14 @@ def submit_choices(
     if max_tokens is not None and max_tokens > policy.max_tokens:
         raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
     sampling = _sampling(lm, fields, extras.grammar)
+    lora = request_adapters(lm, fields.lora)
+    if extras.resume is not None and extras.resume.lora != lora:
+        # A kept sequence's KV was computed under its own adapters: only they continue it.
+        raise InvalidRequest(
+            "the response being continued was generated with other LoRA adapters; "
+            "send the same `lora` (and model name) as it had",
+            param="lora",
+        )
     stops = fields.stop_list()
     requests = []
     for p in prompts:
@@ -123,6 +132,7 @@ def submit_choices(
                 owner=request_owner(),
                 resume=extras.resume,
                 keep=extras.keep,
+                lora=lora,
             )
             for j in range(n)
         )
