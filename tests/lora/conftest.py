@@ -12,7 +12,7 @@ import pytest
 from daemon.config import embedded_model_path
 from quantize.export import export_tokenizer
 from quantize.lora import convert_lora
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_healthy
 from tests.lora.peft import random_peft
 
 MODEL = embedded_model_path().stem
@@ -65,17 +65,22 @@ def smollm_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def lora_server(tmp: Path, adapters: dict[str, Path], *args: str) -> Server:
     """A daemon serving SmolLM2 with adapter `a` (scale 1) and `b` (default scale 0.5)."""
-    return start_server(
+    server = start_server(
         tmp,
         "--strict-model-names",
         "--ctx-size",
         "512",
+        "--threads",
+        "1",
         "--lora",
         f"a={adapters['a']}",
         "--lora",
         f"b={adapters['b']}:0.5",
         *args,
+        wait=False,
     )
+    wait_healthy(server, 600)  # a loaded shared CI machine starts Python slowly
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
 @pytest.fixture(scope="module")
 def http(server4: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server4.url, timeout=120) as c:
+    with httpx.Client(base_url=server4.url, timeout=600) as c:
         yield c
 
 
@@ -64,11 +64,11 @@ def test_mixed_adapter_sets_batched_equal_their_solo_runs(http: httpx.Client) ->
         None,
         [{"name": "a"}, {"name": "b", "scale": 0.8}],
     ]
-    solo = [text(http, s, max_tokens=24) for s in sets]
+    solo = [text(http, s, max_tokens=8) for s in sets]
     assert len(set(solo)) > 1  # the sets differ: mixing them up would show
-    with ThreadPoolExecutor(len(sets) * 2) as pool:
-        together = list(pool.map(lambda s: text(http, s, max_tokens=24), sets * 2))
-    assert together == solo * 2
+    with ThreadPoolExecutor(len(sets)) as pool:
+        together = list(pool.map(lambda s: text(http, s, max_tokens=8), sets))
+    assert together == solo
 
 
 def test_scale_per_request(http: httpx.Client) -> None:
@@ -84,13 +84,13 @@ def test_scale_per_request(http: httpx.Client) -> None:
 
 
 def test_alias_base_plus_name(server4: Server, http: httpx.Client) -> None:
-    client = OpenAI(base_url=f"{server4.url}/v1", api_key="x", max_retries=0)
+    client = OpenAI(base_url=f"{server4.url}/v1", api_key="x", max_retries=0, timeout=600)
     messages = [{"role": "user", "content": "Tell me about the sea."}]
 
     def chat(model: str, lora: list[dict[str, Any]] | None = None) -> str:
         extra = {"lora": lora} if lora is not None else None
         r = client.chat.completions.create(
-            model=model, messages=messages, max_tokens=16, temperature=0, extra_body=extra
+            model=model, messages=messages, max_tokens=6, temperature=0, extra_body=extra
         )
         return r.choices[0].message.content or ""
 
@@ -190,10 +190,10 @@ def test_prefix_cache_is_keyed_by_adapter_set(
     """One slot: a prompt cached under one adapter set is recomputed under another."""
     srv = lora_server(tmp_path, smollm_adapters, "--parallel", "1")
     try:
-        with httpx.Client(base_url=srv.url, timeout=120) as c:
+        with httpx.Client(base_url=srv.url, timeout=600) as c:
 
             def run(lora: list[dict[str, Any]] | None) -> tuple[str, int]:
-                body = complete(c, lora, max_tokens=8)
+                body = complete(c, lora, max_tokens=4)
                 return body["choices"][0]["text"], body["usage"]["prompt_tokens_details"][
                     "cached_tokens"
                 ]
