@@ -24,8 +24,10 @@ VOCAB = 2048
 TOKENS = [1, 504, 1458, 17, 916, 28, 2047, 2, 812, 812, 7, 300, 15, 1999]
 SCALE = 0.7
 # F32 weights, F32 KV, no flash attention: the two paths differ only in summation order
-# (x·W + s·(x·Aᵀ)·Bᵀ against x·(W + s·B·A)), a few 1e-6 relative; logits here are O(10).
-TOLERANCE = 2e-3
+# (x·W + s·(x·Aᵀ)·Bᵀ against x·(W + s·B·A)). Measured: max |Δ| 1.7e-6 on logits up to 4.5
+# (the adapter itself moves them by up to 2.8); an F16 adapter 1.6e-3.
+TOLERANCE = 1e-4
+F16_TOLERANCE = 1e-2
 
 
 @contextmanager
@@ -112,7 +114,7 @@ def test_adapter_logits_equal_merged_weights(tiny: dict[str, Path]) -> None:
     merged = logits(tiny["merged"], TOKENS)
     base = logits(tiny["base"], TOKENS)
     # The adapter matters (far beyond the tolerance), and it is exactly the merge.
-    assert np.abs(with_adapter - base).max() > 100 * TOLERANCE
+    assert np.abs(with_adapter - base).max() > 1000 * TOLERANCE
     np.testing.assert_allclose(with_adapter, merged, rtol=0, atol=TOLERANCE)
     assert with_adapter.argmax(-1).tolist() == merged.argmax(-1).tolist()
 
@@ -140,7 +142,7 @@ def test_cli_convert_lora_f16(tiny: dict[str, Path], tmp_path: Path) -> None:
         logits(tiny["base"], TOKENS, out, SCALE),
         logits(tiny["merged"], TOKENS),
         rtol=0,
-        atol=50 * TOLERANCE,
+        atol=F16_TOLERANCE,
     )
 
 
