@@ -108,12 +108,9 @@ def submit_choices(
     sampling = _sampling(lm, fields, extras.grammar)
     lora = request_adapters(lm, fields.lora)
     if extras.resume is not None and extras.resume.lora != lora:
-        # A kept sequence's KV was computed under its own adapters: only they continue it.
-        raise InvalidRequest(
-            "the response being continued was generated with other LoRA adapters; "
-            "send the same `lora` (and model name) as it had",
-            param="lora",
-        )
+        # The kept KV was computed under other adapters: the prompt (the whole history) is
+        # computed again under this request's own set instead of continuing it.
+        extras = replace(extras, resume=None)
     stops = fields.stop_list()
     requests = []
     for p in prompts:

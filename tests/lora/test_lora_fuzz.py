@@ -67,7 +67,7 @@ def body_for(path: str, lora: Any, model: str) -> tuple[str, dict[str, Any]]:
     return path, {**GENERATION_BODIES[path], "model": model, "lora": lora}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(path=st.sampled_from(PATHS), lora=LORA, model=MODEL_NAME)
 def test_lora_field_never_5xx(http: httpx.Client, path: str, lora: Any, model: str) -> None:
     url, body = body_for(path, lora, model)

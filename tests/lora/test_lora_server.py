@@ -170,6 +170,8 @@ def test_llama_server_lora_ids(http: httpx.Client) -> None:
             body["lora"] = lora
         return http.post("/completion", json=body)
 
+    listed = http.get("/lora-adapters").json()
+    assert [(x["id"], x["name"], x["scale"]) for x in listed] == [(0, "a", 1.0), (1, "b", 0.5)]
     by_id = completion([{"id": 0, "scale": 1.0}])
     assert by_id.status_code == 200, by_id.text
     probs = by_id.json()["completion_probabilities"]
@@ -212,3 +214,28 @@ def test_prefix_cache_is_keyed_by_adapter_set(
             assert run([{"name": "a"}]) == (with_a, 0)
     finally:
         stop_server(srv)
+
+
+def test_responses_chain_under_another_adapter_set(http: httpx.Client) -> None:
+    """A stored response continued under another set is recomputed, not continued from KV
+    made with other adapters: same answer as the chain never stored."""
+
+    def respond(lora: list[dict[str, Any]] | None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": MODEL, "max_output_tokens": 4, "temperature": 0, **extra}
+        if lora is not None:
+            body["lora"] = lora
+        r = http.post("/v1/responses", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    first = respond([{"name": "a"}], input="Name a colour.", store=True)
+    follow = respond(None, input="And another?", previous_response_id=first["id"])
+    again = respond([{"name": "a"}], input="And another?", previous_response_id=first["id"])
+    assert follow["output"] != [] and again["output"] != []
+    history = [
+        {"role": "user", "content": "Name a colour."},
+        *first["output"],
+        {"role": "user", "content": "And another?"},
+    ]
+    unstored = respond(None, input=history, store=False)
+    assert follow["output"][-1]["content"] == unstored["output"][-1]["content"]
