@@ -41,3 +41,24 @@ def test_turns_take_every_set_in_order() -> None:
 def test_split_model_name() -> None:
     assert split_model_name("m+a+b") == ("m", ["a", "b"])
     assert split_model_name("m") == ("m", [])
+
+
+def test_adapters_belong_to_their_base_model() -> None:
+    """No base: the default model; BASE (a file stem or an alias of it): that model only."""
+    from daemon.config import embedded_model_path
+    from daemon.engine.loaded import EngineOptions
+    from daemon.engine.registry import ModelRegistry
+
+    path = embedded_model_path()
+    reg = ModelRegistry(path, EngineOptions(), aliases={"smol": path.stem})
+    specs = [
+        AdapterSpec.parse("plain=a.gguf"),
+        AdapterSpec.parse("smol+aliased=b.gguf"),
+        AdapterSpec.parse(f"{path.stem}+stem=c.gguf"),
+        AdapterSpec.parse("other+elsewhere=d.gguf"),
+    ]
+    reg.adapter_specs = tuple(specs)
+    assert [s.name for s in reg.adapters_of(path.stem)] == ["plain", "aliased", "stem"]
+    assert [s.name for s in reg.adapters_of("other")] == ["elsewhere"]
+    assert reg.resolve(f"{path.stem}+plain").name == path.stem
+    assert reg.resolve("smol+plain").alias_of == path.stem
