@@ -79,7 +79,11 @@ def lora_server(tmp: Path, adapters: dict[str, Path], *args: str) -> Server:
         *args,
         wait=False,
     )
-    wait_healthy(server, 600)  # a loaded shared CI machine starts Python slowly
+    try:
+        wait_healthy(server, 600)  # a loaded shared CI machine starts Python slowly
+    except BaseException:
+        stop_server(server)
+        raise
     return server
 
 
