@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,11 +68,12 @@ def body_for(path: str, lora: Any, model: str) -> tuple[str, dict[str, Any]]:
     return path, {**GENERATION_BODIES[path], "model": model, "lora": lora}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(path=st.sampled_from(PATHS), lora=LORA, model=MODEL_NAME)
 def test_lora_field_never_5xx(http: httpx.Client, path: str, lora: Any, model: str) -> None:
     url, body = body_for(path, lora, model)
-    r = http.post(url, json=body)
+    # NaN and ±inf go out as the bare words Python writes: not JSON, still never a 5xx.
+    r = http.post(url, content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code < 500, (url, body, r.text)
     assert r.status_code in (200, 400, 404, 422), (url, body, r.status_code, r.text)
     assert http.get("/health").status_code == 200
