@@ -115,6 +115,7 @@ def main() -> None:
             for _ in range(args.rounds):  # interleaved: drift hits every case alike
                 for name, sets in CASES.items():
                     results[name].append(measure(url, sets, args.tokens))
+                    print(f"{name}: {results[name][-1]:.1f} tokens/s", file=sys.stderr, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
