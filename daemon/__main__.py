@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
             help="serve MODEL (a file stem or a .gguf path) also as NAME; repeatable",
         )
         sp.add_argument(
+            "--lora",
+            action="append",
+            default=[],
+            metavar="[BASE+]NAME=PATH[:SCALE]",
+            help="a LoRA adapter GGUF of BASE (default: the default model), off unless a "
+            "request names it (`lora` field or model BASE+NAME); repeatable",
+        )
+        sp.add_argument(
             "--tensor-split", type=str, default=None, help="comma-separated GPU proportions"
         )
         sp.add_argument(
@@ -137,6 +145,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             overrides[dest] = getattr(args, dest)
     if args.tensor_split:
         overrides["tensor_split"] = [float(x) for x in args.tensor_split.split(",")]
+    if args.lora:
+        overrides["lora"] = args.lora
     base = Settings(**overrides)
     if args.alias:
         aliases = dict(base.aliases)

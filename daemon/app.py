@@ -31,6 +31,7 @@ from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
 from daemon.engine.llama import ModelOptions
 from daemon.engine.loaded import EngineOptions
+from daemon.engine.lora import AdapterSpec
 from daemon.engine.registry import ModelRegistry
 from daemon.rpc.cluster import RpcCluster
 from daemon.rpc.metrics import RpcCollector
@@ -82,6 +83,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
         max_loaded=settings.max_loaded_models,
         max_memory=settings.max_models_memory,
         strict_names=settings.strict_model_names,
+        adapters=tuple(AdapterSpec.parse(spec) for spec in settings.lora),
     )
 
 

@@ -129,6 +129,19 @@ class Settings(BaseSettings):
     # Off: with one generation model, a request naming an unknown model gets that one.
     strict_model_names: bool = Field(False, description="404 for unknown names even with one")
     rpc: str = Field("", description="RPC workers (edged rpc-worker) host:port,... to split over")
+    lora: list[str] = Field(
+        default_factory=list, description="LoRA adapters, each [BASE+]NAME=PATH[:SCALE]"
+    )
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_specs(cls, value: list[str]) -> list[str]:
+        from daemon.engine.lora import AdapterSpec
+
+        names = [(s.base, s.name) for s in map(AdapterSpec.parse, value)]  # ValueError: which
+        if len(set(names)) != len(names):
+            raise ValueError("an adapter name is given twice for one model")
+        return value
 
     @field_validator("rpc")
     @classmethod

@@ -27,6 +27,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(convert(args.src, args.output, args.outtype, progress=not args.quiet))
 
 
+def _cmd_convert_lora(args: argparse.Namespace) -> None:
+    from quantize.lora import convert_lora
+
+    print(convert_lora(args.src, args.output, args.base, args.outtype, progress=not args.quiet))
+
+
 def _cmd_quantize(args: argparse.Namespace) -> None:
     from quantize.quantize import quantize_gguf
 
@@ -89,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", type=Path, required=True)
     c.add_argument("--outtype", choices=sorted(OUTTYPES), default="f16")
     c.set_defaults(func=_cmd_convert)
+
+    cl = sub.add_parser(
+        "convert-lora", help="convert a PEFT LoRA adapter directory to a GGUF adapter"
+    )
+    cl.add_argument("src", type=Path, help="adapter_config.json + adapter safetensors")
+    cl.add_argument("-o", "--output", type=Path, required=True)
+    cl.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="the base model's checkpoint directory (default: base_model_name_or_path)",
+    )
+    cl.add_argument("--outtype", choices=["f32", "f16"], default="f16")
+    cl.set_defaults(func=_cmd_convert_lora)
 
     q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp")
     q.add_argument("src", type=Path)

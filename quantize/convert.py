@@ -71,10 +71,12 @@ def _sentence_transformers_pooling(directory: Path) -> gguf.PoolingType | None:
     return None
 
 
-def _gguf_name(
+def gguf_name(
     arch: Arch, tmap: gguf.TensorNameMap, hf_name: str
 ) -> tuple[str, gguf.MODEL_TENSOR] | None:
-    """Map an HF tensor name to (GGUF name, tensor kind); None when the tensor is not needed."""
+    """Map an HF tensor name to (GGUF name, tensor kind); None when the tensor is not needed.
+
+    The one name table: the LoRA adapter converter (quantize.lora) maps through it too."""
     for prefix in arch.strip_prefixes:
         if hf_name.startswith(prefix):
             hf_name = hf_name[len(prefix) :]
@@ -102,7 +104,7 @@ def plan(
     allowed = set(gguf.MODEL_TENSORS[arch.gguf_arch])
     planned: list[PlannedTensor] = []
     for ref in checkpoint:
-        mapped = _gguf_name(arch, tmap, ref.name)
+        mapped = gguf_name(arch, tmap, ref.name)
         if mapped is None:
             continue
         name, kind = mapped

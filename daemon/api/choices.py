@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daemon.api.lora import request_adapters
 from daemon.api.sampling import SamplingFields
 from daemon.api.watch import request_owner
 from daemon.config import Settings
@@ -105,6 +106,11 @@ def submit_choices(
     if max_tokens is not None and max_tokens > policy.max_tokens:
         raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
     sampling = _sampling(lm, fields, extras.grammar)
+    lora = request_adapters(lm, fields.lora)
+    if extras.resume is not None and extras.resume.lora != lora:
+        # The kept KV was computed under other adapters: the prompt (the whole history) is
+        # computed again under this request's own set instead of continuing it.
+        extras = replace(extras, resume=None)
     stops = fields.stop_list()
     requests = []
     for p in prompts:
@@ -123,6 +129,7 @@ def submit_choices(
                 owner=request_owner(),
                 resume=extras.resume,
                 keep=extras.keep,
+                lora=lora,
             )
             for j in range(n)
         )

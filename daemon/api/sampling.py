@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from daemon.api.lora import LoraList
 from daemon.engine.types import SamplingParams
 
 MAX_STOPS = 16
@@ -42,6 +43,9 @@ class SamplingFields(ProtocolModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    # LoRA adapters of this request (see daemon/api/lora.py); not a sampling field, but
+    # every generation dialect carries it, so it lives with what they all share.
+    lora: LoraList | None = None
 
     @field_validator("logit_bias")
     @classmethod

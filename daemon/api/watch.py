@@ -88,13 +88,17 @@ async def leased(
     registry: ModelRegistry, name: str | None, keep_alive: float | str | None = "default"
 ) -> LoadedModel:
     """The loaded model for `name`, held by this HTTP request until its last byte."""
+    from daemon.api.lora import note_alias
+
     record = current.get()
     try:
-        return await EngineClient(registry).acquire(
+        lm = await EngineClient(registry).acquire(
             name, record.leases if record is not None else None, keep_alive
         )
     except EngineError as exc:  # the boundary: callers see the API's own errors
         raise to_api(exc) from exc
+    note_alias(lm, name)  # BASE+NAME turns adapters on for what this request submits
+    return lm
 
 
 def _fail(handle: RequestHandle, error: EdgedError) -> None:

@@ -201,6 +201,7 @@ class SequenceStore:
                 "finished": entry.finished,
                 "exact": entry.exact,
                 "tail": entry.tail.hex(),
+                "lora": [list(pair) for pair in entry.lora],
                 "has_state": entry.state is not None,
                 "kv_sha256": hashlib.sha256(state).hexdigest(),
             }
@@ -256,8 +257,9 @@ class SequenceStore:
                 finished=bool(meta.get("finished", False)),
                 exact=int(meta.get("exact", 0)),
                 tail=bytes.fromhex(meta.get("tail", "")),
+                lora=tuple((str(n), float(s)) for n, s in meta.get("lora", [])),
             )
-        except (OSError, ValueError, KeyError, struct.error):
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
             return None
 
     def _trim_spill(self) -> None:

@@ -51,6 +51,7 @@ def saved_sequence(
             state=None,
             finished=reason is FinishReason.STOP,
             tail=held,
+            lora=a.handle.request.lora,
         )
     if tok is not None:  # the last sampled token, not decoded yet
         pending = [tok]
@@ -70,4 +71,5 @@ def saved_sequence(
         finished=not pending,
         exact=a.slot.exact,
         tail=held,
+        lora=a.handle.request.lora,
     )

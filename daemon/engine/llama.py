@@ -281,6 +281,34 @@ class Model:
             self.ptr = None
 
 
+class Adapter:
+    """A LoRA adapter GGUF loaded against one model (freed with it, or by `close`)."""
+
+    def __init__(self, model: Model, path: Path) -> None:
+        if not path.is_file():
+            raise LoadFailed(f"adapter file not found: {path}")
+        ptr = lc.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not ptr:
+            raise LoadFailed(
+                f"llama.cpp could not load the adapter {path.name} for {model.path.name} "
+                "(another architecture, other shapes, or not a LoRA GGUF)"
+            )
+        self.ptr = ptr
+        self.path = path
+
+    def meta(self, key: str) -> str | None:
+        """An adapter GGUF metadata value as a string, or None."""
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_adapter_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def close(self) -> None:
+        """Free the adapter (before its model)."""
+        if self.ptr:
+            lc.llama_adapter_lora_free(self.ptr)
+            self.ptr = None
+
+
 class Context:
     """A llama_context: the KV memory and compute state of up to `n_seq_max` sequences."""
 
@@ -313,6 +341,19 @@ class Context:
         # None for encoder-only models (BERT): they keep no KV memory between decodes.
         self.mem = lc.llama_get_memory(ptr)
         self.pooling = Pooling(lc.llama_pooling_type(ptr))
+
+    def set_adapters(self, adapters: list[tuple[Adapter, float]]) -> None:
+        """Apply these adapters at these scales to every following decode ([] = none).
+
+        llama.cpp keeps one adapter set per context, not per sequence (0.3.36 binds
+        llama_set_adapters_lora; the single-adapter llama_set_adapter_lora is a deprecated
+        wrapper of it, and there is no llama_clear_adapter_lora: n = 0 clears)."""
+        n = len(adapters)
+        ptrs = (lc.llama_adapter_lora_p_ctypes * max(n, 1))(*(a.ptr for a, _ in adapters))
+        scales = (ctypes.c_float * max(n, 1))(*(s for _, s in adapters))
+        rc = lc.llama_set_adapters_lora(self.ptr, ptrs, n, scales)
+        if rc != 0:
+            raise RuntimeError(f"llama_set_adapters_lora returned {rc}")
 
     def decode(self, batch: Batch) -> int:
         """Run the model on a batch: 0 ok, 1 no KV room, < 0 error."""

@@ -13,9 +13,16 @@ import jinja2
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
 from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
-from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable, NotGenerative
+from daemon.engine.errors import (
+    ContextOverflow,
+    InvalidInput,
+    LoadFailed,
+    ModelUnavailable,
+    NotGenerative,
+)
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
+from daemon.engine.lora import Adapters, AdapterSet, AdapterSpec
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import CacheType, GenerationRequest
 
@@ -72,7 +79,12 @@ class LoadedModel:
     """One GGUF loaded with its own context and scheduler thread."""
 
     def __init__(
-        self, name: str, path: Path, options: EngineOptions, store: SequenceStore | None = None
+        self,
+        name: str,
+        path: Path,
+        options: EngineOptions,
+        store: SequenceStore | None = None,
+        adapters: tuple[AdapterSpec, ...] = (),
     ) -> None:
         self.name = name
         self.path = path
@@ -81,9 +93,14 @@ class LoadedModel:
         # The request_id store outlives this object (the registry owns it across unloads).
         self.store = store if store is not None else SequenceStore(options.store_max_bytes)
         self.model = Model(path, options.model)
+        self.adapters: Adapters | None = None
         try:
+            if adapters:  # LoRA adapters belong to this model and die with it
+                self.adapters = Adapters(self.model, adapters)
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
+            if self.adapters is not None:
+                self.adapters.close()
             self.model.close()
             raise
 
@@ -97,6 +114,10 @@ class LoadedModel:
         self.scheduler: Scheduler | None = None
         # A cross-encoder (RANK pooling): the same packing worker, scores instead of vectors.
         self.ranker: Embedder | None = None
+        if self.adapters is not None and (
+            is_reranker(self.model) or embedding_pooling(self.model) is not None
+        ):
+            raise LoadFailed(f"{name}: LoRA adapters are served on generation models only")
         if is_reranker(self.model):
             self.ranker = Embedder.for_model(self.model, Pooling.RANK, self.ctx_size, options, name)
             return
@@ -122,6 +143,7 @@ class LoadedModel:
             max_queue=options.max_queue,
             name=name,
             max_per_owner=options.max_per_key,
+            adapters=self.adapters,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
@@ -195,6 +217,19 @@ class LoadedModel:
         self._check_open()
         return grammar_is_valid(self.model, gbnf)
 
+    @property
+    def adapter_names(self) -> list[str]:
+        """This model's LoRA adapters in `--lora` order (llama-server's ids index it)."""
+        return self.adapters.names if self.adapters is not None else []
+
+    def adapter_set(self, wanted: list[tuple[str, float | None]]) -> AdapterSet:
+        """A request's adapters resolved against this model's (InvalidInput for unknown)."""
+        if not wanted:
+            return ()
+        if self.adapters is None:
+            raise InvalidInput(f"`{self.name}` has no LoRA adapters (--lora)", subject="lora")
+        return self.adapters.resolve(wanted)
+
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a generation on this model's scheduler."""
         return self.generator().submit(request)
@@ -211,6 +246,8 @@ class LoadedModel:
         if self.ranker is not None:
             stopped = self.ranker.close() and stopped
         if stopped:
+            if self.adapters is not None:  # before the model: llama.cpp frees them with it
+                self.adapters.close()
             self.model.close()
         else:  # pragma: no cover - close waits without a timeout
             log.error("%s: the worker did not stop; its model is not freed", self.name)

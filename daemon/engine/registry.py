@@ -15,6 +15,7 @@ from daemon.engine.cache import SequenceStore
 from daemon.engine.errors import ModelUnavailable, UnknownModel
 from daemon.engine.ggufmeta import is_embedding_file
 from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.lora import AdapterSpec, split_model_name
 
 log = logging.getLogger("edged.registry")
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
@@ -43,8 +44,11 @@ class ModelRegistry:
         max_loaded: int | None = None,
         max_memory: int | None = None,
         strict_names: bool = False,
+        adapters: tuple[AdapterSpec, ...] = (),
     ) -> None:
         self.options = options
+        # --lora adapters; each belongs to its `base` model (None: the default one).
+        self.adapter_specs = adapters
         # Zero-config (llama-server's rule): with one generation model, unknown names get it.
         self.strict_names = strict_names
         self._sole: ModelEntry | None = None
@@ -111,6 +115,8 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> ModelEntry:
         """The entry for a requested name (None = the default model)."""
         entry = self._entries.get(name or self.default_name)
+        if entry is None and name and "+" in name:  # BASE+ADAPTER: the base model
+            entry = self._entries.get(split_model_name(name)[0])
         if entry is None and not self.strict_names and self._sole is not None:
             return self._sole
         if entry is None:
@@ -203,7 +209,12 @@ class ModelRegistry:
                 log.info("loading %s from %s", key, entry.path)
                 try:
                     lm = await asyncio.to_thread(
-                        LoadedModel, key, entry.path, self.options, self.store(key)
+                        LoadedModel,
+                        key,
+                        entry.path,
+                        self.options,
+                        self.store(key),
+                        self.adapters_of(key),
                     )
                 except Exception:
                     self.load_failures += 1
@@ -215,6 +226,17 @@ class ModelRegistry:
             if hold:  # before the lock is let go: no other load can evict it in between
                 self.hold(key)
         return lm
+
+    def adapters_of(self, key: str) -> tuple[AdapterSpec, ...]:
+        """The --lora adapters of a model (by file stem; a spec may name it by an alias)."""
+
+        def owner(spec: AdapterSpec) -> str:
+            if spec.base is None:
+                return self.default_name
+            entry = self._entries.get(spec.base)
+            return (entry.alias_of or entry.name) if entry is not None else spec.base
+
+        return tuple(s for s in self.adapter_specs if owner(s) == key)
 
     @property
     def loading(self) -> bool:

@@ -22,6 +22,7 @@ from daemon.engine.handle import Out, RequestHandle, deliver
 from daemon.engine.keep import beam_search, saved_sequence
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
+from daemon.engine.lora import Adapters, AdapterSteps
 from daemon.engine.slots import Slot, chunk_size, common_prefix, reassign, seed32
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest, SavedSequence
@@ -41,8 +42,10 @@ class Scheduler(ContextWorker):
         max_queue: int,
         name: str = "model",
         max_per_owner: int | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
+        self.lora = AdapterSteps(adapters)
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
@@ -151,6 +154,7 @@ class Scheduler(ContextWorker):
         """Start `h` (and its fork group) if slots allow; False when it must wait."""
         req = h.request
         saved = req.resume
+        self.lora.check(req)
         if saved is not None and (saved.finished or not saved.pending or req.max_tokens == 0):
             # Nothing to generate: answer without touching any slot, and keep the entry
             # exactly as it was (a slot may hold another request's tokens by now).
@@ -217,7 +221,11 @@ class Scheduler(ContextWorker):
             return None
         resume = req.resume
         want = list(resume.tokens + resume.pending) if resume else req.prompt_tokens
-        free.sort(key=lambda s: (common_prefix(s.tokens, want), -s.last_used), reverse=True)
+
+        def shared(s: Slot) -> int:  # KV made under other adapters is no prefix of ours
+            return common_prefix(s.tokens, want) if s.lora == req.lora else 0
+
+        free.sort(key=lambda s: (shared(s), -s.last_used), reverse=True)
         return free[: req.n_slots]
 
     def _start(
@@ -238,6 +246,9 @@ class Scheduler(ContextWorker):
         active = Active(h, slot, [], decode, len(req.prompt_tokens), 0, beams)
         for s in slots:
             s.busy = True
+            if s.lora != req.lora:  # its KV came from other adapters: none of it is ours
+                self._trim(s, 0)
+                s.lora = req.lora
         self._active.append(active)
         if fork_of is not None:
             # KV arrives from the leader after its prefill; nothing to decode of our own.
@@ -330,11 +341,14 @@ class Scheduler(ContextWorker):
     def _step(self) -> None:
         b = self.batch
         b.clear()
+        # One adapter set per llama_decode (llama.cpp applies them per context).
+        lora = self.lora.serve(self.ctx, (a.handle.request.lora for a in self._active))
+        group = [a for a in self._active if a.handle.request.lora == lora]
         # Plan first (decode rows, then prompt chunks first come first served), then lay the
         # rows out in ascending sequence id: llama.cpp splits a batch whose sequences are out
         # of order with one KV stream each into several micro-batches (decode ~25 % slower).
         rows: list[tuple[int, Active, int]] = []  # (seq, request, beam index or -1)
-        for a in self._active:
+        for a in group:
             if a.pending or a.fork.leader is not None:
                 continue
             if a.beams is not None:
@@ -347,7 +361,7 @@ class Scheduler(ContextWorker):
         # LoadedModel), so decode rows always fit; prompt chunks share what is left.
         budget = b.capacity - len(rows)
         chunks: dict[int, int] = {}
-        for a in self._active:
+        for a in group:
             if not a.pending:
                 continue
             a.row = -1
@@ -368,14 +382,15 @@ class Scheduler(ContextWorker):
                 a.slot.tokens.append(a.decode.next_token)
             else:
                 self._add_chunk(a, chunks[id(a)])
-
+        if not rows:
+            return
         rc = self._llama_decode(b)
         self.steps += 1
         out: Out = []
         if rc != 0:
             self._fail_all(GenerationFailed(f"llama_decode returned {rc}"))
             return
-        for a in list(self._active):
+        for a in group:  # the others' rows are from earlier steps: not theirs to read now
             if a not in self._active:
                 continue  # ended by a sibling's fork this step
             try:

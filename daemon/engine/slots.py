@@ -52,6 +52,8 @@ class Slot:
     exact: int = 0
     busy: bool = False
     last_used: float = 0.0
+    # The LoRA adapter set its KV was computed under: a prefix is shared only within a set.
+    lora: tuple[tuple[str, float], ...] = ()
 
 
 def reassign(ctx: Context, slots: list[Slot], parents: list[int]) -> list[Slot]:
@@ -70,6 +72,7 @@ def reassign(ctx: Context, slots: list[Slot], parents: list[int]) -> list[Slot]:
         src, dst = slots[p], spare.pop()
         dst.tokens = list(src.tokens)
         dst.exact = src.exact
+        dst.lora = src.lora
         ctx.seq_rm(dst.seq)
         if not ctx.state_set(dst.seq, ctx.state_get(src.seq)):
             raise GenerationFailed("could not copy a beam's KV state")

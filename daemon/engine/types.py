@@ -64,6 +64,9 @@ class SavedSequence:
     # Bytes of a UTF-8 character the last call generated only partly: the next call's text
     # starts with them instead of a U+FFFD at the boundary.
     tail: bytes = b""
+    # The LoRA adapter set its KV was computed under: only a request with the same set
+    # may continue it.
+    lora: tuple[tuple[str, float], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -104,6 +107,9 @@ class GenerationRequest:
     fork_size: int = 1
     # Who asked (the API key's identity, "" without auth): admission is fair between owners.
     owner: str = ""
+    # LoRA adapters (sorted (name, scale) pairs, see daemon.engine.lora): decoded only in
+    # steps that apply exactly this set; its KV is reused only by requests with this set.
+    lora: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_slots(self) -> int:

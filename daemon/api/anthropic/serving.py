@@ -155,6 +155,7 @@ def to_chat(req: _Conversation) -> ChatCompletionRequest:
             top_p=req.top_p,
             top_k=req.top_k,
             stop=req.stop_sequences,
+            lora=req.lora,
         )
     try:
         return ChatCompletionRequest.model_validate(body)

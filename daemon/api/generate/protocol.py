@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from daemon.api.keepalive import KeepAlive
+from daemon.api.lora import LoraList
 from daemon.api.sampling import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
 from daemon.config import GenerationDefaults
 
@@ -42,6 +43,7 @@ class GenerateRequest(ProtocolModel):
     generation_config: GenerationConfig | None = None
     model: str | None = None
     keep_alive: KeepAlive = None
+    lora: LoraList | None = None
 
 
 class BatchPrompt(ProtocolModel):
@@ -59,3 +61,4 @@ class GenerateBatchRequest(ProtocolModel):
     generation_config: GenerationConfig | None = None
     model: str | None = None
     keep_alive: KeepAlive = None
+    lora: LoraList | None = None

@@ -13,6 +13,7 @@ from daemon.api.choices import Policy
 from daemon.api.errors import to_api
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
 from daemon.api.keepalive import keep_alive_arg
+from daemon.api.lora import LoraRef, request_adapters
 from daemon.api.streams import collect
 from daemon.api.watch import leased, watched
 from daemon.config import GenerationDefaults
@@ -20,6 +21,7 @@ from daemon.engine.cache import StoreKey
 from daemon.engine.client import EngineClient
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
+from daemon.engine.lora import describe
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 from daemon.errors import EdgedError, InvalidRequest, NotFound
@@ -70,11 +72,20 @@ def start(
     prompt: str | None,
     cfg: GenerationDefaults,
     limits: Policy,
+    lora: list[LoraRef] | None = None,
 ) -> Started:
     """Claim the request_id, then continue its kept sequence or start from `prompt`."""
     key = (owner, request_id)
+    adapters = request_adapters(lm, lora)
     saved = lm.store.claim(key)
     try:
+        if saved is not None and saved.lora != adapters:
+            # Its KV was computed under other adapters: continuing would mix two models.
+            raise InvalidRequest(
+                f"request_id {request_id!r} was generated with LoRA {describe(saved.lora)}; "
+                f"continue it with the same adapters (not {describe(adapters)}) or delete it",
+                param="lora",
+            )
         if saved is not None:
             history = list(saved.tokens + saved.pending)
             tokens: list[int] = []
@@ -86,7 +97,14 @@ def start(
             history = tokens
         max_new, sampling, beams = _engine_request(lm, history, cfg, limits)
         request = GenerationRequest(
-            tokens, max_new, sampling, beams=beams, resume=saved, keep=True, owner=owner
+            tokens,
+            max_new,
+            sampling,
+            beams=beams,
+            resume=saved,
+            keep=True,
+            owner=owner,
+            lora=adapters,
         )
         handle = lm.submit(request)
     except BaseException:
@@ -115,9 +133,8 @@ async def generate(
 ) -> Stream | str:
     """POST /api/generate: the text, streamed in chunks or whole."""
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    started = start(
-        lm, owner, req.request_id, req.prompt, _config(req.generation_config, defaults), limits
-    )
+    cfg = _config(req.generation_config, defaults)
+    started = start(lm, owner, req.request_id, req.prompt, cfg, limits, req.lora)
     prefix = "" if req.only_new_tokens else started.history_text
     if req.stream_response:
         return Stream(_text_stream(started, prefix), media_type="text/plain")
@@ -175,7 +192,7 @@ async def generate_batch(
     started: list[Started] = []
     try:
         for p in req.prompts:
-            started.append(start(lm, owner, p.request_id, p.prompt, cfg, limits))
+            started.append(start(lm, owner, p.request_id, p.prompt, cfg, limits, req.lora))
         results = await asyncio.gather(*(collect(s.handle) for s in started))
     finally:
         for s in started:

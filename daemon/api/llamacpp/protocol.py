@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from daemon.api.lora import LoraIdList
 from daemon.api.ollama.protocol import OllamaSampling
 from daemon.api.openai.protocol import ChatMessage
 from daemon.api.sampling import (
@@ -65,7 +66,7 @@ class CompletionRequest(ProtocolModel):
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
     id_slot: int = -1
-    lora: list[Any] | None = None
+    lora: LoraIdList | None = None
     image_data: list[Any] | None = None
     multimodal_data: list[Any] | None = None
     mirostat: int = 0
@@ -82,8 +83,8 @@ class CompletionRequest(ProtocolModel):
         for name, off in _OFF.items():
             if getattr(self, name) != off:
                 raise ValueError(f"{name} is not supported by edged; leave it at {off!r}")
-        if self.lora or self.image_data or self.multimodal_data:
-            raise ValueError("LoRA adapters and images are not supported by edged")
+        if self.image_data or self.multimodal_data:
+            raise ValueError("images are not supported by edged")
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("use either grammar or json_schema, not both")
         return self

@@ -105,6 +105,20 @@ async def slots(registry: NamedDependency[ModelRegistry]) -> list[Body]:
     ]
 
 
+@get("/lora-adapters")
+async def lora_adapters(registry: NamedDependency[ModelRegistry]) -> list[Body]:
+    """The default model's LoRA adapters: `id` is what /completion's `lora` entries name.
+
+    `scale` is the default a request gets by naming the adapter; unlike llama-server, none
+    applies to a request that does not name it."""
+    lm = await leased(registry, None)
+    specs = lm.adapters.specs if lm.adapters is not None else {}
+    return [
+        {"id": i, "name": s.name, "path": str(s.path), "scale": s.scale}
+        for i, s in enumerate(specs.values())
+    ]
+
+
 def _edged(_: Request[Any, Any, Any], exc: EdgedError) -> Response[Body]:
     exc = to_api(exc)
     return Response(serving.error_body(exc), status_code=exc.status_code, headers=exc.headers)
@@ -135,7 +149,7 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Body]:
 
 router = Router(
     path="/",
-    route_handlers=[completion, infill, apply_template, props, slots],
+    route_handlers=[completion, infill, apply_template, props, slots, lora_adapters],
     exception_handlers={
         EdgedError: _edged,
         ValidationException: _validation,

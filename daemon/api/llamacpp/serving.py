@@ -12,6 +12,7 @@ from daemon.api.formats import schema_grammar
 from daemon.api.framing import plain_sse
 from daemon.api.llamacpp.infill import infill_tokens
 from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest
+from daemon.api.lora import from_ids
 from daemon.api.streams import Collected, collect_all, merge
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
@@ -82,6 +83,7 @@ def submit(
     if len(prompts) > policy.max_batch:
         raise InvalidRequest(f"at most {policy.max_batch} prompts", param="prompt")
     fields = req.sampling(lm.ctx_size, lm.model.eog_tokens)
+    fields.lora = from_ids(lm, req.lora)
     extras = Extras(grammar=_grammar(req), logprobs=req.n_probs or None)
     handles: list[RequestHandle] = []
     try:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import Field, field_validator
 
 from daemon.api.keepalive import KeepAlive
+from daemon.api.lora import LoraList
 from daemon.api.openai.protocol import Tool
 from daemon.api.sampling import (
     MAX_SEED,
@@ -145,6 +146,7 @@ class _Generating(ProtocolModel):
     stream: bool = True
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    lora: LoraList | None = None
 
 
 class FunctionCallOut(ProtocolModel):

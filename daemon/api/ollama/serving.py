@@ -139,6 +139,7 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
     limit = min(room, policy.max_tokens) if unbounded else opts.num_predict
     grammar = format_grammar(req.format)
     fields = opts.sampling(n_ctx)
+    fields.lora = req.lora
     (handle,) = submit_choices(
         lm, [prompt], min(limit, room), fields, 1, policy, Extras(grammar=grammar)
     )

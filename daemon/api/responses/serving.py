@@ -152,6 +152,7 @@ def _resume(
         n_prompt=len(prompt),
         state=saved.state,
         exact=saved.exact,
+        lora=saved.lora,
     )
     return prompt, resume
 
