@@ -24,7 +24,7 @@ from daemon.api.ollama.dispatch import is_ollama
 from tests.conftest import Server, start_server, stop_server, wait_healthy
 from tests.e2e.test_reasoning import make_thinking_gguf
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a busy machine starts servers slowly
 
 EXAMPLES = 80
 SCALE = float(os.environ.get("EDGED_FUZZ_SCALE", "1"))
