@@ -80,7 +80,9 @@ def reference(oai: openai.OpenAI) -> tuple[str, str]:
 
 
 def _claude(client: anthropic.Anthropic, **kw: Any) -> Any:
-    args: dict[str, Any] = {"model": "thinker", "max_tokens": N, "temperature": 0, "messages": MSGS}
+    # This SDK has no `temperature` parameter any more: it goes in the body.
+    args: dict[str, Any] = {"model": "thinker", "max_tokens": N, "messages": MSGS}
+    args["extra_body"] = {"temperature": 0}
     return client.messages.create(**(args | kw))
 
 
@@ -100,7 +102,11 @@ def test_anthropic_stream_matches_the_whole_message(claude: anthropic.Anthropic)
     whole = _claude(claude, thinking={"type": "adaptive"})
     kinds: list[str] = []
     with claude.messages.stream(
-        model="thinker", max_tokens=N, temperature=0, messages=MSGS, thinking={"type": "adaptive"}
+        model="thinker",
+        max_tokens=N,
+        messages=MSGS,  # type: ignore[arg-type]
+        thinking={"type": "adaptive"},  # type: ignore[typeddict-item]
+        extra_body={"temperature": 0},
     ) as stream:
         for ev in stream:
             if ev.type == "content_block_delta":
