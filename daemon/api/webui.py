@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 from litestar import Response, get
+from litestar.params import FromPath
 
 _WEB = files("daemon") / "web"
 _TYPES = {
@@ -45,7 +46,7 @@ def index() -> Response[bytes]:
 
 
 @get("/ui/{name:str}", sync_to_thread=False, include_in_schema=False)
-def asset(name: str) -> Response[bytes]:
+def asset(name: FromPath[str]) -> Response[bytes]:
     """The page's scripts and styles (only the known files: no path walking)."""
     if name not in _TYPES or name == "index.html":
         return Response(b"not found", status_code=404, media_type="text/plain")

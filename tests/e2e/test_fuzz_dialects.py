@@ -1,13 +1,18 @@
-"""Fuzzed Ollama and llama-server bodies: never a 5xx, errors in each dialect's own shape.
+"""Fuzzed bodies on every non-OpenAI dialect route: never a 5xx, errors in the route's shape.
 
-A small context (128 tokens) and output cap (6 tokens) bound every generation a fuzzed body can
-ask for (asking for more is a 400, which is fuzzed too).
+One server with a small context (128 tokens) and output cap (6 tokens) bounds what a fuzzed
+body can ask for (asking for more is a 400, fuzzed too). It serves the embedded model and a
+copy whose template thinks, so thinking fields reach a reasoning template. Bodies are mostly
+well-formed with junk mixed in, so validation and the translation behind it are both reached.
+`EDGED_FUZZ_SCALE` multiplies the example counts (EXAMPLES per route at scale 1).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,9 +21,195 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.api.ollama.dispatch import is_ollama
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_healthy
+from tests.e2e.test_reasoning import make_thinking_gguf
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a busy machine starts servers slowly
+
+EXAMPLES = 80
+SCALE = float(os.environ.get("EDGED_FUZZ_SCALE", "1"))
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+THINKER = "thinker"
+TEXT = st.text(max_size=40)
+
+# ---- Anthropic Messages and OpenAI Responses ----------------------------------------------
+
+leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**7), 10**7)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(max_size=12)
+)
+junk = st.recursive(
+    leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=6,
+)
+# Budgets: a few tokens, or something that is not a small integer at all (never absent:
+# no budget means "until the context is full", far too slow for a fuzz run).
+budget = st.integers(-2, 4) | st.text(max_size=4) | st.floats(-1, 3) | st.lists(st.integers())
+
+
+def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly the valid shape, sometimes junk."""
+    return st.one_of(valid, valid, valid, junk)
+
+
+schema = st.sampled_from(
+    [
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        {"type": "object"},
+        {"type": "object", "minProperties": 1},
+        {"type": "string", "pattern": "^a+$"},
+        {"$ref": "#/nowhere"},
+        {},
+    ]
+)
+
+anthropic_block = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["text", "tool_use", "tool_result", "image", "thinking", "redacted_thinking", "x"]
+        )
+    },
+    optional={
+        "thinking": maybe(TEXT),
+        "signature": maybe(st.text(max_size=8)),
+        "data": maybe(st.text(max_size=8)),
+        "text": maybe(TEXT),
+        "id": maybe(st.text(max_size=8)),
+        "name": maybe(st.sampled_from(["get_weather", "f", ""])),
+        "input": maybe(st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)),
+        "tool_use_id": maybe(st.text(max_size=8)),
+        "content": maybe(
+            TEXT
+            | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=2)
+        ),
+        "is_error": maybe(st.booleans()),
+    },
+)
+anthropic_message = st.fixed_dictionaries(
+    {
+        "role": maybe(st.sampled_from(["user", "assistant"])),
+        "content": maybe(TEXT | st.lists(anthropic_block, max_size=3)),
+    }
+)
+anthropic_tool = st.fixed_dictionaries(
+    {"name": maybe(st.sampled_from(["get_weather", "lookup", "bad name"]))},
+    optional={"input_schema": maybe(schema), "description": maybe(TEXT), "type": junk},
+)
+anthropic_body = st.fixed_dictionaries(
+    {"model": st.sampled_from([MODEL, THINKER, THINKER, "claude-x"]), "max_tokens": budget},
+    optional={
+        "messages": maybe(st.lists(anthropic_message, min_size=1, max_size=3)),
+        "system": maybe(
+            TEXT
+            | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=2)
+        ),
+        "stop_sequences": maybe(st.lists(st.text(max_size=4), max_size=3)),
+        "temperature": maybe(st.floats(0, 1)),
+        "top_p": maybe(st.floats(0.01, 1)),
+        "top_k": maybe(st.integers(0, 50)),
+        "tools": maybe(st.lists(anthropic_tool, max_size=2)),
+        "tool_choice": maybe(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["auto", "any", "tool", "none", "x"])},
+                optional={"name": st.sampled_from(["get_weather", "lookup", "zzz"])},
+            )
+        ),
+        "metadata": maybe(st.fixed_dictionaries({"user_id": st.text(max_size=8)})),
+        "stream": maybe(st.booleans()),
+        "thinking": maybe(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["enabled", "disabled", "adaptive", "x"])},
+                optional={"budget_tokens": budget},
+            )
+        ),
+        "output_config": maybe(
+            st.fixed_dictionaries(
+                {}, optional={"effort": st.sampled_from(["low", "medium", "high", "max", "x"])}
+            )
+        ),
+    },
+)
+
+part = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["input_text", "output_text", "input_image", "refusal", "reasoning_text", "x"]
+        )
+    },
+    optional={"text": maybe(TEXT)},
+)
+response_item = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning"]),
+        "role": maybe(st.sampled_from(["user", "assistant", "system", "developer"])),
+        "content": maybe(TEXT | st.lists(part, max_size=2)),
+        "call_id": maybe(st.text(max_size=6)),
+        "name": maybe(st.sampled_from(["get_weather", "f"])),
+        "arguments": maybe(st.sampled_from(['{"city": "Paris"}', "{", "[]"])),
+        "output": maybe(TEXT),
+        "summary": maybe(st.lists(part, max_size=2)),
+        "encrypted_content": maybe(TEXT),
+    },
+)
+response_tool = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "function", "web_search", "file_search"])},
+    optional={
+        "name": maybe(st.sampled_from(["get_weather", "lookup"])),
+        "parameters": maybe(schema),
+    },
+)
+responses_body = st.fixed_dictionaries(
+    {"input": maybe(TEXT | st.lists(response_item, max_size=3)), "max_output_tokens": budget},
+    optional={
+        "model": st.sampled_from([MODEL, THINKER, "nope"]),
+        "instructions": maybe(TEXT),
+        "tools": maybe(st.lists(response_tool, max_size=2)),
+        "tool_choice": maybe(
+            st.sampled_from(["auto", "none", "required", "x"])
+            | st.fixed_dictionaries(
+                {"type": st.sampled_from(["function", "mcp"])},
+                optional={"name": st.sampled_from(["get_weather", "zzz"])},
+            )
+        ),
+        "text": maybe(
+            st.fixed_dictionaries(
+                {
+                    "format": st.fixed_dictionaries(
+                        {"type": st.sampled_from(["text", "json_object", "json_schema", "x"])},
+                        optional={"schema": schema, "name": st.just("n")},
+                    )
+                }
+            )
+        ),
+        "temperature": maybe(st.floats(0, 2)),
+        "top_p": maybe(st.floats(0.01, 1)),
+        "parallel_tool_calls": maybe(st.booleans()),
+        "metadata": maybe(st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)),
+        "store": maybe(st.booleans()),
+        "previous_response_id": maybe(st.sampled_from(["resp_nope", ""])),
+        "stream": maybe(st.booleans()),
+        "reasoning": maybe(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "effort": st.sampled_from(["none", "minimal", "low", "high", "x"]),
+                    "summary": st.sampled_from(["auto", "concise", "detailed", "x"]),
+                },
+            )
+        ),
+        "background": junk,
+        "include": junk,
+        "truncation": junk,
+    },
+)
+
+
+# ---- Ollama and llama-server ---------------------------------------------------------------
 
 SCALARS = st.one_of(
     st.none(),
@@ -35,7 +226,6 @@ ANY = st.recursive(
     max_leaves=8,
 )
 SMALL_INT = st.integers(-3, 12)
-TEXT = st.text(max_size=40)
 NUMBER = st.one_of(st.floats(-3, 3, allow_nan=False), st.integers(-2, 3))
 ROLE = st.sampled_from(["system", "user", "assistant", "tool", "robot", ""])
 MESSAGE = st.fixed_dictionaries(
@@ -53,6 +243,7 @@ MESSAGE = st.fixed_dictionaries(
             max_size=2,
         ),
         "tool_name": TEXT,
+        "thinking": st.one_of(TEXT, ANY),
     },
 )
 SCHEMA = st.one_of(
@@ -91,9 +282,8 @@ TOOL = st.fixed_dictionaries(
         ),
     }
 )
-MODEL = st.sampled_from(
-    ["SmolLM2-135M-Instruct.Q4_1", "SmolLM2-135M-Instruct.Q4_1:latest", "nope", ""]
-)
+NAME = st.sampled_from([MODEL, f"{MODEL}:latest", THINKER, THINKER, "nope", ""])
+THINK = st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high", "x"]), ANY)
 PROMPT = st.one_of(
     TEXT,
     st.lists(st.one_of(st.integers(-5, 60000), TEXT), max_size=6),
@@ -110,19 +300,19 @@ def body(fields: dict[str, Any]) -> st.SearchStrategy[Any]:
 ROUTES: dict[str, st.SearchStrategy[Any]] = {
     "/api/chat": body(
         {
-            "model": MODEL,
+            "model": NAME,
             "messages": st.lists(MESSAGE, max_size=3),
             "tools": st.lists(TOOL, max_size=2),
             "format": st.one_of(st.sampled_from(["", "json", "xml"]), SCHEMA),
             "options": st.one_of(OPTIONS, ANY),
             "stream": st.booleans(),
             "keep_alive": st.one_of(st.sampled_from(["5m", "-1", "x", "0"]), st.integers(-1, 10)),
-            "think": ANY,
+            "think": THINK,
         }
     ),
     "/api/generate": body(
         {
-            "model": MODEL,
+            "model": NAME,
             "prompt": TEXT,
             "suffix": TEXT,
             "system": TEXT,
@@ -133,19 +323,20 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
             "format": st.one_of(st.sampled_from(["", "json"]), SCHEMA),
             "options": st.one_of(OPTIONS, ANY),
             "stream": st.booleans(),
+            "think": THINK,
         }
     ),
     "/api/embed": body(
         {
-            "model": MODEL,
+            "model": NAME,
             "input": st.one_of(TEXT, st.lists(TEXT, max_size=3), ANY),
             "dimensions": st.integers(-2, 2000),
             "truncate": ANY,
         }
     ),
-    "/api/embeddings": body({"model": MODEL, "prompt": st.one_of(TEXT, ANY)}),
-    "/api/show": body({"model": MODEL, "name": ANY, "verbose": ANY}),
-    "/api/copy": body({"source": MODEL, "destination": TEXT}),
+    "/api/embeddings": body({"model": NAME, "prompt": st.one_of(TEXT, ANY)}),
+    "/api/show": body({"model": NAME, "name": ANY, "verbose": ANY}),
+    "/api/copy": body({"source": NAME, "destination": TEXT}),
     "/api/pull": body({"model": st.one_of(TEXT, st.just("a/b:Q4_0")), "stream": st.booleans()}),
     "/completion": body(
         {
@@ -180,28 +371,41 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
             "stream": st.booleans(),
         }
     ),
-    "/apply-template": body({"messages": st.lists(MESSAGE, max_size=3)}),
+    "/apply-template": body(
+        {
+            "model": NAME,
+            "messages": st.lists(MESSAGE, max_size=3),
+            "chat_template_kwargs": st.one_of(
+                st.fixed_dictionaries({}, optional={"enable_thinking": ANY}), ANY
+            ),
+            "reasoning_effort": st.one_of(st.sampled_from(["none", "low", "high"]), ANY),
+        }
+    ),
     "/tokenize": body({"content": st.one_of(TEXT, ANY), "with_pieces": ANY, "add_special": ANY}),
 }
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("fuzz_dialects")
+    thinker = make_thinking_gguf(model_path, tmp / "thinker.gguf")
     srv = start_server(
-        tmp_path_factory.mktemp("fuzz_dialects"),
-        "--ctx-size",
-        "128",
-        "--parallel",
-        "4",
-        "--max-tokens-cap",
-        "6",
+        tmp,
+        *("--ctx-size", "128", "--parallel", "4", "--max-tokens-cap", "6"),
+        *("--alias", f"{THINKER}={thinker}"),
+        wait=False,
     )
+    wait_healthy(srv, timeout=600)
     yield srv
     stop_server(srv)
 
 
 def _check_shape(path: str, status: int, payload: Any, sent: Any) -> None:
-    if path == "/api/generate" and not is_ollama(sent):
+    if path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert payload["type"] == "error" and payload["error"]["type"] != "api_error", payload
+    elif path == "/v1/responses":
+        assert set(payload["error"]) == {"message", "type", "param", "code"}, payload
+    elif path == "/api/generate" and not is_ollama(sent):
         assert isinstance(payload["error"]["message"], str)  # the seed dialect's shape
     elif path.startswith("/api/"):
         assert isinstance(payload, dict) and isinstance(payload.get("error"), str), payload
@@ -212,12 +416,34 @@ def _check_shape(path: str, status: int, payload: Any, sent: Any) -> None:
         assert err["code"] == status and isinstance(err["message"], str), payload
 
 
+def _check_stream(r: httpx.Response) -> None:
+    ctype = r.headers.get("content-type", "")
+    if "ndjson" in ctype:
+        lines = [json.loads(x) for x in r.text.splitlines() if x]
+        assert lines and (
+            lines[-1].get("done") is True or "error" in lines[-1] or "status" in lines[-1]
+        )
+    elif "event-stream" in ctype:
+        assert "data:" in r.text
+        for line in r.text.splitlines():
+            if line.startswith("data:") and line[5:].strip().startswith("{"):
+                data = json.loads(line[5:])
+                assert data.get("type") != "error", data  # nothing failed mid-stream
+
+
+ROUTES |= {
+    "/v1/messages": anthropic_body,
+    "/v1/messages/count_tokens": anthropic_body,
+    "/v1/responses": responses_body,
+}
+
+
 @pytest.mark.parametrize("path", list(ROUTES))
 def test_fuzzed_bodies_never_5xx(fuzz_server: Server, path: str) -> None:
     client = httpx.Client(base_url=fuzz_server.url, timeout=120)
 
     @settings(
-        max_examples=25,
+        max_examples=max(1, int(EXAMPLES * SCALE)),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
@@ -229,15 +455,8 @@ def test_fuzzed_bodies_never_5xx(fuzz_server: Server, path: str) -> None:
         assert r.status_code < 500, (payload, r.status_code, r.text)
         if r.status_code >= 400:
             _check_shape(path, r.status_code, r.json(), payload)
-            return
-        ctype = r.headers.get("content-type", "")
-        if "ndjson" in ctype:
-            lines = [json.loads(x) for x in r.text.splitlines() if x]
-            assert lines and (
-                lines[-1].get("done") is True or "error" in lines[-1] or "status" in lines[-1]
-            )
-        elif "event-stream" in ctype:
-            assert "data:" in r.text
+        else:
+            _check_stream(r)
 
     try:
         run()

@@ -32,8 +32,8 @@ ANSWER_ONLY = 'root ::= "Paris is the capital."'
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def make_thinking_gguf(source: Path, out: Path) -> Path:
-    """The embedded model with THINKING_TEMPLATE as its chat template (gguf-py rewrite)."""
+def make_thinking_gguf(source: Path, out: Path, template: str = THINKING_TEMPLATE) -> Path:
+    """The embedded model with a thinking chat template (gguf-py rewrite)."""
     subprocess.run(
         [
             sys.executable,
@@ -42,7 +42,7 @@ def make_thinking_gguf(source: Path, out: Path) -> Path:
             str(source),
             str(out),
             "--chat-template",
-            THINKING_TEMPLATE,
+            template,
             "--force",
         ],
         check=True,

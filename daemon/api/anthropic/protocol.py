@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from daemon.api.keepalive import KeepAlive
 from daemon.api.lora import LoraList
@@ -26,6 +26,10 @@ class Block(ProtocolModel):
     tool_use_id: str | None = None
     content: str | list[Block] | None = None
     is_error: bool | None = None
+    # thinking / redacted_thinking (sent back in an assistant turn)
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
 
 
 Block.model_rebuild()  # `content` nests blocks
@@ -69,10 +73,10 @@ class Metadata(ProtocolModel):
 
 
 class Thinking(ProtocolModel):
-    """Extended thinking settings; only `disabled` can be honoured."""
+    """Extended thinking: `enabled` (with a budget), `adaptive` (no budget) or `disabled`."""
 
-    type: str
-    budget_tokens: int | None = None
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 class OutputFormat(ProtocolModel):
@@ -83,10 +87,10 @@ class OutputFormat(ProtocolModel):
 
 
 class OutputConfig(ProtocolModel):
-    """`output_config`: the output format; `effort` cannot be honoured (checked when served)."""
+    """`output_config`: the output format, and the effort a reasoning template is told."""
 
     format: OutputFormat | None = None
-    effort: str | None = None
+    effort: Literal["low", "medium", "high", "max"] | None = None
 
 
 class _Conversation(ProtocolModel):
@@ -126,6 +130,17 @@ class MessagesRequest(_Conversation):
         if v is not None and len(v) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences")
         return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> MessagesRequest:
+        # Anthropic's own rules: an enabled budget is required and below max_tokens.
+        t = self.thinking
+        if t is not None and t.type == "enabled":
+            if t.budget_tokens is None:
+                raise ValueError("thinking.budget_tokens: required when thinking is enabled")
+            if t.budget_tokens >= self.max_tokens:
+                raise ValueError("max_tokens must be greater than thinking.budget_tokens")
+        return self
 
 
 class CountTokensRequest(_Conversation):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +18,12 @@ from daemon.api.anthropic.protocol import (
     MessagesRequest,
     _Conversation,
 )
-from daemon.api.chat import Turn, TurnEnd, build_chat, run_turn, turn_events
+from daemon.api.chat import Reasoning, Turn, TurnEnd, build_chat, run_turn, turn_events
 from daemon.api.choices import Policy, submit_choices
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai.protocol import ChatCompletionRequest
 from daemon.api.openai.tools import ToolCall
+from daemon.api.reasoning import Thinking
 from daemon.api.streams import Named, named_sse
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
@@ -56,12 +58,18 @@ def _result_text(block: Block, where: str) -> str:
 def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
     """One Anthropic message as chat messages: tool results first, then the turn itself."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     for k, b in enumerate(blocks):
         where = f"messages[{i}].content[{k}]"
         if b.type == "text" and b.text is not None:
             texts.append(b.text)
+        elif b.type == "thinking" and role == "assistant" and b.thinking is not None:
+            # The signature is not checked: edged's own is a digest, not a secret.
+            thoughts.append(b.thinking)
+        elif b.type == "redacted_thinking" and role == "assistant":
+            pass  # opaque to edged (it never writes one): nothing to render
         elif b.type == "tool_use" and role == "assistant" and b.id and b.name:
             args = b.input if b.input is not None else {}
             calls.append(
@@ -75,7 +83,7 @@ def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
             raise InvalidRequest(
                 f"{where}: {b.type} blocks are not supported; {_TEXT_ONLY}", param="messages"
             )
-        elif b.type in ("text", "tool_use", "tool_result"):
+        elif b.type in ("text", "tool_use", "tool_result", "thinking", "redacted_thinking"):
             raise InvalidRequest(
                 f"{where}: a {b.type} block is missing members or is in a {role} turn",
                 param="messages",
@@ -85,10 +93,12 @@ def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
                 f"{where}: content blocks of type `{b.type}` are not supported", param="messages"
             )
     out = results
-    if texts or calls or not results:
+    if texts or calls or thoughts or not results:
         msg: dict[str, Any] = {"role": role, "content": "\n\n".join(texts)}
         if calls:
             msg["tool_calls"] = calls
+        if thoughts:
+            msg["reasoning_content"] = "\n\n".join(thoughts)
         out = [*out, msg]
     return out
 
@@ -107,16 +117,7 @@ def _tool_choice(req: _Conversation) -> tuple[Any, bool]:
 
 def to_chat(req: _Conversation) -> ChatCompletionRequest:
     """The Anthropic conversation as the chat request every dialect renders through."""
-    if req.thinking is not None and req.thinking.type != "disabled":
-        raise InvalidRequest(
-            "extended thinking is not supported by edged's models", param="thinking"
-        )
     out = req.output_config
-    if out is not None and out.effort is not None:
-        raise InvalidRequest(
-            "output_config.effort is not supported: edged's models do not reason",
-            param="output_config",
-        )
     messages: list[dict[str, Any]] = []
     system = req.system_text()
     if system:
@@ -143,6 +144,12 @@ def to_chat(req: _Conversation) -> ChatCompletionRequest:
         "tool_choice": choice,
         "parallel_tool_calls": parallel,
     }
+    # Thinking reaches a reasoning template as `enable_thinking` (absent: the template's
+    # default) and effort as `reasoning_effort`; other templates ignore both.
+    if req.thinking is not None:
+        body["chat_template_kwargs"] = {"enable_thinking": req.thinking.type != "disabled"}
+    if out is not None and out.effort is not None:
+        body["reasoning_effort"] = "high" if out.effort == "max" else out.effort
     if out is not None and out.format is not None:
         body["response_format"] = {
             "type": "json_schema",
@@ -185,8 +192,20 @@ def _head(msg_id: str, model: str) -> dict[str, Any]:
     return {"id": msg_id, "type": "message", "role": "assistant", "model": model}
 
 
+def signature(thinking: str) -> str:
+    """What edged puts in a thinking block's `signature`: a digest of the text, not a secret
+    (edged does not check signatures sent back; it only makes edits visible)."""
+    return "edged-sha256:" + hashlib.sha256(thinking.encode()).hexdigest()
+
+
+def _thinking(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": signature(text)}
+
+
 def _message(msg_id: str, model: str, turn: Turn, handle: RequestHandle) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
+    if turn.reasoning is not None:
+        content.append(_thinking(turn.reasoning))
     if turn.content or not turn.calls:
         content.append({"type": "text", "text": turn.content})
     content += [_tool_use(c) for c in turn.calls]
@@ -203,7 +222,13 @@ def _message(msg_id: str, model: str, turn: Turn, handle: RequestHandle) -> dict
 
 
 async def _events(
-    lm: LoadedModel, msg_id: str, model: str, handle: RequestHandle, plan: Any
+    lm: LoadedModel,
+    msg_id: str,
+    model: str,
+    handle: RequestHandle,
+    plan: Any,
+    think: Thinking | None = None,
+    budget: int | None = None,
 ) -> AsyncIterator[Named]:
     start = {
         **_head(msg_id, model),
@@ -215,12 +240,32 @@ async def _events(
     yield "message_start", {"type": "message_start", "message": start}
     yield "ping", {"type": "ping"}
     index, text_open = -1, False
+    thoughts: list[str] | None = None  # the open thinking block's text so far
 
     def stop() -> Named:
         return "content_block_stop", {"type": "content_block_stop", "index": index}
 
-    async for ev in turn_events(lm, handle, plan):
-        if isinstance(ev, str):
+    def close_thinking() -> list[Named]:
+        nonlocal thoughts
+        assert thoughts is not None
+        sig = {"type": "signature_delta", "signature": signature("".join(thoughts))}
+        thoughts = None
+        return [("content_block_delta", _delta(index, sig)), stop()]
+
+    async for ev in turn_events(lm, handle, plan, think, budget):
+        if thoughts is not None and not isinstance(ev, Reasoning):
+            for e in close_thinking():
+                yield e
+        if isinstance(ev, Reasoning):
+            if thoughts is None:
+                index, thoughts = index + 1, []
+                yield "content_block_start", _start(index, _thinking("") | {"signature": ""})
+            thoughts.append(ev.text)
+            yield (
+                "content_block_delta",
+                _delta(index, {"type": "thinking_delta", "thinking": ev.text}),
+            )
+        elif isinstance(ev, str):
             if not text_open:
                 index, text_open = index + 1, True
                 block = {"type": "text", "text": ""}
@@ -236,10 +281,10 @@ async def _events(
             yield "content_block_delta", _delta(index, partial)
             yield stop()
         else:
-            if text_open or index < 0:
-                if index < 0:  # an empty answer still has its (empty) text block
-                    index = 0
-                    yield "content_block_start", _start(0, {"type": "text", "text": ""})
+            if text_open or not ev.calls:
+                if not text_open:  # an answer without text still has its (empty) text block
+                    index += 1
+                    yield "content_block_start", _start(index, {"type": "text", "text": ""})
                 yield stop()
             delta = {"stop_reason": _stop_reason(ev), "stop_sequence": ev.stop_sequence}
             tail = {"output_tokens": handle.usage.completion_tokens}
@@ -264,11 +309,11 @@ async def create_message(
     chat = build_chat(lm, chat_req, format_param="output_config")
     handles = submit_choices(lm, [chat.tokens], req.max_tokens, chat_req, 1, policy, chat.extras)
     msg_id = f"msg_{uuid.uuid4().hex}"
+    budget = req.thinking.budget_tokens if req.thinking is not None else None
     if req.stream:
-        return named_sse(
-            _events(lm, msg_id, req.model, handles[0], chat.plan), handles, error_event
-        )
-    turn = await run_turn(lm, handles[0], chat.plan)
+        events = _events(lm, msg_id, req.model, handles[0], chat.plan, chat.think, budget)
+        return named_sse(events, handles, error_event)
+    turn = await run_turn(lm, handles[0], chat.plan, chat.think, budget)
     return _message(msg_id, req.model, turn, handles[0])
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Request, Router, delete, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from daemon.api.choices import policy_of
 from daemon.api.generate import serving
@@ -56,7 +56,7 @@ async def generate_batch(
 
 @delete("/generate/{request_id:str}", status_code=204)
 async def forget(
-    request_id: str,
+    request_id: FromPath[str],
     registry: NamedDependency[ModelRegistry],
     api_key: NamedDependency[str | None],
 ) -> None:

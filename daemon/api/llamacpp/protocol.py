@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from daemon.api.lora import LoraIdList
 from daemon.api.ollama.protocol import OllamaSampling
-from daemon.api.openai.protocol import ChatMessage
+from daemon.api.openai.protocol import ChatMessage, ReasoningEffort, TemplateKwargs
 from daemon.api.sampling import (
     MAX_SEED,
     MAX_STOPS,
@@ -143,3 +143,6 @@ class ApplyTemplateRequest(ProtocolModel):
 
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    # As on /chat/completions: passed to the template (daemon/api/reasoning.py).
+    reasoning_effort: ReasoningEffort | None = None
+    chat_template_kwargs: TemplateKwargs | None = None

@@ -17,6 +17,7 @@ from daemon.api.llamacpp import serving
 from daemon.api.llamacpp.protocol import ApplyTemplateRequest, CompletionRequest, InfillRequest
 from daemon.api.openai import routes as openai_routes
 from daemon.api.openai import tools
+from daemon.api.reasoning import template_vars
 from daemon.api.watch import leased
 from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
@@ -54,6 +55,7 @@ async def apply_template(
     """The conversation rendered by the model's chat template, ready for /completion."""
     lm = await leased(registry, data.model)
     messages, extra = tools.prompt_messages(data.messages, None, lm.template.source)
+    extra |= template_vars(data.chat_template_kwargs, data.reasoning_effort)
     return {"prompt": lm.render_chat(messages, **extra)}
 
 

@@ -145,7 +145,8 @@ class _Generating(ProtocolModel):
     options: Options = Field(default_factory=Options)
     stream: bool = True
     keep_alive: KeepAlive = None
-    think: bool | str | None = None
+    # Reasoning models: on/off, or a level (newer Ollama) told to the template as effort.
+    think: bool | Literal["low", "medium", "high"] | None = None
     lora: LoraList | None = None
 
 

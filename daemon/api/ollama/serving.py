@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from daemon.api.chat import Reasoning, TurnParser
 from daemon.api.choices import Extras, Policy, submit_choices
 from daemon.api.formats import schema_grammar
 from daemon.api.framing import NdjsonStream, ndjson
@@ -33,13 +34,14 @@ from daemon.api.ollama.protocol import (
 from daemon.api.openai import tools
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, ToolCallIn
+from daemon.api.reasoning import ReasoningSplitter, Thinking, detect
 from daemon.api.streams import collect_all
 from daemon.api.watch import leased
 from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelRegistry
-from daemon.engine.types import FinishReason
+from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 
 Body = dict[str, Any]
@@ -109,9 +111,23 @@ def _done_reason(reason: FinishReason | None) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
 
 
-def _check_common(req: _Generating) -> None:
-    if req.think:
-        raise InvalidRequest('"model" does not support thinking', param="think")
+def _thinking(lm: LoadedModel, name: str, req: _Generating) -> dict[str, Any]:
+    """`think` as template variables; a model whose template does not think refuses `true`."""
+    if req.think is None:
+        return {}
+    if req.think and detect(lm.template.source) is None:
+        raise InvalidRequest(f'"{name}" does not support thinking', param="think")
+    effort = req.think if isinstance(req.think, str) else None
+    return {"enable_thinking": bool(req.think)} | ({"reasoning_effort": effort} if effort else {})
+
+
+def _split_of(lm: LoadedModel, rendered: str, req: _Generating) -> Thinking | None:
+    """How the output splits: not at all with `think: false` (the text stays as written),
+    answer only under a `format` (the JSON is constrained from its first token)."""
+    if req.think is False:
+        return None
+    think = Thinking.of(lm.template.source, rendered)
+    return think.answer_only() if think is not None and req.format else think
 
 
 def format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
@@ -168,6 +184,7 @@ async def _load_only(
 
 
 def _openai_message(m: Message) -> ChatMessage:
+    thinking = m.thinking if m.role == "assistant" and m.thinking else None
     if m.images:
         raise InvalidRequest("images are not supported: edged serves text models", param="images")
     calls = [
@@ -179,11 +196,14 @@ def _openai_message(m: Message) -> ChatMessage:
         content=m.content,
         name=m.tool_name if m.role == "tool" else None,
         tool_calls=calls or None,
+        reasoning_content=thinking,
     )
 
 
-def _message(content: str | None, calls: list[tools.ToolCall]) -> Body:
+def _message(content: str | None, calls: list[tools.ToolCall], thinking: str | None = None) -> Body:
     msg: Body = {"role": "assistant", "content": content or ""}
+    if thinking:
+        msg["thinking"] = thinking
     if calls:
         msg["tool_calls"] = [
             {"function": {"index": i, "name": c.name, "arguments": json.loads(c.arguments)}}
@@ -194,8 +214,8 @@ def _message(content: str | None, calls: list[tools.ToolCall]) -> Body:
 
 async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Body | NdjsonStream:
     """POST /api/chat."""
-    _check_common(req)
     lm, name, clock = await load(registry, req.model, req.model_fields_set, req.keep_alive)
+    think_vars = _thinking(lm, name, req)
     if not req.messages:
         return await _load_only(registry, lm, name, req, "message")
     oa = ChatCompletionRequest(
@@ -203,38 +223,57 @@ async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Bod
     )
     plan = tools.plan_tools(oa, lm.template.source)
     messages, template_vars = tools.prompt_messages(oa.messages, plan, lm.template.source)
-    prompt = lm.tokenize(lm.render_chat(messages, **template_vars))
-    handle = _submit(lm, prompt, req, policy)
+    rendered = lm.render_chat(messages, **template_vars, **think_vars)
+    think = _split_of(lm, rendered, req)
+    handle = _submit(lm, lm.tokenize(rendered), req, policy)
     if req.stream:
-        return ndjson(_chat_events(handle, plan, name, clock), [handle], errors.body)
+        return ndjson(_chat_events(handle, plan, name, clock, think), [handle], errors.body)
     (r,) = await collect_all([handle])
-    content, calls = tools.parse_message(plan, r.text)
+    thinking, text = think.split(r.text) if think is not None else (None, r.text)
+    content, calls = tools.parse_message(plan, text)
     return {
         "model": name,
         "created_at": created_at(),
-        "message": _message(content, calls),
+        "message": _message(content, calls, thinking),
         "done": True,
         "done_reason": _done_reason(r.finish_reason),
         **_stats(handle, clock),
     }
 
 
+def _pieces(splitter: ReasoningSplitter | None, chunk: Chunk) -> tuple[str, str]:
+    """A chunk's (thinking, answer) text; the held-back rest comes with the last chunk."""
+    if splitter is None:
+        return "", chunk.text
+    thinking, text = splitter.feed(chunk.text)
+    if chunk.finish_reason is not None:
+        more_thinking, more_text = splitter.flush()
+        thinking, text = thinking + more_thinking, text + more_text
+    return thinking, text
+
+
 async def _chat_events(
-    handle: RequestHandle, plan: tools.ToolPlan | None, name: str, clock: Clock
+    handle: RequestHandle,
+    plan: tools.ToolPlan | None,
+    name: str,
+    clock: Clock,
+    think: Thinking | None = None,
 ) -> AsyncIterator[Body]:
-    # Calls are sent whole when their markup closes, text as it comes (as on OpenAI chat).
-    parser = tools.CallParser(plan)
+    # Calls are sent whole when their markup closes, text as it comes (as on OpenAI chat);
+    # thinking is split off first, and calls are parsed in the answer only.
+    parser = TurnParser(plan, think)
     async for chunk in handle.chunks():
         events = parser.push(chunk.text)
         if chunk.finish_reason is not None:
             events += parser.finish()
+        thinking = "".join(e.text for e in events if isinstance(e, Reasoning))
         text = "".join(e for e in events if isinstance(e, str))
         calls = [e for e in events if isinstance(e, tools.ToolCall)]
-        if text or calls:
+        if text or calls or thinking:
             yield {
                 "model": name,
                 "created_at": created_at(),
-                "message": _message(text, calls),
+                "message": _message(text, calls, thinking),
                 "done": False,
             }
         if chunk.finish_reason is not None:
@@ -251,7 +290,10 @@ async def _chat_events(
 # ---- /api/generate ------------------------------------------------------------------------
 
 
-def _generate_prompt(lm: LoadedModel, req: GenerateRequest) -> list[int]:
+def _generate_prompt(
+    lm: LoadedModel, req: GenerateRequest, think_vars: dict[str, Any]
+) -> tuple[list[int], str]:
+    """The prompt tokens, and the rendered text ("" for raw prompts, which never split)."""
     if req.images:
         raise InvalidRequest("images are not supported: edged serves text models", param="images")
     if req.template:
@@ -261,6 +303,7 @@ def _generate_prompt(lm: LoadedModel, req: GenerateRequest) -> list[int]:
         )
     if req.raw and (req.system or req.suffix is not None):
         raise InvalidRequest("raw mode takes neither system nor suffix", param="raw")
+    rendered = ""
     if req.suffix is not None:
         tokens = infill_tokens(lm, req.prompt, req.suffix, param="suffix")
     elif req.raw:
@@ -268,7 +311,8 @@ def _generate_prompt(lm: LoadedModel, req: GenerateRequest) -> list[int]:
     else:
         msgs = [{"role": "system", "content": req.system}] if req.system else []
         msgs.append({"role": "user", "content": req.prompt})
-        tokens = lm.tokenize(lm.render_chat(msgs))
+        rendered = lm.render_chat(msgs, **think_vars)
+        tokens = lm.tokenize(rendered)
     if req.context:
         lm.check_tokens(req.context, "context")
         # The context already began the sequence: no second BOS in the middle of it.
@@ -276,26 +320,30 @@ def _generate_prompt(lm: LoadedModel, req: GenerateRequest) -> list[int]:
             tokens = tokens[1:]
         tokens = [*req.context, *tokens]
     lm.check_tokens(tokens)
-    return tokens
+    return tokens, rendered
 
 
 async def generate(
     registry: ModelRegistry, req: GenerateRequest, policy: Policy
 ) -> Body | NdjsonStream:
     """POST /api/generate in Ollama's dialect (a body without `request_id`)."""
-    _check_common(req)
     lm, name, clock = await load(registry, req.model, req.model_fields_set, req.keep_alive)
+    think_vars = _thinking(lm, name, req)  # refuses `think` before any prompt is looked at
     if not req.prompt and req.suffix is None and not req.context:
         return await _load_only(registry, lm, name, req, "response")
-    prompt = _generate_prompt(lm, req)
+    prompt, rendered = _generate_prompt(lm, req, think_vars)
+    think = _split_of(lm, rendered, req) if rendered else None
     handle = _submit(lm, prompt, req, policy)
     if req.stream:
-        return ndjson(_generate_events(handle, prompt, name, clock), [handle], errors.body)
+        events = _generate_events(handle, prompt, name, clock, think)
+        return ndjson(events, [handle], errors.body)
     (r,) = await collect_all([handle])
+    thinking, text = think.split(r.text) if think is not None else (None, r.text)
     return {
         "model": name,
         "created_at": created_at(),
-        "response": r.text,
+        "response": text,
+        **({"thinking": thinking} if thinking else {}),
         "done": True,
         "done_reason": _done_reason(r.finish_reason),
         "context": [*prompt, *r.token_ids],
@@ -304,13 +352,20 @@ async def generate(
 
 
 async def _generate_events(
-    handle: RequestHandle, prompt: list[int], name: str, clock: Clock
+    handle: RequestHandle,
+    prompt: list[int],
+    name: str,
+    clock: Clock,
+    think: Thinking | None = None,
 ) -> AsyncIterator[Body]:
     generated: list[int] = []
+    splitter = think.splitter() if think is not None else None
     async for chunk in handle.chunks():
         generated.extend(chunk.token_ids)
-        if chunk.text:
-            yield {"model": name, "created_at": created_at(), "response": chunk.text, "done": False}
+        thinking, text = _pieces(splitter, chunk)
+        if text or thinking:
+            body = {"model": name, "created_at": created_at(), "response": text, "done": False}
+            yield body | ({"thinking": thinking} if thinking else {})
         if chunk.finish_reason is not None:
             yield {
                 "model": name,

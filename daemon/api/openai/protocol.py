@@ -12,6 +12,9 @@ from daemon.api.sampling import ProtocolModel, SamplingFields
 from daemon.errors import InvalidRequest
 
 MaxTokens = Annotated[int, Field(ge=0, le=1_000_000)]
+# Reasoning models (daemon/api/reasoning.py): both reach the chat template.
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+TemplateKwargs = Annotated[dict[str, JsonValue], Field(max_length=32)]
 
 
 class TextPart(ProtocolModel):
@@ -53,6 +56,8 @@ class ChatMessage(ProtocolModel):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    # An earlier assistant turn's thinking (Qwen3-style templates re-render or drop it).
+    reasoning_content: str | None = None
 
     def text(self) -> str:
         """The content as one string."""
@@ -83,6 +88,8 @@ class ChatMessage(ProtocolModel):
             ]
         if self.tool_call_id is not None:
             msg["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None and role == "assistant":
+            msg["reasoning_content"] = self.reasoning_content
         return msg
 
 
@@ -176,8 +183,8 @@ class ChatCompletionRequest(_Common):
     parallel_tool_calls: bool = True
     safety_model: Annotated[str, Field(min_length=1)] | None = None
     # Reasoning models (daemon/api/reasoning.py): passed to the chat template.
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
-    chat_template_kwargs: Annotated[dict[str, JsonValue], Field(max_length=32)] | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    chat_template_kwargs: TemplateKwargs | None = None
     # OpenAI's deprecated spelling of tools/tool_choice: one call at most, answered as
     # `message.function_call` (see `with_legacy_functions`).
     functions: Annotated[list[FunctionDef], Field(min_length=1)] | None = None

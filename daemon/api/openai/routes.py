@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Router, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import policy_of
@@ -63,7 +63,9 @@ async def list_models(registry: NamedDependency[ModelRegistry]) -> dict[str, Any
 
 
 @get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
+async def retrieve_model(
+    model_id: FromPath[str], registry: NamedDependency[ModelRegistry]
+) -> dict[str, Any]:
     """One servable model by name (ids may hold slashes); 404 for a name that is not served."""
     name = model_id.lstrip("/")
     if not registry.knows(name):

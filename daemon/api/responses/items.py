@@ -10,7 +10,7 @@ from daemon.api.openai.tools import ToolCall
 from daemon.api.responses.protocol import ContentPart, InputItem
 from daemon.errors import InvalidRequest
 
-_TEXT_PARTS = ("input_text", "output_text", "text")
+_TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
 
 
 def new_id(prefix: str) -> str:
@@ -96,11 +96,45 @@ def input_items(value: str | list[InputItem]) -> list[dict[str, Any]]:
                     "status": "completed",
                 }
             )
+        elif kind == "reasoning":
+            # An earlier turn's thinking: rendered with the next assistant turn if the
+            # template keeps it. Content is edged's own; a summary alone stands in for it.
+            if it.content is None and it.summary is None:
+                raise InvalidRequest(f"{where}: a reasoning item needs a summary", param="input")
+            items.append(
+                reasoning_item(
+                    it.id or new_id("rs"),
+                    _text(it.content, f"{where}.content"),
+                    _text(it.summary, f"{where}.summary"),
+                )
+            )
         else:
             raise InvalidRequest(
                 f"{where}: input items of type `{kind}` are not supported", param="input"
             )
     return items
+
+
+def reasoning_item(
+    item_id: str, text: str, summary: str = "", status: str = "completed"
+) -> dict[str, Any]:
+    """A reasoning item: the thinking as `reasoning_text` content; edged writes no summary."""
+    # An item sent back with a summary only keeps no (empty) content part.
+    whole = status == "completed" and (text or not summary)
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [{"type": "summary_text", "text": summary}] if summary else [],
+        "content": [{"type": "reasoning_text", "text": text}] if whole else [],
+        "encrypted_content": None,
+    }
+
+
+def _thought(item: dict[str, Any]) -> str:
+    """The text a reasoning item gives the template: its content, else its summary."""
+    parts = item["content"] or item["summary"]
+    return "".join(p["text"] for p in parts)
 
 
 def _arguments(text: str) -> Any:
@@ -113,22 +147,31 @@ def _arguments(text: str) -> Any:
 def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items as chat messages; calls join the assistant turn before them."""
     out: list[dict[str, Any]] = []
+    thought: str | None = None  # reasoning waiting for the assistant turn after it
     for it in items:
         kind = it["type"]
+        if kind == "reasoning":
+            thought = _thought(it) if thought is None else thought + _thought(it)
+            continue
         if kind == "message":
             out.append({"role": it["role"], "content": it["content"][0]["text"]})
+            if it["role"] == "assistant" and thought is not None:
+                out[-1]["reasoning_content"] = thought
         elif kind == "function_call":
             call = {
                 "id": it["call_id"],
                 "type": "function",
                 "function": {"name": it["name"], "arguments": _arguments(it["arguments"])},
             }
-            if out and out[-1]["role"] == "assistant":
+            if out and out[-1]["role"] == "assistant" and thought is None:
                 out[-1].setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                if thought is not None:
+                    out[-1]["reasoning_content"] = thought
         else:
             out.append({"role": "tool", "tool_call_id": it["call_id"], "content": it["output"]})
+        thought = None  # reasoning belongs to the turn right after it, or to none
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from daemon.api.keepalive import KeepAlive
+from daemon.api.openai.protocol import ReasoningEffort
 from daemon.api.sampling import ProtocolModel, SamplingFields, Temperature, TopP
 
 
@@ -33,6 +34,9 @@ class InputItem(ProtocolModel):
     arguments: str | None = None
     output: str | list[ContentPart] | None = None
     status: str | None = None
+    # reasoning items (an earlier turn's thinking sent back)
+    summary: list[ContentPart] | None = None
+    encrypted_content: str | None = None
 
 
 class FunctionTool(ProtocolModel):
@@ -71,6 +75,15 @@ class TextConfig(ProtocolModel):
     verbosity: str | None = None
 
 
+class ReasoningConfig(ProtocolModel):
+    """`reasoning`: the effort told to a reasoning template. edged writes no summaries: any
+    `summary` setting is accepted and answered with an empty summary."""
+
+    effort: ReasoningEffort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 class ResponsesRequest(SamplingFields):
     """POST /v1/responses."""
 
@@ -91,8 +104,8 @@ class ResponsesRequest(SamplingFields):
     stream: bool = False
     user: str | None = None
     truncation: Literal["disabled", "auto"] | None = None
+    reasoning: ReasoningConfig | None = None
     # Fields edged cannot honour: accepted by the schema so the refusal can name them.
-    reasoning: dict[str, Any] | None = None
     background: bool | None = None
     include: list[str] | None = None
     conversation: Any = None

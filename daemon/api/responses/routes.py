@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from litestar import Router, delete, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
 from daemon.api.choices import policy_of
@@ -38,7 +38,7 @@ async def create(
 
 @get("/responses/{response_id:str}")
 async def retrieve(
-    response_id: str,
+    response_id: FromPath[str],
     api_key: NamedDependency[str | None],
     responses: NamedDependency[ResponseStore],
 ) -> dict[str, Any]:
@@ -48,7 +48,7 @@ async def retrieve(
 
 @delete("/responses/{response_id:str}", status_code=200)
 async def remove(
-    response_id: str,
+    response_id: FromPath[str],
     registry: NamedDependency[ModelRegistry],
     api_key: NamedDependency[str | None],
     responses: NamedDependency[ResponseStore],
@@ -59,12 +59,12 @@ async def remove(
 
 @get("/responses/{response_id:str}/input_items")
 async def input_items(
-    response_id: str,
+    response_id: FromPath[str],
     api_key: NamedDependency[str | None],
     responses: NamedDependency[ResponseStore],
-    order: Literal["asc", "desc"] = "desc",
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    after: str | None = None,
+    order: FromQuery[Literal["asc", "desc"]] = "desc",
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    after: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
     """The input items of a stored response."""
     return serving.input_items(responses, _owner(api_key), response_id, order, limit, after)

@@ -15,7 +15,7 @@ from typing import Any
 from litestar.response import ServerSentEvent
 from pydantic import ValidationError
 
-from daemon.api.chat import ChatPrompt, TurnEnd, build_chat, run_turn, turn_events
+from daemon.api.chat import ChatPrompt, Reasoning, TurnEnd, build_chat, run_turn, turn_events
 from daemon.api.choices import Policy, submit_choices
 from daemon.api.errors import to_api
 from daemon.api.keepalive import keep_alive_arg
@@ -45,10 +45,6 @@ _UNSUPPORTED = {
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
     """A field edged cannot honour is a 400 naming it, never a silent drop."""
-    if req.reasoning and any(v is not None for v in req.reasoning.values()):
-        raise InvalidRequest(
-            "reasoning is not supported: edged's models do not reason", param="reasoning"
-        )
     for name, why in _UNSUPPORTED.items():
         if getattr(req, name) not in (None, False):
             raise InvalidRequest(why, param=name)
@@ -114,6 +110,7 @@ def _chat_request(req: ResponsesRequest, messages: list[dict[str, Any]]) -> Chat
         parallel_tool_calls=req.parallel_tool_calls,
         response_format=_response_format(req),
         max_tokens=req.max_output_tokens,
+        reasoning_effort=req.reasoning.effort if req.reasoning else None,
     )
     try:
         return ChatCompletionRequest.model_validate(body)
@@ -199,10 +196,19 @@ class _Job:
             "tool_choice": _wire_choice(req),
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "truncation": "disabled",
+            "reasoning": {
+                "effort": req.reasoning.effort if req.reasoning else None,
+                "summary": None,
+            },
             "usage": None,
             "metadata": req.metadata or {},
             "user": req.user,
         }
+
+    def reasoning_tokens(self, output: list[dict[str, Any]]) -> int:
+        """The thinking's length in tokens (its text re-tokenized: the engine counts the turn)."""
+        text = "".join(p["text"] for o in output if o["type"] == "reasoning" for p in o["content"])
+        return len(self.lm.model.tokenize(text, add_special=False, parse_special=False))
 
     def finish(self, output: list[dict[str, Any]], end: TurnEnd) -> dict[str, Any]:
         """The final response object; stored (with its conversation) when `store` is set."""
@@ -214,7 +220,7 @@ class _Job:
             "input_tokens": u.prompt_tokens,
             "input_tokens_details": {"cached_tokens": u.cached_tokens},
             "output_tokens": u.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens(output)},
             "total_tokens": u.prompt_tokens + u.completion_tokens,
         }
         saved = self.handle.saved
@@ -306,8 +312,10 @@ async def create_response(
     )
     if req.stream:
         return named_sse(_events(job), handles, _error_event)
-    turn = await run_turn(lm, handles[0], chat.plan)
+    turn = await run_turn(lm, handles[0], chat.plan, chat.think)
     output: list[dict[str, Any]] = []
+    if turn.reasoning is not None:
+        output.append(it.reasoning_item(it.new_id("rs"), turn.reasoning))
     if turn.content or not turn.calls:
         output.append(it.message_item(it.new_id("msg"), turn.content))
     output += [it.call_item(c) for c in turn.calls]
@@ -363,10 +371,54 @@ async def _events(job: _Job) -> AsyncIterator[Named]:
             event("response.content_part.added", **where, part=part),
         ]
 
+    thoughts: list[str] = []
+    rs: dict[str, Any] | None = None  # the open reasoning item
+
+    def open_reasoning() -> list[Named]:
+        nonlocal rs
+        rs = it.reasoning_item(it.new_id("rs"), "", status="in_progress")
+        where = {"item_id": rs["id"], "output_index": len(output), "content_index": 0}
+        part = {"type": "reasoning_text", "text": ""}
+        return [
+            event("response.output_item.added", output_index=len(output), item=rs),
+            event("response.content_part.added", **where, part=part),
+        ]
+
+    def close_reasoning() -> list[Named]:
+        nonlocal rs
+        assert rs is not None
+        full = "".join(thoughts)
+        where = {"item_id": rs["id"], "output_index": len(output), "content_index": 0}
+        done = it.reasoning_item(rs["id"], full)
+        out = [
+            event("response.reasoning_text.done", **where, text=full),
+            event("response.content_part.done", **where, part=done["content"][0]),
+            event("response.output_item.done", output_index=len(output), item=done),
+        ]
+        output.append(done)
+        rs = None
+        return out
+
     yield event("response.created", response=job.body("in_progress", []))
     yield event("response.in_progress", response=job.body("in_progress", []))
-    async for ev in turn_events(job.lm, job.handle, job.chat.plan):
-        if isinstance(ev, str):
+    async for ev in turn_events(job.lm, job.handle, job.chat.plan, job.chat.think):
+        if rs is not None and not isinstance(ev, Reasoning):
+            for e in close_reasoning():
+                yield e
+        if isinstance(ev, Reasoning):
+            if rs is None:
+                for e in open_reasoning():
+                    yield e
+            assert rs is not None
+            thoughts.append(ev.text)
+            yield event(
+                "response.reasoning_text.delta",
+                item_id=rs["id"],
+                output_index=len(output),
+                content_index=0,
+                delta=ev.text,
+            )
+        elif isinstance(ev, str):
             if msg is None:
                 for e in open_message():
                     yield e
@@ -388,7 +440,7 @@ async def _events(job: _Job) -> AsyncIterator[Named]:
                 yield e
             output.append(it.call_item(ev))
         else:
-            if msg is None and not output:
+            if msg is None and not any(o["type"] != "reasoning" for o in output):
                 for e in open_message():  # an empty answer is still one (empty) message
                     yield e
             if msg is not None:
