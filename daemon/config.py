@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # Off: with one generation model, a request naming an unknown model gets that one.
     strict_model_names: bool = Field(False, description="404 for unknown names even with one")
     rpc: str = Field("", description="RPC workers (edged rpc-worker) host:port,... to split over")
+    # ---- speculative decoding (README: Speculative decoding) ----
+    speculate: bool = Field(False, description="draft by n-gram lookup in prompt and output")
+    draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
+    draft_max: int = Field(8, ge=1, le=64, description="most draft tokens verified per step")
 
     @field_validator("rpc")
     @classmethod

@@ -12,8 +12,15 @@ import jinja2
 
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
+from daemon.engine.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
-from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable, NotGenerative
+from daemon.engine.errors import (
+    ContextOverflow,
+    InvalidInput,
+    LoadFailed,
+    ModelUnavailable,
+    NotGenerative,
+)
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
 from daemon.engine.scheduler import Scheduler
@@ -44,6 +51,12 @@ class EngineOptions:
     store_ttl: float | None = None
     # Requests of one API key running at once on one model (None: no cap).
     max_per_key: int | None = None
+    # Speculative decoding: n-gram lookup, and a draft GGUF for same-vocabulary models.
+    speculate: bool = False
+    # Draft on every step a draft exists, ignoring the cost model (tests, benchmarks).
+    speculate_always: bool = False
+    draft_model: Path | None = None
+    draft_max: int = 8
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -81,9 +94,12 @@ class LoadedModel:
         # The request_id store outlives this object (the registry owns it across unloads).
         self.store = store if store is not None else SequenceStore(options.store_max_bytes)
         self.model = Model(path, options.model)
+        self.draft: Model | None = None
         try:
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
+            if self.draft is not None:
+                self.draft.close()
             self.model.close()
             raise
 
@@ -105,6 +121,7 @@ class LoadedModel:
             # An embedding model (BERT & co.) gets an Embedder and no generation scheduler.
             self.embedder = Embedder.for_model(self.model, pooling, self.ctx_size, options, name)
             return
+        spec = self._speculation(options)
         self.scheduler = Scheduler(
             self.model,
             ContextOptions(
@@ -122,6 +139,25 @@ class LoadedModel:
             max_queue=options.max_queue,
             name=name,
             max_per_owner=options.max_per_key,
+            speculation=spec,
+        )
+
+    def _speculation(self, options: EngineOptions) -> SpecOptions:
+        """Speculation settings of this model; a draft of another vocabulary is refused."""
+        if options.draft_model is not None and options.draft_model.resolve() != self.path.resolve():
+            draft = Model(options.draft_model, options.model)
+            try:
+                check_draft_vocab(self.model, draft)
+            except LoadFailed as exc:
+                draft.close()
+                log.warning("%s: no speculation with this draft: %s", self.name, exc)
+            else:
+                self.draft = draft
+        return SpecOptions(
+            ngram=options.speculate,
+            draft=self.draft,
+            draft_max=options.draft_max,
+            always=options.speculate_always,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
@@ -212,5 +248,7 @@ class LoadedModel:
             stopped = self.ranker.close() and stopped
         if stopped:
             self.model.close()
+            if self.draft is not None:
+                self.draft.close()
         else:  # pragma: no cover - close waits without a timeout
             log.error("%s: the worker did not stop; its model is not freed", self.name)

@@ -1,0 +1,243 @@
+"""Where drafts come from each step (n-gram lookup, a draft model) and what they earned.
+
+The scheduler owns one `Speculator`. Before a step it asks `plan` which sequences draft
+how many tokens (the cost model in `speculate` decides), lays the drafts out as extra rows,
+and after the decode calls `verify` for each drafting sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from daemon.engine.active import Active
+from daemon.engine.errors import LoadFailed
+from daemon.engine.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.slots import common_prefix
+from daemon.engine.speculate import NgramIndex, Speculation, StepCost
+
+log = logging.getLogger("edged.speculate")
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """How a model speculates: n-gram lookup, a draft model, or (both off) not at all."""
+
+    ngram: bool = False
+    draft: Model | None = None
+    draft_max: int = 8
+    ngram_min: int = 2
+    ngram_max: int = 4
+    # Draft whenever a draft exists, whatever it costs (tests and benchmarks of the
+    # verification itself); the default lets the cost model decide per sequence.
+    always: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.ngram or self.draft is not None
+
+
+def check_draft_vocab(target: Model, draft: Model) -> None:
+    """A draft must share the target's vocabulary token for token: refuse it otherwise."""
+    if draft.n_vocab != target.n_vocab:
+        raise LoadFailed(
+            f"draft model {draft.path.name} has {draft.n_vocab} tokens; "
+            f"{target.path.name} has {target.n_vocab}"
+        )
+    same = all(draft.piece(t) == target.piece(t) for t in range(target.n_vocab))
+    if not same or (draft.bos, draft.eos) != (target.bos, target.eos):
+        raise LoadFailed(f"draft model {draft.path.name} has a different vocabulary")
+
+
+class Speculator:
+    """Drafts for the sequences of one scheduler, the step-cost model and the counters."""
+
+    def __init__(self, options: SpecOptions, ctx_options: ContextOptions) -> None:
+        self.options = options
+        self.cost = StepCost()
+        self.drafted: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.disabled: Counter[str] = Counter()
+        # Acceptance across sequences, per source: a new sequence's prior.
+        self.prior = {"ngram": 0.5, "draft": 0.7}
+        self.draft_ctx: Context | None = None
+        self.draft_batch: Batch | None = None
+        # Tokens whose KV the draft context holds, per sequence id (slots outlive requests).
+        self._held: dict[int, list[int]] = {}
+        # Without flash attention llama.cpp attends a sequence's lone row with another kernel
+        # than several rows of it: verified rows would not be what plain decoding computes
+        # (README: Speculative decoding), so speculation needs it.
+        self.usable = options.enabled and ctx_options.flash_attn
+        if options.enabled and not ctx_options.flash_attn:
+            log.warning("speculative decoding needs flash attention: it stays off")
+        if options.draft is not None and self.usable:
+            self.draft_ctx = Context(options.draft, ctx_options)
+            self.draft_batch = Batch(ctx_options.n_batch, 1)
+
+    def attach(self, a: Active, history: list[int]) -> None:
+        """Give a new request its speculative state (beams never draft)."""
+        if not self.options.enabled:
+            return
+        if not self.usable:
+            self.disabled["flash_attn"] += 1
+            return
+        if a.beams is not None:
+            self.disabled["beams"] += 1
+            return
+        o = self.options
+        index = NgramIndex(o.ngram_min, o.ngram_max)
+        index.extend(history)
+        a.spec = Speculation("draft" if self.draft_ctx is not None else "ngram", index)
+
+    def plan(self, actives: list[Active], n_rows: int, budget: int, room: int) -> int:
+        """Choose each decoding sequence's draft for this step; returns the rows they take.
+
+        `n_rows`: plain rows of the step; `budget`: rows left in the batch; `room`: KV cells
+        of one sequence.
+        """
+        used = 0
+        wanting: list[tuple[Active, int]] = []
+        for a in actives:
+            sp = a.spec
+            if sp is None:
+                continue
+            sp.draft = []
+            req = a.handle.request
+            # Never past max_tokens (the plain row already yields one), nor past the context.
+            cap = min(
+                self.options.draft_max,
+                req.max_tokens - a.decode.generated - 1,
+                room - len(a.slot.tokens) - 1,
+                budget - used,
+            )
+            if cap <= 0:
+                continue
+            prior = self.prior[sp.source]
+            was = sp.enabled
+            if sp.source == "ngram":
+                cand = sp.index.draft(cap)
+                k = (
+                    len(cand)
+                    if self.options.always
+                    else sp.choose(len(cand), cap, n_rows, self.cost, prior)
+                )
+                sp.draft = cand[:k]
+            elif self.options.always:
+                wanting.append((a, cap))
+            else:
+                per = self.cost.draft_round
+                if per is None:  # never measured: probe the draft model with two tokens
+                    k = sp.choose(min(cap, 2), cap, n_rows, self.cost, prior)
+                else:
+                    k = sp.choose(cap, cap, n_rows, self.cost, prior, per)
+                if k:
+                    wanting.append((a, k))
+            if was and not sp.enabled:
+                self.disabled["cost"] += 1
+            used += len(sp.draft)
+        if wanting:
+            used += self._draft_model(wanting)
+        return used
+
+    def _draft_model(self, wanting: list[tuple[Active, int]]) -> int:
+        """Greedy drafts from the draft model, batched across sequences, in rounds."""
+        ctx, b = self.draft_ctx, self.draft_batch
+        assert ctx is not None and b is not None
+        t0 = time.perf_counter()
+        # Catch up: each sequence's draft KV must hold its history (prompt, output, and the
+        # token about to be decoded); what differs from what it holds is fed again.
+        want: dict[int, list[int]] = {}
+        for a, _ in wanting:
+            seq = a.slot.seq
+            hist = [*a.slot.tokens, a.decode.next_token]
+            held = self._held.setdefault(seq, [])
+            keep = min(common_prefix(held, hist), len(hist) - 1)
+            if keep < len(held):
+                ctx.seq_rm(seq, keep, -1)
+                del held[keep:]
+            want[seq] = hist[keep:]
+        last: dict[int, int] = {}
+        while any(want.values()):
+            b.clear()
+            for seq, toks in want.items():
+                n = min(len(toks), b.capacity - b.n_tokens)
+                if n <= 0:
+                    continue
+                held = self._held[seq]
+                for j, tok in enumerate(toks[:n]):
+                    row = b.add(tok, len(held), seq, j == len(toks) - 1)
+                    held.append(tok)
+                if n == len(toks):
+                    last[seq] = row
+                del toks[:n]
+            if ctx.decode(b) != 0:
+                return self._draft_failed(wanting)
+        drafts = {a.slot.seq: [] for a, _ in wanting}
+        rounds = max(k for _, k in wanting)
+        for r in range(rounds):
+            b.clear()
+            for a, k in wanting:
+                seq = a.slot.seq
+                tok = int(ctx.logits_np(last[seq]).argmax())
+                drafts[seq].append(tok)
+                if r + 1 < k and not ctx.model.is_eog(tok):
+                    held = self._held[seq]
+                    last[seq] = b.add(tok, len(held), seq, True)
+                    held.append(tok)
+            if b.n_tokens == 0:
+                break
+            if ctx.decode(b) != 0:
+                return self._draft_failed(wanting)
+        used = 0
+        for a, k in wanting:
+            assert a.spec is not None
+            d = drafts[a.slot.seq][:k]
+            # An end-of-generation draft is the last one worth verifying.
+            for i, tok in enumerate(d):
+                if ctx.model.is_eog(tok):
+                    d = d[: i + 1]
+                    break
+            a.spec.draft = d
+            used += len(d)
+        self.cost.observe_draft((time.perf_counter() - t0) / max(rounds, 1))
+        return used
+
+    def _draft_failed(self, wanting: list[tuple[Active, int]]) -> int:
+        """The draft context refused a batch (no KV room): forget its state, draft nothing."""
+        assert self.draft_ctx is not None
+        for a, _ in wanting:
+            self.draft_ctx.seq_rm(a.slot.seq)
+            self._held.pop(a.slot.seq, None)
+        self.disabled["draft_failed"] += 1
+        return 0
+
+    def verify(
+        self, a: Active, sample: Callable[[int], int], is_eog: Callable[[int], bool]
+    ) -> list[int]:
+        """Sample the verify rows in order; the tokens to emit (accepted drafts + one)."""
+        sp = a.spec
+        assert sp is not None
+        toks: list[int] = []
+        for j, row in enumerate(sp.rows):
+            tok = sample(row)
+            toks.append(tok)
+            if j == len(sp.draft) or tok != sp.draft[j] or is_eog(tok):
+                break
+        m = len(toks) - 1
+        k = len(sp.draft)
+        sp.acceptance.update(m, k)
+        self.drafted[sp.source] += k
+        self.accepted[sp.source] += m
+        # The acceptance of every sequence so far, per source: what a newcomer expects.
+        rate = m / k if m < k else 1.0
+        self.prior[sp.source] = 0.9 * self.prior[sp.source] + 0.1 * rate
+        return toks
+
+    def close(self) -> None:
+        if self.draft_batch is not None:
+            self.draft_batch.close()
+        if self.draft_ctx is not None:
+            self.draft_ctx.close()
