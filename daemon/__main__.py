@@ -62,6 +62,10 @@ _SWITCHES: dict[str, tuple[str, str]] = {
     "log_json": ("--log-json", "write the access log as JSON lines"),
     "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
     "speculate": ("--speculate", "speculative decoding by n-gram lookup (prompt and output)"),
+    "speculate_inexact": (
+        "--speculate-inexact",
+        "speculate even where verified logits are not bit-identical to plain decoding's",
+    ),
 }
 
 

@@ -64,6 +64,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         speculate=settings.speculate,
         draft_model=settings.draft_model,
         draft_max=settings.draft_max,
+        speculate_inexact=settings.speculate_inexact,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
             n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),

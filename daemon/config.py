@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     speculate: bool = Field(False, description="draft by n-gram lookup in prompt and output")
     draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
     draft_max: int = Field(8, ge=1, le=64, description="most draft tokens verified per step")
+    speculate_inexact: bool = Field(
+        False, description="speculate even where verified logits differ from plain decoding's"
+    )
 
     @field_validator("rpc")
     @classmethod

@@ -34,6 +34,9 @@ class SpecOptions:
     # Draft whenever a draft exists, whatever it costs (tests and benchmarks of the
     # verification itself); the default lets the cost model decide per sequence.
     always: bool = False
+    # Speculate even where verified rows are not bit-identical to plain decoding's (output
+    # then equals plain decoding up to floating-point near-ties).
+    inexact: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -52,11 +55,52 @@ def check_draft_vocab(target: Model, draft: Model) -> None:
         raise LoadFailed(f"draft model {draft.path.name} has a different vocabulary")
 
 
+def rows_are_exact(ctx: Context, batch: Batch, n_seq: int) -> bool:
+    """Whether tokens decoded as several rows of one sequence get bit-identical logits to
+    the same tokens decoded one row per step (what plain decoding does). Uses sequences 0
+    and 1 (or 0 twice) of a fresh context and leaves them empty."""
+    model = ctx.model
+    head = model.tokenize(
+        "The quick brown fox jumps over the lazy dog. The quick", add_special=True
+    )
+    tail = model.tokenize(" brown fox jumps over the lazy dog.", add_special=False)
+    if len(tail) < 4 or len(head) + len(tail) > min(ctx.n_ctx // n_seq, batch.capacity):
+        return False
+    two = 1 if n_seq > 1 else 0
+
+    def run(seq: int, rows: list[list[int]]) -> list[bytes]:
+        ctx.seq_rm(seq)
+        out: list[bytes] = []
+        pos = 0
+        for chunk in [head, *rows]:
+            batch.clear()
+            for tok in chunk:
+                batch.add(tok, pos, seq, chunk is not head)
+                pos += 1
+            if ctx.decode(batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            if chunk is not head:
+                out.extend(ctx.logits_np(i).tobytes() for i in range(len(chunk)))
+        ctx.seq_rm(seq)
+        return out
+
+    try:
+        single = run(0, [[t] for t in tail])
+        several = run(two, [tail[:2], tail[2:]])
+    except RuntimeError:
+        return False
+    return single == several
+
+
 class Speculator:
     """Drafts for the sequences of one scheduler, the step-cost model and the counters."""
 
-    def __init__(self, options: SpecOptions, ctx_options: ContextOptions) -> None:
+    def __init__(
+        self, options: SpecOptions, ctx_options: ContextOptions, ctx: Context, batch: Batch
+    ) -> None:
         self.options = options
+        self.off_reason = ""
+
         self.cost = StepCost()
         self.drafted: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
@@ -67,12 +111,22 @@ class Speculator:
         self.draft_batch: Batch | None = None
         # Tokens whose KV the draft context holds, per sequence id (slots outlive requests).
         self._held: dict[int, list[int]] = {}
-        # Without flash attention llama.cpp attends a sequence's lone row with another kernel
-        # than several rows of it: verified rows would not be what plain decoding computes
-        # (README: Speculative decoding), so speculation needs it.
-        self.usable = options.enabled and ctx_options.flash_attn
-        if options.enabled and not ctx_options.flash_attn:
-            log.warning("speculative decoding needs flash attention: it stays off")
+        self.usable = options.enabled
+        if (
+            self.usable
+            and not options.inexact
+            and not rows_are_exact(ctx, batch, ctx_options.n_seq_max)
+        ):
+            # llama.cpp computes a sequence's lone row with other kernels than several rows
+            # of it (attention without flash attention; F16/F32/Q8_0 weights): verified rows
+            # would not be what plain decoding computes, and greedy output could change.
+            log.warning(
+                "%s: verifying several rows gives other logits than one row at a time here; "
+                "speculative decoding stays off (README: Speculative decoding)",
+                ctx.model.path.name,
+            )
+            self.usable = False
+            self.off_reason = "inexact"
         if options.draft is not None and self.usable:
             self.draft_ctx = Context(options.draft, ctx_options)
             self.draft_batch = Batch(ctx_options.n_batch, 1)
@@ -82,7 +136,7 @@ class Speculator:
         if not self.options.enabled:
             return
         if not self.usable:
-            self.disabled["flash_attn"] += 1
+            self.disabled[self.off_reason] += 1
             return
         if a.beams is not None:
             self.disabled["beams"] += 1

@@ -55,6 +55,8 @@ class EngineOptions:
     speculate: bool = False
     # Draft on every step a draft exists, ignoring the cost model (tests, benchmarks).
     speculate_always: bool = False
+    # Speculate even where verified rows are not bit-identical to plain decoding's.
+    speculate_inexact: bool = False
     draft_model: Path | None = None
     draft_max: int = 8
 
@@ -158,6 +160,7 @@ class LoadedModel:
             draft=self.draft,
             draft_max=options.draft_max,
             always=options.speculate_always,
+            inexact=options.speculate_inexact,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:

@@ -45,7 +45,7 @@ class Scheduler(ContextWorker):
         speculation: SpecOptions | None = None,
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
-        self.spec = Speculator(speculation or SpecOptions(), options)
+        self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
         self._room = options.n_ctx // max(options.n_seq_max, 1)  # KV cells of one sequence
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)

@@ -29,7 +29,6 @@ PROMPTS = [
     "Repeat exactly: the cat sat on the mat and the dog",
     "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n",
     "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,",
-    "Once upon a time",
 ]
 
 
@@ -78,7 +77,7 @@ def test_greedy_output_is_identical(engines: tuple[LoadedModel, LoadedModel]) ->
     off, on = engines
     d0, a0 = counts(on)
     for prompt in PROMPTS:
-        req = GenerationRequest(off.tokenize(prompt), 40, GREEDY, logprobs=2)
+        req = GenerationRequest(off.tokenize(prompt), 24, GREEDY, logprobs=2)
         want, got = run(off, req)[0], run(on, req)[0]
         assert got.tokens == want.tokens, prompt
         assert got.text == want.text
@@ -97,10 +96,10 @@ def test_greedy_batched_with_non_speculating_neighbours(
 ) -> None:
     off, on = engines
     reqs = [
-        GenerationRequest(off.tokenize(PROMPTS[0]), 32, GREEDY),
-        GenerationRequest(off.tokenize(PROMPTS[2]), 32, GREEDY),
+        GenerationRequest(off.tokenize(PROMPTS[0]), 16, GREEDY),
+        GenerationRequest(off.tokenize(PROMPTS[2]), 16, GREEDY),
         # Beams never draft; they share the steps of the drafting sequences.
-        GenerationRequest(off.tokenize("The sea is"), 8, GREEDY, beams=BeamParams(2)),
+        GenerationRequest(off.tokenize("The sea is"), 6, GREEDY, beams=BeamParams(2)),
     ]
     alone = [run(off, r)[0].tokens for r in reqs]
     together = run(on, *reqs)
@@ -113,7 +112,7 @@ def test_seeded_sampling_draws_the_same_tokens(engines: tuple[LoadedModel, Loade
     gives the same text; penalties, logit_bias, top-k/p and temperature all included."""
     off, on = engines
     prompt = off.tokenize(PROMPTS[1])
-    for seed in range(4):
+    for seed in range(2):
         sp = SamplingParams(
             temperature=0.7,
             top_k=40,
@@ -122,7 +121,7 @@ def test_seeded_sampling_draws_the_same_tokens(engines: tuple[LoadedModel, Loade
             logit_bias=((28, -2.0),),
             seed=seed,
         )
-        req = GenerationRequest(prompt, 32, sp)
+        req = GenerationRequest(prompt, 16, sp)
         assert run(on, req)[0].tokens == run(off, req)[0].tokens, seed
 
 
@@ -133,7 +132,7 @@ def test_grammar_constrained_output_is_identical(
     gbnf = 'root ::= ("ab" | "cd" | " ")+'
     prompt = off.tokenize("ab cd ab cd ab cd ab")
     for sp in (SamplingParams(temperature=0.0, grammar=gbnf), SamplingParams(seed=3, grammar=gbnf)):
-        req = GenerationRequest(prompt, 24, sp)
+        req = GenerationRequest(prompt, 12, sp)
         want, got = run(off, req)[0], run(on, req)[0]
         assert got.text == want.text
         assert set(got.text) <= set("abcd ")
@@ -146,7 +145,7 @@ def test_sampled_tokens_follow_the_target_distribution(
     drafts when drafting) have the same distribution (chi-square, 0.1 % level)."""
     off, on = engines
     prompt = off.tokenize("a b c d e a b c d e a b c d e a b c")
-    n = 48
+    n = 40
 
     def sample(lm: LoadedModel, first_seed: int) -> Counter[tuple[int, ...]]:
         reqs = [
@@ -172,20 +171,20 @@ def test_sampled_tokens_follow_the_target_distribution(
 def test_max_tokens_stops_and_continuation(engines: tuple[LoadedModel, LoadedModel]) -> None:
     off, on = engines
     prompt = off.tokenize(PROMPTS[2])
-    for n in (1, 2, 5, 13):
+    for n in (1, 2, 5):
         got = run(on, GenerationRequest(prompt, n, GREEDY))[0]
         assert len(got.tokens) == n and got.handle.usage.completion_tokens == n
         assert got.tokens == run(off, GenerationRequest(prompt, n, GREEDY))[0].tokens
     # A stop string in the middle of an accepted draft ends the text there.
-    stop = (" 15,",)
-    want, got = (run(lm, GenerationRequest(prompt, 30, GREEDY, stop=stop))[0] for lm in engines)
+    stop = (" 14,",)
+    want, got = (run(lm, GenerationRequest(prompt, 12, GREEDY, stop=stop))[0] for lm in engines)
     assert got.text == want.text and got.reason == want.reason == FinishReason.STOP
-    # request_id: 12 tokens kept, then 12 more from the saved KV, equal one call of 24.
-    whole = run(off, GenerationRequest(prompt, 24, GREEDY))[0].tokens
-    first = run(on, GenerationRequest(prompt, 12, GREEDY, keep=True))[0]
+    # request_id: 8 tokens kept, then 8 more from the saved KV, equal one call of 16.
+    whole = run(off, GenerationRequest(prompt, 16, GREEDY))[0].tokens
+    first = run(on, GenerationRequest(prompt, 8, GREEDY, keep=True))[0]
     saved = first.handle.saved
-    assert saved is not None and len(saved.tokens) == len(prompt) + 11
-    second = run(on, GenerationRequest([], 12, GREEDY, resume=saved, keep=True))[0]
+    assert saved is not None and len(saved.tokens) == len(prompt) + 7
+    second = run(on, GenerationRequest([], 8, GREEDY, resume=saved, keep=True))[0]
     assert first.tokens + second.tokens == whole
 
 
@@ -193,8 +192,8 @@ def test_n_choices_share_the_prefill_and_match(engines: tuple[LoadedModel, Loade
     off, on = engines
     prompt = off.tokenize(PROMPTS[0])
     params = [SamplingParams(temperature=0.8, seed=70 + i) for i in range(2)]
-    forked = run(on, *(GenerationRequest(prompt, 16, p, fork_group=7, fork_size=2) for p in params))
-    alone = [run(off, GenerationRequest(prompt, 16, p))[0].tokens for p in params]
+    forked = run(on, *(GenerationRequest(prompt, 12, p, fork_group=7, fork_size=2) for p in params))
+    alone = [run(off, GenerationRequest(prompt, 12, p))[0].tokens for p in params]
     assert [o.tokens for o in forked] == alone
 
 
@@ -207,16 +206,30 @@ def test_draft_model_verifies_inside_the_batch(model_path: Path, tmp_path: Path)
     )
     try:
         assert on.draft is not None
-        reqs = [GenerationRequest(off.tokenize(p), 24, GREEDY) for p in PROMPTS[2:]]
+        reqs = [GenerationRequest(off.tokenize(p), 16, GREEDY) for p in PROMPTS[1:]]
         want = [run(off, r)[0].tokens for r in reqs]
         assert [o.tokens for o in run(on, *reqs)] == want
         spec = on.generator().spec
         assert spec.drafted["draft"] > 0
         assert spec.accepted["draft"] >= spec.drafted["draft"] * 0.8
         # A continuation re-prefills the draft context from the restored tokens.
-        first = run(on, GenerationRequest(reqs[0].prompt_tokens, 10, GREEDY, keep=True))[0]
-        rest = run(on, GenerationRequest([], 14, GREEDY, resume=first.handle.saved))[0]
+        first = run(on, GenerationRequest(reqs[0].prompt_tokens, 7, GREEDY, keep=True))[0]
+        rest = run(on, GenerationRequest([], 9, GREEDY, resume=first.handle.saved))[0]
         assert first.tokens + rest.tokens == want[0]
     finally:
         on.close()
         off.close()
+
+
+def test_speculation_stays_off_where_rows_are_not_exact(model_path: Path) -> None:
+    """Without flash attention this llama.cpp attends several rows of a sequence with another
+    kernel than one row: the load-time probe notices and keeps plain decoding."""
+    lm = LoadedModel("nofa", model_path, replace(OPTS, flash_attn=False, speculate=True))
+    try:
+        spec = lm.generator().spec
+        assert not spec.usable
+        out = run(lm, GenerationRequest(lm.tokenize(PROMPTS[2]), 6, GREEDY))[0]
+        assert len(out.tokens) == 6
+        assert spec.disabled["inexact"] == 1 and sum(spec.drafted.values()) == 0
+    finally:
+        lm.close()
