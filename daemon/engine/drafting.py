@@ -99,6 +99,8 @@ class Speculator:
         self, options: SpecOptions, ctx_options: ContextOptions, ctx: Context, batch: Batch
     ) -> None:
         self.options = options
+        self._is_eog = ctx.model.is_eog
+        self._room = ctx_options.n_ctx // max(ctx_options.n_seq_max, 1)  # cells of one sequence
         self.off_reason = ""
 
         self.cost = StepCost()
@@ -146,17 +148,20 @@ class Speculator:
         index.extend(history)
         a.spec = Speculation("draft" if self.draft_ctx is not None else "ngram", index)
 
-    def plan(self, actives: list[Active], n_rows: int, budget: int, room: int) -> int:
+    def plan(self, actives: list[Active], n_rows: int, budget: int) -> int:
         """Choose each decoding sequence's draft for this step; returns the rows they take.
 
-        `n_rows`: plain rows of the step; `budget`: rows left in the batch; `room`: KV cells
-        of one sequence.
+        `n_rows`: plain rows of the step; `budget`: rows left in the batch. A step that
+        prefills a prompt drafts nothing: prompts go first.
         """
+        if not self.usable or any(a.pending for a in actives):
+            return 0
         used = 0
+        room = self._room
         wanting: list[tuple[Active, int]] = []
         for a in actives:
             sp = a.spec
-            if sp is None:
+            if sp is None or a.fork.leader is not None:
                 continue
             sp.draft = []
             req = a.handle.request
@@ -268,12 +273,22 @@ class Speculator:
         self.disabled["draft_failed"] += 1
         return 0
 
-    def verify(
-        self, a: Active, sample: Callable[[int], int], is_eog: Callable[[int], bool]
-    ) -> list[int]:
-        """Sample the verify rows in order; the tokens to emit (accepted drafts + one)."""
+    def add_rows(self, a: Active, b: Batch) -> None:
+        """Lay out `a`'s drafts after its plain row (`a.row`, just added) in the batch."""
         sp = a.spec
         assert sp is not None
+        sp.rows = [a.row]
+        for tok in sp.draft:
+            sp.rows.append(b.add(tok, len(a.slot.tokens), a.slot.seq, True))
+            a.slot.tokens.append(tok)
+
+    def verify(self, a: Active, sample: Callable[[int], int]) -> tuple[list[int], list[int], int]:
+        """Sample the verify rows in order: the tokens to emit (accepted drafts + one), their
+        rows, and the position of the plain row; the step's draft is cleared."""
+        sp = a.spec
+        assert sp is not None
+        pos0 = len(a.slot.tokens) - len(sp.draft) - 1
+        is_eog = self._is_eog
         toks: list[int] = []
         for j, row in enumerate(sp.rows):
             tok = sample(row)
@@ -288,7 +303,9 @@ class Speculator:
         # The acceptance of every sequence so far, per source: what a newcomer expects.
         rate = m / k if m < k else 1.0
         self.prior[sp.source] = 0.9 * self.prior[sp.source] + 0.1 * rate
-        return toks
+        rows = sp.rows
+        sp.draft, sp.rows = [], []
+        return toks, rows, pos0
 
     def close(self) -> None:
         if self.draft_batch is not None:

@@ -46,7 +46,6 @@ class Scheduler(ContextWorker):
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
-        self._room = options.n_ctx // max(options.n_seq_max, 1)  # KV cells of one sequence
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
@@ -352,10 +351,8 @@ class Scheduler(ContextWorker):
         # One row per slot at most, and the batch holds at least one per slot (see
         # LoadedModel), so decode rows always fit; drafts and prompt chunks share the rest.
         started = time.perf_counter()
-        decoding = [a for a in self._active if a.spec is not None and not a.pending]
         budget = b.capacity - len(rows)
-        if decoding and not self._waiting_prefill():
-            budget -= self.spec.plan(decoding, len(rows), budget, self._room)
+        budget -= self.spec.plan(self._active, len(rows), budget)
         chunks: dict[int, int] = {}
         for a in self._active:
             if not a.pending:
@@ -377,10 +374,7 @@ class Scheduler(ContextWorker):
                 a.row = b.add(a.decode.next_token, len(a.slot.tokens), seq, True)
                 a.slot.tokens.append(a.decode.next_token)
                 if a.spec is not None and a.spec.draft:
-                    a.spec.rows = [a.row]
-                    for tok in a.spec.draft:
-                        a.spec.rows.append(b.add(tok, len(a.slot.tokens), seq, True))
-                        a.slot.tokens.append(tok)
+                    self.spec.add_rows(a, b)
             else:
                 self._add_chunk(a, chunks[id(a)])
 
@@ -390,7 +384,6 @@ class Scheduler(ContextWorker):
         if rc != 0:
             self._fail_all(GenerationFailed(f"llama_decode returned {rc}"))
             return
-        n_rows = b.n_tokens
         for a in list(self._active):
             if a not in self._active:
                 continue  # ended by a sibling's fork this step
@@ -401,12 +394,8 @@ class Scheduler(ContextWorker):
                 if a in self._active:
                     self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
         if not chunks:  # decode-only steps feed the step-cost model of speculation
-            self.spec.cost.observe(n_rows, time.perf_counter() - started)
+            self.spec.cost.observe(b.n_tokens, time.perf_counter() - started)
         deliver(out)
-
-    def _waiting_prefill(self) -> bool:
-        """Whether a prompt still waits for batch rows: drafts never delay a prefill."""
-        return any(a.pending for a in self._active)
 
     def _after_decode(self, a: Active, out: Out) -> None:
         """Use this step's logits of `a`: score its prompt, sample, or advance its beams."""
@@ -429,20 +418,16 @@ class Scheduler(ContextWorker):
 
     def _verify(self, a: Active, out: Out) -> None:
         """Keep the drafts the request's own sampler agrees with; drop the rest's KV."""
-        sp = a.spec
         sampler = a.decode.sampler
-        assert sp is not None and sampler is not None
-        pos0 = len(a.slot.tokens) - len(sp.draft) - 1  # where the plain next token sits
-        toks = self.spec.verify(a, lambda row: sampler.sample(self.ctx, row), self.model.is_eog)
+        assert a.spec is not None and sampler is not None
+        toks, rows, pos0 = self.spec.verify(a, lambda row: sampler.sample(self.ctx, row))
         self._trim(a.slot, pos0 + len(toks))
-        rows = sp.rows
-        sp.draft, sp.rows = [], []
         for i, tok in enumerate(toks):
-            sp.valid = pos0 + 1 + i  # the KV a finish at this token leaves (see _finish)
+            a.spec.valid = pos0 + 1 + i  # the KV a finish at this token leaves (see _finish)
             self._on_token(a, tok, out, rows[i])
             if a not in self._active:
                 return
-        sp.valid = -1
+        a.spec.valid = -1
 
     def _add_chunk(self, a: Active, n: int) -> None:
         """Put the next `n` prompt tokens of `a` into the batch."""
