@@ -22,7 +22,7 @@ from daemon.engine.types import BeamParams, FinishReason, GenerationRequest, Sam
 
 GREEDY = SamplingParams(temperature=0.0)
 # Flash attention: the kernel whose rows do not depend on how many rows a sequence has.
-OPTS = EngineOptions(ctx_size=512, parallel=4, max_queue=16, flash_attn=True)
+OPTS = EngineOptions(ctx_size=512, parallel=4, max_queue=64, flash_attn=True)
 # Repetitive text (quoting, code, lists) gives n-gram drafts; the model's own loops too.
 PROMPTS = [
     "Repeat exactly: the cat sat on the mat and the dog sat on the log. "
