@@ -218,31 +218,39 @@ class Speculator:
                 ctx.seq_rm(seq, keep, -1)
                 del held[keep:]
             want[seq] = hist[keep:]
-        last: dict[int, int] = {}
+        # All but each sequence's last token first (no logits), then the last tokens together:
+        # their logits must all come from the same, final decode.
+        last_tok = {seq: toks.pop() for seq, toks in want.items()}
         while any(want.values()):
             b.clear()
             for seq, toks in want.items():
                 n = min(len(toks), b.capacity - b.n_tokens)
-                if n <= 0:
-                    continue
                 held = self._held[seq]
-                for j, tok in enumerate(toks[:n]):
-                    row = b.add(tok, len(held), seq, j == len(toks) - 1)
+                for tok in toks[:n]:
+                    b.add(tok, len(held), seq, False)
                     held.append(tok)
-                if n == len(toks):
-                    last[seq] = row
                 del toks[:n]
             if ctx.decode(b) != 0:
                 return self._draft_failed(wanting)
+        b.clear()
+        last: dict[int, int] = {}
+        for seq, tok in last_tok.items():
+            last[seq] = b.add(tok, len(self._held[seq]), seq, True)
+            self._held[seq].append(tok)
+        if ctx.decode(b) != 0:
+            return self._draft_failed(wanting)
         drafts = {a.slot.seq: [] for a, _ in wanting}
         rounds = max(k for _, k in wanting)
-        for r in range(rounds):
+        for _ in range(rounds):
             b.clear()
             for a, k in wanting:
                 seq = a.slot.seq
+                d = drafts[seq]
+                if len(d) >= k or (d and ctx.model.is_eog(d[-1])):
+                    continue  # done: its last row's logits are gone with the batch
                 tok = int(ctx.logits_np(last[seq]).argmax())
-                drafts[seq].append(tok)
-                if r + 1 < k and not ctx.model.is_eog(tok):
+                d.append(tok)
+                if len(d) < k and not ctx.model.is_eog(tok):
                     held = self._held[seq]
                     last[seq] = b.add(tok, len(held), seq, True)
                     held.append(tok)
