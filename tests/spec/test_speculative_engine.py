@@ -233,3 +233,28 @@ def test_speculation_stays_off_where_rows_are_not_exact(model_path: Path) -> Non
         assert spec.disabled["inexact"] == 1 and sum(spec.drafted.values()) == 0
     finally:
         lm.close()
+
+
+def test_hang_up_amid_drafting_frees_the_slot_and_keeps_the_rest_exact(
+    engines: tuple[LoadedModel, LoadedModel],
+) -> None:
+    off, on = engines
+    prompt = off.tokenize(PROMPTS[2])
+    sched = on.generator()
+
+    async def main() -> None:
+        h = on.submit(GenerationRequest(prompt, 200, GREEDY))
+        async for c in h.chunks():
+            if c.token_ids:
+                break
+        h.cancel()
+        for _ in range(3000):
+            if sched.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert sched.outstanding == 0 and sched.busy_slots == 0
+
+    asyncio.run(main())
+    # The slot it left (KV trimmed or not) serves the next request exactly.
+    req = GenerationRequest(prompt, 8, GREEDY)
+    assert run(on, req)[0].tokens == run(off, req)[0].tokens
