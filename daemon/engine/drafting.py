@@ -17,7 +17,7 @@ from daemon.engine.active import Active
 from daemon.engine.errors import LoadFailed
 from daemon.engine.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.slots import common_prefix
-from daemon.engine.speculate import NgramIndex, Speculation, StepCost
+from daemon.engine.speculate import NgramIndex, Speculation, StepCost, best_draft_len
 
 log = logging.getLogger("edged.speculate")
 
@@ -99,6 +99,8 @@ class Speculator:
         self, options: SpecOptions, ctx_options: ContextOptions, ctx: Context, batch: Batch
     ) -> None:
         self.options = options
+        # Seconds the draft model took this step: not part of the target's step cost.
+        self.draft_seconds = 0.0
         self._is_eog = ctx.model.is_eog
         self._room = ctx_options.n_ctx // max(ctx_options.n_seq_max, 1)  # cells of one sequence
         self.off_reason = ""
@@ -154,6 +156,7 @@ class Speculator:
         `n_rows`: plain rows of the step; `budget`: rows left in the batch. A step that
         prefills a prompt drafts nothing: prompts go first.
         """
+        self.draft_seconds = 0.0
         if not self.usable or any(a.pending for a in actives):
             return 0
         used = 0
@@ -190,6 +193,10 @@ class Speculator:
                 per = self.cost.draft_round
                 if per is None:  # never measured: probe the draft model with two tokens
                     k = sp.choose(min(cap, 2), cap, n_rows, self.cost, prior)
+                elif best_draft_len(0.999, cap, n_rows, self.cost, per) == 0:
+                    # Not even perfect drafts would pay at these costs: no probe either (a
+                    # probe re-feeds the draft everything generated since the last one).
+                    k = 0
                 else:
                     k = sp.choose(cap, cap, n_rows, self.cost, prior, per)
                 if k:
@@ -269,7 +276,8 @@ class Speculator:
                     break
             a.spec.draft = d
             used += len(d)
-        self.cost.observe_draft((time.perf_counter() - t0) / max(rounds, 1))
+        self.draft_seconds = time.perf_counter() - t0
+        self.cost.observe_draft(self.draft_seconds / max(rounds, 1))
         return used
 
     def _draft_failed(self, wanting: list[tuple[Active, int]]) -> int:

@@ -394,7 +394,8 @@ class Scheduler(ContextWorker):
                 if a in self._active:
                     self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
         if not chunks:  # decode-only steps feed the step-cost model of speculation
-            self.spec.cost.observe(b.n_tokens, time.perf_counter() - started)
+            took = time.perf_counter() - started - self.spec.draft_seconds
+            self.spec.cost.observe(b.n_tokens, took)
         deliver(out)
 
     def _after_decode(self, a: Active, out: Out) -> None:

@@ -77,6 +77,7 @@ class StepCost:
     sy: float = 0.0
     sxx: float = 0.0
     sxy: float = 0.0
+    syy: float = 0.0
     # Seconds of one draft-model round (one draft token for every drafting sequence).
     draft_round: float | None = None
 
@@ -87,6 +88,7 @@ class StepCost:
         self.sy = self.sy * d + seconds
         self.sxx = self.sxx * d + rows * rows
         self.sxy = self.sxy * d + rows * seconds
+        self.syy = self.syy * d + seconds * seconds
 
     def observe_draft(self, seconds_per_round: float) -> None:
         prev = self.draft_round
@@ -99,19 +101,24 @@ class StepCost:
         return self.w >= 3.0
 
     def fit(self) -> tuple[float, float]:
-        """(a, b): the fixed and the per-row seconds of a step.
+        """(a, b): the fixed and the per-row seconds of a step, b pessimistic.
 
-        With too little spread in the row counts seen so far, b is taken as the whole mean
-        step over mean rows (the pessimistic CPU case, where a row costs about a token).
+        b is the fitted slope plus two standard errors, so that timing noise (a busy
+        machine) makes rows look dear, not cheap; with too little spread in the row counts
+        seen so far, b is the whole mean step over mean rows (a row costs a token).
         """
         if self.w <= 0:
             return 0.0, 1.0
-        mx, my = self.sx / self.w, self.sy / self.w
-        var = self.sxx / self.w - mx * mx
+        w = self.w
+        mx, my = self.sx / w, self.sy / w
+        var = self.sxx / w - mx * mx
         if var < 0.02:
             return 0.0, my / max(mx, 1.0)
-        b = (self.sxy / self.w - mx * my) / var
-        b = max(b, 1e-6)
+        cov = self.sxy / w - mx * my
+        slope = cov / var
+        resid = max(self.syy / w - my * my - slope * cov, 0.0)
+        se = (resid / (var * max(w - 2.0, 1.0))) ** 0.5
+        b = max(slope + 2.0 * se, 1e-6)
         a = max(my - b * mx, 0.0)
         return a, b
 

@@ -86,3 +86,18 @@ def test_a_sequence_that_stops_paying_backs_off_and_probes_with_one_token() -> N
     assert all(ks[i] == 1 for i in probes)
     # First probe after the first gap, the next after a doubled one.
     assert probes[:2] == [PROBE_FIRST - 1, 3 * PROBE_FIRST - 1]
+
+
+def test_noisy_timings_make_rows_look_dear_not_cheap() -> None:
+    """On a busy machine step times scatter; the fitted per-row cost errs upwards."""
+    import random
+
+    rng = random.Random(5)
+    quiet, noisy = StepCost(), StepCost()
+    for _ in range(200):
+        rows = rng.choice((1, 2, 3, 5))
+        quiet.observe(rows, 0.010 + 0.001 * rows)
+        noisy.observe(rows, (0.010 + 0.001 * rows) * rng.uniform(0.3, 3.0))
+    assert quiet.fit()[1] == pytest.approx(0.001, rel=1e-3)
+    assert noisy.fit()[1] > 0.001
+    assert best_draft_len(0.7, 8, 1, quiet) > 0
