@@ -52,6 +52,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
     "max_models_memory": ("--max-models-memory", int, "bytes of weights + KV for all models"),
     "rpc": ("--rpc", str, "RPC workers host:port,... to split the model over (edged rpc-worker)"),
+    "draft_model": ("--draft-model", Path, "draft GGUF for speculative decoding (same vocab)"),
+    "draft_max": ("--draft-max", int, "most draft tokens verified per step (default 8)"),
 }
 # flag dest -> (flag, help) for switches that only turn a Settings boolean on
 _SWITCHES: dict[str, tuple[str, str]] = {
@@ -59,6 +61,11 @@ _SWITCHES: dict[str, tuple[str, str]] = {
     "metrics_auth": ("--metrics-auth", "require an API key for /metrics too"),
     "log_json": ("--log-json", "write the access log as JSON lines"),
     "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
+    "speculate": ("--speculate", "speculative decoding by n-gram lookup (prompt and output)"),
+    "speculate_inexact": (
+        "--speculate-inexact",
+        "speculate even where verified logits are not bit-identical to plain decoding's",
+    ),
 }
 
 

@@ -62,6 +62,10 @@ def engine_options(settings: Settings) -> EngineOptions:
         ),
         store_ttl=settings.store_ttl,
         max_per_key=settings.max_concurrency_per_key,
+        speculate=settings.speculate,
+        draft_model=settings.draft_model,
+        draft_max=settings.draft_max,
+        speculate_inexact=settings.speculate_inexact,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
             n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),

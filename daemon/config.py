@@ -143,6 +143,14 @@ class Settings(BaseSettings):
             raise ValueError("an adapter name is given twice for one model")
         return value
 
+    # ---- speculative decoding (README: Speculative decoding) ----
+    speculate: bool = Field(False, description="draft by n-gram lookup in prompt and output")
+    draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
+    draft_max: int = Field(8, ge=1, le=64, description="most draft tokens verified per step")
+    speculate_inexact: bool = Field(
+        False, description="speculate even where verified logits differ from plain decoding's"
+    )
+
     @field_validator("rpc")
     @classmethod
     def _rpc_endpoints(cls, value: str) -> str:

@@ -75,6 +75,21 @@ class EngineCollector(Collector):
             "steps": CounterMetricFamily(
                 "edged_decode_steps", "llama_decode calls", labels=["model"]
             ),
+            "drafted": CounterMetricFamily(
+                "edged_spec_drafted_tokens",
+                "Draft tokens verified by speculative decoding",
+                labels=["model", "source"],
+            ),
+            "accepted": CounterMetricFamily(
+                "edged_spec_accepted_tokens",
+                "Draft tokens the target model accepted",
+                labels=["model", "source"],
+            ),
+            "spec_off": CounterMetricFamily(
+                "edged_spec_disabled",
+                "Times speculation was switched off for a sequence, by reason",
+                labels=["model", "reason"],
+            ),
         }
         for lm in self._registry.loaded():
             s = lm.worker
@@ -85,6 +100,13 @@ class EngineCollector(Collector):
             g["kv"].add_metric(m, _num(s, "cached_tokens"))
             c["hits"].add_metric(m, _num(s, "cache_hit_tokens"))
             c["steps"].add_metric(m, _num(s, "steps"))
+            spec = getattr(s, "spec", None)
+            if spec is not None and spec.options.enabled:
+                for source in ("ngram", "draft"):
+                    c["drafted"].add_metric([lm.name, source], spec.drafted[source])
+                    c["accepted"].add_metric([lm.name, source], spec.accepted[source])
+                for reason, n in spec.disabled.items():
+                    c["spec_off"].add_metric([lm.name, reason], n)
         # The stores outlive unloads: they are read by model whether loaded or not.
         for name, store in self._registry.stores().items():
             m = [name]

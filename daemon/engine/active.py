@@ -17,6 +17,7 @@ from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import SamplerChain
 from daemon.engine.slots import Slot
+from daemon.engine.speculate import Speculation
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import TokenLogprob
 
@@ -80,6 +81,8 @@ class Active:
     fork: Fork = field(default_factory=Fork)
     # Batch row whose logits belong to this request this step (-1: none).
     row: int = -1
+    # Speculative decoding (None: this request never drafts, e.g. beams).
+    spec: Speculation | None = None
 
     @property
     def slots(self) -> list[Slot]:

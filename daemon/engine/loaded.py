@@ -12,6 +12,7 @@ import jinja2
 
 from daemon.engine.cache import SequenceStore
 from daemon.engine.chat_template import ChatTemplate
+from daemon.engine.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
 from daemon.engine.errors import (
     ContextOverflow,
@@ -51,6 +52,14 @@ class EngineOptions:
     store_ttl: float | None = None
     # Requests of one API key running at once on one model (None: no cap).
     max_per_key: int | None = None
+    # Speculative decoding: n-gram lookup, and a draft GGUF for same-vocabulary models.
+    speculate: bool = False
+    # Draft on every step a draft exists, ignoring the cost model (tests, benchmarks).
+    speculate_always: bool = False
+    # Speculate even where verified rows are not bit-identical to plain decoding's.
+    speculate_inexact: bool = False
+    draft_model: Path | None = None
+    draft_max: int = 8
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -94,6 +103,7 @@ class LoadedModel:
         self.store = store if store is not None else SequenceStore(options.store_max_bytes)
         self.model = Model(path, options.model)
         self.adapters: Adapters | None = None
+        self.draft: Model | None = None
         try:
             if adapters:  # LoRA adapters belong to this model and die with it
                 self.adapters = Adapters(self.model, adapters)
@@ -101,6 +111,8 @@ class LoadedModel:
         except BaseException:  # a context that cannot be created must not leak the weights
             if self.adapters is not None:
                 self.adapters.close()
+            if self.draft is not None:
+                self.draft.close()
             self.model.close()
             raise
 
@@ -126,6 +138,7 @@ class LoadedModel:
             # An embedding model (BERT & co.) gets an Embedder and no generation scheduler.
             self.embedder = Embedder.for_model(self.model, pooling, self.ctx_size, options, name)
             return
+        spec = self._speculation(options)
         self.scheduler = Scheduler(
             self.model,
             ContextOptions(
@@ -144,6 +157,26 @@ class LoadedModel:
             name=name,
             max_per_owner=options.max_per_key,
             adapters=self.adapters,
+            speculation=spec,
+        )
+
+    def _speculation(self, options: EngineOptions) -> SpecOptions:
+        """Speculation settings of this model; a draft of another vocabulary is refused."""
+        if options.draft_model is not None and options.draft_model.resolve() != self.path.resolve():
+            draft = Model(options.draft_model, options.model)
+            try:
+                check_draft_vocab(self.model, draft)
+            except LoadFailed as exc:
+                draft.close()
+                log.warning("%s: no speculation with this draft: %s", self.name, exc)
+            else:
+                self.draft = draft
+        return SpecOptions(
+            ngram=options.speculate,
+            draft=self.draft,
+            draft_max=options.draft_max,
+            always=options.speculate_always,
+            inexact=options.speculate_inexact,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
@@ -249,5 +282,7 @@ class LoadedModel:
             if self.adapters is not None:  # before the model: llama.cpp frees them with it
                 self.adapters.close()
             self.model.close()
+            if self.draft is not None:
+                self.draft.close()
         else:  # pragma: no cover - close waits without a timeout
             log.error("%s: the worker did not stop; its model is not freed", self.name)

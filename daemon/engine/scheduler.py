@@ -17,6 +17,7 @@ from collections import Counter
 from daemon.engine.active import Active, Beams, Decode, FairQueue
 from daemon.engine.beam import log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
+from daemon.engine.drafting import SpecOptions, Speculator
 from daemon.engine.errors import EngineError, GenerationFailed, ModelUnavailable
 from daemon.engine.handle import Out, RequestHandle, deliver
 from daemon.engine.keep import beam_search, saved_sequence
@@ -43,9 +44,11 @@ class Scheduler(ContextWorker):
         name: str = "model",
         max_per_owner: int | None = None,
         adapters: Adapters | None = None,
+        speculation: SpecOptions | None = None,
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self.lora = AdapterSteps(adapters)
+        self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
@@ -104,6 +107,7 @@ class Scheduler(ContextWorker):
             out.append((h, gone))
         self._waiting.clear()
         deliver(out)
+        self.spec.close()
 
     def _take_inbox(self) -> bool:
         """Move new requests into the waiting line; block when idle. False means stop."""
@@ -269,6 +273,7 @@ class Scheduler(ContextWorker):
         active.base = len(history)
         if sampler is not None:
             sampler.prime(history[-req.sampling.penalty_last_n :])
+        self.spec.attach(active, history)
         if fork_of is not None:
             active.fork.leader = fork_of
             if fork_of not in self._active:  # the leader already ended: prefill on our own
@@ -358,8 +363,10 @@ class Scheduler(ContextWorker):
             else:
                 rows.append((a.slot.seq, a, -1))
         # One row per slot at most, and the batch holds at least one per slot (see
-        # LoadedModel), so decode rows always fit; prompt chunks share what is left.
+        # LoadedModel), so decode rows always fit; drafts and prompt chunks share the rest.
+        started = time.perf_counter()
         budget = b.capacity - len(rows)
+        budget -= self.spec.plan(group, len(rows), budget)
         chunks: dict[int, int] = {}
         for a in group:
             if not a.pending:
@@ -380,6 +387,8 @@ class Scheduler(ContextWorker):
             elif not a.pending:
                 a.row = b.add(a.decode.next_token, len(a.slot.tokens), seq, True)
                 a.slot.tokens.append(a.decode.next_token)
+                if a.spec is not None and a.spec.draft:
+                    self.spec.add_rows(a, b)
             else:
                 self._add_chunk(a, chunks[id(a)])
         if not rows:
@@ -399,6 +408,9 @@ class Scheduler(ContextWorker):
                 log.exception("a sequence failed after decode")
                 if a in self._active:
                     self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
+        if not chunks:  # decode-only steps feed the step-cost model of speculation
+            took = time.perf_counter() - started - self.spec.draft_seconds
+            self.spec.cost.observe(b.n_tokens, took)
         deliver(out)
 
     def _after_decode(self, a: Active, out: Out) -> None:
@@ -415,7 +427,23 @@ class Scheduler(ContextWorker):
                 self._finish(a, FinishReason.LENGTH, "", out)  # scoring only
                 return
             assert a.decode.sampler is not None
+            if a.spec is not None and a.spec.draft:
+                self._verify(a, out)
+                return
             self._on_token(a, a.decode.sampler.sample(self.ctx, a.row), out, a.row)
+
+    def _verify(self, a: Active, out: Out) -> None:
+        """Keep the drafts the request's own sampler agrees with; drop the rest's KV."""
+        sampler = a.decode.sampler
+        assert a.spec is not None and sampler is not None
+        toks, rows, pos0 = self.spec.verify(a, lambda row: sampler.sample(self.ctx, row))
+        self._trim(a.slot, pos0 + len(toks))
+        for i, tok in enumerate(toks):
+            a.spec.valid = pos0 + 1 + i  # the KV a finish at this token leaves (see _finish)
+            self._on_token(a, tok, out, rows[i])
+            if a not in self._active:
+                return
+        a.spec.valid = -1
 
     def _add_chunk(self, a: Active, n: int) -> None:
         """Put the next `n` prompt tokens of `a` into the batch."""
@@ -460,6 +488,8 @@ class Scheduler(ContextWorker):
             d.logprobs.append(token_logprob(self.ctx.logits_np(row), tok, h.request.logprobs))
         d.generated += 1
         d.next_token = tok
+        if a.spec is not None:
+            a.spec.index.extend([tok])
         h.usage.completion_tokens = d.generated
         text = d.stops.push(d.detok.push(tok))
         if d.stops.stopped:
@@ -539,6 +569,8 @@ class Scheduler(ContextWorker):
         h = a.handle
         h.stop_sequence = a.decode.stops.matched
         failed = reason is FinishReason.ERROR
+        if a.spec is not None and a.spec.valid >= 0:  # ended amid verified drafts
+            self._trim(a.slot, a.spec.valid)
         if h.request.keep and not failed:
             try:
                 h.saved = saved_sequence(a, reason, tok, best_tokens, self.ctx.state_get)

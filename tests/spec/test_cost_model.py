@@ -1,0 +1,103 @@
+"""The pure parts of speculative decoding: n-gram lookup, the step-cost fit, the policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.engine.speculate import (
+    PROBE_FIRST,
+    NgramIndex,
+    Speculation,
+    StepCost,
+    best_draft_len,
+    expected_accepted,
+)
+
+
+def test_ngram_drafts_the_continuation_of_the_latest_earlier_occurrence() -> None:
+    idx = NgramIndex(2, 3)
+    idx.extend([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3])
+    # The tail (1, 2, 3) occurred at the start followed by 4 5 9; longest match wins.
+    assert idx.draft(3) == [4, 5, 9]
+    idx.extend([6])
+    assert idx.draft(4) == []  # (2, 3, 6) and (3, 6) never occurred before
+    idx.extend([2, 3])
+    # (6, 2, 3) is new; (2, 3) last occurred before the 6: its follower was 6.
+    assert idx.draft(2) == [6, 2]
+    assert idx.draft(0) == []
+
+
+def test_ngram_draft_never_reads_past_the_history() -> None:
+    idx = NgramIndex(2, 4)
+    idx.extend([5, 6, 5, 6])
+    assert idx.draft(8) == [5, 6]
+
+
+def _cost(a: float, b: float) -> StepCost:
+    c = StepCost()
+    for rows in (1, 2, 4, 8, 1, 3, 6, 2) * 4:
+        c.observe(rows, a + b * rows)
+    return c
+
+
+def test_step_cost_fit_recovers_fixed_and_per_row_seconds() -> None:
+    a, b = _cost(0.010, 0.002).fit()
+    assert a == pytest.approx(0.010, rel=1e-6)
+    assert b == pytest.approx(0.002, rel=1e-6)
+
+
+def test_without_row_spread_a_row_is_assumed_to_cost_a_whole_step() -> None:
+    c = StepCost()
+    for _ in range(10):
+        c.observe(1, 0.02)
+    assert c.fit() == pytest.approx((0.0, 0.02))
+    # Then drafting never pays, however good the acceptance.
+    assert best_draft_len(0.99, 8, 1, c) == 0
+
+
+def test_drafting_pays_only_when_rows_are_cheap_or_acceptance_high() -> None:
+    gpu_like = _cost(0.020, 0.0005)  # a row costs 2.5 % of a step
+    cpu_like = _cost(0.004, 0.008)  # a row costs two thirds of a step (this machine)
+    assert best_draft_len(0.6, 8, 1, gpu_like) >= 3
+    assert best_draft_len(0.6, 8, 1, cpu_like) == 0
+    assert best_draft_len(0.95, 8, 1, cpu_like) >= 1
+    # Eight rows already in the step make its fixed cost matter less: drafts pay less.
+    assert best_draft_len(0.8, 8, 8, cpu_like) == 0
+    # A draft model's own time per token counts against it.
+    assert best_draft_len(0.9, 8, 1, gpu_like, per_draft=0.030) == 0
+
+
+def test_expected_accepted_is_geometric() -> None:
+    assert expected_accepted(0.5, 1) == pytest.approx(0.5)
+    assert expected_accepted(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
+    assert expected_accepted(1.0, 4) == 4.0
+    assert expected_accepted(0.3, 0) == 0.0
+
+
+def test_a_sequence_that_stops_paying_backs_off_and_probes_with_one_token() -> None:
+    cpu = _cost(0.004, 0.008)
+    sp = Speculation("ngram", NgramIndex())
+    for _ in range(20):
+        sp.acceptance.update(0, 4)  # every draft rejected
+    assert sp.choose(4, 8, 1, cpu, prior=0.5) == 0
+    assert not sp.enabled
+    ks = [sp.choose(4, 8, 1, cpu, prior=0.5) for _ in range(PROBE_FIRST * 3 + 4)]
+    probes = [i for i, k in enumerate(ks) if k]
+    assert all(ks[i] == 1 for i in probes)
+    # First probe after the first gap, the next after a doubled one.
+    assert probes[:2] == [PROBE_FIRST - 1, 3 * PROBE_FIRST - 1]
+
+
+def test_noisy_timings_make_rows_look_dear_not_cheap() -> None:
+    """On a busy machine step times scatter; the fitted per-row cost errs upwards."""
+    import random
+
+    rng = random.Random(5)
+    quiet, noisy = StepCost(), StepCost()
+    for _ in range(200):
+        rows = rng.choice((1, 2, 3, 5))
+        quiet.observe(rows, 0.010 + 0.001 * rows)
+        noisy.observe(rows, (0.010 + 0.001 * rows) * rng.uniform(0.3, 3.0))
+    assert quiet.fit()[1] == pytest.approx(0.001, rel=1e-3)
+    assert noisy.fit()[1] > 0.001
+    assert best_draft_len(0.7, 8, 1, quiet) > 0
