@@ -61,6 +61,10 @@ def engine_options(settings: Settings) -> EngineOptions:
         ),
         store_ttl=settings.store_ttl,
         max_per_key=settings.max_concurrency_per_key,
+        cache_ram=settings.cache_ram,
+        cache_dir=settings.cache_dir,
+        cache_dir_max_bytes=settings.cache_dir_max_bytes,
+        cache_share_tokens=settings.cache_share_tokens,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
             n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),

@@ -16,6 +16,7 @@ from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
 from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable, NotGenerative
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
+from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import CacheType, GenerationRequest
 
@@ -44,6 +45,12 @@ class EngineOptions:
     store_ttl: float | None = None
     # Requests of one API key running at once on one model (None: no cap).
     max_per_key: int | None = None
+    # The prompt cache below the slots: memory bound (0 = off), spill directory and its
+    # bound, and the leading tokens one key may reuse of another's (0 none, -1 all).
+    cache_ram: int = 8 << 30
+    cache_dir: Path | None = None
+    cache_dir_max_bytes: int = 16 << 30
+    cache_share_tokens: int = 0
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -122,6 +129,13 @@ class LoadedModel:
             max_queue=options.max_queue,
             name=name,
             max_per_owner=options.max_per_key,
+            prompt_cache=PromptCache(
+                options.cache_ram,
+                spill_dir=options.cache_dir,
+                spill_max_bytes=options.cache_dir_max_bytes,
+                share_tokens=options.cache_share_tokens,
+                name=name,
+            ),
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
