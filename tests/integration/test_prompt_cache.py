@@ -26,7 +26,7 @@ WORDS = ["river", "stone", "light", "winter", "garden", "market", "silver", "let
 
 
 def options(**kw: object) -> EngineOptions:
-    return EngineOptions(**{"ctx_size": 1024, "parallel": 2, **kw})  # type: ignore[arg-type]
+    return EngineOptions(**{"ctx_size": 1024, "parallel": 2, "threads": 1, **kw})  # type: ignore[arg-type]
 
 
 @dataclass
