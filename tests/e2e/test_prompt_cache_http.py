@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_healthy
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 BOUND = 64 << 20
@@ -32,7 +32,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[S
         *("--threads", "1", "--ctx-size", "512", "--parallel", "2"),
         *("--cache-ram", str(BOUND), "--cache-dir", str(cache_dir)),
         env={"EDGED_API_KEYS": "alpha,beta"},
+        wait=False,
     )
+    wait_healthy(s, 600)  # the shared test machines can take minutes to start a server
     yield s
     stop_server(s)
 
