@@ -251,7 +251,9 @@ class Scheduler(ContextWorker):
             s.busy = True
         self._active.append(active)
         for s in slots if fork_of is not None else slots[1:]:
-            self._vacate(s, 0)  # refilled by a copy of another slot's KV
+            # Refilled by a copy of another slot's KV (or, detached, by our own prompt).
+            self._vacate(s, 0)
+            self._trim(s, 0)
         if fork_of is not None:
             # KV arrives from the leader after its prefill; nothing to decode of our own.
             pending = []
