@@ -66,8 +66,10 @@ def test_returning_conversation_hits_only_for_its_key(srv: Server, cache_dir: Pa
         {"role": "assistant", "content": first.choices[0].message.content or ""},
         {"role": "user", "content": "Which came first?"},
     ]
-    other = chat(srv, "beta", talk)  # the same conversation under another key: no hit
-    assert other.usage.prompt_tokens_details.cached_tokens == 0
+    # The same conversation under another key: no hit beyond the chat template's opening,
+    # which beta's own notes left in the slots (alpha's history is 200 tokens long).
+    other = chat(srv, "beta", talk)
+    assert other.usage.prompt_tokens_details.cached_tokens < 64
     back = chat(srv, "alpha", talk)
     cached = back.usage.prompt_tokens_details.cached_tokens
     assert cached >= 128
