@@ -40,6 +40,14 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         int,
         "requests of one API key running at once per model",
     ),
+    "cache_ram": ("--cache-ram", int, "prompt cache bytes per model (0 = off; default 8 GiB)"),
+    "cache_dir": ("--cache-dir", Path, "spill the prompt cache to this directory"),
+    "cache_dir_max_bytes": ("--cache-dir-max-bytes", int, "prompt cache bytes on disk"),
+    "cache_share_tokens": (
+        "--cache-share-tokens",
+        int,
+        "leading cached prompt tokens one API key may reuse of another's (-1 = all, 0 = none)",
+    ),
     # running as a service
     "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),
     "max_tokens_cap": ("--max-tokens-cap", int, "largest max_tokens a request may ask for"),

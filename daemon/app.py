@@ -66,6 +66,10 @@ def engine_options(settings: Settings) -> EngineOptions:
         draft_model=settings.draft_model,
         draft_max=settings.draft_max,
         speculate_inexact=settings.speculate_inexact,
+        cache_ram=settings.cache_ram,
+        cache_dir=settings.cache_dir,
+        cache_dir_max_bytes=settings.cache_dir_max_bytes,
+        cache_share_tokens=settings.cache_share_tokens,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
             n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),

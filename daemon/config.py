@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     max_concurrency_per_key: int | None = Field(
         None, ge=1, description="requests of one API key running at once per model"
     )
+    # The prompt cache below the slots (README: "Prompt cache"); llama-server's default bound.
+    cache_ram: int = Field(8 << 30, ge=0, description="prompt cache bytes per model; 0 = off")
+    cache_dir: Path | None = Field(None, description="spill the prompt cache here")
+    cache_dir_max_bytes: int = Field(16 << 30, ge=0, description="prompt cache bytes on disk")
+    cache_share_tokens: int = Field(
+        0, ge=-1, description="leading cached tokens one API key may reuse of another's; -1 = all"
+    )
 
     # ---- running as a service: security, limits, model lifecycle, observability ----
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")

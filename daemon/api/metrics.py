@@ -52,6 +52,19 @@ class EngineCollector(Collector):
                 "request_id entries held in memory",
                 labels=["model"],
             ),
+            "pc_bytes": GaugeMetricFamily(
+                "edged_prompt_cache_bytes",
+                "Bytes the prompt cache holds in memory (bounded by --cache-ram)",
+                labels=["model"],
+            ),
+            "pc_disk": GaugeMetricFamily(
+                "edged_prompt_cache_disk_bytes",
+                "Bytes of prompt cache states spilled to --cache-dir",
+                labels=["model"],
+            ),
+            "pc_entries": GaugeMetricFamily(
+                "edged_prompt_cache_entries", "Prompt cache entries", labels=["model"]
+            ),
         }
         c = {
             "hits": CounterMetricFamily(
@@ -90,6 +103,26 @@ class EngineCollector(Collector):
                 "Times speculation was switched off for a sequence, by reason",
                 labels=["model", "reason"],
             ),
+            "pc_hits": CounterMetricFamily(
+                "edged_prompt_cache_hits",
+                "Requests that restored a prefix from the prompt cache",
+                labels=["model"],
+            ),
+            "pc_hit_tokens": CounterMetricFamily(
+                "edged_prompt_cache_hit_tokens",
+                "Prompt tokens restored from the prompt cache",
+                labels=["model"],
+            ),
+            "pc_misses": CounterMetricFamily(
+                "edged_prompt_cache_misses",
+                "Prompt cache lookups that found no usable entry",
+                labels=["model"],
+            ),
+            "pc_evictions": CounterMetricFamily(
+                "edged_prompt_cache_evictions",
+                "Prompt cache entries evicted from memory (spilled or dropped)",
+                labels=["model"],
+            ),
         }
         for lm in self._registry.loaded():
             s = lm.worker
@@ -107,6 +140,15 @@ class EngineCollector(Collector):
                     c["accepted"].add_metric([lm.name, source], spec.accepted[source])
                 for reason, n in spec.disabled.items():
                     c["spec_off"].add_metric([lm.name, reason], n)
+            pc = getattr(s, "cache", None)
+            if pc is not None:
+                g["pc_bytes"].add_metric(m, pc.nbytes)
+                g["pc_disk"].add_metric(m, pc.disk_bytes)
+                g["pc_entries"].add_metric(m, len(pc))
+                c["pc_hits"].add_metric(m, pc.hits)
+                c["pc_hit_tokens"].add_metric(m, pc.hit_tokens)
+                c["pc_misses"].add_metric(m, pc.misses)
+                c["pc_evictions"].add_metric(m, pc.evictions)
         # The stores outlive unloads: they are read by model whether loaded or not.
         for name, store in self._registry.stores().items():
             m = [name]

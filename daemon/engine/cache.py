@@ -139,7 +139,7 @@ class SequenceStore:
         if self.spill_dir is not None:
             path = self._path(key)
             if path.exists():
-                found = found or self._read(path, key) is not None
+                found = found or read_entry(path, key) is not None
                 path.unlink(missing_ok=True)
         return found
 
@@ -189,38 +189,8 @@ class SequenceStore:
         return self.spill_dir / (digest + _SUFFIX)
 
     def _spill(self, key: StoreKey, entry: SavedSequence) -> None:
-        if self.spill_dir is None:
-            return
-        state = entry.state or b""
-        header = json.dumps(
-            {
-                "key": list(key),
-                "tokens": list(entry.tokens),
-                "pending": list(entry.pending),
-                "n_prompt": entry.n_prompt,
-                "finished": entry.finished,
-                "exact": entry.exact,
-                "tail": entry.tail.hex(),
-                "lora": [list(pair) for pair in entry.lora],
-                "has_state": entry.state is not None,
-                "kv_sha256": hashlib.sha256(state).hexdigest(),
-            }
-        ).encode()
-        path = self._path(key)
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-        try:
-            # One file, renamed into place: a crash leaves the old entry or the new one,
-            # never tokens of one beside the KV of another.
-            with tmp.open("wb") as f:
-                f.write(_MAGIC + struct.pack("<I", len(header)) + header + state)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
-        except OSError as exc:
-            log.warning("could not spill a request_id entry: %s", exc)
-            tmp.unlink(missing_ok=True)
-            return
-        self._trim_spill()
+        if self.spill_dir is not None and write_entry(self._path(key), key, entry):
+            self._trim_spill()
 
     def _load_spilled(self, key: StoreKey, now: float) -> SavedSequence | None:
         if self.spill_dir is None:
@@ -232,35 +202,7 @@ class SequenceStore:
                 return None
         except OSError:
             return None
-        return self._read(path, key)
-
-    @staticmethod
-    def _read(path: Path, key: StoreKey) -> SavedSequence | None:
-        try:
-            data = path.read_bytes()
-            if not data.startswith(_MAGIC):
-                return None
-            (n,) = struct.unpack_from("<I", data, len(_MAGIC))
-            start = len(_MAGIC) + 4
-            meta = json.loads(data[start : start + n])
-            state = data[start + n :]
-            if meta.get("key") != list(key):
-                return None
-            if hashlib.sha256(state).hexdigest() != meta["kv_sha256"]:
-                log.warning("a spilled request_id entry is corrupt; ignored")
-                return None
-            return SavedSequence(
-                tokens=tuple(meta["tokens"]),
-                pending=tuple(meta["pending"]),
-                n_prompt=int(meta["n_prompt"]),
-                state=state if meta.get("has_state", True) else None,
-                finished=bool(meta.get("finished", False)),
-                exact=int(meta.get("exact", 0)),
-                tail=bytes.fromhex(meta.get("tail", "")),
-                lora=tuple((str(n), float(s)) for n, s in meta.get("lora", [])),
-            )
-        except (OSError, ValueError, KeyError, TypeError, struct.error):
-            return None
+        return read_entry(path, key)
 
     def _trim_spill(self) -> None:
         assert self.spill_dir is not None
@@ -274,3 +216,65 @@ class SequenceStore:
                 p.unlink(missing_ok=True)
         except OSError as exc:  # a file vanished under us (another trim): next time
             log.debug("trimming the spill directory: %s", exc)
+
+
+def write_entry(path: Path, key: StoreKey, entry: SavedSequence) -> bool:
+    """Write one self-checking spill file atomically; False (logged) when it failed."""
+    state = entry.state or b""
+    header = json.dumps(
+        {
+            "key": list(key),
+            "tokens": list(entry.tokens),
+            "pending": list(entry.pending),
+            "n_prompt": entry.n_prompt,
+            "finished": entry.finished,
+            "exact": entry.exact,
+            "tail": entry.tail.hex(),
+            "lora": [list(pair) for pair in entry.lora],
+            "has_state": entry.state is not None,
+            "kv_sha256": hashlib.sha256(state).hexdigest(),
+        }
+    ).encode()
+    tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+    try:
+        # One file, renamed into place: a crash leaves the old entry or the new one,
+        # never tokens of one beside the KV of another.
+        with tmp.open("wb") as f:
+            f.write(_MAGIC + struct.pack("<I", len(header)) + header + state)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not spill a sequence: %s", exc)
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def read_entry(path: Path, key: StoreKey) -> SavedSequence | None:
+    """The sequence a spill file holds under `key`; None when absent, foreign or corrupt."""
+    try:
+        data = path.read_bytes()
+        if not data.startswith(_MAGIC):
+            return None
+        (n,) = struct.unpack_from("<I", data, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        meta = json.loads(data[start : start + n])
+        state = data[start + n :]
+        if meta.get("key") != list(key):
+            return None
+        if hashlib.sha256(state).hexdigest() != meta["kv_sha256"]:
+            log.warning("a spilled sequence is corrupt; ignored")
+            return None
+        return SavedSequence(
+            tokens=tuple(meta["tokens"]),
+            pending=tuple(meta["pending"]),
+            n_prompt=int(meta["n_prompt"]),
+            state=state if meta.get("has_state", True) else None,
+            finished=bool(meta.get("finished", False)),
+            exact=int(meta.get("exact", 0)),
+            tail=bytes.fromhex(meta.get("tail", "")),
+            lora=tuple((str(n), float(s)) for n, s in meta.get("lora", [])),
+        )
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None

@@ -378,7 +378,9 @@ class Context:
 
     def state_set(self, seq: int, data: bytes) -> bool:
         """Load a serialized sequence state into `seq`; False when llama.cpp refuses it."""
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        # llama.cpp only reads the buffer: point it at the bytes instead of copying them
+        # (prompt cache restores are tens of MB).
+        buf = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint8))
         return lc.llama_state_seq_set_data(self.ptr, buf, len(data), seq) != 0
 
     def embeddings_seq(self, seq: int) -> np.ndarray | None:

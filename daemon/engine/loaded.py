@@ -24,6 +24,7 @@ from daemon.engine.errors import (
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
 from daemon.engine.lora import Adapters, AdapterSet, AdapterSpec
+from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.types import CacheType, GenerationRequest
 
@@ -60,6 +61,12 @@ class EngineOptions:
     speculate_inexact: bool = False
     draft_model: Path | None = None
     draft_max: int = 8
+    # The prompt cache below the slots: memory bound (0 = off), spill directory and its
+    # bound, and the leading tokens one key may reuse of another's (0 none, -1 all).
+    cache_ram: int = 8 << 30
+    cache_dir: Path | None = None
+    cache_dir_max_bytes: int = 16 << 30
+    cache_share_tokens: int = 0
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -158,6 +165,13 @@ class LoadedModel:
             max_per_owner=options.max_per_key,
             adapters=self.adapters,
             speculation=spec,
+            prompt_cache=PromptCache(
+                options.cache_ram,
+                spill_dir=options.cache_dir,
+                spill_max_bytes=options.cache_dir_max_bytes,
+                share_tokens=options.cache_share_tokens,
+                name=name,
+            ),
         )
 
     def _speculation(self, options: EngineOptions) -> SpecOptions:

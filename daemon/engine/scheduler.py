@@ -24,6 +24,7 @@ from daemon.engine.keep import beam_search, saved_sequence
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
 from daemon.engine.lora import Adapters, AdapterSteps
+from daemon.engine.prompt_cache import BLOCK, PromptCache
 from daemon.engine.slots import Slot, chunk_size, common_prefix, reassign, seed32
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest, SavedSequence
@@ -45,10 +46,13 @@ class Scheduler(ContextWorker):
         max_per_owner: int | None = None,
         adapters: Adapters | None = None,
         speculation: SpecOptions | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self.lora = AdapterSteps(adapters)
         self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
+        # Below the slots; also the owner rule of slot prefix reuse (off: nothing kept).
+        self.cache = prompt_cache if prompt_cache is not None else PromptCache(0)
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
@@ -78,6 +82,13 @@ class Scheduler(ContextWorker):
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache across all slots."""
         return sum(len(s.tokens) for s in self._slots)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the thread and free the context; the prompt cache goes with the model."""
+        stopped = super().close(timeout)
+        if stopped:
+            self.cache.clear()
+        return stopped
 
     # ---- scheduler thread ---------------------------------------------------------
 
@@ -251,9 +262,14 @@ class Scheduler(ContextWorker):
         for s in slots:
             s.busy = True
             if s.lora != req.lora:  # its KV came from other adapters: none of it is ours
+                self._vacate(s, 0)  # kept for requests of that set
                 self._trim(s, 0)
                 s.lora = req.lora
         self._active.append(active)
+        for s in slots if fork_of is not None else slots[1:]:
+            # Refilled by a copy of another slot's KV (or, detached, by our own prompt).
+            self._vacate(s, 0)
+            self._trim(s, 0)
         if fork_of is not None:
             # KV arrives from the leader after its prefill; nothing to decode of our own.
             pending = []
@@ -261,10 +277,13 @@ class Scheduler(ContextWorker):
             pending, active.n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
         elif req.prompt_logprobs:
             # Scoring needs the logits of every prompt position: nothing can come from cache.
+            self._vacate(slot, 0)
             self._trim(slot, 0)
             pending = list(req.prompt_tokens)
         else:
-            pending = self._reuse_prefix(slot, req.prompt_tokens)
+            pending = self._reuse_prefix(slot, req.prompt_tokens, req.owner)
+        for s in slots:
+            s.owner = req.owner
         active.pending = pending
         h.usage.cached_tokens = len(slot.tokens)
         self.cache_hit_tokens += len(slot.tokens)
@@ -287,7 +306,8 @@ class Scheduler(ContextWorker):
     def _detach(self, child: Active) -> None:
         """A fork whose leader went away before its prefill: prefill the prompt itself."""
         child.fork.leader = None
-        child.pending = self._reuse_prefix(child.slot, child.handle.request.prompt_tokens)
+        req = child.handle.request
+        child.pending = self._reuse_prefix(child.slot, req.prompt_tokens, req.owner)
 
     def _fork(self, leader: Active, out: Out) -> None:
         """The leader's prompt is in its KV: copy it to each sibling, sample their first token."""
@@ -314,19 +334,66 @@ class Scheduler(ContextWorker):
                 self._finish(child, FinishReason.ERROR, "", out, error=_failed(exc))
         leader.fork.children.clear()
 
-    def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> list[int]:
-        """Keep the slot's KV for the shared prefix; return the prompt tokens still to decode."""
-        # At least two prompt tokens are decoded again: the last one yields logits, and a
-        # multi-token chunk keeps them identical to those of a fresh prefill.
-        keep = max(0, min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2))
+    def _reuse_prefix(self, slot: Slot, prompt: list[int], owner: str) -> list[int]:
+        """Keep the slot's KV for the shared prefix, or restore a longer one from the prompt
+        cache; return the prompt tokens still to decode."""
+        keep = self._usable(slot, prompt, owner)
+        self._vacate(slot, keep)
+        if keep < len(prompt) - 2 - BLOCK:
+            keep = self._recall(slot, prompt, owner, keep)
         self._trim(slot, keep)
         return list(prompt[keep:])
+
+    def _usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
+        """Leading prompt tokens whose KV in `slot` a request of `owner` may keep."""
+        # At least two prompt tokens are decoded again: the last one yields logits, and a
+        # multi-token chunk keeps them identical to those of a fresh prefill.
+        keep = min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2)
+        cap = self.cache.shareable(slot.owner, owner)
+        return max(0, keep if cap is None else min(keep, cap))
+
+    def _vacate(self, slot: Slot, keep: int) -> None:
+        """`slot` is refilled keeping `keep` tokens: what else it holds exactly goes to the
+        prompt cache first (only KV from multi-token chunks, as for slot reuse)."""
+        if not self.cache.enabled or slot.exact <= keep or slot.exact < BLOCK:
+            return
+        self._trim(slot, slot.exact)
+        try:
+            self.cache.save(
+                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora
+            )
+        except Exception:  # the request goes on without it; the slot is refilled anyway
+            log.exception("saving a slot to the prompt cache failed")
+
+    def _recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
+        """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
+        tokens the slot already offers; returns the tokens to keep."""
+        hit = self.cache.lookup(owner, prompt, slot.lora)  # slot.lora: the request's set
+        if hit is None:
+            return keep
+        n = min(hit.tokens, len(prompt) - 2)
+        if n <= keep:
+            return keep
+        state = self.cache.load(hit)
+        if state is None:
+            self.cache.count_miss()
+            return keep
+        self._trim(slot, 0)
+        if not self.ctx.state_set(slot.seq, state):
+            self.ctx.seq_rm(slot.seq)
+            self.cache.count_miss()
+            return 0
+        slot.tokens = list(hit.entry.tokens)
+        slot.exact = len(slot.tokens)
+        self.cache.count_hit(n)
+        return n
 
     def _restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
         """Put a kept sequence back into `slot`; return the tokens still to feed."""
         target = list(saved.tokens)
         keep = common_prefix(slot.tokens, target)
         if keep < len(target) and saved.state is not None:
+            self._vacate(slot, 0)
             self._trim(slot, 0)
             if self.ctx.state_set(slot.seq, saved.state):
                 slot.tokens = target
@@ -334,6 +401,7 @@ class Scheduler(ContextWorker):
                 return list(saved.pending)
             self.ctx.seq_rm(slot.seq)
             keep = 0
+        self._vacate(slot, keep)
         self._trim(slot, keep)
         return target[keep:] + list(saved.pending)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,9 +33,10 @@ def chunk_size(pending: int, budget: int) -> int:
     return n if n >= 2 else 0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """Length of the common prefix of `a` and `b`, whose first `start` items are known equal."""
     n = min(len(a), len(b))
-    i = 0
+    i = min(start, n)
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -50,6 +52,8 @@ class Slot:
     # attention differently for a lone token, so only these match what a fresh prefill
     # of the same tokens would produce, and only these are reused for another prompt.
     exact: int = 0
+    # The API key whose requests filled it: another key reuses only what may be shared.
+    owner: str = ""
     busy: bool = False
     last_used: float = 0.0
     # The LoRA adapter set its KV was computed under: a prefix is shared only within a set.

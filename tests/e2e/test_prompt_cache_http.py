@@ -1,0 +1,88 @@
+"""The prompt cache over real HTTP (issue 13): a returning conversation whose slot was taken
+reports its restored history in usage and timings, another API key gets no hit, metrics
+count it, and a drained server leaves no spill file behind."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Server, start_server, stop_server, wait_healthy
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+BOUND = 64 << 20
+WORDS = ["river", "stone", "light", "winter", "garden", "market", "silver", "letter"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prompt-cache")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Server]:
+    s = start_server(
+        tmp_path_factory.mktemp("pc-server"),
+        *("--threads", "1", "--ctx-size", "512", "--parallel", "2"),
+        *("--cache-ram", str(BOUND), "--cache-dir", str(cache_dir)),
+        env={"EDGED_API_KEYS": "alpha,beta"},
+        wait=False,
+    )
+    wait_healthy(s, 600)  # the shared test machines can take minutes to start a server
+    yield s
+    stop_server(s)
+
+
+def chat(srv: Server, key: str, messages: list[dict[str, str]]) -> Any:
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=600)
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=4,
+        temperature=0,  # type: ignore[arg-type]
+    )
+
+
+def metric(srv: Server, name: str) -> float:
+    text = httpx.get(f"{srv.url}/metrics", timeout=30).text
+    m = re.search(rf"^{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def test_returning_conversation_hits_only_for_its_key(srv: Server, cache_dir: Path) -> None:
+    story = " ".join(WORDS[(i * i) % len(WORDS)] for i in range(160))
+    talk = [{"role": "user", "content": f"Remember these words: {story}"}]
+    first = chat(srv, "alpha", talk)
+    for i in range(2):  # both slots taken by other conversations
+        chat(srv, "beta", [{"role": "user", "content": f"Note {i}."}])
+    talk += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "Which came first?"},
+    ]
+    # The same conversation under another key: no hit beyond the chat template's opening,
+    # which beta's own notes left in the slots (alpha's history is 200 tokens long).
+    other = chat(srv, "beta", talk)
+    assert other.usage.prompt_tokens_details.cached_tokens < 64
+    back = chat(srv, "alpha", talk)
+    cached = back.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 128
+    timings = back.model_extra["timings"]
+    assert timings["cache_n"] == cached
+    assert timings["prompt_n"] == back.usage.prompt_tokens - cached
+    assert metric(srv, "edged_prompt_cache_hits") >= 1
+    assert metric(srv, "edged_prompt_cache_hit_tokens") >= cached
+    assert 0 < metric(srv, "edged_prompt_cache_bytes") <= BOUND
+    assert metric(srv, "edged_prompt_cache_evictions") >= 0
+    assert list(cache_dir.iterdir())  # the model's private spill directory
+
+
+def test_drain_removes_the_spill_directory(srv: Server, cache_dir: Path) -> None:
+    assert stop_server(srv) == 0
+    assert not list(cache_dir.rglob("*"))

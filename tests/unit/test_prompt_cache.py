@@ -1,0 +1,120 @@
+"""The prompt cache's own rules: longest prefix, owners, sharing, byte bound, LRU, spill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.engine.prompt_cache import BLOCK, PromptCache
+
+
+def toks(seed: int, n: int) -> list[int]:
+    return [(seed * 7919 + i * 31) % 50000 for i in range(n)]
+
+
+def state(tokens: list[int]) -> bytes:
+    """A stand-in KV state that names its tokens, so a load can be checked."""
+    return repr(tokens).encode()
+
+
+def test_longest_usable_prefix_wins() -> None:
+    pc = PromptCache(1 << 20)
+    base = toks(1, 3 * BLOCK)
+    short, long_ = base[: BLOCK + 5], base + toks(2, BLOCK)
+    assert pc.save("a", short, lambda: state(short))
+    assert pc.save("a", toks(9, 2 * BLOCK), lambda: state(toks(9, 2 * BLOCK)))
+    prompt = base + toks(3, 10)
+    hit = pc.lookup("a", prompt)
+    assert hit is not None and hit.tokens == BLOCK + 5  # beyond the block boundary
+    assert pc.save("a", long_, lambda: state(long_))
+    hit = pc.lookup("a", prompt)
+    assert hit is not None and hit.tokens == len(base)
+    assert pc.load(hit) == state(long_)
+    assert pc.lookup("a", toks(4, 2 * BLOCK)) is None
+    assert pc.misses == 1
+
+
+def test_a_prefix_entry_is_replaced_and_a_covered_one_not_saved() -> None:
+    pc = PromptCache(1 << 20)
+    t = toks(1, 2 * BLOCK)
+    assert pc.save("a", t, lambda: state(t))
+    longer = t + toks(2, BLOCK)
+    assert pc.save("a", longer, lambda: state(longer))
+    assert len(pc) == 1  # the conversation keeps its latest entry only
+    assert not pc.save("a", t, lambda: state(t))  # already held, inside the longer one
+    assert pc.save("b", t, lambda: state(t))  # another owner's copy is its own
+    assert len(pc) == 2
+
+
+def test_another_key_never_hits_unless_shared() -> None:
+    t = toks(1, 4 * BLOCK)
+    prompt = [*t, 1, 2, 3]
+    isolated = PromptCache(1 << 20)
+    isolated.save("a", t, lambda: state(t))
+    assert isolated.lookup("b", prompt) is None
+    assert isolated.lookup("a", prompt) is not None
+    capped = PromptCache(1 << 20, share_tokens=2 * BLOCK)
+    capped.save("a", t, lambda: state(t))
+    hit = capped.lookup("b", prompt)
+    assert hit is not None and hit.tokens == 2 * BLOCK
+    everything = PromptCache(1 << 20, share_tokens=-1)
+    everything.save("a", t, lambda: state(t))
+    hit = everything.lookup("b", prompt)
+    assert hit is not None and hit.tokens == len(t)
+
+
+def test_own_entry_beats_a_capped_foreign_one() -> None:
+    pc = PromptCache(1 << 20, share_tokens=BLOCK)
+    t = toks(1, 6 * BLOCK)
+    pc.save("a", t, lambda: state(t))
+    own = t[: 3 * BLOCK + 2]
+    pc.save("b", own, lambda: state(own))
+    hit = pc.lookup("b", [*t, 5])
+    assert hit is not None and hit.entry.owner == "b" and hit.tokens == len(own)
+
+
+def test_byte_bound_holds_and_lru_evicts() -> None:
+    one = 2 * BLOCK
+    size = 10_000
+    pc = PromptCache(3 * (size + one * 8 + 2 * 16 + 512))
+    seqs = [toks(i, one) for i in range(5)]
+    for s in seqs[:3]:
+        assert pc.save("a", s, lambda: b"x" * size)
+    assert pc.lookup("a", seqs[0] + [1]) is not None and pc.evictions == 0
+    pc.load(pc.lookup("a", seqs[0] + [1]))  # type: ignore[arg-type]  # seqs[0] is now recent
+    for s in seqs[3:]:
+        pc.save("a", s, lambda: b"x" * size)
+        assert pc.nbytes <= pc.max_bytes
+    assert pc.evictions == 2
+    assert pc.lookup("a", seqs[1] + [1]) is None  # least recently used went first
+    assert pc.lookup("a", seqs[0] + [1]) is not None
+    assert not pc.save("a", toks(8, one), lambda: b"x" * pc.max_bytes)  # never fits
+
+
+def test_off_keeps_nothing() -> None:
+    pc = PromptCache(0)
+    t = toks(1, 2 * BLOCK)
+    assert not pc.save("a", t, lambda: state(t))
+    assert pc.lookup("a", t) is None and pc.nbytes == 0
+
+
+def test_spill_to_disk_and_back_then_clear(tmp_path: Path) -> None:
+    one = 2 * BLOCK
+    pc = PromptCache(25_000, spill_dir=tmp_path, spill_max_bytes=25_000)
+    seqs = [toks(i, one) for i in range(3)]
+    for s in seqs:
+        pc.save("a", s, lambda s=s: state(s) + b"x" * 10_000)  # type: ignore[misc]
+    assert pc.evictions >= 1 and pc.disk_bytes > 0 and pc.nbytes <= pc.max_bytes
+    hit = pc.lookup("a", seqs[0] + [7])
+    assert hit is not None and hit.entry.state is None
+    assert pc.load(hit) == state(seqs[0]) + b"x" * 10_000
+    files = list(tmp_path.rglob("*.seq"))
+    assert files
+    files[0].write_bytes(b"garbage")  # a corrupt spill file is a miss, never wrong KV
+    for s in seqs:
+        h = pc.lookup("a", [*s, 7])
+        if h is not None and h.entry.path == files[0]:
+            assert pc.load(h) is None
+    pc.save("a", toks(5, one), lambda: b"y" * 20_000)
+    assert pc.disk_bytes <= pc.spill_max_bytes
+    pc.clear()
+    assert not list(tmp_path.iterdir()) and len(pc) == 0
