@@ -118,3 +118,21 @@ def test_spill_to_disk_and_back_then_clear(tmp_path: Path) -> None:
     assert pc.disk_bytes <= pc.spill_max_bytes
     pc.clear()
     assert not list(tmp_path.iterdir()) and len(pc) == 0
+
+
+def test_an_entry_serves_only_its_own_adapter_set() -> None:
+    """KV computed under LoRA adapters is another KV: never restored for another set, even
+    for the same key or with sharing on; each set keeps its own entry of the same tokens."""
+    t = toks(5, 3 * BLOCK)
+    prompt = [*t, 7, 8, 9]
+    lora_a = (("a", 1.0),)
+    pc = PromptCache(1 << 20, share_tokens=-1)
+    assert pc.save("k", t, lambda: b"under-a", lora_a)
+    assert pc.lookup("k", prompt) is None  # the base model
+    assert pc.lookup("k", prompt, (("a", 0.5),)) is None  # another scale is another set
+    hit = pc.lookup("other-key", prompt, lora_a)
+    assert hit is not None and pc.load(hit) == b"under-a"
+    assert pc.save("k", t, lambda: b"base")  # not "already held": that entry is a's
+    hit = pc.lookup("k", prompt)
+    assert hit is not None and pc.load(hit) == b"base"
+    assert len(pc) == 2
