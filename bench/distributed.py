@@ -4,6 +4,8 @@
    (the same machine: the difference is the transport's cost, not extra compute);
 2. aggregate tokens/s of one daemon pinned to one core vs two daemons behind the shipped
    HAProxy configuration, pinned to one core each (taskset).
+The two setups of each part run side by side (all processes up at once, idle between turns)
+and take turns round by round (A, B, B, A, ...), so the machine's drift hits both alike.
 
 Needs the RPC venv (.venv-rpc, see README) for part 1 and haproxy for part 2:
 
@@ -108,10 +110,21 @@ def worker(procs: list, threads: int) -> int:
 
 
 def measure(url: str, level: int, rounds: int, max_tokens: int, ban: list[int]) -> list[float]:
-    out = []
+    return interleaved({"": url}, level, rounds, max_tokens, ban)[""]
+
+
+def interleaved(
+    urls: dict[str, str], level: int, rounds: int, max_tokens: int, ban: list[int]
+) -> dict[str, list[float]]:
+    """tokens/s per setup, the setups taking turns (A, B, B, A, ...) so drift hits both."""
+    out: dict[str, list[float]] = {name: [] for name in urls}
+    for url in urls.values():  # warm-up: load, first prefill
+        asyncio.run(run_round(url, 1, 4, ban, offset=10_000))
     for r in range(rounds):
-        rnd = asyncio.run(run_round(url, level, max_tokens, ban, offset=r * level))
-        out.append(rnd.tokens_per_s)
+        for name in urls if r % 2 == 0 else reversed(list(urls)):
+            rnd = asyncio.run(run_round(urls[name], level, max_tokens, ban, offset=r * level))
+            out[name].append(rnd.tokens_per_s)
+            print(f"round {r} {name}: {rnd.tokens_per_s:.1f} tokens/s", file=sys.stderr)
     return out
 
 
@@ -124,14 +137,15 @@ def row(name: str, xs: list[float], base: float | None = None) -> str:
 def bench_rpc(args: argparse.Namespace, ban: list[int]) -> list[str]:
     common = ["--threads", str(args.threads), "--ctx-size", "512", "--parallel", str(args.level)]
     with processes() as procs:
-        url = daemon(procs, common)
-        wait_for(url)
-        local = measure(url, args.level, args.rounds, args.max_tokens, ban)
-    with processes() as procs:
+        local_url = daemon(procs, common)
         ports = [worker(procs, args.threads), worker(procs, args.threads)]
-        url = daemon(procs, [*common, "--rpc", ",".join(f"127.0.0.1:{p}" for p in ports)])
-        wait_for(url)
-        split = measure(url, args.level, args.rounds, args.max_tokens, ban)
+        split_url = daemon(procs, [*common, "--rpc", ",".join(f"127.0.0.1:{p}" for p in ports)])
+        wait_for(local_url)
+        wait_for(split_url)
+        got = interleaved(
+            {"local": local_url, "split": split_url}, args.level, args.rounds, args.max_tokens, ban
+        )
+    local, split = got["local"], got["split"]
     base = statistics.median(local)
     return [
         f"RPC: {args.level} concurrent greedy streams x {args.max_tokens} tokens, "
@@ -148,12 +162,9 @@ def bench_replicas(args: argparse.Namespace, ban: list[int]) -> list[str]:
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     common = ["--threads", "1", "--ctx-size", "512", "--parallel", str(args.level)]
     with processes() as procs:
-        url = daemon(procs, common, cpus="0")
-        wait_for(url)
-        one = measure(url, args.level, args.rounds, args.max_tokens, ban)
-    with processes() as procs:
+        one_url = daemon(procs, common, cpus="0")
         urls = [daemon(procs, common, cpus="0"), daemon(procs, common, cpus="1")]
-        for u in urls:
+        for u in [one_url, *urls]:
             wait_for(u)
         port = free_port()
         env = dict(
@@ -168,7 +179,14 @@ def bench_replicas(args: argparse.Namespace, ban: list[int]) -> list[str]:
             )
         )
         time.sleep(3)  # both servers pass two health checks
-        two = measure(f"http://127.0.0.1:{port}", args.level, args.rounds, args.max_tokens, ban)
+        got = interleaved(
+            {"one": one_url, "two": f"http://127.0.0.1:{port}"},
+            args.level,
+            args.rounds,
+            args.max_tokens,
+            ban,
+        )
+    one, two = got["one"], got["two"]
     base = statistics.median(one)
     return [
         f"Replicas: {args.level} concurrent greedy streams x {args.max_tokens} tokens, "

@@ -3,8 +3,11 @@
 Builds a MiniLM-sized cross-encoder (all-MiniLM-L6-v2's encoder plus a random
 classification head: real sizes and costs, meaningless scores), converts it, starts
 `edged serve` with it, and posts requests of DOCS documents at several concurrency levels.
+With `--peer`, llama.cpp's own `llama-server --reranking` (bench/build_llama_server.sh, same
+llama.cpp) serves the same GGUF side by side; levels and servers run in interleaved rounds.
 
     python bench/rerank.py --docs 32 --levels 1 4 --rounds 3 --parallel 8
+    python bench/rerank.py --peer --rounds 5
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_server import start_llama_server, stop
+
 from quantize.convert import convert
 
 WORDS = [
@@ -106,6 +112,17 @@ async def one_round(url: str, model: str, docs: int, level: int, requests: int) 
         return docs * requests / (time.perf_counter() - t0)
 
 
+def wait_healthy(url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not become healthy")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=32, help="documents per request")
@@ -115,41 +132,73 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8, help="pairs per decode (--parallel)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--outtype", default="f16")
+    ap.add_argument("--peer", action="store_true", help="llama-server --reranking side by side")
     args = ap.parse_args()
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         gguf_path = build_reranker(Path(tmp), args.outtype)
         port = free_port()
         cmd = [sys.executable, "-m", "daemon", "serve", "--port", str(port)]
         cmd += ["--models-dir", str(gguf_path.parent), "--parallel", str(args.parallel)]
         cmd += ["--threads", str(args.threads)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        servers = {"edged": f"http://127.0.0.1:{port}"}
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            model = gguf_path.stem
-            asyncio.run(one_round(url, model, args.docs, 1, 1))  # load and warm up
-            rates: dict[int, list[float]] = {lv: [] for lv in args.levels}
-            for r in range(args.rounds):
-                for lv in args.levels if r % 2 == 0 else reversed(args.levels):
-                    rates[lv].append(
-                        asyncio.run(one_round(url, model, args.docs, lv, args.requests))
+            wait_healthy(servers["edged"])
+            if args.peer:
+                peer_port = free_port()
+                # Each slot holds one query-document pair (~100 tokens here); 512 per slot.
+                procs.append(
+                    start_llama_server(
+                        gguf_path,
+                        peer_port,
+                        threads=args.threads,
+                        parallel=args.parallel,
+                        ctx_size=512 * args.parallel,
+                        extra_args=["--reranking"],
                     )
+                )
+                servers["llama-server"] = f"http://127.0.0.1:{peer_port}"
+            model = gguf_path.stem
+            for url in servers.values():
+                asyncio.run(one_round(url, model, args.docs, 1, 1))  # load and warm up
+            rates: dict[tuple[str, int], list[float]] = {
+                (name, lv): [] for name in servers for lv in args.levels
+            }
+            for r in range(args.rounds):
+                names = list(servers) if r % 2 == 0 else list(reversed(servers))
+                for lv in args.levels if r % 2 == 0 else reversed(args.levels):
+                    for name in names:
+                        rate = asyncio.run(
+                            one_round(servers[name], model, args.docs, lv, args.requests)
+                        )
+                        rates[(name, lv)].append(rate)
+                        print(f"round {r} {name} level {lv}: {rate:.1f} docs/s", file=sys.stderr)
             print(
-                f"| clients | docs/s median (min–max) | {args.docs} docs/request, "
-                f"--parallel {args.parallel}, {args.threads} threads, {args.outtype} |"
+                f"{args.docs} docs/request, {args.requests} requests per round and level, "
+                f"--parallel {args.parallel}, {args.threads} threads, {args.outtype}, "
+                f"{args.rounds} interleaved rounds; medians (min–max)"
             )
-            print("|---|---|---|")
-            for lv, xs in rates.items():
-                print(f"| {lv} | {statistics.median(xs):.1f} ({min(xs):.1f}–{max(xs):.1f}) | |")
+            print()
+            peer = "llama-server" in servers
+            head = "| clients | edged docs/s |"
+            head += " llama-server docs/s | edged ÷ llama-server |" if peer else ""
+            print(head)
+            print("|---" * (head.count("|") - 1) + "|")
+            for lv in args.levels:
+                xs = rates[("edged", lv)]
+                line = f"| {lv} | {statistics.median(xs):.1f} ({min(xs):.1f}–{max(xs):.1f}) |"
+                if peer:
+                    ys = rates[("llama-server", lv)]
+                    ratio = statistics.median(x / y for x, y in zip(xs, ys, strict=True))
+                    line += (
+                        f" {statistics.median(ys):.1f} ({min(ys):.1f}–{max(ys):.1f}) |"
+                        f" {ratio:.2f} |"
+                    )
+                print(line)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for proc in procs:
+                stop(proc)
 
 
 if __name__ == "__main__":
