@@ -74,6 +74,12 @@ def distinct_prompt(model: Model, seed: int, tokens: int) -> str:
         words = max(1, round(words * tokens / n))
 
 
+def load_point(data: dict) -> Point:
+    """A Point as saved in scaling.json (JSON turns the stream counts into strings)."""
+    decode = {int(k): v for k, v in data.pop("decode_tps").items()}
+    return Point(**data, decode_tps=decode)
+
+
 def n_stream(url: str, prompt: str, n: int, max_tokens: int, ban: list[int]) -> float:
     """Aggregate decode tokens/s of `n` greedy choices of one prompt, all decoding."""
     body = {
@@ -217,13 +223,23 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--from-json", type=Path, help="rebuild table and plot from a saved scaling.json"
+    )
     args = p.parse_args()
-    model = Model(embedded_model_path())
-    ban = sorted(model.eog_tokens)
-    points = [measure(args, model, ctx, ban) for ctx in args.contexts]
+    saved = HERE / "scaling.json"
+    if args.from_json:
+        points = [load_point(x) for x in json.loads(args.from_json.read_text())]
+    else:
+        model = Model(embedded_model_path())
+        ban = sorted(model.eog_tokens)
+        points = []
+        for ctx in args.contexts:
+            points.append(measure(args, model, ctx, ban))
+            # Saved after each size: a long run cut short still leaves its figures.
+            saved.write_text(json.dumps([asdict(p) for p in points], indent=1))
     text = table(points, args)
     print(text)
-    (HERE / "scaling.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
     if args.no_write:
         return
     plot(points, HERE / "scaling.png")
