@@ -25,7 +25,7 @@ from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
 from daemon.engine.lora import Adapters, AdapterSteps
 from daemon.engine.prompt_cache import BLOCK, PromptCache
-from daemon.engine.slots import Slot, chunk_size, common_prefix, reassign, seed32
+from daemon.engine.slots import Slot, chunk_size, common_prefix, pick_slots, reassign, seed32
 from daemon.engine.stops import StopMatcher
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest, SavedSequence
 from daemon.engine.worker import STOP, ContextWorker
@@ -218,10 +218,8 @@ class Scheduler(ContextWorker):
                 self._abort(h, exc, out)
             return True
         for h in group[1:]:
-            free = [s for s in self._slots if not s.busy]
-            free.sort(key=lambda s: s.last_used)
             try:
-                child = self._start(h, [free[0]], out, fork_of=head)
+                child = self._start(h, pick_slots(self._slots, 1, []), out, fork_of=head)
             except Exception as exc:
                 self._abort(h, exc, out)
                 continue
@@ -230,18 +228,12 @@ class Scheduler(ContextWorker):
         return True
 
     def _pick_slots(self, req: GenerationRequest) -> list[Slot] | None:
-        """Free slots for a request: the one sharing the longest prefix first, then LRU ones."""
-        free = [s for s in self._slots if not s.busy]
-        if len(free) < req.n_slots:
+        """Free slots for a request (see `pick_slots`), or None when too few are free."""
+        if sum(1 for s in self._slots if not s.busy) < req.n_slots:
             return None
         resume = req.resume
         want = list(resume.tokens + resume.pending) if resume else req.prompt_tokens
-
-        def shared(s: Slot) -> int:  # KV made under other adapters is no prefix of ours
-            return common_prefix(s.tokens, want) if s.lora == req.lora else 0
-
-        free.sort(key=lambda s: (shared(s), -s.last_used), reverse=True)
-        return free[: req.n_slots]
+        return pick_slots(self._slots, req.n_slots, want, req.lora)
 
     def _start(
         self, h: RequestHandle, slots: list[Slot], out: Out, fork_of: Active | None = None

@@ -1,0 +1,181 @@
+"""edged against llama.cpp's own llama-server, side by side, interleaved (issue 13 part 1).
+
+Both servers run the same GGUF with the same threads and slots. Per round, in alternating
+order (A, B, B, A, ...): time to first token of a distinct ~1,200-token prompt
+(`max_tokens: 1`, the whole answer), then greedy 128-token streams at 1 and 8 concurrent
+clients (end-of-generation tokens banned, so both do the same work). Besides wall times,
+each server's own CPU seconds per request are read from /proc: on a machine shared with
+other work the wall clock is mostly noise, the work a server spends is not.
+
+    python bench/vs_llama_server.py --rounds 5            # prints a Markdown table
+    python bench/vs_llama_server.py --rounds 5 --write    # and puts it into bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import run_round
+from llama_server import start_llama_server, stop
+from load import spawn_server
+from perf import free_port
+from scaling import distinct_prompt
+
+from daemon.config import embedded_model_path
+from daemon.engine.llama import Model
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- vs-llama-server:begin -->", "<!-- vs-llama-server:end -->"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figures:
+    """One server's samples, one per round."""
+
+    ttft: list[float] = field(default_factory=list)
+    ttft_cpu: list[float] = field(default_factory=list)
+    decode: dict[int, list[float]] = field(default_factory=dict)
+    decode_cpu: dict[int, list[float]] = field(default_factory=dict)
+
+
+def first_token(url: str, text: str, pid: int) -> tuple[float, float]:
+    body = {"prompt": text, "max_tokens": 1, "temperature": 0.0}
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
+    r.raise_for_status()
+    return time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+
+
+def streams(url: str, level: int, max_tokens: int, ban: list[int], offset: int, pid: int):
+    cpu0 = cpu_seconds(pid)
+    rnd = asyncio.run(run_round(url, level, max_tokens, ban, offset))
+    tokens = sum(r.tokens for r in rnd.results)
+    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(tokens, 1) * 1000
+
+
+def med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """Median of per-round ratios a/b."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=1200)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--levels", type=int, nargs="*", default=[1, 8])
+    p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    p.add_argument("--edged-args", nargs="*", default=[])
+    args = p.parse_args()
+
+    model_path = embedded_model_path()
+    model = Model(model_path)
+    ban = sorted(model.eog_tokens)
+    ctx = 2048
+    edged_url, edged = spawn_server(
+        [
+            *("--threads", str(args.threads), "--parallel", str(args.parallel)),
+            *("--ctx-size", str(ctx), *args.edged_args),
+        ]
+    )
+    port = free_port()
+    peer = start_llama_server(model_path, port, args.threads, args.parallel, ctx * args.parallel)
+    servers = {
+        "edged": (edged_url, edged.pid),
+        "llama-server": (f"http://127.0.0.1:{port}", peer.pid),
+    }
+    figs = {name: Figures() for name in servers}
+    load0 = os.getloadavg()[0]
+    try:
+        for url, pid in servers.values():  # warm-up: graphs, pages, caches
+            first_token(url, distinct_prompt(model, 999, 64), pid)
+            streams(url, 1, 8, ban, 900, pid)
+        seed = 0
+        for r in range(args.rounds):
+            order = list(servers) if r % 2 == 0 else list(reversed(servers))
+            for name in order:
+                url, pid = servers[name]
+                f = figs[name]
+                seed += 1
+                wall, cpu = first_token(url, distinct_prompt(model, seed, args.prompt_tokens), pid)
+                f.ttft.append(wall)
+                f.ttft_cpu.append(cpu)
+                line = f"round {r} {name:>12}: ttft {wall:.3f}s (cpu {cpu:.2f}s)"
+                for level in args.levels:
+                    tps, ms = streams(url, level, args.max_tokens, ban, 100 * r, pid)
+                    f.decode.setdefault(level, []).append(tps)
+                    f.decode_cpu.setdefault(level, []).append(ms)
+                    line += f", x{level} {tps:.1f} tok/s ({ms:.2f} cpu-ms/tok)"
+                print(line, file=sys.stderr, flush=True)
+    finally:
+        edged.terminate()
+        edged.wait(30)
+        stop(peer)
+    load1 = os.getloadavg()[0]
+    e, s = figs["edged"], figs["llama-server"]
+    rows = [
+        "| figure | edged | llama-server | edged ÷ llama-server | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| TTFT, distinct {args.prompt_tokens}-token prompt (s) | {med(e.ttft)} | "
+        f"{med(s.ttft)} | {ratio(e.ttft, s.ttft):.3f} | ≤ 1.0 |",
+        f"| server CPU for that request (s) | {med(e.ttft_cpu)} | {med(s.ttft_cpu)} | "
+        f"{ratio(e.ttft_cpu, s.ttft_cpu):.3f} | |",
+    ]
+    for level in args.levels:
+        rows.append(
+            f"| decode tokens/s, {level} stream(s) | {med(e.decode[level])} | "
+            f"{med(s.decode[level])} | {ratio(e.decode[level], s.decode[level]):.3f} | ≥ 1.0 |"
+        )
+        rows.append(
+            f"| server CPU ms per token, {level} stream(s) | {med(e.decode_cpu[level])} | "
+            f"{med(s.decode_cpu[level])} | "
+            f"{ratio(e.decode_cpu[level], s.decode_cpu[level]):.3f} | |"
+        )
+    today = datetime.date.today().isoformat()
+    head = (
+        f"`python bench/vs_llama_server.py --rounds {args.rounds}` — {today}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{load0:.1f} → {load1:.1f} (other work on the machine); {args.threads} threads, "
+        f"{args.parallel} slots each, {args.max_tokens}-token greedy streams; "
+        f"{args.rounds} interleaved rounds, medians (min–max), ratios are medians of "
+        "per-round ratios."
+    )
+    text = "\n".join([BEGIN, head, "", *rows, END])
+    print(text)
+    if args.write:
+        path = HERE / "RESULTS.md"
+        doc = path.read_text()
+        if BEGIN in doc:
+            pre, rest = doc.split(BEGIN, 1)
+            doc = pre + text + rest.split(END, 1)[1]
+        else:
+            doc += "\n" + text + "\n"
+        path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
