@@ -28,11 +28,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import run_round
 from load import banned_tokens
+from results import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "systemd" / "haproxy" / "edged.cfg"
@@ -42,18 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 @contextmanager
@@ -140,8 +127,8 @@ def bench_rpc(args: argparse.Namespace, ban: list[int]) -> list[str]:
         local_url = daemon(procs, common)
         ports = [worker(procs, args.threads), worker(procs, args.threads)]
         split_url = daemon(procs, [*common, "--rpc", ",".join(f"127.0.0.1:{p}" for p in ports)])
-        wait_for(local_url)
-        wait_for(split_url)
+        wait_healthy(local_url)
+        wait_healthy(split_url)
         got = interleaved(
             {"local": local_url, "split": split_url}, args.level, args.rounds, args.max_tokens, ban
         )
@@ -165,7 +152,7 @@ def bench_replicas(args: argparse.Namespace, ban: list[int]) -> list[str]:
         one_url = daemon(procs, common, cpus="0")
         urls = [daemon(procs, common, cpus="0"), daemon(procs, common, cpus="1")]
         for u in [one_url, *urls]:
-            wait_for(u)
+            wait_healthy(u)
         port = free_port()
         env = dict(
             os.environ, EDGED_LISTEN=f"127.0.0.1:{port}", EDGED_1=urls[0][7:], EDGED_2=urls[1][7:]

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.results import wait_healthy
 from daemon.config import embedded_model_path
 from quantize.lora import convert_lora
 from tests.conftest import free_port
@@ -103,13 +104,7 @@ def main() -> None:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+            wait_healthy(url, timeout=120)
             measure(url, [[]], 8)  # warm-up
             results: dict[str, list[float]] = {name: [] for name in CASES}
             for _ in range(args.rounds):  # interleaved: drift hits every case alike

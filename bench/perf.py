@@ -31,6 +31,7 @@ import continuation
 import raw
 from client import Round, run_round, stream
 from load import spawn_peer, spawn_server
+from results import write_section
 
 from daemon.config import embedded_model_path
 from daemon.engine.llama import Model
@@ -343,17 +344,6 @@ def plot(res: Results, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_section(md_path: Path, body: str) -> None:
-    text = md_path.read_text() if md_path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Performance (issue 7)\n\n" + block + "\n"
-    md_path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
@@ -385,7 +375,7 @@ def main() -> None:
     plot(res, args.plot)
     body = markdown(res, args.plot.name)
     print(body)
-    write_section(args.results, body)
+    write_section(body, BEGIN, END, "## Performance (issue 7)", args.results)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server import start_llama_server, stop
 from load import spawn_server
 from perf import free_port, machine, span
+from results import write_section
 
 from daemon.config import embedded_model_path
 from daemon.engine.llama import Model
@@ -166,7 +167,7 @@ def main() -> None:
     body = report(args, ttft)
     print(body)
     if not args.no_write:
-        write_section(args.results, body)
+        write_section(body, BEGIN, END, "## Prompt cache (issue 13)", args.results)
 
 
 def report(args: argparse.Namespace, ttft: dict[str, list[float]]) -> str:
@@ -194,17 +195,6 @@ and took each turn one after the other in a rotating order.
 {"yes" if edged <= peer else "no"} |
 | TTFT p50 ÷ edged --cache-ram 0 | ≤ 0.15× | {edged / off:.3f}× | \
 {"yes" if edged <= 0.15 * off else "no"} |"""
-
-
-def write_section(md_path: Path, body: str) -> None:
-    text = md_path.read_text() if md_path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Prompt cache (issue 13)\n\n" + block + "\n"
-    md_path.write_text(text)
 
 
 if __name__ == "__main__":

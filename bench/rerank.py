@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server import start_llama_server, stop
+from results import wait_healthy
 
 from quantize.convert import convert
 
@@ -110,17 +111,6 @@ async def one_round(url: str, model: str, docs: int, level: int, requests: int) 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(level)))
         return docs * requests / (time.perf_counter() - t0)
-
-
-def wait_healthy(url: str) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become healthy")
 
 
 def main() -> None:

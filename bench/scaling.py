@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continuation import evict, history_text, ttft
 from load import spawn_server
 from perf import rss_of
+from results import write_section
 
 from daemon.config import embedded_model_path
 from daemon.engine.llama import Model
@@ -174,7 +175,7 @@ def table(points: list[Point], args: argparse.Namespace) -> str:
         f"{args.threads} threads; {max(args.slots)} slots per server; rounds: {args.rounds} "
         "up to 2k context, 1 at 8k; medians (min–max)."
     )
-    return "\n".join([BEGIN, info, "", *rows, "", "![cost against work](scaling.png)", END])
+    return "\n".join([info, "", *rows, "", "![cost against work](scaling.png)"])
 
 
 def plot(points: list[Point], path: Path) -> None:
@@ -243,14 +244,7 @@ def main() -> None:
     if args.no_write:
         return
     plot(points, HERE / "scaling.png")
-    path = HERE / "RESULTS.md"
-    doc = path.read_text()
-    if BEGIN in doc:
-        pre, rest = doc.split(BEGIN, 1)
-        doc = pre + text + rest.split(END, 1)[1]
-    else:
-        doc += "\n" + text + "\n"
-    path.write_text(doc)
+    write_section(text, BEGIN, END, "## Cost against work (issue 13)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from client import run_round
 from llama_server import start_llama_server, stop
 from load import spawn_server
 from perf import free_port
+from results import write_section
 from scaling import distinct_prompt
 
 from daemon.config import embedded_model_path
@@ -164,17 +165,10 @@ def main() -> None:
         f"{args.rounds} interleaved rounds, medians (min–max), ratios are medians of "
         "per-round ratios."
     )
-    text = "\n".join([BEGIN, head, "", *rows, END])
+    text = "\n".join([head, "", *rows])
     print(text)
     if args.write:
-        path = HERE / "RESULTS.md"
-        doc = path.read_text()
-        if BEGIN in doc:
-            pre, rest = doc.split(BEGIN, 1)
-            doc = pre + text + rest.split(END, 1)[1]
-        else:
-            doc += "\n" + text + "\n"
-        path.write_text(doc)
+        write_section(text, BEGIN, END, "## Side by side with llama-server (issue 13)")
 
 
 if __name__ == "__main__":
