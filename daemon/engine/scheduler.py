@@ -24,10 +24,11 @@ from daemon.engine.keep import beam_search, saved_sequence
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
 from daemon.engine.logprobs import token_logprob
 from daemon.engine.lora import Adapters, AdapterSteps
-from daemon.engine.prompt_cache import BLOCK, PromptCache
-from daemon.engine.slots import Slot, chunk_size, common_prefix, pick_slots, reassign, seed32
+from daemon.engine.prompt_cache import PromptCache
+from daemon.engine.slot_kv import SlotKV
+from daemon.engine.slots import Slot, chunk_size, pick_slots, reassign, seed32
 from daemon.engine.stops import StopMatcher
-from daemon.engine.types import Chunk, FinishReason, GenerationRequest, SavedSequence
+from daemon.engine.types import Chunk, FinishReason, GenerationRequest
 from daemon.engine.worker import STOP, ContextWorker
 
 log = logging.getLogger("edged.scheduler")
@@ -53,6 +54,7 @@ class Scheduler(ContextWorker):
         self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
         # Below the slots; also the owner rule of slot prefix reuse (off: nothing kept).
         self.cache = prompt_cache if prompt_cache is not None else PromptCache(0)
+        self.kv = SlotKV(self.ctx, self.cache)
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
@@ -254,26 +256,23 @@ class Scheduler(ContextWorker):
         for s in slots:
             s.busy = True
             if s.lora != req.lora:  # its KV came from other adapters: none of it is ours
-                self._vacate(s, 0)  # kept for requests of that set
-                self._trim(s, 0)
+                self.kv.clear(s)  # kept in the prompt cache for requests of that set
                 s.lora = req.lora
         self._active.append(active)
         for s in slots if fork_of is not None else slots[1:]:
             # Refilled by a copy of another slot's KV (or, detached, by our own prompt).
-            self._vacate(s, 0)
-            self._trim(s, 0)
+            self.kv.clear(s)
         if fork_of is not None:
             # KV arrives from the leader after its prefill; nothing to decode of our own.
             pending = []
         elif req.resume is not None:
-            pending, active.n_prompt = self._restore(slot, req.resume), req.resume.n_prompt
+            pending, active.n_prompt = self.kv.restore(slot, req.resume), req.resume.n_prompt
         elif req.prompt_logprobs:
             # Scoring needs the logits of every prompt position: nothing can come from cache.
-            self._vacate(slot, 0)
-            self._trim(slot, 0)
+            self.kv.clear(slot)
             pending = list(req.prompt_tokens)
         else:
-            pending = self._reuse_prefix(slot, req.prompt_tokens, req.owner)
+            pending = self.kv.reuse_prefix(slot, req.prompt_tokens, req.owner)
         for s in slots:
             s.owner = req.owner
         active.pending = pending
@@ -299,7 +298,7 @@ class Scheduler(ContextWorker):
         """A fork whose leader went away before its prefill: prefill the prompt itself."""
         child.fork.leader = None
         req = child.handle.request
-        child.pending = self._reuse_prefix(child.slot, req.prompt_tokens, req.owner)
+        child.pending = self.kv.reuse_prefix(child.slot, req.prompt_tokens, req.owner)
 
     def _fork(self, leader: Active, out: Out) -> None:
         """The leader's prompt is in its KV: copy it to each sibling, sample their first token."""
@@ -310,7 +309,7 @@ class Scheduler(ContextWorker):
             if child not in self._active:
                 continue
             try:
-                self._trim(child.slot, 0)
+                self.kv.trim(child.slot, 0)
                 if not self.ctx.state_set(child.slot.seq, state):
                     self._detach(child)
                     continue
@@ -325,83 +324,6 @@ class Scheduler(ContextWorker):
                 log.exception("a forked choice failed")
                 self._finish(child, FinishReason.ERROR, "", out, error=_failed(exc))
         leader.fork.children.clear()
-
-    def _reuse_prefix(self, slot: Slot, prompt: list[int], owner: str) -> list[int]:
-        """Keep the slot's KV for the shared prefix, or restore a longer one from the prompt
-        cache; return the prompt tokens still to decode."""
-        keep = self._usable(slot, prompt, owner)
-        self._vacate(slot, keep)
-        if keep < len(prompt) - 2 - BLOCK:
-            keep = self._recall(slot, prompt, owner, keep)
-        self._trim(slot, keep)
-        return list(prompt[keep:])
-
-    def _usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
-        """Leading prompt tokens whose KV in `slot` a request of `owner` may keep."""
-        # At least two prompt tokens are decoded again: the last one yields logits, and a
-        # multi-token chunk keeps them identical to those of a fresh prefill.
-        keep = min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2)
-        cap = self.cache.shareable(slot.owner, owner)
-        return max(0, keep if cap is None else min(keep, cap))
-
-    def _vacate(self, slot: Slot, keep: int) -> None:
-        """`slot` is refilled keeping `keep` tokens: what else it holds exactly goes to the
-        prompt cache first (only KV from multi-token chunks, as for slot reuse)."""
-        if not self.cache.enabled or slot.exact <= keep or slot.exact < BLOCK:
-            return
-        self._trim(slot, slot.exact)
-        try:
-            self.cache.save(
-                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora
-            )
-        except Exception:  # the request goes on without it; the slot is refilled anyway
-            log.exception("saving a slot to the prompt cache failed")
-
-    def _recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
-        """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
-        tokens the slot already offers; returns the tokens to keep."""
-        hit = self.cache.lookup(owner, prompt, slot.lora)  # slot.lora: the request's set
-        if hit is None:
-            return keep
-        n = min(hit.tokens, len(prompt) - 2)
-        if n <= keep:
-            return keep
-        state = self.cache.load(hit)
-        if state is None:
-            self.cache.count_miss()
-            return keep
-        self._trim(slot, 0)
-        if not self.ctx.state_set(slot.seq, state):
-            self.ctx.seq_rm(slot.seq)
-            self.cache.count_miss()
-            return 0
-        slot.tokens = list(hit.entry.tokens)
-        slot.exact = len(slot.tokens)
-        self.cache.count_hit(n)
-        return n
-
-    def _restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
-        """Put a kept sequence back into `slot`; return the tokens still to feed."""
-        target = list(saved.tokens)
-        keep = common_prefix(slot.tokens, target)
-        if keep < len(target) and saved.state is not None:
-            self._vacate(slot, 0)
-            self._trim(slot, 0)
-            if self.ctx.state_set(slot.seq, saved.state):
-                slot.tokens = target
-                slot.exact = saved.exact
-                return list(saved.pending)
-            self.ctx.seq_rm(slot.seq)
-            keep = 0
-        self._vacate(slot, keep)
-        self._trim(slot, keep)
-        return target[keep:] + list(saved.pending)
-
-    def _trim(self, slot: Slot, keep: int) -> None:
-        if keep < len(slot.tokens):
-            self.ctx.seq_rm(slot.seq, keep, -1)
-            del slot.tokens[keep:]
-        slot.exact = min(slot.exact, keep)
 
     def _step(self) -> None:
         b = self.batch
@@ -476,7 +398,7 @@ class Scheduler(ContextWorker):
     def _after_decode(self, a: Active, out: Out) -> None:
         """Use this step's logits of `a`: score its prompt, sample, or advance its beams."""
         if a.scoring.rows:
-            self._score_prompt(a)
+            a.scoring.score(self.ctx.logits_np, a.handle.request)
         if a.beams is not None:
             if a.row >= 0 or (a.beams.rows and not a.pending):
                 self._advance_beams(a, out)
@@ -497,7 +419,7 @@ class Scheduler(ContextWorker):
         sampler = a.decode.sampler
         assert a.spec is not None and sampler is not None
         toks, rows, pos0 = self.spec.verify(a, lambda row: sampler.sample(self.ctx, row))
-        self._trim(a.slot, pos0 + len(toks))
+        self.kv.trim(a.slot, pos0 + len(toks))
         for i, tok in enumerate(toks):
             a.spec.valid = pos0 + 1 + i  # the KV a finish at this token leaves (see _finish)
             self._on_token(a, tok, out, rows[i])
@@ -525,16 +447,6 @@ class Scheduler(ContextWorker):
         del a.pending[:n]
         self.prefill_tokens += n
 
-    def _score_prompt(self, a: Active) -> None:
-        """Log-probability of each prompt token given the ones before it (echo + logprobs)."""
-        prompt = a.handle.request.prompt_tokens
-        top = a.handle.request.logprobs or 0
-        for row, pos in a.scoring.rows:
-            if pos + 1 < len(prompt):
-                lp = token_logprob(self.ctx.logits_np(row), prompt[pos + 1], top)
-                a.scoring.logprobs.append(lp)
-        a.scoring.rows.clear()
-
     def _on_token(self, a: Active, tok: int, out: Out, row: int) -> None:
         h = a.handle
         d = a.decode
@@ -559,17 +471,9 @@ class Scheduler(ContextWorker):
                 text += d.stops.push(d.detok.flush())
             self._finish(a, FinishReason.LENGTH, text, out, tok)
         elif text:
-            out.append((h, self._chunk(a, text, (tok,), None)))
+            out.append((h, a.chunk(text, (tok,), None)))
         else:
             d.held.append(tok)  # reported with the chunk that releases its text
-
-    @staticmethod
-    def _chunk(a: Active, text: str, tokens: tuple[int, ...], reason: FinishReason | None) -> Chunk:
-        """A chunk carrying the log-probabilities gathered since the previous one."""
-        lps, a.decode.logprobs = tuple(a.decode.logprobs), []
-        tokens, a.decode.held = (*a.decode.held, *tokens), []
-        plps, a.scoring.logprobs = tuple(a.scoring.logprobs), []
-        return Chunk(text, tokens, reason, lps, plps)
 
     def _advance_beams(self, a: Active, out: Out) -> None:
         """Score every beam's next token, reorder the beams' KV, finish when the search ends."""
@@ -630,7 +534,7 @@ class Scheduler(ContextWorker):
         h.stop_sequence = a.decode.stops.matched
         failed = reason is FinishReason.ERROR
         if a.spec is not None and a.spec.valid >= 0:  # ended amid verified drafts
-            self._trim(a.slot, a.spec.valid)
+            self.kv.trim(a.slot, a.spec.valid)
         if h.request.keep and not failed:
             try:
                 h.saved = saved_sequence(a, reason, tok, best_tokens, self.ctx.state_get)
@@ -643,14 +547,14 @@ class Scheduler(ContextWorker):
             s.busy = False
             s.last_used = now
             if failed:
-                self._trim(s, 0)
+                self.kv.trim(s, 0)
             elif a.beams is not None:
                 # Beam slots hold hypotheses other than the answer: keep the shared history.
-                self._trim(s, a.base)
+                self.kv.trim(s, a.base)
         self._active.remove(a)
         self._release(h, reason)
         ids = tuple(best_tokens) if best_tokens is not None else () if tok is None else (tok,)
-        item = error or self._chunk(a, text, ids, reason)
+        item = error or a.chunk(text, ids, reason)
         out.append((h, item))
 
     def _release(self, h: RequestHandle, reason: FinishReason) -> None:

@@ -10,7 +10,6 @@ import gguf
 import pytest
 
 from daemon.config import embedded_model_path
-from quantize.export import export_tokenizer
 from quantize.lora import convert_lora
 from tests.conftest import Server, start_server, stop_server, wait_healthy
 from tests.lora.peft import random_peft
@@ -55,12 +54,6 @@ def smollm_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         peft = random_peft(root / name, cfg, targets=targets, strength=0.3, seed=seed)
         out[name] = convert_lora(peft, root / f"{name}.gguf", base, "f16", progress=False)
     return out
-
-
-@pytest.fixture(scope="session")
-def smollm_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's tokenizer files (as tests/quantize builds them), for tiny decoders."""
-    return export_tokenizer(embedded_model_path(), tmp_path_factory.mktemp("lora_tokenizer"))
 
 
 def lora_server(tmp: Path, adapters: dict[str, Path], *args: str) -> Server:

@@ -4,6 +4,7 @@ same logits as the weights merged in Hugging Face space: W + s·(alpha/r)·B·A,
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,3 +170,49 @@ def test_refused_adapters(
     with pytest.raises(BrokenCheckpoint, match=message):
         convert_lora(src, tmp_path / "out.gguf", None, "f32", progress=False)
     assert not (tmp_path / "out.gguf").exists()
+
+
+# SmolLM2 itself (30 blocks, 576 wide, GQA 9/3): its weights exported from the embedded GGUF
+# to a Hugging Face directory (F32), a random rank-8 adapter on all seven projections of
+# every block, and the merge W + s·(alpha/r)·B·A made in Hugging Face space and converted.
+SMOLLM_SCALE = 0.6
+# Thirty blocks of F32 sums in another order: measured max |Δ| 3.7e-5 (AVX2 build) on logits
+# up to 36.5, while the adapter moves them by up to 7.2. The bound leaves room for other SIMD.
+SMOLLM_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def smollm_lora(
+    smollm_hf: Path, smollm_f32: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("smollm_lora_exact")
+    cfg = json.loads((smollm_hf / "config.json").read_text())
+    peft = random_peft(
+        root / "peft", cfg, r=8, alpha=16.0, strength=0.3, seed=7, base=str(smollm_hf)
+    )
+    merged = merged_checkpoint(smollm_hf, peft, root / "merged", SMOLLM_SCALE)
+    out = {
+        "base": smollm_f32,
+        "merged": convert(merged, root / "merged.gguf", "f32", progress=False),
+        "adapter": convert_lora(peft, root / "adapter.gguf", None, "f32", progress=False),
+    }
+    shutil.rmtree(merged)  # 540 MB of safetensors nobody reads again
+    return out
+
+
+def test_smollm2_adapter_logits_equal_merged_weights(smollm_lora: dict[str, Path]) -> None:
+    model = Model(smollm_lora["base"], ModelOptions(extra_buffers=False))
+    try:
+        tokens = model.tokenize(
+            "<|im_start|>user\nWhy do llamas hum at night?<|im_end|>\n<|im_start|>assistant\n",
+            add_special=False,
+        )
+    finally:
+        model.close()
+    with_adapter = logits(smollm_lora["base"], tokens, smollm_lora["adapter"], SMOLLM_SCALE)
+    merged = logits(smollm_lora["merged"], tokens)
+    base = logits(smollm_lora["base"], tokens)
+    delta = np.abs(with_adapter - merged).max()
+    assert np.abs(with_adapter - base).max() > 100 * SMOLLM_TOLERANCE, "the adapter must matter"
+    assert delta <= SMOLLM_TOLERANCE, f"adapter vs merged weights: max |Δ| {delta:.2e}"
+    assert with_adapter.argmax(-1).tolist() == merged.argmax(-1).tolist()

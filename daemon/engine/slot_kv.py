@@ -1,0 +1,107 @@
+"""What each slot's KV holds: trimming, prefix reuse, the prompt cache below, kept sequences.
+
+The scheduler thread alone calls these. A slot's `tokens` mirror its KV cells exactly and
+`exact` counts the leading tokens whose KV came from multi-token chunks (only those give a
+later request the same logits as a fresh prefill, so only those are reused or cached).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from daemon.engine.llama import Context
+from daemon.engine.prompt_cache import BLOCK, PromptCache
+from daemon.engine.slots import Slot, common_prefix
+from daemon.engine.types import SavedSequence
+
+log = logging.getLogger("edged.scheduler")
+
+
+class SlotKV:
+    """Keeps slots' KV and their token mirrors in step, with the prompt cache behind them."""
+
+    def __init__(self, ctx: Context, cache: PromptCache) -> None:
+        self.ctx = ctx
+        self.cache = cache
+
+    def trim(self, slot: Slot, keep: int) -> None:
+        """Drop everything after the first `keep` tokens of `slot`."""
+        if keep < len(slot.tokens):
+            self.ctx.seq_rm(slot.seq, keep, -1)
+            del slot.tokens[keep:]
+        slot.exact = min(slot.exact, keep)
+
+    def clear(self, slot: Slot) -> None:
+        """Empty `slot`, keeping what it held exactly in the prompt cache."""
+        self.vacate(slot, 0)
+        self.trim(slot, 0)
+
+    def reuse_prefix(self, slot: Slot, prompt: list[int], owner: str) -> list[int]:
+        """Keep the slot's KV for the shared prefix, or restore a longer one from the prompt
+        cache; return the prompt tokens still to decode."""
+        keep = self.usable(slot, prompt, owner)
+        self.vacate(slot, keep)
+        if keep < len(prompt) - 2 - BLOCK:
+            keep = self.recall(slot, prompt, owner, keep)
+        self.trim(slot, keep)
+        return list(prompt[keep:])
+
+    def usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
+        """Leading prompt tokens whose KV in `slot` a request of `owner` may keep."""
+        # At least two prompt tokens are decoded again: the last one yields logits, and a
+        # multi-token chunk keeps them identical to those of a fresh prefill.
+        keep = min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2)
+        cap = self.cache.shareable(slot.owner, owner)
+        return max(0, keep if cap is None else min(keep, cap))
+
+    def vacate(self, slot: Slot, keep: int) -> None:
+        """`slot` is refilled keeping `keep` tokens: what else it holds exactly goes to the
+        prompt cache first (only KV from multi-token chunks, as for slot reuse)."""
+        if not self.cache.enabled or slot.exact <= keep or slot.exact < BLOCK:
+            return
+        self.trim(slot, slot.exact)
+        try:
+            self.cache.save(
+                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora
+            )
+        except Exception:  # the request goes on without it; the slot is refilled anyway
+            log.exception("saving a slot to the prompt cache failed")
+
+    def recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
+        """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
+        tokens the slot already offers; returns the tokens to keep."""
+        hit = self.cache.lookup(owner, prompt, slot.lora)  # slot.lora: the request's set
+        if hit is None:
+            return keep
+        n = min(hit.tokens, len(prompt) - 2)
+        if n <= keep:
+            return keep
+        state = self.cache.load(hit)
+        if state is None:
+            self.cache.count_miss()
+            return keep
+        self.trim(slot, 0)
+        if not self.ctx.state_set(slot.seq, state):
+            self.ctx.seq_rm(slot.seq)
+            self.cache.count_miss()
+            return 0
+        slot.tokens = list(hit.entry.tokens)
+        slot.exact = len(slot.tokens)
+        self.cache.count_hit(n)
+        return n
+
+    def restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
+        """Put a kept sequence back into `slot`; return the tokens still to feed."""
+        target = list(saved.tokens)
+        keep = common_prefix(slot.tokens, target)
+        if keep < len(target) and saved.state is not None:
+            self.clear(slot)
+            if self.ctx.state_set(slot.seq, saved.state):
+                slot.tokens = target
+                slot.exact = saved.exact
+                return list(saved.pending)
+            self.ctx.seq_rm(slot.seq)
+            keep = 0
+        self.vacate(slot, keep)
+        self.trim(slot, keep)
+        return target[keep:] + list(saved.pending)
