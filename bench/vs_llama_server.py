@@ -21,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,21 +98,28 @@ def main() -> None:
     model = Model(model_path)
     ban = sorted(model.eog_tokens)
     ctx = 2048
-    edged_url, edged = spawn_server(
-        [
-            *("--threads", str(args.threads), "--parallel", str(args.parallel)),
-            *("--ctx-size", str(ctx), *args.edged_args),
-        ]
-    )
-    port = free_port()
-    peer = start_llama_server(model_path, port, args.threads, args.parallel, ctx * args.parallel)
-    servers = {
-        "edged": (edged_url, edged.pid),
-        "llama-server": (f"http://127.0.0.1:{port}", peer.pid),
-    }
-    figs = {name: Figures() for name in servers}
-    load0 = os.getloadavg()[0]
+    base = [
+        *("--threads", str(args.threads), "--parallel", str(args.parallel)),
+        *("--ctx-size", str(ctx), *args.edged_args),
+    ]
+    procs = []
+    servers: dict[str, tuple[str, int]] = {}
     try:
+        # Each server with flash attention off and on: llama-server's default (`-fa auto`)
+        # turns it on on CPUs; edged keeps it off by default (README: exactness).
+        for name, extra in (("edged", []), ("edged --flash-attn", ["--flash-attn"])):
+            url, proc = spawn_server([*base, *extra])
+            procs.append(proc)
+            servers[name] = (url, proc.pid)
+        for name, extra in (("llama-server -fa off", ["-fa", "off"]), ("llama-server", [])):
+            port = free_port()
+            peer = start_llama_server(
+                model_path, port, args.threads, args.parallel, ctx * args.parallel, extra
+            )
+            procs.append(peer)
+            servers[name] = (f"http://127.0.0.1:{port}", peer.pid)
+        figs = {name: Figures() for name in servers}
+        load0 = os.getloadavg()[0]
         for url, pid in servers.values():  # warm-up: graphs, pages, caches
             first_token(url, distinct_prompt(model, 999, 64), pid)
             streams(url, 1, 8, ban, 900, pid)
@@ -125,43 +133,54 @@ def main() -> None:
                 wall, cpu = first_token(url, distinct_prompt(model, seed, args.prompt_tokens), pid)
                 f.ttft.append(wall)
                 f.ttft_cpu.append(cpu)
-                line = f"round {r} {name:>12}: ttft {wall:.3f}s (cpu {cpu:.2f}s)"
+                line = f"round {r} {name:>20}: ttft {wall:.3f}s (cpu {cpu:.2f}s)"
                 for level in args.levels:
                     tps, ms = streams(url, level, args.max_tokens, ban, 100 * r, pid)
                     f.decode.setdefault(level, []).append(tps)
                     f.decode_cpu.setdefault(level, []).append(ms)
                     line += f", x{level} {tps:.1f} tok/s ({ms:.2f} cpu-ms/tok)"
                 print(line, file=sys.stderr, flush=True)
+        load1 = os.getloadavg()[0]
     finally:
-        edged.terminate()
-        edged.wait(30)
-        stop(peer)
-    load1 = os.getloadavg()[0]
-    e, s = figs["edged"], figs["llama-server"]
-    rows = [
-        "| figure | edged | llama-server | edged ÷ llama-server | target |",
-        "| --- | --- | --- | --- | --- |",
-        f"| TTFT, distinct {args.prompt_tokens}-token prompt (s) | {med(e.ttft)} | "
-        f"{med(s.ttft)} | {ratio(e.ttft, s.ttft):.3f} | ≤ 1.0 |",
-        f"| server CPU for that request (s) | {med(e.ttft_cpu)} | {med(s.ttft_cpu)} | "
-        f"{ratio(e.ttft_cpu, s.ttft_cpu):.3f} | |",
+        for proc in procs:
+            stop(proc)
+    pairs = [
+        ("edged", "llama-server"),
+        ("edged", "llama-server -fa off"),
+        ("edged --flash-attn", "llama-server"),
     ]
+    rows = [
+        "| figure | "
+        + " | ".join(figs)
+        + " | "
+        + " | ".join(f"{a} ÷ {b}" for a, b in pairs)
+        + " |",
+        "| --- " * (1 + len(figs) + len(pairs)) + "|",
+    ]
+
+    def row(label: str, get: Callable[[Figures], list[float]], target: str = "") -> str:
+        cells = [med(get(f)) for f in figs.values()]
+        ratios = [f"{ratio(get(figs[a]), get(figs[b])):.3f}" for a, b in pairs]
+        return f"| {label}{target} | " + " | ".join(cells + ratios) + " |"
+
+    rows.append(
+        row(f"TTFT, distinct {args.prompt_tokens}-token prompt (s)", lambda f: f.ttft, " (≤ 1.0)")
+    )
+    rows.append(row("server CPU for that request (s)", lambda f: f.ttft_cpu))
     for level in args.levels:
         rows.append(
-            f"| decode tokens/s, {level} stream(s) | {med(e.decode[level])} | "
-            f"{med(s.decode[level])} | {ratio(e.decode[level], s.decode[level]):.3f} | ≥ 1.0 |"
+            row(f"decode tokens/s, {level} stream(s)", lambda f, n=level: f.decode[n], " (≥ 1.0)")
         )
         rows.append(
-            f"| server CPU ms per token, {level} stream(s) | {med(e.decode_cpu[level])} | "
-            f"{med(s.decode_cpu[level])} | "
-            f"{ratio(e.decode_cpu[level], s.decode_cpu[level]):.3f} | |"
+            row(f"server CPU ms per token, {level} stream(s)", lambda f, n=level: f.decode_cpu[n])
         )
     today = datetime.date.today().isoformat()
     head = (
         f"`python bench/vs_llama_server.py --rounds {args.rounds}` — {today}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
         f"{load0:.1f} → {load1:.1f} (other work on the machine); {args.threads} threads, "
-        f"{args.parallel} slots each, {args.max_tokens}-token greedy streams; "
+        f"{args.parallel} slots each, {args.max_tokens}-token greedy streams; four servers "
+        "(edged and llama-server, each with flash attention off and on); "
         f"{args.rounds} interleaved rounds, medians (min–max), ratios are medians of "
         "per-round ratios."
     )

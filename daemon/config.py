@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer")
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
-    # Off by default: llama.cpp 0.3.36's CPU flash-attention kernel gives wrong logits when a
-    # sequence's KV cells are not in position order, which prefix reuse can produce.
+    # Off by default: llama.cpp 0.3.36's CPU flash-attention kernel has three paths (tiled
+    # for >= 64 query rows, per row below that, KV split over threads for one row over
+    # >= 512 cells) that round differently, so a prompt's logits would depend on how it was
+    # chunked and a decode row on its batch neighbours: no exact prefix reuse (README).
     flash_attn: bool = False
     extra_buffers: bool | None = Field(
         None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
@@ -153,7 +155,9 @@ class Settings(BaseSettings):
     # ---- speculative decoding (README: Speculative decoding) ----
     speculate: bool = Field(False, description="draft by n-gram lookup in prompt and output")
     draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
-    draft_max: int = Field(8, ge=1, le=64, description="most draft tokens verified per step")
+    # At most 62: with its sampled token a sequence then verifies fewer than 64 rows, below
+    # where llama.cpp's CPU flash attention switches to its tiled kernel.
+    draft_max: int = Field(8, ge=1, le=62, description="most draft tokens verified per step")
     speculate_inexact: bool = Field(
         False, description="speculate even where verified logits differ from plain decoding's"
     )

@@ -21,8 +21,9 @@ from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, FinishReason, GenerationRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
-# Flash attention: the kernel whose rows do not depend on how many rows a sequence has.
-OPTS = EngineOptions(ctx_size=512, parallel=4, max_queue=64, flash_attn=True)
+# Flash attention, over at most 256 KV cells per sequence: there the kernel computes one row
+# and a few rows of a sequence alike (over 512 cells or more a lone row takes another path).
+OPTS = EngineOptions(ctx_size=256, parallel=4, max_queue=64, flash_attn=True)
 # Repetitive text (quoting, code, lists) gives n-gram drafts; the model's own loops too.
 PROMPTS = [
     "Repeat exactly: the cat sat on the mat and the dog sat on the log. "
@@ -224,13 +225,27 @@ def test_draft_model_verifies_inside_the_batch(model_path: Path, tmp_path: Path)
 def test_speculation_stays_off_where_rows_are_not_exact(model_path: Path) -> None:
     """Without flash attention this llama.cpp attends several rows of a sequence with another
     kernel than one row: the load-time probe notices and keeps plain decoding."""
-    lm = LoadedModel("nofa", model_path, replace(OPTS, flash_attn=False, speculate=True))
+    lm = LoadedModel(
+        "nofa", model_path, replace(OPTS, ctx_size=1024, flash_attn=False, speculate=True)
+    )
     try:
         spec = lm.generator().spec
         assert not spec.usable
         out = run(lm, GenerationRequest(lm.tokenize(PROMPTS[2]), 6, GREEDY))[0]
         assert len(out.tokens) == 6
         assert spec.disabled["inexact"] == 1 and sum(spec.drafted.values()) == 0
+    finally:
+        lm.close()
+
+
+def test_speculation_stays_off_where_long_histories_are_not_exact(model_path: Path) -> None:
+    """With flash attention and room for 512 cells a sequence, a lone row over a long history
+    is computed with the KV split over threads and several rows are not: the probe decodes
+    its rows after as long a history as a sequence may hold, and keeps plain decoding."""
+    lm = LoadedModel("long", model_path, replace(OPTS, ctx_size=1024, speculate=True))
+    try:
+        spec = lm.generator().spec
+        assert not spec.usable and spec.off_reason == "inexact"
     finally:
         lm.close()
 
