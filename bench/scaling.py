@@ -109,11 +109,17 @@ def n_stream(url: str, prompt: str, n: int, max_tokens: int, ban: list[int]) -> 
 
 def measure(args: argparse.Namespace, model: Model, ctx: int, ban: list[int]) -> Point:
     slots = max(args.slots)
+    kv = model.kv_bytes(ctx)
+    # The request_id store must hold one full-context state: at 8k its KV (~180 MiB) is
+    # more than the default per-key share (1/4 of 512 MiB), and a state over the quota is
+    # not kept, so the continuation would answer 400 (unknown request_id).
+    store = str(max(512 << 20, 4 * kv))
     url, proc = spawn_server(
         ["--threads", str(args.threads), "--parallel", str(slots), "--ctx-size", str(ctx)]
+        + ["--store-max-bytes", store, "--store-key-max-bytes", store]
     )
     length = ctx - 64
-    point = Point(ctx, length, model.kv_bytes(ctx))
+    point = Point(ctx, length, kv)
     rounds = args.rounds if ctx <= 2048 else 1
     greedy = {"do_sample": False, "max_new_tokens": 1}
     try:
@@ -171,7 +177,7 @@ def table(points: list[Point], args: argparse.Namespace) -> str:
     info = (
         f"`python bench/scaling.py` — {datetime.date.today().isoformat()}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{load[0]:.1f} at the end (the machine is shared: other work inflates every time); "
+        f"{load[0]:.1f} at the end (run alone; any other work inflates every time); "
         f"{args.threads} threads; {max(args.slots)} slots per server; rounds: {args.rounds} "
         "up to 2k context, 1 at 8k; medians (min–max)."
     )
@@ -199,12 +205,18 @@ def plot(points: list[Point], path: Path) -> None:
         title="decode, aggregate",
     )
     b.legend()
+    for ax in (a, b):  # the measured contexts as ticks, not log-scale clutter
+        ax.set_xticks(ctxs, [str(x) for x in ctxs])
+        ax.minorticks_off()
     c.plot(
         [p.prompt_tokens for p in points],
         [statistics.median(p.restore_s) for p in points],
         "o-",
         label="restore + 1 token",
     )
+    for ax in (a, b):  # the measured contexts as ticks, not log-scale clutter
+        ax.set_xticks(ctxs, [str(x) for x in ctxs])
+        ax.minorticks_off()
     c.plot(
         [p.prompt_tokens for p in points],
         [p.kv_bytes_per_slot / 2**20 / 1000 for p in points],

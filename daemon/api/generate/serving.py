@@ -90,7 +90,13 @@ def start(
             history = list(saved.tokens + saved.pending)
             tokens: list[int] = []
         elif prompt is None:
-            raise InvalidRequest("prompt is required for a new request_id", param="prompt")
+            # Unknown here also means expired, or evicted by the store's bounds (a state
+            # larger than the key's share is never kept): say so, the client cannot tell.
+            raise InvalidRequest(
+                f"nothing is kept under request_id {request_id!r} (new, deleted, expired or "
+                "evicted by the store's bounds): a prompt is required to start it",
+                param="prompt",
+            )
         else:
             tokens = lm.tokenize(prompt)
             lm.check_tokens(tokens)
