@@ -115,8 +115,10 @@ def measure(args: argparse.Namespace, model: Model, ctx: int, ban: list[int]) ->
     # not kept, so the continuation would answer 400 (unknown request_id).
     store = str(max(512 << 20, 4 * kv))
     url, proc = spawn_server(
-        ["--threads", str(args.threads), "--parallel", str(slots), "--ctx-size", str(ctx)]
-        + ["--store-max-bytes", store, "--store-key-max-bytes", store]
+        [
+            *("--threads", str(args.threads), "--parallel", str(slots), "--ctx-size", str(ctx)),
+            *("--store-max-bytes", store, "--store-key-max-bytes", store),
+        ]
     )
     length = ctx - 64
     point = Point(ctx, length, kv)
