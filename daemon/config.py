@@ -81,11 +81,15 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer")
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
-    # Off by default: llama.cpp 0.3.36's CPU flash-attention kernel has three paths (tiled
-    # for >= 64 query rows, per row below that, KV split over threads for one row over
-    # >= 512 cells) that round differently, so a prompt's logits would depend on how it was
-    # chunked and a decode row on its batch neighbours: no exact prefix reuse (README).
-    flash_attn: bool = False
+    # Unset: off for generation, on for embedding and rerank models. llama.cpp 0.3.36's CPU
+    # flash-attention kernel has three paths (tiled for >= 64 query rows, per row below that,
+    # KV split over threads for one row over >= 512 cells) that round differently, so a
+    # prompt's logits would depend on how it was chunked and a decode row on its batch
+    # neighbours: no exact prefix reuse (README). Encoders reuse nothing and keep no KV, and
+    # there it is 2.5x faster (bench/rerank.py).
+    flash_attn: bool | None = Field(
+        None, description="on/off for every model; unset = on for embedding/rerank models only"
+    )
     extra_buffers: bool | None = Field(
         None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
     )

@@ -41,7 +41,8 @@ class EngineOptions:
     threads_batch: int | None = None
     batch_size: int = 512
     ubatch_size: int = 512
-    flash_attn: bool = False
+    # None: off for generation contexts, on for encoder (embedding, rerank) contexts.
+    flash_attn: bool | None = None
     cache_type_k: CacheType = "f16"
     cache_type_v: CacheType = "f16"
     max_queue: int = 64
@@ -156,7 +157,7 @@ class LoadedModel:
                 n_seq_max=options.parallel,
                 n_threads=options.threads,
                 n_threads_batch=options.threads_batch or options.threads,
-                flash_attn=options.flash_attn,
+                flash_attn=options.flash_attn is True,
                 type_k=options.cache_type_k,
                 type_v=options.cache_type_v,
             ),
