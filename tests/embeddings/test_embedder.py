@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from daemon.config import embedded_model_path
 from daemon.engine.embeddings import Embedder, embedding_pooling, truncate
 from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable
 from daemon.engine.llama import ContextOptions, Model, Pooling
+from daemon.engine.loaded import EngineOptions
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -159,3 +161,20 @@ def test_close_answers_queued_inputs(model: Model) -> None:
 
     asyncio.run(run())
     assert not e.alive
+
+
+def test_flash_attention_default_for_encoders(model: Model) -> None:
+    """Unset, `flash_attn` means on for encoder contexts (generation keeps it off); `False`
+    turns it off there too. The two kernels round differently, so the vectors tell which ran."""
+    base = EngineOptions(parallel=4, threads=2)
+    inputs = _tokens(model, TEXTS[:4])
+    out = {}
+    for fa in (None, True, False):
+        e = Embedder.for_model(model, Pooling.MEAN, 128, replace(base, flash_attn=fa), "m")
+        try:
+            out[fa] = np.stack(asyncio.run(e.embed(inputs)))
+        finally:
+            e.close()
+    assert np.array_equal(out[None], out[True])
+    assert not np.array_equal(out[None], out[False])
+    assert np.allclose(out[None], out[False], atol=5e-4)
