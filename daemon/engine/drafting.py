@@ -17,7 +17,13 @@ from daemon.engine.active import Active
 from daemon.engine.errors import LoadFailed
 from daemon.engine.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.slots import common_prefix
-from daemon.engine.speculate import NgramIndex, Speculation, StepCost, best_draft_len
+from daemon.engine.speculate import (
+    NgramIndex,
+    Speculation,
+    StepCost,
+    StepShape,
+    best_draft_len,
+)
 
 log = logging.getLogger("edged.speculate")
 
@@ -114,6 +120,8 @@ class Speculator:
         self.off_reason = ""
 
         self.cost = StepCost()
+        # Rows per sequence of the step being planned: what `observe` files its time under.
+        self.shape = StepShape()
         self.drafted: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.disabled: Counter[str] = Counter()
@@ -158,13 +166,14 @@ class Speculator:
         index.extend(history)
         a.spec = Speculation("draft" if self.draft_ctx is not None else "ngram", index)
 
-    def plan(self, actives: list[Active], n_rows: int, budget: int) -> int:
+    def plan(self, actives: list[Active], seqs: list[int], budget: int) -> int:
         """Choose each decoding sequence's draft for this step; returns the rows they take.
 
-        `n_rows`: plain rows of the step; `budget`: rows left in the batch. A step that
-        prefills a prompt drafts nothing: prompts go first.
+        `seqs`: the sequence of each plain row of the step; `budget`: rows left in the batch.
+        A step that prefills a prompt drafts nothing: prompts go first.
         """
         self.draft_seconds = 0.0
+        shape = self.shape = StepShape.plain(seqs)
         if not self.usable or any(a.pending for a in actives):
             return 0
         used = 0
@@ -176,6 +185,7 @@ class Speculator:
                 continue
             sp.draft = []
             req = a.handle.request
+            seq = a.slot.seq
             # Never past max_tokens (the plain row already yields one), nor past the context.
             cap = min(
                 self.options.draft_max,
@@ -192,29 +202,39 @@ class Speculator:
                 k = (
                     len(cand)
                     if self.options.always
-                    else sp.choose(len(cand), cap, n_rows, self.cost, prior)
+                    else sp.choose(len(cand), cap, shape, seq, self.cost, prior)
                 )
                 sp.draft = cand[:k]
+                shape.add(seq, len(sp.draft))
             elif self.options.always:
                 wanting.append((a, cap))
+                shape.add(seq, cap)
             else:
                 per = self.cost.draft_round
                 if per is None:  # never measured: probe the draft model with two tokens
-                    k = sp.choose(min(cap, 2), cap, n_rows, self.cost, prior)
-                elif best_draft_len(0.999, cap, n_rows, self.cost, per) == 0:
+                    k = sp.choose(min(cap, 2), cap, shape, seq, self.cost, prior)
+                elif best_draft_len(0.999, cap, shape, seq, self.cost, per) == 0:
                     # Not even perfect drafts would pay at these costs: no probe either (a
                     # probe re-feeds the draft everything generated since the last one).
                     k = 0
                 else:
-                    k = sp.choose(cap, cap, n_rows, self.cost, prior, per)
+                    k = sp.choose(cap, cap, shape, seq, self.cost, prior, per)
                 if k:
                     wanting.append((a, k))
+                    shape.add(seq, k)
             if was and not sp.enabled:
                 self.disabled["cost"] += 1
             used += len(sp.draft)
         if wanting:
             used += self._draft_model(wanting)
+            for a, k in wanting:  # a draft that ended early (end of generation) is shorter
+                assert a.spec is not None
+                shape.add(a.slot.seq, len(a.spec.draft) - k)
         return used
+
+    def observe(self, seconds: float) -> None:
+        """File the time of a decode-only step under the shape `plan` gave it."""
+        self.cost.observe(self.shape.rows, seconds, self.shape.passes)
 
     def _draft_model(self, wanting: list[tuple[Active, int]]) -> int:
         """Greedy drafts from the draft model, batched across sequences, in rounds."""

@@ -348,7 +348,7 @@ class Scheduler(ContextWorker):
         # LoadedModel), so decode rows always fit; drafts and prompt chunks share the rest.
         started = time.perf_counter()
         budget = b.capacity - len(rows)
-        budget -= self.spec.plan(group, len(rows), budget)
+        budget -= self.spec.plan(group, [seq for seq, _, _ in rows], budget)
         chunks: dict[int, int] = {}
         for a in group:
             if not a.pending:
@@ -391,8 +391,7 @@ class Scheduler(ContextWorker):
                 if a in self._active:
                     self._finish(a, FinishReason.ERROR, "", out, error=_failed(exc))
         if not chunks:  # decode-only steps feed the step-cost model of speculation
-            took = time.perf_counter() - started - self.spec.draft_seconds
-            self.spec.cost.observe(b.n_tokens, took)
+            self.spec.observe(time.perf_counter() - started - self.spec.draft_seconds)
         deliver(out)
 
     def _after_decode(self, a: Active, out: Out) -> None:

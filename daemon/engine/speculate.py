@@ -15,16 +15,21 @@ chain's state (penalty history, grammar stack, RNG) evolves exactly as without
 speculation: greedy output is the same, and sampled output has the target distribution
 (with a seed: the same draws, hence the same text up to floating-point ties).
 
-Why it never costs. Each verification row costs time (on a CPU nearly a token's worth).
-`StepCost` fits the measured time of decode steps as a + b·rows; each sequence estimates its
-per-token acceptance α; a sequence drafts k tokens only when the expected tokens per second
-of the whole step, (N + E_k) / (a + b·(N + k) + draft time), beats N / (a + b·N), where
-E_k = α(1 − α^k)/(1 − α). A sequence for which no k pays stops drafting and re-probes with
-one token after a back-off that doubles (16 … 256 of its steps) while probes keep failing.
+Why it never costs. Each verification row costs time (on a CPU nearly a token's worth), and
+with one KV stream per sequence llama.cpp splits a step whose sequences bring unequal row
+counts into several micro-batches, each a full pass over the weights (`micro_batches`).
+`StepCost` fits the measured time of decode steps as a·passes + b·rows; each sequence
+estimates its per-token acceptance α; a sequence drafts k tokens only when the expected
+tokens per second of the whole step, (N + E_k) / (T + extra + draft time), beats N / T,
+where T is the step without its drafts, extra what its k rows and any pass they add cost
+(taken two standard errors high) and E_k = α(1 − α^k)/(1 − α). A sequence for which no k
+pays stops drafting and re-probes with one token after a back-off that doubles (16 … 256 of
+its steps) while probes keep failing; a probe waits for a step where it adds no pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Speculation is judged worth it only with this margin over plain decoding.
@@ -67,28 +72,90 @@ class NgramIndex:
         return []
 
 
+def micro_batches(counts: dict[int, int]) -> int:
+    """How many micro-batches llama.cpp runs for a step with `counts` rows per sequence.
+
+    With one KV stream per sequence (edged's contexts), llama.cpp's `split_equal` builds each
+    micro-batch from the run of consecutive sequence ids starting at the first sequence with
+    rows left, taking the same number of rows (the run's fewest left) from each. So one
+    sequence verifying drafts beside others decoding one row costs a whole second pass over
+    the weights: on a CPU about as much as the step itself.
+    """
+    left = sorted((seq, n) for seq, n in counts.items() if n > 0)
+    passes = 0
+    while left:
+        run = 1
+        while run < len(left) and left[run][0] == left[run - 1][0] + 1:
+            run += 1
+        take = min(n for _, n in left[:run])
+        left = [(seq, n - take) for seq, n in left[:run] if n > take] + left[run:]
+        passes += 1
+    return passes
+
+
+@dataclass
+class StepShape:
+    """Rows per sequence of the step being planned (plain rows first, drafts as decided)."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def plain(cls, seqs: Iterable[int]) -> StepShape:
+        return cls({seq: 1 for seq in seqs})
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def passes(self) -> int:
+        return micro_batches(self.counts)
+
+    def extra_passes(self, seq: int, k: int) -> int:
+        """Micro-batches that `k` more rows of `seq` would add to the step."""
+        grown = dict(self.counts)
+        grown[seq] = grown.get(seq, 0) + k
+        return micro_batches(grown) - self.passes
+
+    def add(self, seq: int, k: int) -> None:
+        self.counts[seq] = self.counts.get(seq, 0) + k
+
+
 @dataclass
 class StepCost:
-    """Decayed least-squares fit of a decode step's seconds as a + b·rows."""
+    """Decayed least-squares fit of a decode step's seconds as a·passes + b·rows.
+
+    `a` is what one micro-batch costs whatever its size (on a CPU: reading the weights),
+    `b` what each row adds. With a single pass per step this is the plain a + b·rows line.
+    """
 
     decay: float = 0.97
     w: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    sxy: float = 0.0
+    su: float = 0.0  # passes
+    sr: float = 0.0  # rows
+    sy: float = 0.0  # seconds
+    suu: float = 0.0
+    sur: float = 0.0
+    srr: float = 0.0
+    suy: float = 0.0
+    sry: float = 0.0
     syy: float = 0.0
     # Seconds of one draft-model round (one draft token for every drafting sequence).
     draft_round: float | None = None
 
-    def observe(self, rows: int, seconds: float) -> None:
+    def observe(self, rows: int, seconds: float, passes: int = 1) -> None:
         d = self.decay
+        u, r, y = float(passes), float(rows), seconds
         self.w = self.w * d + 1.0
-        self.sx = self.sx * d + rows
-        self.sy = self.sy * d + seconds
-        self.sxx = self.sxx * d + rows * rows
-        self.sxy = self.sxy * d + rows * seconds
-        self.syy = self.syy * d + seconds * seconds
+        self.su = self.su * d + u
+        self.sr = self.sr * d + r
+        self.sy = self.sy * d + y
+        self.suu = self.suu * d + u * u
+        self.sur = self.sur * d + u * r
+        self.srr = self.srr * d + r * r
+        self.suy = self.suy * d + u * y
+        self.sry = self.sry * d + r * y
+        self.syy = self.syy * d + y * y
 
     def observe_draft(self, seconds_per_round: float) -> None:
         prev = self.draft_round
@@ -100,27 +167,59 @@ class StepCost:
     def known(self) -> bool:
         return self.w >= 3.0
 
-    def fit(self) -> tuple[float, float]:
-        """(a, b): the fixed and the per-row seconds of a step, b pessimistic.
-
-        b is the fitted slope plus two standard errors, so that timing noise (a busy
-        machine) makes rows look dear, not cheap; with too little spread in the row counts
-        seen so far, b is the whole mean step over mean rows (a row costs a token).
-        """
-        if self.w <= 0:
-            return 0.0, 1.0
+    def _solve(self) -> tuple[float, float, float, float, float] | None:
+        """(a, b, var_a, cov_ab, var_b) of the fit, or None where passes and rows cannot be
+        told apart (too little spread in what was seen)."""
         w = self.w
-        mx, my = self.sx / w, self.sy / w
-        var = self.sxx / w - mx * mx
-        if var < 0.02:
-            return 0.0, my / max(mx, 1.0)
-        cov = self.sxy / w - mx * my
-        slope = cov / var
-        resid = max(self.syy / w - my * my - slope * cov, 0.0)
-        se = (resid / (var * max(w - 2.0, 1.0))) ** 0.5
-        b = max(slope + 2.0 * se, 1e-6)
-        a = max(my - b * mx, 0.0)
-        return a, b
+        if w <= 0:
+            return None
+        det = self.suu * self.srr - self.sur * self.sur
+        # With one pass per step det/w² is the variance of the row count.
+        if det / (w * w) < 0.02:
+            return None
+        a = (self.srr * self.suy - self.sur * self.sry) / det
+        b = (self.suu * self.sry - self.sur * self.suy) / det
+        ssr = (
+            self.syy
+            - 2.0 * (a * self.suy + b * self.sry)
+            + a * a * self.suu
+            + 2.0 * a * b * self.sur
+            + b * b * self.srr
+        )
+        s2 = max(ssr, 0.0) / max(w - 2.0, 1.0)
+        return a, b, s2 * self.srr / det, -s2 * self.sur / det, s2 * self.suu / det
+
+    def fit(self) -> tuple[float, float]:
+        """(a, b): the seconds of one micro-batch and of one row (point estimates, >= 0).
+
+        With too little spread in what was seen, a = 0 and b is the mean step over its mean
+        rows: a row is taken to cost a token.
+        """
+        sol = self._solve()
+        if sol is None:
+            return 0.0, self.sy / max(self.sr, 1.0) if self.w > 0 else 1.0
+        a, b = sol[0], sol[1]
+        return max(a, 0.0), max(b, 1e-6)
+
+    def step(self, passes: int, rows: int) -> float:
+        """The expected seconds of a step."""
+        a, b = self.fit()
+        return a * passes + b * rows
+
+    def extra(self, passes: int, rows: int) -> float:
+        """Seconds that `passes` more micro-batches and `rows` more rows add, taken two
+        standard errors high: timing noise (a busy machine) makes extra work look dear,
+        never cheap. Unfit, a micro-batch costs a whole mean step and a row a token."""
+        sol = self._solve()
+        if sol is None:
+            if self.w <= 0:
+                return float("inf")
+            mean_step = self.sy / self.w
+            return passes * mean_step + rows * self.sy / max(self.sr, 1.0)
+        a, b, vaa, vab, vbb = sol
+        mean = max(a, 0.0) * passes + max(b, 1e-6) * rows
+        var = passes * passes * vaa + 2.0 * passes * rows * vab + rows * rows * vbb
+        return mean + 2.0 * max(var, 0.0) ** 0.5
 
 
 def expected_accepted(alpha: float, k: int) -> float:
@@ -134,18 +233,27 @@ def expected_accepted(alpha: float, k: int) -> float:
 
 
 def best_draft_len(
-    alpha: float, k_max: int, n_rows: int, cost: StepCost, per_draft: float = 0.0
+    alpha: float,
+    k_max: int,
+    shape: StepShape,
+    seq: int,
+    cost: StepCost,
+    per_draft: float = 0.0,
 ) -> int:
     """The draft length (0: none) with the most expected tokens per second for the step.
 
-    `n_rows`: rows the step has without this sequence's drafts; `per_draft`: extra seconds
-    per drafted token spent outside the target's decode (a draft model's rounds).
+    `shape`: the step's rows so far (plain rows, earlier sequences' drafts); `seq`: the
+    sequence that would draft; `per_draft`: extra seconds per drafted token spent outside
+    the target's decode (a draft model's rounds).
     """
-    a, b = cost.fit()
-    plain = n_rows / (a + b * n_rows)
-    best, best_rate = 0, plain * MARGIN
+    n_rows = shape.rows
+    base = cost.step(shape.passes, n_rows)
+    if base <= 0.0:
+        return 0
+    best, best_rate = 0, n_rows / base * MARGIN
     for k in range(1, k_max + 1):
-        rate = (n_rows + expected_accepted(alpha, k)) / (a + b * (n_rows + k) + per_draft * k)
+        t = base + cost.extra(shape.extra_passes(seq, k), k) + per_draft * k
+        rate = (n_rows + expected_accepted(alpha, k)) / t
         if rate > best_rate:
             best, best_rate = k, rate
     return best
@@ -191,19 +299,22 @@ class Speculation:
         self,
         k_avail: int,
         k_max: int,
-        n_rows: int,
+        shape: StepShape,
+        seq: int,
         cost: StepCost,
         prior: float,
         per_draft: float = 0.0,
     ) -> int:
-        """How many drafts to verify this step (0: a plain step)."""
+        """How many drafts of sequence `seq` to verify this step (0: a plain step)."""
         self.steps += 1
         k_cap = min(k_avail, k_max)
         if k_cap <= 0:
             return 0
         if not cost.known:
-            return min(k_cap, 2)  # the first steps measure the cost of rows
-        k = best_draft_len(self.acceptance.alpha(prior), k_cap, n_rows, cost, per_draft)
+            # The first steps measure the cost of rows, never at the price of a pass.
+            k = min(k_cap, 2)
+            return k if shape.extra_passes(seq, k) == 0 else 0
+        k = best_draft_len(self.acceptance.alpha(prior), k_cap, shape, seq, cost, per_draft)
         if k > 0:
             if not self.enabled:
                 self.probe_gap = PROBE_FIRST  # it pays again: back to the short back-off
@@ -213,7 +324,9 @@ class Speculation:
             self.enabled = False
             self.probe_at = self.steps + self.probe_gap
             return 0
-        if self.steps >= self.probe_at:
+        # A probe waits for a step where its row adds no micro-batch (the sequence decodes
+        # alone, or beside drafts as long): otherwise one probe costs about a whole step.
+        if self.steps >= self.probe_at and shape.extra_passes(seq, 1) == 0:
             self.probe_gap = min(self.probe_gap * 2, PROBE_MAX)
             self.probe_at = self.steps + self.probe_gap
             return 1
