@@ -253,12 +253,27 @@ class LoadedModel:
         return worker
 
     @property
-    def memory_bytes(self) -> int:
-        """Weights plus the KV cache allocated for every slot (an estimate for the memory cap)."""
+    def static_bytes(self) -> int:
+        """Weights plus the KV cache allocated for every slot: fixed while it is loaded."""
         worker = self.scheduler or self.embedder or self.ranker
         slots = worker.n_slots if worker is not None else 1
         kv = self.model.kv_bytes(self.ctx_size * slots, *self.kv_types)
         return self.model.size_bytes + kv
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory its prompt cache holds now."""
+        return self.scheduler.cache.nbytes if self.scheduler is not None else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """Weights, KV and prompt cache (an estimate for the memory cap)."""
+        return self.static_bytes + self.cache_bytes
+
+    def limit_cache(self, limit: int | None) -> None:
+        """Bound its prompt cache's memory below the configured size (None: lift it)."""
+        if self.scheduler is not None:
+            self.scheduler.cache.set_limit(limit)
 
     def grammar_ok(self, gbnf: str) -> bool:
         """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""

@@ -11,7 +11,8 @@ request filled it: another key reuses at most `share_tokens` of its leading toke
 none, -1: all), so one key's prompts never speed up, and thereby reveal themselves to,
 another key's requests beyond what the operator declared shared (a system prompt).
 
-Only the scheduler thread calls in; metrics read the counters from elsewhere.
+The scheduler thread reads and fills it; the registry may lower its bound from the event
+loop (`set_limit`: a share of the memory cap), so the entry tables change under a lock.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import itertools
 import logging
 import shutil
 import tempfile
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
+from typing import Any, TypeVar
 
 from daemon.engine.cache import read_entry, write_entry
 from daemon.engine.slots import common_prefix
@@ -34,6 +38,20 @@ from daemon.engine.types import SavedSequence
 AdapterPairs = tuple[tuple[str, float], ...]
 
 log = logging.getLogger("edged.prompt_cache")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    """Run a PromptCache method under the cache's lock."""
+
+    @wraps(fn)
+    def run(self: PromptCache, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
 
 # Tokens per index block: prefixes shorter than this are not worth a restore.
 BLOCK = 64
@@ -96,6 +114,9 @@ class PromptCache:
         name: str = "model",
     ) -> None:
         self.max_bytes = max_bytes
+        # A lower bound set from outside (the registry's share of --max-models-memory).
+        self.limit: int | None = None
+        self._lock = threading.Lock()
         self.spill_max_bytes = spill_max_bytes
         self.share_tokens = share_tokens
         self._dir: Path | None = None
@@ -123,6 +144,19 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._mem) + len(self._disk)
 
+    @property
+    def bound(self) -> int:
+        """Bytes of memory the entries may take now."""
+        return self.max_bytes if self.limit is None else min(self.max_bytes, self.limit)
+
+    @_locked
+    def set_limit(self, limit: int | None) -> None:
+        """Bound memory below `max_bytes` (None: back to it); least recently used entries go
+        (to the spill directory when there is one) until it holds."""
+        self.limit = None if limit is None else max(limit, 0)
+        while self.nbytes > self.bound and self._mem:
+            self._evict(next(iter(self._mem.values())))
+
     def shareable(self, holder: str, owner: str) -> int | None:
         """Leading tokens `owner` may reuse of what `holder` filled (None: no limit)."""
         if holder == owner or self.share_tokens < 0:
@@ -131,6 +165,7 @@ class PromptCache:
 
     # ---- lookup ---------------------------------------------------------------------
 
+    @_locked
     def lookup(self, owner: str, prompt: list[int], lora: AdapterPairs = ()) -> Hit | None:
         """The entry sharing the longest usable prefix with `prompt`, computed under the
         adapter set `lora` (counted as hit or miss)."""
@@ -163,6 +198,7 @@ class PromptCache:
             self.misses += 1
         return best
 
+    @_locked
     def load(self, hit: Hit) -> bytes | None:
         """The state of a hit's entry (from memory or disk); None when it is gone."""
         e = hit.entry
@@ -189,6 +225,7 @@ class PromptCache:
 
     # ---- save -----------------------------------------------------------------------
 
+    @_locked
     def save(
         self,
         owner: str,
@@ -227,7 +264,7 @@ class PromptCache:
                     superseded[e.id] = e
         data = state()
         entry = CacheEntry(next(self._ids), owner, key, digests, len(data), data, lora=lora)
-        if entry.nbytes > self.max_bytes:
+        if entry.nbytes > self.bound:
             return False
         for e in superseded.values():
             self._forget(e)
@@ -236,7 +273,7 @@ class PromptCache:
         for d in digests:
             self._index.setdefault(d, {})[entry.id] = entry
         self.saves += 1
-        while self.nbytes > self.max_bytes and self._mem:
+        while self.nbytes > self.bound and self._mem:
             self._evict(next(iter(self._mem.values())))
         return True
 
@@ -285,6 +322,7 @@ class PromptCache:
                 if not ids:
                     del self._index[d]
 
+    @_locked
     def clear(self) -> None:
         """Forget everything and remove the spill directory (the model is going away)."""
         self._mem.clear()

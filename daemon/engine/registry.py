@@ -206,6 +206,7 @@ class ModelRegistry:
                 if self.before_load is not None:
                     await self.before_load()
                 await self._make_room(self._file_size(entry.path))
+                await self._share_caches(self._file_size(entry.path), 1)
                 log.info("loading %s from %s", key, entry.path)
                 try:
                     lm = await asyncio.to_thread(
@@ -222,6 +223,7 @@ class ModelRegistry:
                 self.loads += 1
                 self._loaded[key] = lm
                 await self._fit_memory(key)
+                await self._share_caches()
             self._last_used[key] = time.monotonic()
             if hold:  # before the lock is let go: no other load can evict it in between
                 self.hold(key)
@@ -260,13 +262,31 @@ class ModelRegistry:
             return 0
 
     def memory_bytes(self) -> int:
-        """Estimated memory of every loaded model (weights + allocated KV)."""
+        """Estimated memory of every loaded model (weights, allocated KV, prompt caches)."""
         return sum(lm.memory_bytes for lm in self._loaded.values())
+
+    def _static_bytes(self) -> int:
+        return sum(lm.static_bytes for lm in self._loaded.values())
 
     def _over(self, incoming: int) -> bool:
         if self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
             return True
-        return self.max_memory is not None and self.memory_bytes() + incoming > self.max_memory
+        # Prompt caches give way (`_share_caches`): only weights and KV decide evictions.
+        return self.max_memory is not None and self._static_bytes() + incoming > self.max_memory
+
+    async def _share_caches(self, incoming: int = 0, newcomers: int = 0) -> None:
+        """Under a memory cap, bound every loaded model's prompt cache to an equal share of
+        what weights and KV (and a model about to load) leave of it. Caches are what gives
+        way first: entries are cheaper to lose than a loaded model."""
+        if self.max_memory is None:
+            return
+        n = len(self._loaded) + newcomers
+        if n == 0:
+            return
+        share = max(self.max_memory - self._static_bytes() - incoming, 0) // n
+        # Off the event loop: evicted entries may be written to the spill directory.
+        for lm in list(self._loaded.values()):
+            await asyncio.to_thread(lm.limit_cache, share)
 
     async def _make_room(self, incoming: int) -> None:
         """Unload least recently used idle models until a model of `incoming` bytes fits."""
@@ -284,10 +304,10 @@ class ModelRegistry:
         """After a load, evict idle others while over the memory cap; refuse a model too big."""
         if self.max_memory is None:
             return
-        while self.memory_bytes() > self.max_memory:
+        while self._static_bytes() > self.max_memory:
             idle = [n for n in self._loaded if n != key and self._idle(n)]
             if not idle:
-                need = self._loaded[key].memory_bytes
+                need = self._loaded[key].static_bytes
                 await self.unload(key)
                 raise ModelUnavailable(
                     f"`{key}` needs about {need >> 20} MiB; with the models in use that exceeds "
@@ -304,6 +324,7 @@ class ModelRegistry:
         log.info("unloading %s", name)
         self.unloads += 1
         await asyncio.to_thread(lm.close)
+        await self._share_caches()  # the others' caches may grow into what it held
 
     def _keep_alive_of(self, name: str) -> float | None:
         return self._keep_alive_for.get(name, self.keep_alive)

@@ -1,4 +1,5 @@
-"""The registry's memory cap: weights + KV of loaded models stay under it (real model)."""
+"""The registry's memory cap: weights, KV and prompt caches of loaded models stay under it
+(real model)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.errors import ModelUnavailable
-from daemon.engine.loaded import EngineOptions
+from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.registry import ModelRegistry
+from daemon.engine.types import GenerationRequest, SamplingParams
 
 OPTIONS = EngineOptions(ctx_size=256, parallel=2)
 
@@ -53,6 +55,45 @@ def test_model_larger_than_the_cap_is_refused(tmp_path: Path, model_path: Path) 
         with pytest.raises(ModelUnavailable):
             await reg.get("beta")
         assert reg.loaded() == []
+        reg.close()
+
+    asyncio.run(main())
+
+
+def test_prompt_caches_share_what_the_cap_leaves(tmp_path: Path, model_path: Path) -> None:
+    """Under --max-models-memory the prompt caches count: alone, a model's cache may fill
+    what its weights and KV leave; a second model loading shrinks it to an equal share
+    (whole models stay), and its unloading lets the cache grow again."""
+    d = models(tmp_path, model_path)
+    words = ["river", "stone", "light", "winter", "garden", "market", "silver", "letter"]
+
+    async def fill(lm: LoadedModel) -> None:
+        # Three conversations over two slots: the third takes a slot, whose history is saved.
+        for i in range(4):
+            text = " ".join(words[(i + j) % len(words)] for j in range(120))
+            h = lm.submit(GenerationRequest(lm.tokenize(text), 2, SamplingParams(temperature=0)))
+            async for _ in h.chunks():
+                pass
+
+    async def main() -> None:
+        probe = ModelRegistry(d / "alpha.gguf", OPTIONS, models_dir=d)
+        one = (await probe.get("alpha")).static_bytes
+        probe.close()
+        cap = 2 * one + (8 << 20)
+        share = (cap - 2 * one) // 2  # each cache's share with both models loaded
+        reg = ModelRegistry(d / "alpha.gguf", OPTIONS, models_dir=d, max_memory=cap)
+        alpha = await reg.get("alpha")
+        await fill(alpha)
+        alone = alpha.cache_bytes
+        assert alone > share  # two saved conversations of ~130 tokens, 23 KB of KV each
+        assert alpha.memory_bytes == alpha.static_bytes + alone
+        await reg.get("beta")
+        assert sorted(m.name for m in reg.loaded()) == ["alpha", "beta"]
+        assert alpha.cache_bytes <= share and reg.memory_bytes() <= cap
+        await reg.unload("beta")
+        await fill(alpha)
+        assert alpha.cache_bytes > share  # room again
+        assert reg.memory_bytes() <= cap
         reg.close()
 
     asyncio.run(main())

@@ -136,3 +136,28 @@ def test_an_entry_serves_only_its_own_adapter_set() -> None:
     hit = pc.lookup("k", prompt)
     assert hit is not None and pc.load(hit) == b"base"
     assert len(pc) == 2
+
+
+def test_a_limit_from_outside_shrinks_lru_first_and_lifts() -> None:
+    """The registry's share of --max-models-memory: entries beyond it go, least recently
+    used first; saves respect it; lifted, the configured bound holds again."""
+    one = 2 * BLOCK
+    size = 10_000
+    entry = size + one * 8 + 2 * 16 + 512
+    pc = PromptCache(4 * entry)
+    seqs = [toks(i, one) for i in range(4)]
+    for s in seqs:
+        assert pc.save("a", s, lambda: b"x" * size)
+    pc.load(pc.lookup("a", seqs[0] + [1]))  # type: ignore[arg-type]  # seqs[0] is now recent
+    pc.set_limit(2 * entry)
+    assert pc.nbytes <= 2 * entry and len(pc) == 2 and pc.bound == 2 * entry
+    assert pc.lookup("a", seqs[0] + [1]) is not None  # the recent one stayed
+    assert pc.lookup("a", seqs[1] + [1]) is None
+    assert pc.save("a", toks(7, one), lambda: b"x" * size)
+    assert pc.nbytes <= 2 * entry
+    pc.set_limit(0)  # no room at all: nothing kept, nothing saved
+    assert pc.nbytes == 0 and not pc.save("a", toks(8, one), lambda: b"x" * size)
+    pc.set_limit(100 * entry)  # above the configured bound: that one holds
+    assert pc.bound == 4 * entry
+    pc.set_limit(None)
+    assert pc.save("a", toks(9, one), lambda: b"x" * size) and pc.bound == pc.max_bytes
