@@ -30,12 +30,23 @@ def test_parse_refuses(text: str) -> None:
 
 
 def test_turns_take_every_set_in_order() -> None:
-    turns = StepTurns()
+    turns = StepTurns(burst=1)
     a, b, none = (("a", 1.0),), (("b", 1.0),), ()
     picks = [turns.pick([a, none, b, a]) for _ in range(6)]
     assert picks == [none, a, b, none, a, b]
     assert turns.pick([b]) == b and turns.pick([a, b]) == a  # wraps past the end
     assert turns.pick([]) == ()
+
+
+def test_a_set_keeps_its_turn_for_a_burst_while_it_has_work() -> None:
+    """Each switch costs llama.cpp a graph reserve: a set serves `burst` steps in a row,
+    then the next takes over; a set whose work ended hands over at once."""
+    turns = StepTurns(burst=3)
+    a, b, none = (("a", 1.0),), (("b", 1.0),), ()
+    picks = [turns.pick([a, none, b]) for _ in range(9)]
+    assert picks == [none] * 3 + [a] * 3 + [b] * 3
+    assert turns.pick([a, none]) == none  # b is done: wraps to the first
+    assert turns.pick([a]) == a  # none's work ended mid-burst
 
 
 def test_split_model_name() -> None:
