@@ -86,3 +86,47 @@ def test_returning_conversation_hits_only_for_its_key(srv: Server, cache_dir: Pa
 def test_drain_removes_the_spill_directory(srv: Server, cache_dir: Path) -> None:
     assert stop_server(srv) == 0
     assert not list(cache_dir.rglob("*"))
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_idle_memory_with_the_cache_full_stays_within_its_bound(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Ten ~400-token conversations over two slots would keep ~90 MiB of KV state; with
+    --cache-ram 16 MiB the cache evicts, and the idle server grows by no more than the
+    bound (plus allocator slack) over its size once both slots had such a conversation
+    (llama.cpp's and Python's buffers for long prompts are in place by then)."""
+    bound = 16 << 20
+    s = start_server(
+        tmp_path_factory.mktemp("pc-full"),
+        *("--threads", "1", "--ctx-size", "1024", "--parallel", "2"),
+        *("--cache-ram", str(bound)),
+        wait=False,
+    )
+    try:
+        wait_healthy(s, 600)
+
+        def talk(c: int) -> None:
+            words = " ".join(WORDS[(c + i * i) % len(WORDS)] for i in range(360))
+            chat(s, "any", [{"role": "user", "content": f"Conversation {c}: {words}"}])
+
+        talk(0)
+        talk(1)
+        before = _rss(s.proc.pid)
+        for c in range(2, 12):  # each takes a slot whose conversation goes to the cache
+            talk(c)
+        assert metric(s, "edged_prompt_cache_evictions") >= 1
+        held = metric(s, "edged_prompt_cache_bytes")
+        assert 0 < held <= bound
+        grown = _rss(s.proc.pid) - before
+        print(f"cache holds {held / 2**20:.1f} MiB; the server grew {grown / 2**20:.1f} MiB")
+        assert grown <= bound + (16 << 20), (grown >> 20, held)
+    finally:
+        stop_server(s)
