@@ -258,7 +258,9 @@ def test_list_show_ps(client: ollama.Client) -> None:
     assert loaded[DEFAULT].size and loaded[DEFAULT].size > 0
 
 
-def test_pull_copy_delete_and_keep_alive(client: ollama.Client, models_dir: Path) -> None:
+def test_pull_copy_delete_and_keep_alive(
+    client: ollama.Client, osrv: Server, models_dir: Path
+) -> None:
     events = list(client.pull(f"hf.co/{REPO}:Q4_1", stream=True))
     statuses = [e.status for e in events]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
@@ -274,6 +276,10 @@ def test_pull_copy_delete_and_keep_alive(client: ollama.Client, models_dir: Path
     assert loaded.done_reason == "load" and PULLED in {m.model for m in client.ps().models}
     gone = client.generate(model=PULLED, prompt="", keep_alive=0)
     assert gone.done_reason == "unload" and PULLED not in {m.model for m in client.ps().models}
+    # Not the default model: a client's keep_alive 0 never takes /health down.
+    kept = client.chat(model=DEFAULT, messages=[], keep_alive=0)
+    assert kept.done_reason == "load" and DEFAULT in {m.model for m in client.ps().models}
+    assert httpx.get(f"{osrv.url}/health").status_code == 200
     client.copy(PULLED, "smol-copy")
     r = client.generate(model="smol-copy", prompt="Hello", options=GREEDY)
     assert r.done

@@ -165,9 +165,15 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
 async def _load_only(
     registry: ModelRegistry, lm: LoadedModel, name: str, req: _Generating, key: str
 ) -> Body:
-    """A request with nothing to generate loads the model, or unloads it with keep_alive 0."""
+    """A request with nothing to generate loads the model, or unloads it with keep_alive 0:
+    never the default model, which stays loaded (a client must not take the daemon's
+    /health to 503, and out of a load balancer, with one request)."""
     reason = "load"
-    if "keep_alive" in req.model_fields_set and req.keep_alive == 0:
+    if (
+        "keep_alive" in req.model_fields_set
+        and req.keep_alive == 0
+        and lm.name != registry.default_name
+    ):
         await registry.unload(lm.name)
         reason = "unload"
     empty: Any = {"role": "assistant", "content": ""} if key == "message" else ""
