@@ -173,8 +173,10 @@ class Speculator:
         A step that prefills a prompt drafts nothing: prompts go first.
         """
         self.draft_seconds = 0.0
+        if not self.usable:
+            return 0
         shape = self.shape = StepShape.plain(seqs)
-        if not self.usable or any(a.pending for a in actives):
+        if any(a.pending for a in actives):
             return 0
         used = 0
         room = self._room
@@ -233,8 +235,10 @@ class Speculator:
         return used
 
     def observe(self, seconds: float) -> None:
-        """File the time of a decode-only step under the shape `plan` gave it."""
-        self.cost.observe(self.shape.rows, seconds, self.shape.passes)
+        """File the time of a decode-only step under the shape `plan` gave it (nothing to
+        learn, and no work on the per-token path, where speculation is off)."""
+        if self.usable:
+            self.cost.observe(self.shape.rows, seconds, self.shape.passes)
 
     def _draft_model(self, wanting: list[tuple[Active, int]]) -> int:
         """Greedy drafts from the draft model, batched across sequences, in rounds."""

@@ -205,8 +205,9 @@ class ModelRegistry:
             if lm is None:
                 if self.before_load is not None:
                     await self.before_load()
-                await self._make_room(self._file_size(entry.path))
-                await self._share_caches(self._file_size(entry.path), 1)
+                incoming = self._file_size(entry.path)
+                await self._make_room(incoming)
+                await self._share_caches(incoming, 1)
                 log.info("loading %s from %s", key, entry.path)
                 try:
                     lm = await asyncio.to_thread(

@@ -111,11 +111,15 @@ class StepShape:
     def passes(self) -> int:
         return micro_batches(self.counts)
 
-    def extra_passes(self, seq: int, k: int) -> int:
-        """Micro-batches that `k` more rows of `seq` would add to the step."""
+    def passes_with(self, seq: int, k: int) -> int:
+        """Micro-batches of the step with `k` more rows of `seq`."""
         grown = dict(self.counts)
         grown[seq] = grown.get(seq, 0) + k
-        return micro_batches(grown) - self.passes
+        return micro_batches(grown)
+
+    def extra_passes(self, seq: int, k: int) -> int:
+        """Micro-batches that `k` more rows of `seq` would add to the step."""
+        return self.passes_with(seq, k) - self.passes
 
     def add(self, seq: int, k: int) -> None:
         self.counts[seq] = self.counts.get(seq, 0) + k
@@ -131,7 +135,6 @@ class StepCost:
 
     decay: float = 0.97
     w: float = 0.0
-    su: float = 0.0  # passes
     sr: float = 0.0  # rows
     sy: float = 0.0  # seconds
     suu: float = 0.0
@@ -142,12 +145,15 @@ class StepCost:
     syy: float = 0.0
     # Seconds of one draft-model round (one draft token for every drafting sequence).
     draft_round: float | None = None
+    # `_solve`'s answer until the next observation (a step asks for it once per draft length).
+    _fit: tuple[float, float, float, float, float] | None = field(default=None, repr=False)
+    _stale: bool = field(default=True, repr=False)
 
     def observe(self, rows: int, seconds: float, passes: int = 1) -> None:
         d = self.decay
         u, r, y = float(passes), float(rows), seconds
+        self._stale = True
         self.w = self.w * d + 1.0
-        self.su = self.su * d + u
         self.sr = self.sr * d + r
         self.sy = self.sy * d + y
         self.suu = self.suu * d + u * u
@@ -170,6 +176,11 @@ class StepCost:
     def _solve(self) -> tuple[float, float, float, float, float] | None:
         """(a, b, var_a, cov_ab, var_b) of the fit, or None where passes and rows cannot be
         told apart (too little spread in what was seen)."""
+        if self._stale:
+            self._fit, self._stale = self._least_squares(), False
+        return self._fit
+
+    def _least_squares(self) -> tuple[float, float, float, float, float] | None:
         w = self.w
         if w <= 0:
             return None
@@ -246,13 +257,13 @@ def best_draft_len(
     sequence that would draft; `per_draft`: extra seconds per drafted token spent outside
     the target's decode (a draft model's rounds).
     """
-    n_rows = shape.rows
-    base = cost.step(shape.passes, n_rows)
+    n_rows, passes = shape.rows, shape.passes
+    base = cost.step(passes, n_rows)
     if base <= 0.0:
         return 0
     best, best_rate = 0, n_rows / base * MARGIN
     for k in range(1, k_max + 1):
-        t = base + cost.extra(shape.extra_passes(seq, k), k) + per_draft * k
+        t = base + cost.extra(shape.passes_with(seq, k) - passes, k) + per_draft * k
         rate = (n_rows + expected_accepted(alpha, k)) / t
         if rate > best_rate:
             best, best_rate = k, rate

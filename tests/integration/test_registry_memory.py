@@ -13,6 +13,7 @@ from daemon.engine.errors import ModelUnavailable
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.types import GenerationRequest, SamplingParams
+from tests.integration.test_prompt_cache import WORDS
 
 OPTIONS = EngineOptions(ctx_size=256, parallel=2)
 
@@ -65,12 +66,11 @@ def test_prompt_caches_share_what_the_cap_leaves(tmp_path: Path, model_path: Pat
     what its weights and KV leave; a second model loading shrinks it to an equal share
     (whole models stay), and its unloading lets the cache grow again."""
     d = models(tmp_path, model_path)
-    words = ["river", "stone", "light", "winter", "garden", "market", "silver", "letter"]
 
     async def fill(lm: LoadedModel) -> None:
-        # Three conversations over two slots: the third takes a slot, whose history is saved.
+        # Four conversations over two slots: the last two take slots whose histories are saved.
         for i in range(4):
-            text = " ".join(words[(i + j) % len(words)] for j in range(120))
+            text = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(120))
             h = lm.submit(GenerationRequest(lm.tokenize(text), 2, SamplingParams(temperature=0)))
             async for _ in h.chunks():
                 pass
