@@ -2,8 +2,10 @@
 
 Both servers run the same GGUF with the same threads and slots. Per round, in alternating
 order (A, B, B, A, ...): time to first token of a distinct ~1,200-token prompt
-(`max_tokens: 1`, the whole answer), then greedy 128-token streams at 1 and 8 concurrent
-clients (end-of-generation tokens banned, so both do the same work). Besides wall times,
+(`max_tokens: 1`, the whole answer); then the same prompt again as a greedy 128-token stream,
+whose prefix both servers find in their slot, for decode speed at a ~1,200-token context;
+then greedy 128-token streams of short chats at 1 and 8 concurrent clients
+(end-of-generation tokens banned, so both do the same work). Besides wall times,
 each server's own CPU seconds per request are read from /proc: on a machine shared with
 other work the wall clock is mostly noise, the work a server spends is not.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from client import run_round
+from client import run_round, stream_sync
 from llama_server import start_llama_server, stop
 from load import spawn_server
 from perf import free_port
@@ -54,6 +56,8 @@ class Figures:
 
     ttft: list[float] = field(default_factory=list)
     ttft_cpu: list[float] = field(default_factory=list)
+    long_decode: list[float] = field(default_factory=list)
+    long_decode_cpu: list[float] = field(default_factory=list)
     decode: dict[int, list[float]] = field(default_factory=dict)
     decode_cpu: dict[int, list[float]] = field(default_factory=dict)
 
@@ -64,6 +68,22 @@ def first_token(url: str, text: str, pid: int) -> tuple[float, float]:
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
     r.raise_for_status()
     return time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+
+
+def long_decode(url: str, text: str, max_tokens: int, ban: list[int], pid: int):
+    """Decode tokens/s and server CPU ms per token of one greedy stream continuing `text`,
+    measured from its first token to its last (the prompt itself is already in the slot)."""
+    body = {
+        "prompt": text,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "logit_bias": {str(t): -100 for t in ban},
+    }
+    cpu0 = cpu_seconds(pid)
+    times = stream_sync(url, body, "/v1/completions").token_times
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    return rate, (cpu_seconds(pid) - cpu0) / max(len(times), 1) * 1000
 
 
 def streams(url: str, level: int, max_tokens: int, ban: list[int], offset: int, pid: int):
@@ -130,10 +150,15 @@ def main() -> None:
                 url, pid = servers[name]
                 f = figs[name]
                 seed += 1
-                wall, cpu = first_token(url, distinct_prompt(model, seed, args.prompt_tokens), pid)
+                text = distinct_prompt(model, seed, args.prompt_tokens)
+                wall, cpu = first_token(url, text, pid)
                 f.ttft.append(wall)
                 f.ttft_cpu.append(cpu)
+                tps, ms = long_decode(url, text, args.max_tokens, ban, pid)
+                f.long_decode.append(tps)
+                f.long_decode_cpu.append(ms)
                 line = f"round {r} {name:>20}: ttft {wall:.3f}s (cpu {cpu:.2f}s)"
+                line += f", long x1 {tps:.1f} tok/s ({ms:.2f} cpu-ms/tok)"
                 for level in args.levels:
                     tps, ms = streams(url, level, args.max_tokens, ban, 100 * r, pid)
                     f.decode.setdefault(level, []).append(tps)
@@ -167,6 +192,14 @@ def main() -> None:
         row(f"TTFT, distinct {args.prompt_tokens}-token prompt (s)", lambda f: f.ttft, " (≤ 1.0)")
     )
     rows.append(row("server CPU for that request (s)", lambda f: f.ttft_cpu))
+    rows.append(
+        row(
+            f"decode tokens/s after that {args.prompt_tokens}-token prompt, 1 stream",
+            lambda f: f.long_decode,
+            " (≥ 1.0)",
+        )
+    )
+    rows.append(row("server CPU ms per token, that stream", lambda f: f.long_decode_cpu))
     for level in args.levels:
         rows.append(
             row(f"decode tokens/s, {level} stream(s)", lambda f, n=level: f.decode[n], " (≥ 1.0)")
