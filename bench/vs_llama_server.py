@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from client import run_round, stream_sync
+from client import Round, run_round, stream_sync
 from llama_server import start_llama_server, stop
 from load import spawn_server
 from perf import free_port
@@ -81,9 +81,10 @@ def long_decode(url: str, text: str, max_tokens: int, ban: list[int], pid: int):
         "logit_bias": {str(t): -100 for t in ban},
     }
     cpu0 = cpu_seconds(pid)
-    times = stream_sync(url, body, "/v1/completions").token_times
-    rate = (len(times) - 1) / (times[-1] - times[0])
-    return rate, (cpu_seconds(pid) - cpu0) / max(len(times), 1) * 1000
+    t0 = time.perf_counter()
+    result = stream_sync(url, body, "/v1/completions")
+    rnd = Round(1, time.perf_counter() - t0, [result])
+    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
 
 
 def streams(url: str, level: int, max_tokens: int, ban: list[int], offset: int, pid: int):
