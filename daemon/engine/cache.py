@@ -5,6 +5,13 @@ one key can never continue another key's generation. Memory is bounded in bytes 
 each owner has its own byte quota, so one key's burst evicts only that key's entries.
 Entries unused for `ttl` seconds expire. Evicted entries spill to a directory when one is
 configured (itself bounded in bytes), one self-checking file per entry, written atomically.
+
+Spill files are written by one writer thread per store, never by the thread that released
+the entry (the scheduler: an fsync there would stall every stream). Until its file is
+durable an evicted entry stays readable in memory (`_pending`), and file operations of one
+store run under one lock (`_io`): a delete that lands during a spill removes the file once
+the spill is done, and a spill whose entry was deleted or replaced meanwhile writes nothing.
+Every entry records the identity of the model file whose weights computed it (`model_id`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +74,16 @@ class SequenceStore:
         self.misses = 0
         self.evictions = 0
         self.expired = 0
+        # Evicted entries whose spill file is not written yet: still readable from here.
+        self._pending: dict[StoreKey, SavedSequence] = {}
+        # File operations of this store (spill writes, deletes, loads), one at a time.
+        self._io = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
         if spill_dir is not None:
             spill_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="edged-store-spill")
+        # Called with the writing thread's ident after each spill file (tests watch it).
+        self.on_spill: Callable[[int], None] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -98,7 +115,14 @@ class SequenceStore:
             if entry is not None:
                 self._mem.move_to_end(key)
                 entry.used = now
-        seq = entry.seq if entry is not None else self._load_spilled(key, now)
+            # Evicted but not yet on disk: the in-memory copy (written before it goes).
+            pending = self._pending.get(key)
+        if entry is not None:
+            seq: SavedSequence | None = entry.seq
+        elif pending is not None:
+            seq = pending
+        else:
+            seq = self._load_spilled(key, now)
         with self._lock:
             if seq is None:
                 self.misses += 1
@@ -125,22 +149,28 @@ class SequenceStore:
                 # Over the total: the oldest entry of the owner holding the most goes.
                 top = max(self._owner_bytes, key=lambda o: self._owner_bytes[o])
                 evicted.append(self._evict(next(k for k in self._mem if k[0] == top)))
-        for k, e in evicted:
-            self._spill(k, e)
+            # Handed to the writer thread under the lock: a delete after this sees them.
+            for k, e in evicted:
+                self._queue_spill(k, e)
 
     def delete(self, key: StoreKey) -> bool:
-        """Forget `key` in memory and on disk; False when there was nothing; 409 while busy."""
+        """Forget `key` in memory and on disk; False when there was nothing; 409 while busy.
+
+        A spill of `key` in progress finishes first (its file is then removed); one queued
+        and not started yet writes nothing."""
         with self._lock:
             if key in self._busy:
                 raise IdBusy(
                     f"request_id {key[1]!r} is being generated right now", subject="request_id"
                 )
             found = self._drop(key) is not None
+            found = self._pending.pop(key, None) is not None or found
         if self.spill_dir is not None:
-            path = self._path(key)
-            if path.exists():
-                found = found or read_entry(path, key) is not None
-                path.unlink(missing_ok=True)
+            with self._io:
+                path = self._path(key)
+                if path.exists():
+                    found = found or read_entry(path, key) is not None
+                    path.unlink(missing_ok=True)
         return found
 
     def discard(self, key: StoreKey) -> None:
@@ -152,11 +182,22 @@ class SequenceStore:
         """Write every in-memory entry to the spill directory; returns how many were written."""
         if self.spill_dir is None:
             return 0
+        self.flush()
         with self._lock:
             items = [(k, e.seq) for k, e in self._mem.items()]
         for k, e in items:
-            self._spill(k, e)
+            with self._io:
+                with self._lock:
+                    current = self._mem.get(k)
+                    if current is None or current.seq is not e:
+                        continue  # deleted or replaced meanwhile
+                self._spill(k, e)
         return len(items)
+
+    def flush(self) -> None:
+        """Wait until every spill queued so far is on disk (or was dropped)."""
+        if self._writer is not None:
+            self._writer.submit(lambda: None).result()
 
     def _drop(self, key: StoreKey) -> _Entry | None:
         old = self._mem.pop(key, None)
@@ -188,13 +229,38 @@ class SequenceStore:
         digest = hashlib.sha256(json.dumps(list(key)).encode()).hexdigest()
         return self.spill_dir / (digest + _SUFFIX)
 
+    def _queue_spill(self, key: StoreKey, entry: SavedSequence) -> None:
+        """(Under `_lock`) keep `entry` readable and have the writer thread spill it."""
+        if self._writer is None:
+            return
+        self._pending[key] = entry
+        fut: Future[None] = self._writer.submit(self._spill_pending, key, entry)
+        fut.add_done_callback(_log_failure)
+
+    def _spill_pending(self, key: StoreKey, entry: SavedSequence) -> None:
+        """The writer thread: write `entry` unless it was deleted or replaced meanwhile."""
+        with self._io:
+            with self._lock:
+                if self._pending.get(key) is not entry:
+                    return
+            try:
+                self._spill(key, entry)
+            finally:
+                with self._lock:
+                    if self._pending.get(key) is entry:
+                        del self._pending[key]
+
     def _spill(self, key: StoreKey, entry: SavedSequence) -> None:
         if self.spill_dir is not None and write_entry(self._path(key), key, entry):
+            if self.on_spill is not None:
+                self.on_spill(threading.get_ident())
             self._trim_spill()
 
     def _load_spilled(self, key: StoreKey, now: float) -> SavedSequence | None:
         if self.spill_dir is None:
             return None
+        # No `_io` here: files are renamed into place whole, and a delete cannot run while
+        # the caller's claim holds the id (nor wait on another id's fsync on the event loop).
         path = self._path(key)
         try:
             if self.ttl is not None and now - path.stat().st_mtime > self.ttl:
@@ -218,6 +284,12 @@ class SequenceStore:
             log.debug("trimming the spill directory: %s", exc)
 
 
+def _log_failure(fut: Future[None]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("spilling a sequence failed: %s", exc)
+
+
 def write_entry(path: Path, key: StoreKey, entry: SavedSequence) -> bool:
     """Write one self-checking spill file atomically; False (logged) when it failed."""
     state = entry.state or b""
@@ -231,6 +303,7 @@ def write_entry(path: Path, key: StoreKey, entry: SavedSequence) -> bool:
             "exact": entry.exact,
             "tail": entry.tail.hex(),
             "lora": [list(pair) for pair in entry.lora],
+            "model_id": entry.model_id,
             "has_state": entry.state is not None,
             "kv_sha256": hashlib.sha256(state).hexdigest(),
         }
@@ -275,6 +348,7 @@ def read_entry(path: Path, key: StoreKey) -> SavedSequence | None:
             exact=int(meta.get("exact", 0)),
             tail=bytes.fromhex(meta.get("tail", "")),
             lora=tuple((str(n), float(s)) for n, s in meta.get("lora", [])),
+            model_id=str(meta.get("model_id", "")),
         )
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return None

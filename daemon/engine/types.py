@@ -67,6 +67,9 @@ class SavedSequence:
     # The LoRA adapter set its KV was computed under: only a request with the same set
     # may continue it.
     lora: tuple[tuple[str, float], ...] = ()
+    # The identity of the model file whose weights computed its KV (LoadedModel.identity):
+    # a model replaced under the same name never continues it.
+    model_id: str = ""
 
     @property
     def nbytes(self) -> int:

@@ -1,5 +1,6 @@
 """The request_id store: byte-bounded LRU, spill to disk, busy ids, owner isolation."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_spill_directory_is_bounded(tmp_path: Path) -> None:
     for i in range(5):
         store.claim(("k", str(i)))
         store.release(("k", str(i)), entry(i))
+    store.flush()
     assert sum(p.stat().st_size for p in tmp_path.glob("*.seq")) <= 2_500
 
 
@@ -141,3 +143,68 @@ def test_the_tail_of_a_cut_character_survives_a_spill(tmp_path: Path) -> None:
     store.claim(("k", "t"))
     store.release(("k", "t"), e)
     assert store.claim(("k", "t")) == e
+
+
+def test_spill_runs_off_the_releasing_thread(tmp_path: Path) -> None:
+    """An eviction's fsync happens on the store's writer thread, never on the thread that
+    released the entry (the scheduler); until then the entry is read from memory."""
+    store = SequenceStore(1_500, spill_dir=tmp_path)
+    writers: list[int] = []
+    gate = threading.Event()
+
+    def slow_spill(ident: int) -> None:
+        writers.append(ident)
+
+    store.on_spill = slow_spill
+    # Hold the writer at its lock: the evicted entry is pending, yet readable.
+    with store._io:
+        for i in range(3):
+            store.claim(("k", str(i)))
+            store.release(("k", str(i)), entry(i))
+        assert not writers and not list(tmp_path.glob("*.seq"))
+        assert store.claim(("k", "0")) == entry(0)  # pending: the in-memory copy
+        store.release(("k", "0"), None)
+        gate.set()
+    store.flush()
+    assert writers and threading.get_ident() not in writers
+    assert list(tmp_path.glob("*.seq"))
+    assert SequenceStore(1_500, spill_dir=tmp_path).claim(("k", "0")) == entry(0)
+
+
+def test_delete_and_spill_of_one_id_leave_nothing_behind(tmp_path: Path) -> None:
+    """A delete racing the spill of the same id: afterwards no file and no entry, whichever
+    came first (repeated, with the delete on another thread)."""
+    for round_ in range(40):
+        d = tmp_path / str(round_)
+        store = SequenceStore(1_500, spill_dir=d)
+        key = ("k", "victim")
+        store.claim(key)
+        store.release(key, entry(1))
+        go = threading.Barrier(2)
+        results: list[bool] = []
+
+        def evict() -> None:
+            go.wait()
+            store.claim(("k", "other"))
+            store.release(("k", "other"), entry(2))  # evicts `victim`: a spill is queued
+
+        def delete() -> None:
+            go.wait()
+            if round_ % 2:
+                time.sleep(0.0005)
+            results.append(store.delete(key))
+
+        threads = [threading.Thread(target=evict), threading.Thread(target=delete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.flush()
+        assert results == [True]
+        assert store.claim(key) is None
+        store.release(key, None)
+        assert not store._pending
+        assert store.delete(("k", "other"))
+        store.flush()
+        assert not list(d.glob("*.seq")), round_
+        assert not list(d.glob("*.tmp*")), round_
