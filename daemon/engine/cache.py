@@ -24,9 +24,9 @@ import os
 import struct
 import threading
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
