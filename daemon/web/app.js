@@ -1,10 +1,12 @@
 // The edged chat page: talks to this daemon's own OpenAI routes (/v1/models,
-// /v1/chat/completions with stream), keeps conversations in localStorage.
+// /v1/chat/completions with stream), keeps conversations and settings in localStorage.
+// The API key is never written to localStorage: it lives in the page's memory, and in
+// sessionStorage (gone when the tab closes) only if the person ticks "remember on this device".
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
   const STORE = "edged.conversations";
-  const KEY = "edged.apiKey";
+  const KEY = "edged.apiKey"; // sessionStorage only, and only when "remember" is ticked
   const SETTINGS = "edged.settings";
   let conversations = load(STORE, []);
   let current = null; // the open conversation
@@ -20,6 +22,25 @@
     const key = $("api-key").value.trim();
     if (key) h.Authorization = "Bearer " + key;
     return h;
+  }
+  // The key in sessionStorage when "remember on this device" is ticked, else nowhere but the field.
+  function rememberKey() {
+    const key = $("api-key").value.trim();
+    try {
+      if ($("remember-key").checked && key) sessionStorage.setItem(KEY, key);
+      else sessionStorage.removeItem(KEY);
+    } catch { /* storage refused (private mode): the key stays in memory */ }
+  }
+  function restoreKey() {
+    // An older page kept the key in localStorage, for good: delete it, never reuse it.
+    try { localStorage.removeItem(KEY); } catch { /* nothing to clean */ }
+    let key = null;
+    try { key = sessionStorage.getItem(KEY); } catch { /* none */ }
+    if (key) {
+      $("api-key").value = key;
+      $("remember-key").checked = true;
+      $("key-label").hidden = false;
+    }
   }
   function status(text) { $("status").textContent = text || ""; }
 
@@ -245,12 +266,12 @@
 
   function init() {
     restoreSettings();
-    $("api-key").value = localStorage.getItem(KEY) || "";
-    if ($("api-key").value) $("key-label").hidden = false;
+    restoreKey();
     $("api-key").addEventListener("change", () => {
-      localStorage.setItem(KEY, $("api-key").value.trim());
+      rememberKey();
       loadModels();
     });
+    $("remember-key").addEventListener("change", rememberKey);
     $("toggle-settings").addEventListener("click", () => {
       const s = $("settings");
       s.hidden = !s.hidden;

@@ -1,7 +1,9 @@
 // A small Markdown renderer for model answers. Every piece of text is HTML-escaped before
 // any markup is added, and links keep only http(s) and mailto targets, so nothing a model
 // writes can become a script. Covers: fenced and indented code, headings, lists, quotes,
-// tables, rules, paragraphs; inline code, bold, italic, strike-through and links.
+// tables, rules, paragraphs; inline code, bold, italic, strike-through and links. Markup is
+// built once: a finished code span or link is stashed behind a placeholder, so no later
+// pattern ever runs over HTML the renderer made (an href value stays the URL, byte for byte).
 "use strict";
 (function (global) {
   const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
@@ -14,25 +16,50 @@
     return /^(https?:\/\/|mailto:)/i.test(u) ? u : null;
   }
 
-  // Inline markup on raw text: code spans are cut out first so nothing inside them is parsed.
-  function inline(raw) {
-    const spans = [];
-    let text = raw.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, ticks, code) => {
-      spans.push("<code>" + escapeHtml(code.trim()) + "</code>");
-      return "\u0000" + (spans.length - 1) + "\u0000";
-    });
-    text = escapeHtml(text);
-    text = text.replace(/\[([^\]]+)\]\(([^)\s]+)\)/g, (m, label, href) => {
-      // href is already escaped; unescape &amp; for the check only
-      const url = safeUrl(href.replace(/&amp;/g, "&"));
-      return url ? '<a href="' + escapeHtml(url) + '" target="_blank" rel="noopener noreferrer">' + label + "</a>" : m;
-    });
+  const ENTITY = { "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'" };
+  function unescapeHtml(text) {
+    return text.replace(/&(amp|lt|gt|quot|#39);/g, (e) => ENTITY[e]);
+  }
+
+  // Emphasis, strong and strike-through on escaped text. The text it sees holds no markup of
+  // ours but placeholders (NUL, number, NUL): finished code spans and links are stashed before
+  // this pass, so it never sees (and never rewrites) an attribute value.
+  function emphasis(text) {
     text = text.replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>");
     text = text.replace(/__(?=\S)([\s\S]*?\S)__/g, "<strong>$1</strong>");
     text = text.replace(/(^|[^*\w])\*(?=\S)([^*]*?\S)\*(?!\w)/g, "$1<em>$2</em>");
     text = text.replace(/(^|[^_\w])_(?=\S)([^_]*?\S)_(?!\w)/g, "$1<em>$2</em>");
-    text = text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
-    return text.replace(/\u0000(\d+)\u0000/g, (_, i) => spans[Number(i)]);
+    return text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
+  }
+
+  // Inline markup on raw text. Each finished piece of HTML (a code span, a link) is stashed
+  // behind a placeholder as soon as it is built, so no later pass runs over it; the
+  // placeholders are put back last. `breaks` turns the text's newlines into <br> (before the
+  // stash is put back, so that pass too sees no generated HTML).
+  function inline(raw, breaks) {
+    const stash = [];
+    const hold = (html) => { stash.push(html); return "\u0000" + (stash.length - 1) + "\u0000"; };
+    // NUL is the placeholder's delimiter: a NUL in the text itself must not read as one.
+    let text = String(raw).replace(/\u0000/g, "\uFFFD");
+    // Code spans first: nothing inside them is parsed (a line end in one is a space).
+    text = text.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, ticks, code) =>
+      hold("<code>" + escapeHtml(code.trim().replace(/\n/g, " ")) + "</code>"));
+    text = escapeHtml(text);
+    text = text.replace(/\[([^\]]+)\]\(([^)\s]+)\)/g, (m, label, href) => {
+      // A code span inside the target wins over the link (as in CommonMark): plain text.
+      if (href.includes("\u0000")) return m;
+      // The target was escaped with the rest: check the URL itself, escape it once for the
+      // attribute. The label (escaped, maybe holding code placeholders) gets its emphasis now.
+      const url = safeUrl(unescapeHtml(href));
+      if (!url) return m;
+      const shown = breaks ? emphasis(label).replace(/\n/g, "<br>") : emphasis(label);
+      return hold('<a href="' + escapeHtml(url) + '" target="_blank" rel="noopener noreferrer">' + shown + "</a>");
+    });
+    text = emphasis(text);
+    if (breaks) text = text.replace(/\n/g, "<br>");
+    // Put the stash back; a link's label may hold code placeholders, stashed earlier.
+    const restore = (s) => s.replace(/\u0000(\d+)\u0000/g, (_, i) => restore(stash[Number(i)]));
+    return restore(text);
   }
 
   function isTableRule(line) {
@@ -93,7 +120,7 @@
           break;
         }
         const start = ordered && parseInt(item[2], 10) !== 1 ? ' start="' + parseInt(item[2], 10) + '"' : "";
-        out.push("<" + tag + start + ">" + items.map((t) => "<li>" + inline(t).replace(/\n/g, "<br>") + "</li>").join("") + "</" + tag + ">");
+        out.push("<" + tag + start + ">" + items.map((t) => "<li>" + inline(t, true) + "</li>").join("") + "</" + tag + ">");
         continue;
       }
       if (line.includes("|") && i + 1 < lines.length && isTableRule(lines[i + 1])) {
@@ -111,7 +138,7 @@
         para.push(lines[i++]);
       }
       if (!para.length) para.push(lines[i++]);
-      out.push("<p>" + inline(para.join("\n")).replace(/\n/g, "<br>") + "</p>");
+      out.push("<p>" + inline(para.join("\n"), true) + "</p>");
     }
     return out.join("\n");
   }
