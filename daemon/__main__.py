@@ -20,6 +20,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "port": ("--port", int, "port to listen on (default 8000)"),
     "model": ("--model", Path, "default model GGUF (default: the embedded SmolLM2)"),
     "models_dir": ("--models-dir", Path, "serve every *.gguf here under its file stem"),
+    "import_dir": ("--import-dir", Path, "pulls may import (import:NAME) from here only"),
     "ctx_size": ("--ctx-size", int, "context tokens per sequence"),
     "parallel": ("--parallel", int, "sequence slots per model"),
     "threads": ("--threads", int, "CPU threads for generation"),
@@ -66,7 +67,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
 # flag dest -> (flag, help) for switches that only turn a Settings boolean on
 _SWITCHES: dict[str, tuple[str, str]] = {
     "insecure_no_auth": ("--insecure-no-auth", "allow a non-loopback bind without API keys"),
-    "metrics_auth": ("--metrics-auth", "require an API key for /metrics too"),
+    "metrics_public": ("--metrics-public", "serve /metrics without an API key"),
     "log_json": ("--log-json", "write the access log as JSON lines"),
     "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
     "speculate": ("--speculate", "speculative decoding by n-gram lookup (prompt and output)"),

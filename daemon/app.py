@@ -14,7 +14,16 @@ from litestar.di import Provide
 from daemon.api import tokenize, webui
 from daemon.api.admin import router as admin_router
 from daemon.api.anthropic.routes import router as anthropic_router
-from daemon.api.auth import ApiKeys, api_key_guard, load_api_keys, provide_api_key
+from daemon.api.auth import (
+    EVERY_SCOPE,
+    INFERENCE,
+    ApiKeys,
+    api_key_guard,
+    is_loopback,
+    load_api_keys,
+    provide_api_key,
+    provide_caller,
+)
 from daemon.api.errors import exception_handlers
 from daemon.api.generate.routes import router as generate_router
 from daemon.api.llamacpp.routes import router as llamacpp_router
@@ -105,18 +114,30 @@ async def _reap_forever(reg: ModelRegistry) -> None:
             log.exception("unloading an idle model failed")
 
 
+def api_keys(settings: Settings) -> ApiKeys:
+    """The configured keys; with none, a loopback daemon's single user holds every scope and
+    a wider bind (--insecure-no-auth) allows inference only."""
+    open_scopes = EVERY_SCOPE if is_loopback(settings.host) else frozenset({INFERENCE})
+    return ApiKeys(load_api_keys(settings), open_scopes)
+
+
 def create_app(
     settings: Settings,
     registry: ModelRegistry | None = None,
     state: ServiceState | None = None,
+    keys: ApiKeys | None = None,
 ) -> Litestar:
-    """Build the app; the default model loads in the background after start-up."""
+    """Build the app; the default model loads in the background after start-up.
+
+    `keys` may be shared with the service runner, which replaces its content on SIGHUP.
+    """
     reg = registry if registry is not None else build_registry(settings)
     service = state if state is not None else ServiceState()
     metrics = Metrics(reg, lambda: service.draining)
-    public = {"/health"} if settings.metrics_auth else {"/health", "/metrics"}
-    public |= webui.PUBLIC_PATHS  # the chat page itself; its API calls carry the key
-    guard = api_key_guard(ApiKeys(load_api_keys(settings)), frozenset(public))
+    # Public routes say so themselves (opt scope "public": /health, the chat page's files);
+    # /metrics only when the operator opens it.
+    public = frozenset({"/metrics"} if settings.metrics_public else ())
+    guard = api_key_guard(keys if keys is not None else api_keys(settings), public)
     middleware = ServiceMiddleware(
         service, metrics, request_timeout=settings.request_timeout, log_json=settings.log_json
     )
@@ -170,6 +191,7 @@ def create_app(
         dependencies={
             "registry": Provide(lambda: reg, sync_to_thread=False),
             "api_key": Provide(provide_api_key, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "rpc": Provide(lambda: rpc, sync_to_thread=False),
         },

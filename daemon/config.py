@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     model: Path | None = Field(None, description="default model file; the embedded one if unset")
     models_dir: Path | None = Field(None, description="every *.gguf here is served by file stem")
+    import_dir: Path | None = Field(
+        None, description="pulls may import (`import:NAME`) files and folders under here only"
+    )
     aliases: dict[str, str] = Field(default_factory=dict, description="public name -> model")
 
     ctx_size: int = Field(
@@ -125,7 +128,9 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
     api_key_file: Path | None = Field(None, description="API keys, one per line")
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind without keys")
-    metrics_auth: bool = Field(False, description="/metrics also wants an API key")
+    metrics_public: bool = Field(
+        False, description="/metrics without an API key (by default it wants one when keys are set)"
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; none = off")
     max_tokens_cap: int = Field(32768, ge=1, description="largest max_tokens a request may ask")
     max_n: int = Field(16, ge=1, description="largest n (choices per request)")

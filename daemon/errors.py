@@ -53,6 +53,14 @@ class Unauthorized(EdgedError):
     code = "invalid_api_key"
 
 
+class Forbidden(EdgedError):
+    """A valid key without the scope the route needs (403)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "insufficient_scope"
+
+
 class ModelNotFound(EdgedError):
     """The requested model is neither a served file nor an alias (404)."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.api.lora import request_adapters
 from daemon.api.sampling import SamplingFields
-from daemon.api.watch import request_owner
+from daemon.api.watch import request_owner, request_owner_limit
 from daemon.config import Settings
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import LoadedModel
@@ -127,6 +127,7 @@ def submit_choices(
                 fork_group=group,
                 fork_size=n,
                 owner=request_owner(),
+                owner_limit=request_owner_limit(),
                 resume=extras.resume,
                 keep=extras.keep,
                 lora=lora,

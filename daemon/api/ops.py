@@ -7,16 +7,20 @@ from typing import Any
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from daemon.api.auth import PUBLIC, Caller
 from daemon.engine.registry import ModelRegistry
 from daemon.rpc.cluster import RpcCluster
 
 
-@get("/health", sync_to_thread=False)
+@get("/health", sync_to_thread=False, opt={"scope": PUBLIC})
 def health(
-    registry: NamedDependency[ModelRegistry], rpc: NamedDependency[RpcCluster | None]
+    registry: NamedDependency[ModelRegistry],
+    rpc: NamedDependency[RpcCluster | None],
+    caller: NamedDependency[Caller],
 ) -> Response[dict[str, Any]]:
     """200 once the default model is loaded and its scheduler runs (and every RPC worker
-    answers); 503 before."""
+    answers); 503 before. Without a valid key (when keys are set) only the status shows:
+    load balancers need no more, and model names, slots and queues are for key holders."""
     loaded = [
         {
             "name": lm.name,
@@ -42,4 +46,6 @@ def health(
         if not rpc.healthy():
             ready = False
             body["status"] = "degraded"
+    if not caller.scopes:
+        body = {"status": body["status"]}
     return Response(body, status_code=200 if ready else 503)

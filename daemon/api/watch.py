@@ -37,6 +37,8 @@ class RequestRecord:
     timeout: float | None = None
     # The caller's API key identity ("" without auth), set by the key guard.
     owner: str = ""
+    # That key's own cap on its running requests (key file `max_concurrency`), if any.
+    owner_limit: int | None = None
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -82,6 +84,12 @@ def request_owner() -> str:
     """The API key identity of the HTTP request being served ("" without auth)."""
     record = current.get()
     return record.owner if record is not None else ""
+
+
+def request_owner_limit() -> int | None:
+    """The serving request's key's own cap on running requests (None: the model's)."""
+    record = current.get()
+    return record.owner_limit if record is not None else None
 
 
 async def leased(

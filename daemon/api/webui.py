@@ -18,7 +18,6 @@ _TYPES = {
     "markdown.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
-PUBLIC_PATHS = frozenset({"/", *(f"/ui/{name}" for name in _TYPES)})
 # No inline scripts, nothing from elsewhere: the page talks to this daemon only.
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -39,13 +38,15 @@ def _asset(name: str) -> Response[bytes]:
     )
 
 
-@get("/", sync_to_thread=False, include_in_schema=False)
+@get("/", sync_to_thread=False, include_in_schema=False, opt={"scope": "public"})
 def index() -> Response[bytes]:
     """The chat page."""
     return _asset("index.html")
 
 
-@get("/ui/{name:str}", sync_to_thread=False, include_in_schema=False)
+@get(
+    "/ui/{name:str}", sync_to_thread=False, include_in_schema=False, opt={"scope": "public"}
+)
 def asset(name: FromPath[str]) -> Response[bytes]:
     """The page's scripts and styles (only the known files: no path walking)."""
     if name not in _TYPES or name == "index.html":

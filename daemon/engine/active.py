@@ -117,7 +117,8 @@ class FairQueue:
     """Requests waiting for slots: one line per owner (API key), served round-robin.
 
     One key's burst therefore waits behind every other key's next request instead of in
-    front of it. `limit` caps the requests of one owner running at once (None: no cap).
+    front of it. `limit` caps the requests of one owner running at once (None: no cap); a
+    request's `owner_limit` (its key's own cap) replaces it for that owner.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -141,11 +142,12 @@ class FairQueue:
 
     def heads(self, running: dict[str, int]) -> list[RequestHandle]:
         """The first request of each owner, in turn order, skipping owners at their cap."""
-        return [
-            line[0]
-            for owner, line in self._lines.items()
-            if self.limit is None or running.get(owner, 0) < self.limit
-        ]
+        heads = []
+        for owner, line in self._lines.items():
+            limit = line[0].request.owner_limit or self.limit  # a key's own cap comes first
+            if limit is None or running.get(owner, 0) < limit:
+                heads.append(line[0])
+        return heads
 
     def clear(self) -> None:
         self._lines.clear()

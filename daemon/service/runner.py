@@ -13,8 +13,8 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from daemon.api.auth import is_loopback, load_api_keys
-from daemon.app import build_registry, create_app
+from daemon.api.auth import ApiKeys, KeyFileError, is_loopback, load_api_keys
+from daemon.app import api_keys, build_registry, create_app
 from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
 from daemon.errors import Unavailable
@@ -49,11 +49,13 @@ class EdgedServer(uvicorn.Server):
         registry: ModelRegistry,
         state: ServiceState,
         reload: Callable[[], Settings],
+        keys: ApiKeys | None = None,
     ) -> None:
         super().__init__(config)
         self.settings = settings
         self.registry = registry
         self.state = state
+        self.keys = keys
         self.reload_settings = reload
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,12 +110,24 @@ class EdgedServer(uvicorn.Server):
         self.should_exit = True
 
     async def _reload(self) -> None:
-        """SIGHUP: re-read settings (.env, environment) for aliases and rescan the models dir."""
+        """SIGHUP: re-read settings (.env, environment) for aliases and API keys, and rescan
+        the models dir. A revoked key is refused from the next request on."""
         try:
             fresh = self.reload_settings()
         except (ValidationError, SystemExit) as exc:
             log.error("reload refused, keeping the current models: %s", exc)
             return
+        if self.keys is not None:
+            try:
+                entries = load_api_keys(fresh)
+            except (OSError, KeyFileError) as exc:
+                log.error("API keys not reloaded, keeping the current ones: %s", exc)
+            else:
+                if entries or not self.keys.enabled:
+                    self.keys.replace(entries)
+                    log.info("reloaded %d API key(s)", len(entries))
+                else:  # emptying the key file must not open a keyed daemon to everyone
+                    log.error("API keys not reloaded: the new set is empty (restart to drop auth)")
         self.registry.rescan(aliases=fresh.aliases)
         names = [e.name for e in self.registry.entries()]
         log.info("reloaded: %d servable model name(s)", len(names))
@@ -159,11 +173,14 @@ def _configure_access_log(json_lines: bool) -> None:
 def serve(settings: Settings, log_level: str, *, reload: Callable[[], Settings]) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit status."""
     try:
-        keys = load_api_keys(settings)
+        keys = api_keys(settings)
     except OSError as exc:
         print(f"edged: cannot read --api-key-file: {exc}", file=sys.stderr)
         return 2
-    if not keys and not is_loopback(settings.host) and not settings.insecure_no_auth:
+    except KeyFileError as exc:
+        print(f"edged: --api-key-file: {exc}", file=sys.stderr)
+        return 2
+    if not keys.enabled and not is_loopback(settings.host) and not settings.insecure_no_auth:
         print(
             f"edged: refusing to listen on {settings.host} without API keys: anyone who can "
             "reach this address could use the models. Set EDGED_API_KEYS or --api-key-file, "
@@ -174,7 +191,7 @@ def serve(settings: Settings, log_level: str, *, reload: Callable[[], Settings])
     _configure_access_log(settings.log_json)
     state = ServiceState()
     registry = build_registry(settings)
-    app = create_app(settings, registry, state)
+    app = create_app(settings, registry, state, keys)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -184,7 +201,7 @@ def serve(settings: Settings, log_level: str, *, reload: Callable[[], Settings])
         # The drain already waited for streams; this bounds what is left after its timeout.
         timeout_graceful_shutdown=5,
     )
-    server = EdgedServer(config, settings, registry, state, reload)
+    server = EdgedServer(config, settings, registry, state, reload, keys)
     server.run()
     if server.started:
         return 0

@@ -50,7 +50,7 @@ def chat(srv: Server, key: str, messages: list[dict[str, str]]) -> Any:
 
 
 def metric(srv: Server, name: str) -> float:
-    text = httpx.get(f"{srv.url}/metrics", timeout=30).text
+    text = httpx.get(f"{srv.url}/metrics", headers={"x-api-key": "alpha"}, timeout=30).text
     m = re.search(rf"^{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
     assert m, name
     return float(m.group(1))

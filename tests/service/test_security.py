@@ -67,9 +67,14 @@ def test_both_header_forms_accept_every_key(keyed: Server, headers: dict[str, st
     assert httpx.get(f"{keyed.url}/v1/models", headers=headers, timeout=30).status_code == 200
 
 
-def test_health_and_metrics_need_no_key(keyed: Server) -> None:
-    assert httpx.get(f"{keyed.url}/health", timeout=30).status_code == 200
-    assert httpx.get(f"{keyed.url}/metrics", timeout=30).status_code == 200
+def test_health_needs_no_key_metrics_does(keyed: Server) -> None:
+    """A load balancer's health check needs no key (and gets the status only); /metrics
+    carries per-model counters, so it wants a key unless the operator opens it."""
+    r = httpx.get(f"{keyed.url}/health", timeout=30)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert_error(httpx.get(f"{keyed.url}/metrics", timeout=30), 401, "invalid_api_key")
+    auth = {"authorization": "Bearer alpha"}
+    assert httpx.get(f"{keyed.url}/metrics", headers=auth, timeout=30).status_code == 200
 
 
 def test_cors_only_for_configured_origins(keyed: Server) -> None:
@@ -109,7 +114,7 @@ def test_metrics_after_traffic(keyed: Server) -> None:
     r = httpx.post(f"{keyed.url}/v1/completions", json=body, headers=auth, timeout=120)
     assert r.status_code == 200 and r.headers["x-request-id"]
     httpx.get(f"{keyed.url}/v1/models", timeout=30)  # a 401, counted too
-    text = httpx.get(f"{keyed.url}/metrics", timeout=30).text
+    text = httpx.get(f"{keyed.url}/metrics", headers=auth, timeout=30).text
     model = 'model="SmolLM2-135M-Instruct.Q4_1"'
     for line in [
         'edged_requests_total{method="POST",route="/v1/completions",status="200"} 2.0',

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import JSONBody
 
+from daemon.api.auth import ADMIN, Caller
 from daemon.api.choices import policy_of
 from daemon.api.errors import to_api
 from daemon.api.llamacpp import serving
@@ -67,8 +68,9 @@ def _build() -> str:
 
 
 @get("/props")
-async def props(registry: NamedDependency[ModelRegistry]) -> Body:
-    """The default model's context, slots, template and special tokens."""
+async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependency[Caller]) -> Body:
+    """The default model's context, slots, template and special tokens (`model_path` is the
+    file name unless the caller is an admin)."""
     lm = await leased(registry, None)
     m = lm.model
     return {
@@ -79,7 +81,7 @@ async def props(registry: NamedDependency[ModelRegistry]) -> Body:
         },
         "total_slots": lm.worker.n_slots,
         "model_alias": lm.name,
-        "model_path": str(lm.path),
+        "model_path": str(lm.path) if caller.admin else lm.path.name,
         "chat_template": lm.template.source,
         "bos_token": m.special_text(m.bos),
         "eos_token": m.special_text(m.eos),
@@ -89,9 +91,11 @@ async def props(registry: NamedDependency[ModelRegistry]) -> Body:
     }
 
 
-@get("/slots")
+@get("/slots", opt={"scope": ADMIN})
 async def slots(registry: NamedDependency[ModelRegistry]) -> list[Body]:
-    """Each sequence slot of the default model: whether it is busy and the tokens it holds."""
+    """Each sequence slot of the default model: whether it is busy and the tokens it holds.
+
+    Admins only: how many tokens other keys' slots hold tells one key about another's work."""
     lm = await leased(registry, None)
     sched = lm.generator()
     return [
@@ -108,7 +112,9 @@ async def slots(registry: NamedDependency[ModelRegistry]) -> list[Body]:
 
 
 @get("/lora-adapters")
-async def lora_adapters(registry: NamedDependency[ModelRegistry]) -> list[Body]:
+async def lora_adapters(
+    registry: NamedDependency[ModelRegistry], caller: NamedDependency[Caller]
+) -> list[Body]:
     """The default model's LoRA adapters: `id` is what /completion's `lora` entries name.
 
     `scale` is the default a request gets by naming the adapter; unlike llama-server, none
@@ -116,7 +122,12 @@ async def lora_adapters(registry: NamedDependency[ModelRegistry]) -> list[Body]:
     lm = await leased(registry, None)
     specs = lm.adapters.specs if lm.adapters is not None else {}
     return [
-        {"id": i, "name": s.name, "path": str(s.path), "scale": s.scale}
+        {
+            "id": i,
+            "name": s.name,
+            "path": str(s.path) if caller.admin else s.path.name,
+            "scale": s.scale,
+        }
         for i, s in enumerate(specs.values())
     ]
 

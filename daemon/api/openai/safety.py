@@ -143,7 +143,12 @@ class Guard:
 
     @classmethod
     async def open(cls, registry: ModelRegistry, name: str, policy: Policy) -> Guard:
-        """Load (or find) the named safety model; an unknown name is a 404 on `safety_model`."""
+        """Load (or find) the named safety model; an unknown name is a 404 on `safety_model`.
+
+        Never zero-config: the rule that lets a lone model answer any name would make it
+        moderate under a name nobody chose, so only a served name (file or alias) is taken."""
+        if not registry.knows(name):
+            raise ModelNotFound(f"The safety model `{name}` does not exist", param="safety_model")
         try:
             lm = await leased(registry, name)
         except ModelNotFound as exc:
