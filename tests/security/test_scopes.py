@@ -37,10 +37,11 @@ from daemon.api.errors import exception_handlers
 from daemon.app import create_app
 from daemon.config import Settings, embedded_model_path
 from tests.conftest import Server, start_server, stop_server
-from tests.service.conftest import SMALL, assert_error
+from tests.service.conftest import COUNTING, SMALL, assert_error
 
 MODEL = embedded_model_path().stem
 ATTACKER, OPERATOR, TENANT, HASHED = "bob-key", "root-key", "alice-key", "hashed-secret"
+CAPPED = "capped-key"
 
 # Every route that manages models or shows the server's insides: admin scope only.
 ADMIN_ROUTES = {
@@ -66,6 +67,7 @@ def key_file(path: Path) -> Path:
         f"{ATTACKER}\n"
         f"{OPERATOR} scopes=inference,admin name=operator\n"
         f"sha256:{digest} scopes=inference\n"
+        f"{CAPPED} max_concurrency=1\n"
     )
     return path
 
@@ -407,3 +409,50 @@ def test_admin_unload_never_cuts_a_running_request(keyed: tuple[Server, Path]) -
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1
     )
     assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
+
+
+def test_a_keys_own_concurrency_cap(keyed: tuple[Server, Path]) -> None:
+    """`max_concurrency=1` on a key's line: its second request waits for its first although a
+    slot is free, while another key's request takes that slot at once."""
+    import threading
+
+    srv, _ = keyed
+    # Long enough that the first stream is still running when the second arrives.
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 200, "temperature": 0}
+    body["stream"] = True
+
+    def health() -> dict[str, Any]:
+        r = httpx.get(f"{srv.url}/health", headers=_h(OPERATOR), timeout=30)
+        (m,) = [m for m in r.json()["models"] if m["name"] == MODEL]
+        return m
+
+    def second(key: str, out: list[int]) -> None:
+        r = httpx.post(
+            f"{srv.url}/v1/completions",
+            json={**body, "stream": False, "max_tokens": 4},
+            headers=_h(key),
+            timeout=300,
+        )
+        out.append(r.status_code)
+
+    for other, expect_queued in ((CAPPED, 1), (TENANT, 0)):
+        done: list[int] = []
+        with httpx.stream(
+            "POST", f"{srv.url}/v1/completions", json=body, headers=_h(CAPPED), timeout=300
+        ) as stream:
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data:"))
+            t = threading.Thread(target=second, args=(other, done))
+            t.start()
+            deadline = time.monotonic() + 60
+            while True:  # the second request is admitted or queued
+                m = health()
+                if m["busy_slots"] + m["queued"] >= 2:
+                    break
+                assert time.monotonic() < deadline, m
+                time.sleep(0.05)
+            assert m["queued"] == expect_queued and m["busy_slots"] == 2 - expect_queued, m
+            for _ in lines:
+                pass
+        t.join(300)
+        assert done == [200]
