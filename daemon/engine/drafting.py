@@ -131,6 +131,11 @@ class Speculator:
         self.draft_batch: Batch | None = None
         # Tokens whose KV the draft context holds, per sequence id (slots outlive requests).
         self._held: dict[int, list[int]] = {}
+        # ... and whose request filled them: another key keeps only what it may share.
+        self._held_owner: dict[int, str] = {}
+        # The prompt cache's sharing rule (the scheduler sets it): tokens `owner` may reuse
+        # of KV `holder` filled (None: all); by default nothing crosses a key.
+        self.shareable: Callable[[str, str], int | None] = lambda h, o: None if h == o else 0
         self.usable = options.enabled
         if (
             self.usable
@@ -253,6 +258,10 @@ class Speculator:
             hist = [*a.slot.tokens, a.decode.next_token]
             held = self._held.setdefault(seq, [])
             keep = min(common_prefix(held, hist), len(hist) - 1)
+            cap = self.shareable(self._held_owner.get(seq, a.owner), a.owner)
+            if cap is not None:
+                keep = min(keep, cap)
+            self._held_owner[seq] = a.owner
             if keep < len(held):
                 ctx.seq_rm(seq, keep, -1)
                 del held[keep:]

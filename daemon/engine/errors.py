@@ -61,3 +61,7 @@ class IdBusy(EngineError):
 
 class GenerationFailed(EngineError):
     """llama.cpp or a sequence's own work (sampling, grammar, scoring, text) failed."""
+
+
+class ModelChanged(InvalidInput):
+    """Kept state (a request_id, a conversation) was computed by another file of the model."""

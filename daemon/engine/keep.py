@@ -34,6 +34,7 @@ def saved_sequence(
     tok: int | None,
     best: list[int] | None,
     state_get: Callable[[int], bytes],
+    model_id: str = "",
 ) -> SavedSequence | None:
     """What a later request needs to continue this one exactly (None: keep the old).
 
@@ -52,6 +53,7 @@ def saved_sequence(
             finished=reason is FinishReason.STOP,
             tail=held,
             lora=a.handle.request.lora,
+            model_id=model_id,
         )
     if tok is not None:  # the last sampled token, not decoded yet
         pending = [tok]
@@ -72,4 +74,5 @@ def saved_sequence(
         exact=a.slot.exact,
         tail=held,
         lora=a.handle.request.lora,
+        model_id=model_id,
     )

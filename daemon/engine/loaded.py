@@ -16,12 +16,14 @@ from daemon.engine.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
 from daemon.engine.errors import (
     ContextOverflow,
+    EngineError,
     InvalidInput,
     LoadFailed,
     ModelUnavailable,
     NotGenerative,
 )
 from daemon.engine.handle import RequestHandle
+from daemon.engine.identity import file_identity
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
 from daemon.engine.lora import Adapters, AdapterSet, AdapterSpec
 from daemon.engine.prompt_cache import PromptCache
@@ -107,6 +109,9 @@ class LoadedModel:
         self.path = path
         self.loaded_at = time.time()
         self.closed = False
+        # What kept state is keyed by besides the name: the file's content (sha256), so a
+        # model replaced under the same name never resumes state of the old weights.
+        self.identity = file_identity(path)
         # The request_id store outlives this object (the registry owns it across unloads).
         self.store = store if store is not None else SequenceStore(options.store_max_bytes)
         self.model = Model(path, options.model)
@@ -172,7 +177,9 @@ class LoadedModel:
                 spill_max_bytes=options.cache_dir_max_bytes,
                 share_tokens=options.cache_share_tokens,
                 name=name,
+                identity=self.identity,
             ),
+            identity=self.identity,
         )
 
     def _speculation(self, options: EngineOptions) -> SpecOptions:
@@ -296,6 +303,19 @@ class LoadedModel:
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a generation on this model's scheduler."""
         return self.generator().submit(request)
+
+    def abandon(self, error: EngineError, timeout: float = 10.0) -> bool:
+        """Give the model up without freeing its llama.cpp objects (they live on a lost RPC
+        worker): its scheduler stops and ends its requests with `error` (see
+        `Scheduler.retire`), and its prompt cache lets go of its memory and spill files.
+        False when the scheduler thread was parked inside llama.cpp. Blocks: call it off
+        the event loop."""
+        self.closed = True
+        stopped = True
+        if self.scheduler is not None:
+            stopped = self.scheduler.retire(error, timeout)
+            self.scheduler.cache.clear()
+        return stopped
 
     def close(self) -> None:
         """Stop the scheduler (or embedder), waiting for its running decode, then free the

@@ -112,8 +112,11 @@ class PromptCache:
         spill_max_bytes: int = 16 << 30,
         share_tokens: int = 0,
         name: str = "model",
+        identity: str = "",
     ) -> None:
         self.max_bytes = max_bytes
+        # The model file's identity: spill files carry it and are read back only under it.
+        self.identity = identity
         # A lower bound set from outside (the registry's share of --max-models-memory).
         self.limit: int | None = None
         self._lock = threading.Lock()
@@ -207,7 +210,9 @@ class PromptCache:
             return e.state
         if e.path is None:
             return None
-        seq = read_entry(e.path, ("prompt-cache", str(e.id)))
+        seq = read_entry(e.path, self._spill_key(e))
+        if seq is not None and seq.model_id != self.identity:
+            seq = None
         if seq is None or seq.state is None:
             self._forget(e)
             return None
@@ -292,8 +297,10 @@ class PromptCache:
             self._unindex(e)
             return
         path = self._dir / f"{e.id}.seq"
-        seq = SavedSequence(e.tokens, (), len(e.tokens), e.state, exact=len(e.tokens))
-        if not write_entry(path, ("prompt-cache", str(e.id)), seq):
+        seq = SavedSequence(
+            e.tokens, (), len(e.tokens), e.state, exact=len(e.tokens), model_id=self.identity
+        )
+        if not write_entry(path, self._spill_key(e), seq):
             self._unindex(e)
             return
         e.state, e.path = None, path
@@ -302,6 +309,9 @@ class PromptCache:
         self.disk_bytes += e.state_bytes
         while self.disk_bytes > self.spill_max_bytes:
             self._forget(next(iter(self._disk.values())))
+
+    def _spill_key(self, e: CacheEntry) -> tuple[str, str]:
+        return ("prompt-cache", f"{self.identity}:{e.id}")
 
     def _forget(self, e: CacheEntry) -> None:
         """Drop `e` wherever it is."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 import time
 from collections import Counter
 
@@ -18,7 +19,7 @@ from daemon.engine.active import Active, Beams, Decode, FairQueue
 from daemon.engine.beam import log_softmax, repetition_penalize
 from daemon.engine.detokenize import IncrementalDetokenizer
 from daemon.engine.drafting import SpecOptions, Speculator
-from daemon.engine.errors import EngineError, GenerationFailed, ModelUnavailable
+from daemon.engine.errors import EngineError, GenerationFailed, ModelChanged, ModelUnavailable
 from daemon.engine.handle import Out, RequestHandle, deliver
 from daemon.engine.keep import beam_search, saved_sequence
 from daemon.engine.llama import ContextOptions, Model, SamplerChain
@@ -48,18 +49,25 @@ class Scheduler(ContextWorker):
         adapters: Adapters | None = None,
         speculation: SpecOptions | None = None,
         prompt_cache: PromptCache | None = None,
+        identity: str = "",
     ) -> None:
         super().__init__(model, options, max_queue=max_queue, name=name, thread=f"edged-{name}")
         self.lora = AdapterSteps(adapters)
+        # The model file's identity: what kept sequences are stamped with and checked against.
+        self.identity = identity
         self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
         # Below the slots; also the owner rule of slot prefix reuse (off: nothing kept).
         self.cache = prompt_cache if prompt_cache is not None else PromptCache(0)
         self.kv = SlotKV(self.ctx, self.cache)
+        self.spec.shareable = self.cache.shareable  # the draft context's KV: the same rule
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)
         self._active: list[Active] = []
         self.cache_hit_tokens = 0
         self.prefill_tokens = 0
+        # Set by `retire` (a lost RPC worker): stop at the next chance, touch no llama.cpp.
+        self._retired: EngineError | None = None
+        self._ended = False  # every request was answered for good (retire or abandon)
         self._thread.start()
 
     # ---- asyncio side -------------------------------------------------------------
@@ -95,17 +103,20 @@ class Scheduler(ContextWorker):
     # ---- scheduler thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
+        while self._retired is None:
             if not self._take_inbox():
                 break
             try:
                 self._admit()
-                if self._active:
+                if self._active and self._retired is None:
                     self._step()
             except Exception as exc:  # the thread must outlive any single failure
                 log.exception("scheduler step failed")
                 self._fail_all(GenerationFailed(f"generation failed: {exc}"))
             self.last_beat = time.monotonic()
+        if self._retired is not None:
+            self._end_all(self._retired)
+            return
         self._shut_down()
 
     def _shut_down(self) -> None:
@@ -172,6 +183,12 @@ class Scheduler(ContextWorker):
         req = h.request
         saved = req.resume
         self.lora.check(req)
+        if saved is not None and saved.model_id != self.identity:
+            # Computed by another file under this name: its KV means nothing to these weights.
+            raise ModelChanged(
+                "the model file changed since this sequence was kept; it cannot continue",
+                subject="request_id",
+            )
         if saved is not None and (saved.finished or not saved.pending or req.max_tokens == 0):
             # Nothing to generate: answer without touching any slot, and keep the entry
             # exactly as it was (a slot may hold another request's tokens by now).
@@ -235,7 +252,7 @@ class Scheduler(ContextWorker):
             return None
         resume = req.resume
         want = list(resume.tokens + resume.pending) if resume else req.prompt_tokens
-        return pick_slots(self._slots, req.n_slots, want, req.lora)
+        return pick_slots(self._slots, req.n_slots, want, req.lora, req.owner, self.cache.shareable)
 
     def _start(
         self, h: RequestHandle, slots: list[Slot], out: Out, fork_of: Active | None = None
@@ -266,7 +283,8 @@ class Scheduler(ContextWorker):
             # KV arrives from the leader after its prefill; nothing to decode of our own.
             pending = []
         elif req.resume is not None:
-            pending, active.n_prompt = self.kv.restore(slot, req.resume), req.resume.n_prompt
+            pending = self.kv.restore(slot, req.resume, req.owner)
+            active.n_prompt = req.resume.n_prompt
         elif req.prompt_logprobs:
             # Scoring needs the logits of every prompt position: nothing can come from cache.
             self.kv.clear(slot)
@@ -376,6 +394,8 @@ class Scheduler(ContextWorker):
         if not rows:
             return
         rc = self._llama_decode(b)
+        if self._retired is not None:  # retired meanwhile: its KV lives on a lost worker
+            return
         self.steps += 1
         out: Out = []
         if rc != 0:
@@ -536,7 +556,9 @@ class Scheduler(ContextWorker):
             self.kv.trim(a.slot, a.spec.valid)
         if h.request.keep and not failed:
             try:
-                h.saved = saved_sequence(a, reason, tok, best_tokens, self.ctx.state_get)
+                h.saved = saved_sequence(
+                    a, reason, tok, best_tokens, self.ctx.state_get, self.identity
+                )
             except Exception:  # the entry stays as it was; the answer still goes out
                 log.exception("saving a request_id entry failed")
         if a.decode.sampler is not None:
@@ -568,11 +590,58 @@ class Scheduler(ContextWorker):
             self._finish(a, FinishReason.ERROR, "", out, error=error)
         deliver(out)
 
-    def abandon(self, error: EngineError) -> None:
-        """End every request with `error` from another thread, for a scheduler whose thread
-        is stuck inside llama.cpp for good (a lost RPC worker); it takes no new work."""
+    def retire(self, error: EngineError, timeout: float = 10.0) -> bool:
+        """Stop for good without touching llama.cpp (its objects live on a lost RPC worker):
+        no new work; the scheduler thread ends every request with `error` at its next chance
+        and exits, freeing nothing. Blocks until it did (True), or `timeout` seconds; a
+        thread still inside llama.cpp then is parked there for good (the abort hook never
+        returns), and its requests are ended from here (`abandon`). Call it off the loop."""
         with self._lock:
             self._closing = True
+            self._retired = error
+        self._inbox.put(STOP)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return True
+        self.abandon(error)
+        return False
+
+    def _end_all(self, error: EngineError) -> None:
+        """(Scheduler thread, retired) Answer every request with `error`; no KV is saved,
+        trimmed or freed: it lives on a lost worker."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        handles = [a.handle for a in self._active] + list(self._waiting)
+        self._active.clear()
+        self._waiting.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, RequestHandle):
+                handles.append(item)
+        for h in handles:
+            h.finish_reason = h.finish_reason or FinishReason.ERROR
+            self._done()
+        deliver([(h, error) for h in handles])
+        for h in handles:
+            h._engine_done()
+
+    def abandon(self, error: EngineError) -> None:
+        """End every request with `error` from another thread, for a scheduler whose thread
+        is stuck inside llama.cpp for good (a lost RPC worker); it takes no new work.
+
+        Only for a thread that is parked for good (see `retire`, which tries the thread
+        itself first): then nothing else reads or changes its queues any more."""
+        with self._lock:
+            self._closing = True
+            if self._ended:
+                return
+            self._ended = True
         handles = [a.handle for a in list(self._active)] + list(self._waiting)
         while True:
             try:

@@ -90,10 +90,18 @@ class SlotKV:
         self.cache.count_hit(n)
         return n
 
-    def restore(self, slot: Slot, saved: SavedSequence) -> list[int]:
-        """Put a kept sequence back into `slot`; return the tokens still to feed."""
+    def restore(self, slot: Slot, saved: SavedSequence, owner: str) -> list[int]:
+        """Put a kept sequence of `owner` back into `slot`; return the tokens still to feed.
+
+        What the slot already holds counts only within the sharing rule: another key's KV
+        of the same tokens is never kept beyond the shared prefix (a guessed prompt would
+        otherwise be confirmed by the tokens it saves, e.g. a beam entry without state).
+        """
         target = list(saved.tokens)
         keep = common_prefix(slot.tokens, target)
+        cap = self.cache.shareable(slot.owner, owner)
+        if cap is not None:
+            keep = min(keep, cap, slot.exact)
         if keep < len(target) and saved.state is not None:
             self.clear(slot)
             if self.ctx.state_set(slot.seq, saved.state):

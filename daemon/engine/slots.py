@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,20 +61,33 @@ class Slot:
 
 
 def pick_slots(
-    slots: list[Slot], n: int, want: list[int], lora: tuple[tuple[str, float], ...] = ()
+    slots: list[Slot],
+    n: int,
+    want: list[int],
+    lora: tuple[tuple[str, float], ...] = (),
+    owner: str = "",
+    shareable: Callable[[str, str], int | None] | None = None,
 ) -> list[Slot]:
-    """`n` free slots (indexed by sequence id) for a request whose prompt is `want` under
-    the adapter set `lora`: the one sharing the longest prefix with it first (KV made under
-    other adapters is no prefix of ours); among equals, one next to a busy (or already
-    picked) slot, then the least recently used.
+    """`n` free slots (indexed by sequence id) for a request of `owner` whose prompt is
+    `want` under the adapter set `lora`: the one sharing the longest prefix with it first
+    (KV made under other adapters is no prefix of ours; another key's counts only up to
+    `shareable(holder, owner)` tokens, None: all, so which slot is taken says nothing of
+    another key's text); among equals, one next to a busy (or already picked) slot, then
+    the least recently used.
 
     Busy slots kept in runs of consecutive sequence ids are worth it: with one KV stream per
     sequence, llama.cpp splits a batch into one micro-batch per run (a decode step at 4
     streams on sequences 0, 2, 4, 6 costs 1.34x the step on 0-3, bench/RESULTS.md).
     """
-    prefix = {
-        s.seq: common_prefix(s.tokens, want) if s.lora == lora else 0 for s in slots if not s.busy
-    }
+
+    def usable(s: Slot) -> int:
+        if s.lora != lora:
+            return 0
+        cap = None if shareable is None else shareable(s.owner, owner)
+        n = common_prefix(s.tokens, want)
+        return n if cap is None else min(n, cap)
+
+    prefix = {s.seq: usable(s) for s in slots if not s.busy}
     taken: set[int] = set()
 
     def held(j: int) -> bool:

@@ -159,6 +159,9 @@ class RpcCluster:
         # the default model once every worker answers.
         self._reload = False
         self._quarantined: set[int] = set()  # fds shut down after a loss (ggml still owns them)
+        # Seconds a lost model's scheduler gets to stop on its own thread before it counts
+        # as parked inside llama.cpp for good (`Scheduler.retire`).
+        self.retire_timeout = 3.0
 
     # ---- set-up --------------------------------------------------------------------
 
@@ -283,11 +286,20 @@ class RpcCluster:
             error = ModelUnavailable(
                 f"an RPC worker was lost ({reason}); the request was ended", retry_after=5
             )
+            gone = []
             for lm in self.registry.loaded():
                 self._reload = True
                 self.registry.forget(lm.name)
-                if lm.scheduler is not None:
-                    lm.scheduler.abandon(error)
+                gone.append(lm)
+            # Each scheduler stops on its own thread (its queues are touched there only),
+            # ending its requests with `error`; nothing on the lost worker is freed. A thread
+            # parked inside llama.cpp for good is given up after a bound (`retire`).
+            stopped = await asyncio.gather(
+                *(asyncio.to_thread(lm.abandon, error, self.retire_timeout) for lm in gone)
+            )
+            for lm, ok in zip(gone, stopped, strict=True):
+                if not ok:
+                    log.warning("%s: its scheduler is stuck on the lost worker", lm.name)
             self.generation += 1
             peers = set().union(*(_addresses(w.host, w.port) for w in self.workers))
             fds = await asyncio.to_thread(_own_sockets, peers)

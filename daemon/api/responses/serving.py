@@ -3,6 +3,9 @@
 A turn that names `previous_response_id` renders the whole conversation as any chat would.
 When the kept sequence of the previous turn is a prefix of that prompt, its KV state is
 restored and only the rest (the new input) is prefilled; otherwise it is a full prefill.
+The KV state is restored only on the very model file that computed it (`model_identity`,
+the file's sha256): a chain continued after the model was replaced under the same name, or
+under another model or adapter set, is recomputed from its text history instead.
 """
 
 from __future__ import annotations
@@ -131,6 +134,8 @@ def _resume(
     lm.store.release(key, None)  # the entry stays: a conversation may branch from it again
     if saved is None or saved.state is None or list(saved.tokens + saved.pending) != prev.tokens:
         return None
+    if saved.model_id != lm.identity:  # computed by another file of the model: recompute
+        return None
     full = prev.tokens
     if chat.rendered.startswith(prev.covered):
         # Joining at the text level keeps the model's own tokens for its earlier answer.
@@ -150,6 +155,7 @@ def _resume(
         state=saved.state,
         exact=saved.exact,
         lora=saved.lora,
+        model_id=saved.model_id,
     )
     return prompt, resume
 
@@ -238,6 +244,7 @@ class _Job:
                     model=self.lm.name,
                     covered=self.chat.rendered + generated,
                     tokens=tokens,
+                    model_identity=self.lm.identity,
                 ),
             )
         return done
@@ -274,7 +281,10 @@ async def create_response(
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     chat = build_chat(lm, chat_req, format_param="text.format")
     prompt, extras = chat.tokens, chat.extras
-    resumed = _resume(lm, owner, prev, chat) if prev is not None and prev.model == lm.name else None
+    # Resumed only on the very file that computed it: a model replaced under the same name
+    # recomputes the chain from its text history (as for a changed LoRA set).
+    same = prev is not None and prev.model == lm.name and prev.model_identity == lm.identity
+    resumed = _resume(lm, owner, prev, chat) if prev is not None and same else None
     if resumed is not None:
         prompt = resumed[0]
     resp_id = it.new_id("resp")

@@ -1,0 +1,165 @@
+"""Kept state never crosses an API key (issue 25 rows 4, 7 and 8).
+
+Row 4 over real HTTP: key B keeps a beam-search request_id on a guessed prompt, key A fills
+the slots with its own (secret) prompt, key B continues its id. The prefix-hit counter must
+not depend on whether B's guess matched A's prompt. Row 7: one key's stored Responses evict
+its own, never another key's. Row 8: request_id spills run off the scheduler thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemon.api.responses.store import ResponseStore, StoredResponse
+from daemon.config import embedded_model_path
+from daemon.engine.cache import SequenceStore
+from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.types import GenerationRequest, SamplingParams
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.test_generate_isolation import A, B, _metric, gen
+
+WORDS = [
+    "river",
+    "stone",
+    "light",
+    "winter",
+    "garden",
+    "market",
+    "silver",
+    "letter",
+    "harbor",
+    "meadow",
+]
+SECRET = (
+    "<|im_start|>user\nThe launch code is "
+    + " ".join(WORDS[(i * 7) % 10] for i in range(60))
+    + ". Keep it.<|im_end|>\n<|im_start|>assistant\n"
+)
+WRONG = (
+    "<|im_start|>user\nThe launch code is "
+    + " ".join(WORDS[(i * 3) % 10] for i in range(60))
+    + ". Keep it.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("state-iso"),
+        *("--parallel", "2", "--ctx-size", "1024", "--threads", "1"),
+        env={"EDGED_API_KEYS": "key-a,key-b"},
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=600) as c:
+        yield c
+
+
+def _hits(http: httpx.Client) -> float:
+    return _metric(http.get("/metrics", headers=A).text, "edged_prefix_cache_hit_tokens")
+
+
+def _continue_after_a(http: httpx.Client, rid: str) -> float:
+    """A fills both slots with its secret prompt (two beams); B continues its id: the
+    prefix tokens B's continuation was credited with."""
+    assert gen(http, A, f"fill-{rid}", SECRET, num_beams=2, max_new_tokens=2).status_code == 200
+    before = _hits(http)
+    r = gen(http, B, rid, num_beams=2, max_new_tokens=2)
+    assert r.status_code == 200, r.text
+    return _hits(http) - before
+
+
+def test_row4_a_continued_beam_id_reads_nothing_of_another_keys_prompt(
+    http: httpx.Client,
+) -> None:
+    for rid, guess in (("right", SECRET), ("wrong", WRONG)):
+        r = gen(http, B, rid, guess, num_beams=2, max_new_tokens=1)
+        assert r.status_code == 200, r.text
+    right = _continue_after_a(http, "right")
+    wrong = _continue_after_a(http, "wrong")
+    assert right == wrong  # the guess matching A's prompt changes no count
+    # Plain continuations too (their KV state is kept; the slot's is another key's).
+    for rid, guess in (("p-right", SECRET), ("p-wrong", WRONG)):
+        assert gen(http, B, rid, guess, max_new_tokens=1).status_code == 200
+    assert _continue_after_a(http, "p-right") == _continue_after_a(http, "p-wrong")
+    # A's own repeat still reuses its prefix.
+    before = _hits(http)
+    assert gen(http, A, "again", SECRET, max_new_tokens=2).status_code == 200
+    assert _hits(http) - before >= 64
+
+
+def _resp(n: int) -> StoredResponse:
+    return StoredResponse({"id": str(n)}, [], [], "m", "", [], model_identity="x")
+
+
+def test_row7_one_keys_responses_never_evict_anothers() -> None:
+    store = ResponseStore(max_entries=8)
+    assert store.owner_max_entries == 2
+    store.put("bob", "keep", _resp(0))
+    for i in range(50):
+        store.put("alice", f"r{i}", _resp(i))
+    assert store.get("bob", "keep") is not None
+    assert store.owned("alice") == 2
+    assert store.get("alice", "r49") is not None and store.get("alice", "r0") is None
+    # Past the total bound the key holding the most gives way first.
+    store = ResponseStore(max_entries=4, owner_max_entries=3)
+    store.put("bob", "keep", _resp(0))
+    for i in range(3):
+        store.put("alice", f"r{i}", _resp(i))
+    store.put("carol", "c", _resp(9))
+    assert len(store) == 4
+    assert store.get("bob", "keep") is not None and store.get("carol", "c") is not None
+    assert store.delete("alice", "r2") is not None and store.owned("alice") == 1
+
+
+def test_row8_request_id_spills_run_off_the_scheduler_thread(tmp_path: Path) -> None:
+    """Entries released by the scheduler thread are evicted there, but written by the
+    store's writer thread."""
+    store = SequenceStore(1, spill_dir=tmp_path / "spill")  # every entry is evicted
+    writers: list[int] = []
+    store.on_spill = writers.append
+    lm = LoadedModel("spill", embedded_model_path(), EngineOptions(ctx_size=256, parallel=2), store)
+    try:
+        sched = lm.generator()
+        released_on: list[int] = []
+
+        async def one(rid: str) -> None:
+            req = GenerationRequest(
+                lm.tokenize(f"Count to {rid}:"),
+                3,
+                SamplingParams(temperature=0.0),
+                keep=True,
+                owner="k",
+            )
+            store.claim(("k", rid))
+            h = lm.submit(req)
+
+            def done(h: object) -> None:
+                released_on.append(threading.get_ident())
+                store.release(("k", rid), h.saved)  # type: ignore[attr-defined]
+
+            h.add_done_callback(done)
+            async for _ in h.chunks():
+                pass
+
+        async def run() -> None:
+            await asyncio.gather(*(one(str(i)) for i in range(3)))
+
+        asyncio.run(run())
+        store.flush()
+        assert writers, "nothing was spilled"
+        assert sched._thread.ident in released_on
+        assert sched._thread.ident not in writers
+        assert all(store.claim(("k", str(i))) is not None for i in range(3))
+    finally:
+        lm.close()
