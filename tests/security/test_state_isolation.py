@@ -19,6 +19,7 @@ import pytest
 from daemon.api.responses.store import ResponseStore, StoredResponse
 from daemon.config import embedded_model_path
 from daemon.engine.cache import SequenceStore
+from daemon.engine.errors import ModelUnavailable
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server, start_server, stop_server
@@ -163,3 +164,43 @@ def test_row8_request_id_spills_run_off_the_scheduler_thread(tmp_path: Path) -> 
         assert all(store.claim(("k", str(i))) is not None for i in range(3))
     finally:
         lm.close()
+
+
+def test_row8_a_lost_workers_model_stops_on_its_own_thread() -> None:
+    """RPC worker loss (`LoadedModel.abandon`): the scheduler thread ends its running and
+    waiting requests itself and exits, frees no llama.cpp object (they would live on the
+    lost worker), and its prompt cache lets go of its memory."""
+    lm = LoadedModel("retire", embedded_model_path(), EngineOptions(ctx_size=512, parallel=1))
+    sched = lm.generator()
+    try:
+        prompt = lm.tokenize(" ".join(WORDS * 10))  # > one prompt-cache block
+
+        async def run() -> None:
+            warm = lm.submit(GenerationRequest(prompt, 1, SamplingParams(temperature=0.0)))
+            async for _ in warm.chunks():
+                pass
+            other = lm.submit(GenerationRequest(lm.tokenize("Hi"), 2, SamplingParams()))
+            async for _ in other.chunks():  # the first prompt's slot is vacated to the cache
+                pass
+            assert len(sched.cache) > 0
+            running = lm.submit(GenerationRequest(prompt, 400, SamplingParams(temperature=0.0)))
+            waiting = lm.submit(GenerationRequest(prompt, 4, SamplingParams(temperature=0.0)))
+            async for _ in running.chunks():
+                break  # it is generating now; `waiting` has no slot
+            stopped = await asyncio.to_thread(lm.abandon, ModelUnavailable("lost"), 30.0)
+            assert stopped and not sched.alive
+            for h in (running, waiting):
+                with pytest.raises(ModelUnavailable):
+                    async for _ in h.chunks():
+                        pass
+                assert h.finish_reason is not None
+
+        asyncio.run(run())
+        assert sched.ctx.ptr is not None and lm.model.ptr is not None  # nothing freed
+        assert len(sched.cache) == 0 and sched.cache.nbytes == 0
+        with pytest.raises(ModelUnavailable):
+            lm.generator()
+    finally:
+        sched.batch.close()
+        sched.ctx.close()
+        lm.model.close()
