@@ -49,8 +49,11 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def _cmd_pull(args: argparse.Namespace) -> None:
+    from quantize.fetch import is_local
     from quantize.pull import pull
 
+    # The local user's own command: a REPO_ID naming a directory of theirs is used in place.
+    local = Path(args.repo_id).expanduser() if is_local(args.repo_id) else None
     print(
         pull(
             args.repo_id,
@@ -59,6 +62,7 @@ def _cmd_pull(args: argparse.Namespace) -> None:
             args.revision,
             args.threads,
             progress=not args.quiet,
+            local_dir=local,
         )
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,22 @@ class RepoListing:
 
 
 def is_local(repo_id: str) -> bool:
-    """A REPO_ID naming an existing directory is used in place."""
+    """A REPO_ID naming an existing directory is used in place (the `edged-quantize` CLI's
+    convenience for its local user; library callers pass `local_dir` to `pull` instead)."""
     return Path(repo_id).expanduser().is_dir()
+
+
+def list_local(root: Path) -> RepoListing:
+    """A local directory's files as a repository listing (symbolic links to directories are
+    not followed)."""
+    files: list[str] = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
+        for name in names:
+            path = Path(folder) / name
+            if path.is_file():
+                files.append(str(path.relative_to(root)))
+    return RepoListing(str(root), None, tuple(sorted(files)), root)
 
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
@@ -70,11 +85,15 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 def list_repo(
     repo_id: str, revision: str | None = None, endpoint: str | None = None
 ) -> RepoListing:
-    """Resolve revision to a commit sha and list the repository's files."""
+    """Resolve revision to a commit sha and list the repository's files (a local directory's
+    when `repo_id` names one: see `is_local`)."""
     if is_local(repo_id):
-        root = Path(repo_id).expanduser()
-        files = tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()))
-        return RepoListing(repo_id, None, files, root)
+        return list_local(Path(repo_id).expanduser())
+    return list_hub(repo_id, revision, endpoint)
+
+
+def list_hub(repo_id: str, revision: str | None = None, endpoint: str | None = None) -> RepoListing:
+    """A hub repository at `revision`: its commit sha and file names (never a local path)."""
     from huggingface_hub import HfApi
 
     try:
@@ -92,9 +111,21 @@ def fetch(
     endpoint: str | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
-    """Download the needed files of repo_id (default: a checkpoint's); return the snapshot path."""
+    """Download the needed files of repo_id (default: a checkpoint's); return the snapshot path.
+    A `repo_id` naming a local directory is returned as it is (see `is_local`)."""
     if is_local(repo_id):
         return Path(repo_id).expanduser()
+    return fetch_hub(repo_id, revision, include, endpoint, cache_dir)
+
+
+def fetch_hub(
+    repo_id: str,
+    revision: str | None = None,
+    include: Sequence[str] | None = None,
+    endpoint: str | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """`fetch` from the hub only: `repo_id` is never looked up on the local file system."""
     from huggingface_hub import snapshot_download
 
     def download(patterns: list[str]) -> Path:

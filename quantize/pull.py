@@ -9,15 +9,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from quantize.atomic import atomic_output
 from quantize.checkpoint import Checkpoint
 from quantize.convert import convert
 from quantize.errors import FetchError
-from quantize.fetch import fetch, list_repo
+from quantize.fetch import fetch_hub, list_hub, list_local
 from quantize.quantize import normalize_type, quantize_gguf
 
 log = logging.getLogger(__name__)
@@ -111,73 +111,111 @@ def pull(
     threads: int | None = None,
     endpoint: str | None = None,
     progress: bool = True,
+    *,
+    local_dir: Path | None = None,
+    name: str | None = None,
+    before_write: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Fetch repo_id into <models_dir>/<name>.<TYPE>.gguf plus a JSON sidecar; return the GGUF."""
+    """Fetch repo_id into <models_dir>/<name>.<TYPE>.gguf plus a JSON sidecar; return the GGUF.
+
+    `repo_id` is a hub repository, never looked up on the local file system; a local
+    checkpoint or GGUF directory is `local_dir` (then `repo_id` only labels the sidecar).
+    `name` overrides the file stem (default: `model_name(repo_id)`). Everything is made in a
+    temporary folder beside the output; `before_write(target)` runs just before the files are
+    renamed into place (it may raise to refuse), and each rename is atomic (`os.replace`).
+    """
     qtype = normalize_type(type)
     out_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    listing = list_repo(repo_id, revision, endpoint)
-    rev = listing.sha or revision
-    target = out_dir / f"{model_name(repo_id)}.{qtype}.gguf"
+    if local_dir is not None:
+        listing = list_local(local_dir)
+        rev = None
+    else:
+        listing = list_hub(repo_id, revision, endpoint)
+        rev = listing.sha or revision
+    stem = f"{name or model_name(repo_id)}.{qtype}"
+    target = out_dir / f"{stem}.gguf"
+
+    def get(files: list[str] | None) -> Path:
+        if local_dir is not None:
+            return local_dir
+        return fetch_hub(repo_id, rev, files, endpoint)
 
     exact = pick_gguf(listing.files, qtype)
     full = next((f for t in FULL_PRECISION if (f := pick_gguf(listing.files, t))), None)
-    with tempfile.TemporaryDirectory(prefix=".pull-", dir=out_dir) as work:
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=out_dir) as work_dir:
+        work = Path(work_dir)
+        made: list[tuple[Path, Path]] = []  # (made in work, its final path)
         if exact is not None and SPLIT.match(exact):
             parts = split_parts(listing.files, exact)
-            snapshot = fetch(repo_id, rev, parts, endpoint)
+            snapshot = get(parts)
             sources = {f: sha256_file(snapshot / f) for f in parts}
             n = len(parts)
             for k, f in enumerate(parts, 1):
                 # llama.cpp finds the other parts by this exact naming next to the first.
-                part = out_dir / f"{target.stem}-{k:05d}-of-{n:05d}.gguf"
-                with atomic_output(part) as tmp:
-                    shutil.copyfile(snapshot / f, tmp)
-            target = out_dir / f"{target.stem}-00001-of-{n:05d}.gguf"
+                part = f"{stem}-{k:05d}-of-{n:05d}.gguf"
+                shutil.copyfile(snapshot / f, work / part)
+                made.append((work / part, out_dir / part))
+            target = out_dir / f"{stem}-00001-of-{n:05d}.gguf"
             how = "gguf"
         elif exact is not None:
-            src = fetch(repo_id, rev, [exact], endpoint) / exact
+            src = get([exact]) / exact
             sources = {exact: sha256_file(src)}
-            with atomic_output(target) as tmp:
-                shutil.copyfile(src, tmp)
+            shutil.copyfile(src, work / target.name)
+            made.append((work / target.name, target))
             how = "gguf"
         elif full is not None:
-            src = fetch(repo_id, rev, [full], endpoint) / full
+            src = get([full]) / full
             sources = {full: sha256_file(src)}
-            quantize_gguf(src, target, qtype, threads, progress)
+            quantize_gguf(src, work / target.name, qtype, threads, progress)
+            made.append((work / target.name, target))
             how = "gguf+quantize"
         elif any(f.endswith(".safetensors") for f in listing.files):
-            snapshot = fetch(repo_id, rev, None, endpoint)
+            snapshot = get(None)
             checkpoint = Checkpoint(snapshot)
             # Only the files the conversion reads (the index's shards, when there is one).
             sources = {
                 str(p.relative_to(snapshot)): sha256_file(p)
                 for p in sorted({ref.file for ref in checkpoint})
             }
-            intermediate = Path(work) / "model.gguf"
+            intermediate = work / "model.intermediate.gguf"
             convert(snapshot, intermediate, intermediate_type(checkpoint, qtype), progress)
-            quantize_gguf(intermediate, target, qtype, threads, progress)
+            quantize_gguf(intermediate, work / target.name, qtype, threads, progress)
+            made.append((work / target.name, target))
             how = "safetensors"
         else:
             ggufs = [f for f in listing.files if f.lower().endswith(".gguf")]
             have = f"GGUF files {', '.join(ggufs)}" if ggufs else "no GGUF or safetensors files"
             raise FetchError(f"{repo_id}: no {qtype} GGUF and nothing to convert ({have})")
 
-    sidecar = Sidecar(
-        repo=repo_id,
-        revision=rev,
-        requested_revision=revision,
-        source=how,
-        source_files=sources,
-        source_sha256=_combined_sha(sources),
-        type=qtype,
-        sha256=sha256_file(target),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    with atomic_output(target.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
+        sidecar = Sidecar(
+            repo=repo_id,
+            revision=rev,
+            requested_revision=revision,
+            source=how,
+            source_files=sources,
+            source_sha256=_combined_sha(sources),
+            type=qtype,
+            sha256=sha256_file(made[0][0]),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        side = work / target.with_suffix(".json").name
+        side.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
+        made.append((side, target.with_suffix(".json")))
+        if before_write is not None:
+            before_write(target)
+        for tmp, final in made:
+            os.chmod(tmp, _plain_mode())
+            os.replace(tmp, final)
     log.info("pulled %s -> %s", repo_id, target)
     return target
+
+
+def _plain_mode() -> int:
+    """The permissions a plain open() gives a new file (temporary files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def intermediate_type(checkpoint: Checkpoint, qtype: str) -> str:

@@ -1,6 +1,6 @@
 """Admin routes the `edged` CLI uses: what is loaded, load/unload a model, pull one.
 
-They sit behind the same API-key guard as every other route (keys apply).
+They need a key with the `admin` scope (with no keys, a loopback daemon's user has it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 from pydantic import Field
 
+from daemon import models
+from daemon.api.auth import ADMIN
 from daemon.api.keepalive import KeepAlive, keep_alive_arg
 from daemon.api.sampling import ProtocolModel
 from daemon.config import Settings
 from daemon.engine.registry import ModelRegistry
-from daemon.errors import InvalidRequest, ModelNotFound
+from daemon.errors import Conflict, EdgedError, ModelNotFound
 
 
 class LoadRequest(ProtocolModel):
@@ -34,10 +36,12 @@ class LoadRequest(ProtocolModel):
 
 
 class PullRequest(ProtocolModel):
-    """POST /admin/pull: `owner/name[:QUANT]` as `edged pull` takes it."""
+    """POST /admin/pull: `owner/name[:QUANT]` or `import:NAME[:QUANT]` (daemon/models/sources.py);
+    `replace` overwrites a model of that name that came from another source."""
 
-    model: str = Field(min_length=1)
-    revision: str | None = None
+    model: str = Field(min_length=1, max_length=1000)
+    revision: str | None = Field(None, max_length=1000)
+    replace: bool = False
 
 
 def _entry_key(registry: ModelRegistry, name: str) -> str:
@@ -86,10 +90,16 @@ async def load(
 async def unload(
     data: JSONBody[LoadRequest], registry: NamedDependency[ModelRegistry]
 ) -> dict[str, Any]:
-    """Unload a model now; requests still running on it end as 503. The default model
-    loads again on the next request that needs it."""
+    """Unload a model now unless requests use it (409: a model is never unloaded under its
+    leases). The default model loads again on the next request that needs it."""
     key = _entry_key(registry, data.model)
     was = registry.is_loaded(key)
+    lm = next((m for m in registry.loaded() if m.name == key), None)
+    busy = max(registry.leases(key), lm.worker.outstanding if lm is not None else 0)
+    if busy:
+        raise Conflict(
+            f"`{key}` is in use by {busy} request(s); unload it when it is idle", param="model"
+        )
     await registry.unload(key)
     return {"model": key, "loaded": False, "was_loaded": was}
 
@@ -123,37 +133,30 @@ async def pull(
     """Pull into the models directory; progress streams as JSON lines (NDJSON), then rescan.
 
     Lines: {"status": "pulling", "completed": bytes-so-far}..., then {"status": "success",
-    "model": name, "path": ...} or {"status": "error", "error": message}. The pull goes on
+    "model": name, "path": ...} or {"status": "error", "error": message}. A bad source is a
+    400 and a name taken by another source a 409, before anything streams. The pull goes on
     if the client hangs up (downloads resume next time anyway).
     """
-    from quantize.errors import QuantizeError
-    from quantize.pull import pull as do_pull
-    from quantize.pull import split_model_ref
-    from quantize.quantize import normalize_type
-
-    repo, quant = split_model_ref(data.model)
-    try:
-        normalize_type(quant)
-    except QuantizeError as exc:
-        raise InvalidRequest(str(exc), param="model") from exc
-    out_dir = settings.models_dir_or_default()
+    source = models.parse_source(data.model, import_dir=settings.import_dir, revision=data.revision)
+    plan = models.plan_pull(
+        source, settings.models_dir_or_default(), replace=data.replace, registry=registry
+    )
+    repo = source.repo if isinstance(source, models.HubSource) else None
 
     async def lines() -> AsyncIterator[bytes]:
-        job = asyncio.create_task(
-            asyncio.to_thread(do_pull, repo, quant, out_dir, data.revision, progress=False)
-        )
+        job = asyncio.create_task(models.pull(registry, plan))
         yield _line({"status": "pulling", "model": data.model, "completed": 0})
         while not job.done():
             await asyncio.wait({job}, timeout=0.5)
             if not job.done():
-                yield _line({"status": "pulling", "completed": _cache_bytes(repo)})
+                done = _cache_bytes(repo) if repo is not None else 0
+                yield _line({"status": "pulling", "completed": done})
         try:
             path = job.result()
-        except (QuantizeError, OSError) as exc:
-            yield _line({"status": "error", "error": str(exc)})
+        except EdgedError as exc:
+            yield _line({"status": "error", "error": exc.message})
             return
-        registry.rescan()
-        yield _line({"status": "success", "model": path.stem, "path": str(path)})
+        yield _line({"status": "success", "model": plan.model, "path": str(path)})
 
     return Stream(lines(), media_type="application/x-ndjson")
 
@@ -162,4 +165,7 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
-router = Router(path="/admin", route_handlers=[ps, load, unload, pull, rescan])
+# Every route here manages models: the admin scope only (daemon/api/auth.py).
+router = Router(
+    path="/admin", route_handlers=[ps, load, unload, pull, rescan], opt={"scope": ADMIN}
+)

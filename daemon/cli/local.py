@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import embedded_model_path
-
-# llama.cpp's split naming: only the first part is a model, the others belong to it.
-_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
+from daemon.models.files import model_files, remove, served_name
 
 
 @dataclass(frozen=True)
@@ -25,15 +22,11 @@ class LocalModel:
     embedded: bool = False
 
     def files(self) -> list[Path]:
-        """Every file belonging to it: split parts and the pull sidecar (<stem>.json)."""
-        out = [self.path]
-        m = _SPLIT.match(self.path.stem)
-        if m:
-            out += sorted(self.path.parent.glob(f"{m['prefix']}-*-of-{m['n']}.gguf"))
-        sidecar = self.path.with_suffix(".json")
-        if sidecar.exists():
-            out.append(sidecar)
-        return list(dict.fromkeys(out))
+        """Every file belonging to it: split parts and the pull sidecar (names matched
+        exactly, never as glob patterns: see daemon/models/files.py)."""
+        if self.embedded:
+            return [self.path]
+        return list(dict.fromkeys([self.path, *model_files(self.path.parent, self.name)]))
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.files() if p.suffix == ".gguf")
@@ -53,10 +46,9 @@ def local_models(directory: Path) -> list[LocalModel]:
     out = [LocalModel(embedded.stem, embedded, embedded=True)]
     if directory.is_dir():
         for p in sorted(directory.glob("*.gguf")):
-            m = _SPLIT.match(p.stem)
-            if m and int(m["i"]) != 1:
-                continue
-            out.append(LocalModel(m["prefix"] if m else p.stem, p))  # the daemon's name
+            name = served_name(p.name)
+            if name is not None:
+                out.append(LocalModel(name, p))  # the daemon's name
     return out
 
 
@@ -67,7 +59,7 @@ def find(directory: Path, name: str) -> LocalModel | None:
             return m
     p = Path(name).expanduser()
     if p.suffix == ".gguf" and p.is_file():
-        return LocalModel(p.stem, p)
+        return LocalModel(served_name(p.name) or p.stem, p)
     return None
 
 
@@ -164,17 +156,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete models of the models directory, each with every split part and its sidecar
+    (daemon/models' rules; the daemon's own delete also refuses a model in use)."""
     directory = models_dir(args)
     status = 0
     for name in args.model:
         m = find(directory, name)
-        if m is None or m.path.parent.resolve() != directory.resolve():
+        if m is None or m.embedded or m.path.parent.resolve() != directory.resolve():
             hint = " (the embedded model ships with edged)" if m is not None and m.embedded else ""
             print(f"edged: no model {name!r} in {directory}{hint}", file=sys.stderr)
             status = 1
             continue
-        for p in m.files():
-            p.unlink(missing_ok=True)
+        remove(m.path.parent, m.name)
         print(f"deleted '{m.name}'")
     if status == 0:
         print("a running daemon forgets them on its next rescan (SIGHUP) or restart")

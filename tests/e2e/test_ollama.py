@@ -285,7 +285,7 @@ def test_pull_copy_delete_and_keep_alive(
     assert r.done
     with pytest.raises(ollama.ResponseError) as exc:
         client.copy(PULLED, "smol-copy")
-    assert exc.value.status_code == 400
+    assert exc.value.status_code == 409  # an existing name is never overwritten
     assert client.delete("smol-copy").status == "success"
     assert client.delete(PULLED).status == "success"
     assert not (models_dir / f"{PULLED}.gguf").exists()

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import re
-import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -22,18 +19,18 @@ from typing import Any
 
 import gguf
 
+from daemon import models
 from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
 from daemon.api.ollama.serving import resolve_name
 from daemon.config import Settings
 from daemon.engine.registry import ModelEntry, ModelRegistry
-from daemon.errors import InvalidRequest, NotFound
+from daemon.errors import InvalidRequest
 
 # The Ollama API level these routes implement (clients gate features on /api/version).
 OLLAMA_API_VERSION = "0.12.0"
-DEFAULT_PULL_TYPE = "Q4_K_M"
+DEFAULT_PULL_TYPE = models.DEFAULT_TYPE
 # RFC 3339 stand-in for "never unloaded" in /api/ps.
 NEVER = "9999-12-31T23:59:59Z"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ENCODERS = ("bert", "nomic-bert", "jina-bert-v2", "t5encoder")
 
 Body = dict[str, Any]
@@ -149,8 +146,11 @@ def tags(registry: ModelRegistry) -> Body:
     return {"models": [_entry_body(e) for e in registry.entries()]}
 
 
-def show(registry: ModelRegistry, req: ModelRef) -> Body:
-    """POST /api/show: template, details, metadata and capabilities of one model."""
+def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) -> Body:
+    """POST /api/show: template, details, metadata and capabilities of one model.
+
+    The Modelfile's FROM names the file; its absolute path only for `full_paths` (admins):
+    a path tells about the host (user names, mount points)."""
     if req.ref is None:
         raise InvalidRequest("model is required", param="model")
     entry = registry.resolve(resolve_name(registry, req.ref))
@@ -161,7 +161,7 @@ def show(registry: ModelRegistry, req: ModelRef) -> Body:
         meta.get("tokenizer.chat_template", ""),
     )
     return {
-        "modelfile": f"FROM {entry.path}\n",
+        "modelfile": f"FROM {entry.path if full_paths else entry.path.name}\n",
         "parameters": "",
         "template": template,
         "details": details(meta),
@@ -194,112 +194,45 @@ def ps(registry: ModelRegistry, settings: Settings) -> Body:
 
 
 def _models_dir(settings: Settings) -> Path:
-    if settings.models_dir is None:
-        raise InvalidRequest(
-            "this daemon has no models directory (--models-dir); nothing can be pulled, "
-            "copied or deleted",
-            param="model",
-        )
-    return settings.models_dir
-
-
-def _own_file(registry: ModelRegistry, settings: Settings, ref: str) -> ModelEntry:
-    """An entry that is a file in the models directory (what delete may remove)."""
-    entry = registry.resolve(resolve_name(registry, ref))
-    if entry.alias_of is not None:
-        raise InvalidRequest(
-            f"`{entry.name}` is an alias from the configuration; remove it there", param="model"
-        )
-    if entry.name == registry.default_name:
-        raise InvalidRequest("the default model cannot be deleted", param="model")
-    folder = _models_dir(settings).resolve()
-    if entry.path.resolve().parent != folder:
-        raise InvalidRequest(f"`{entry.name}` is not in the models directory", param="model")
-    return entry
+    """The folder pull, copy and delete work in: the one the registry serves."""
+    return settings.models_dir_or_default()
 
 
 async def delete(registry: ModelRegistry, settings: Settings, req: ModelRef) -> None:
-    """DELETE /api/delete: unload the model and remove its file (and pull sidecar)."""
-    if req.ref is None:
-        raise InvalidRequest("model is required", param="model")
-    entry = _own_file(registry, settings, req.ref)
-    await registry.unload(entry.name)
-    entry.path.unlink(missing_ok=True)
-    entry.path.with_suffix(".json").unlink(missing_ok=True)
-    registry.rescan()
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # same file system: instant, and no extra space
-    except OSError:
-        tmp = dst.with_name(f".{dst.name}.part")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+    """DELETE /api/delete: unload the model and remove its files (every split part, and the
+    pull sidecar); 409 while requests use it (daemon/models)."""
+    await models.delete(registry, _models_dir(settings), req.ref)
 
 
 async def copy(registry: ModelRegistry, settings: Settings, req: CopyRequest) -> None:
     """POST /api/copy: a new file (hard link where possible) named `destination`.
 
-    An existing name is refused rather than overwritten (Ollama overwrites): a loaded
-    model's file is never replaced under it.
+    An existing name is a 409 rather than overwritten (Ollama overwrites): a loaded model's
+    file is never replaced under it.
     """
-    folder = _models_dir(settings)
-    src = registry.resolve(resolve_name(registry, req.source))
-    name = req.destination.removesuffix(":latest")
-    if not _NAME.match(name):
-        raise InvalidRequest(
-            "destination must be letters, digits, '.', '_' or '-' (it becomes a file name)",
-            param="destination",
-        )
-    dst = folder / f"{name}.gguf"
-    if dst.exists() or any(e.name == name for e in registry.entries()):
-        raise InvalidRequest(f"a model named `{name}` already exists", param="destination")
-    folder.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(_copy_file, src.path, dst)
-    registry.rescan()
+    await models.copy(registry, _models_dir(settings), req.source, req.destination)
 
 
 def pull_target(ref: str) -> tuple[str, str]:
     """`[hf.co/]owner/repo[:TYPE]` as (repo id, quantization type); `latest` is the default."""
-    for host in ("hf.co/", "huggingface.co/", "https://huggingface.co/"):
-        ref = ref.removeprefix(host)
-    repo, _, tag = ref.partition(":")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise InvalidRequest(
-            "model must name a Hugging Face repository: owner/repo[:TYPE]", param="model"
-        )
-    return repo, (DEFAULT_PULL_TYPE if tag in ("", "latest") else tag)
+    source = models.parse_source(ref)
+    assert isinstance(source, models.HubSource)
+    return source.repo, source.type
 
 
-async def _run_pull(repo: str, qtype: str, folder: Path) -> Path:
-    from quantize.errors import FetchError, QuantizeError, UnknownType
-    from quantize.pull import pull
-
-    try:
-        return await asyncio.to_thread(pull, repo, qtype, folder, progress=False)
-    except UnknownType as exc:
-        raise InvalidRequest(str(exc), param="model") from exc
-    except FetchError as exc:
-        raise NotFound(f"pull failed: {exc}", param="model") from exc
-    except QuantizeError as exc:
-        raise InvalidRequest(f"pull failed: {exc}", param="model") from exc
-
-
-def pull_plan(settings: Settings, req: PullRequest) -> tuple[str, str, Path]:
-    """Repository, type and destination of a pull, checked before anything streams."""
+def pull_plan(settings: Settings, req: PullRequest, registry: ModelRegistry) -> models.PullPlan:
+    """Source and destination of a pull, checked before anything streams (400, 409)."""
     if req.ref is None:
         raise InvalidRequest("model is required", param="model")
-    folder = _models_dir(settings)
-    return (*pull_target(req.ref), folder)
+    source = models.parse_source(req.ref, import_dir=settings.import_dir)
+    return models.plan_pull(source, _models_dir(settings), replace=req.replace, registry=registry)
 
 
-async def pull_events(registry: ModelRegistry, plan: tuple[str, str, Path]) -> AsyncIterator[Body]:
+async def pull_events(registry: ModelRegistry, plan: models.PullPlan) -> AsyncIterator[Body]:
     """Ollama's progress lines; the last is `success` (or the error line the stream adds)."""
-    repo, qtype, folder = plan
     yield {"status": "pulling manifest"}
-    task = asyncio.ensure_future(_run_pull(repo, qtype, folder))
-    status = f"pulling {repo}:{qtype}"
+    task = asyncio.ensure_future(models.pull(registry, plan))
+    status = f"pulling {plan.label}:{plan.source.type}"
     try:
         # Fetch, convert and quantize report no byte counts on the way; a heartbeat shows life.
         while not task.done():
@@ -313,14 +246,13 @@ async def pull_events(registry: ModelRegistry, plan: tuple[str, str, Path]) -> A
     sha = digest(path)
     yield {"status": status, "digest": f"sha256:{sha}", "total": size, "completed": size}
     yield {"status": "verifying sha256 digest"}
-    registry.rescan()
     yield {"status": "writing manifest"}
-    yield {"status": "success", "model": path.stem}
+    yield {"status": "success", "model": plan.model}
 
 
 async def pull(registry: ModelRegistry, settings: Settings, req: PullRequest) -> Body:
     """POST /api/pull with `stream: false`: the last status, once the file is in place."""
     last: Body = {}
-    async for event in pull_events(registry, pull_plan(settings, req)):
+    async for event in pull_events(registry, pull_plan(settings, req, registry)):
         last = event
     return last

@@ -227,10 +227,13 @@ class ModelRef(ProtocolModel):
 
 
 class PullRequest(ModelRef):
-    """POST /api/pull: `model` is `owner/repo[:TYPE]` on the Hugging Face hub."""
+    """POST /api/pull: `model` is `[hf.co/]owner/repo[:TYPE]` on the Hugging Face hub or
+    `import:NAME[:TYPE]` under the import directory; `replace` (edged's) overwrites a model of
+    that name that came from another source."""
 
     insecure: bool = False
     stream: bool = True
+    replace: bool = False
 
 
 class CopyRequest(ProtocolModel):

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Response
 
+from daemon.api.auth import ADMIN, Caller
 from daemon.api.choices import policy_of
 from daemon.api.framing import NdjsonStream, ndjson
 from daemon.api.ollama import catalog, errors, serving
@@ -57,9 +58,13 @@ async def tags(registry: NamedDependency[ModelRegistry]) -> Body:
 
 
 @post("/show", status_code=200)
-async def show(data: JSONBody[ModelRef], registry: NamedDependency[ModelRegistry]) -> Body:
-    """One model's template, details, metadata and capabilities."""
-    return catalog.show(registry, data)
+async def show(
+    data: JSONBody[ModelRef],
+    registry: NamedDependency[ModelRegistry],
+    caller: NamedDependency[Caller],
+) -> Body:
+    """One model's template, details, metadata and capabilities (its path to admins only)."""
+    return catalog.show(registry, data, full_paths=caller.admin)
 
 
 @get("/ps")
@@ -81,7 +86,7 @@ async def version() -> Body:
     return {"version": catalog.OLLAMA_API_VERSION, "edged": own}
 
 
-@post("/pull", status_code=200)
+@post("/pull", status_code=200, opt={"scope": ADMIN})
 async def pull(
     data: JSONBody[PullRequest],
     registry: NamedDependency[ModelRegistry],
@@ -90,11 +95,11 @@ async def pull(
     """Fetch (and convert, quantize) a hub model into the models directory."""
     if not data.stream:
         return await catalog.pull(registry, settings, data)
-    plan = catalog.pull_plan(settings, data)
+    plan = catalog.pull_plan(settings, data, registry)
     return ndjson(catalog.pull_events(registry, plan), [], errors.body)
 
 
-@delete("/delete", status_code=200)
+@delete("/delete", status_code=200, opt={"scope": ADMIN})
 async def delete_model(
     data: JSONBody[ModelRef],
     registry: NamedDependency[ModelRegistry],
@@ -105,7 +110,7 @@ async def delete_model(
     return Response(b"", status_code=200, media_type="text/plain")
 
 
-@post("/copy", status_code=200)
+@post("/copy", status_code=200, opt={"scope": ADMIN})
 async def copy_model(
     data: JSONBody[CopyRequest],
     registry: NamedDependency[ModelRegistry],
