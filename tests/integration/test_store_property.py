@@ -1,15 +1,20 @@
 """A stateful property test of the request_id store on the real engine (issue 11).
 
-Two API keys generate under a few request_ids: fresh prompts, continuations, finished
-sequences, beams, hang-ups, timeouts, with a store small enough to evict. The invariant:
-whenever an id's entry comes back, it is exactly the history that key's own requests
-produced (its prompt plus every token the engine generated for it), and the other key's
-text never appears in it.
+Three API keys generate under a few request_ids: fresh prompts, continuations, finished
+sequences, beams, hang-ups, timeouts, with a store small enough to evict. Between steps the
+model file may be replaced under the same name (issue 25 row 5: two files of the model, one
+byte apart, share the store as the registry's per-name store does). The invariant: whenever
+an id's entry comes back, it is exactly the history that key's own requests produced (its
+prompt plus every token the engine generated for it) on the model file now served; the
+other keys' text never appears in it; an entry of the other file is refused by the engine
+(ModelChanged) and stays as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,35 +25,59 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from daemon.config import embedded_model_path
 from daemon.engine.cache import SequenceStore
+from daemon.engine.errors import ModelChanged
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, Chunk, GenerationRequest, SamplingParams
 from daemon.errors import EdgedError, Timeout
 
 GREEDY = SamplingParams(temperature=0.0)
-KEYS = ("A", "B")
+KEYS = ("A", "B", "C")
 IDS = ("x", "y", "z")
 # Each key's own marker word: seeing one key's marker in the other's history is a leak.
-MARK = {"A": "PELICAN", "B": "ZEBRA"}
+MARK = {"A": "PELICAN", "B": "ZEBRA", "C": "WALRUS"}
 MODES = ("plain", "finish", "beam", "cancel", "timeout", "zero")
 
-_lm: LoadedModel | None = None
+_lms: list[LoadedModel] = []
+_tmp: list[Path] = []
+
+
+def _replaced_file() -> Path:
+    """Another file of the model: the embedded GGUF with one tensor byte changed."""
+    d = Path(tempfile.mkdtemp(prefix="edged-prop-"))
+    _tmp.append(d)
+    path = d / "prop.gguf"
+    shutil.copyfile(embedded_model_path(), path)
+    with path.open("r+b") as f:
+        f.seek(-4096, 2)
+        b = f.read(1)
+        f.seek(-4096, 2)
+        f.write(bytes([b[0] ^ 1]))
+    return path
+
+
+def models() -> list[LoadedModel]:
+    """The model as first served, and as served after its file was replaced."""
+    if not _lms:
+        opts = EngineOptions(ctx_size=512, parallel=2)
+        _lms.append(LoadedModel("prop", embedded_model_path(), opts))
+        _lms.append(LoadedModel("prop", _replaced_file(), opts))
+        assert _lms[0].identity != _lms[1].identity
+    return _lms
 
 
 def model() -> LoadedModel:
-    global _lm
-    if _lm is None:
-        _lm = LoadedModel("prop", embedded_model_path(), EngineOptions(ctx_size=512, parallel=2))
-    return _lm
+    return models()[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _close_model() -> object:
     yield
-    global _lm
-    if _lm is not None:
-        _lm.close()
-        _lm = None
+    for lm in _lms:
+        lm.close()
+    _lms.clear()
+    for d in _tmp:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass
@@ -87,10 +116,18 @@ async def _engine_output(h: RequestHandle) -> list[int]:
 class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.lm = model()
+        self.lms = models()
+        self.lm = self.lms[0]
         # Small enough that a few entries evict each other (KV bytes dominate).
         self.store = SequenceStore(1 << 20, owner_max_bytes=700_000)
         self.ref: dict[tuple[str, str], tuple[int, ...]] = {}
+        # The identity of the model file each kept entry was computed by.
+        self.made_by: dict[tuple[str, str], str] = {}
+
+    @rule()
+    def replace_model_file(self) -> None:
+        """The operator copies the other file over the model; the next load serves it."""
+        self.lm = self.lms[1] if self.lm is self.lms[0] else self.lms[0]
 
     async def _run(self, op: Op) -> None:
         lm, key = self.lm, (op.owner, op.rid)
@@ -101,6 +138,23 @@ class StoreMachine(RuleBasedStateMachine):
                 del self.ref[key]
         else:
             assert saved.tokens + saved.pending == self.ref[key]
+            assert saved.model_id == self.made_by[key]
+        loop = asyncio.get_running_loop()
+        if saved is not None and saved.model_id != lm.identity and not op.fresh:
+            # Made by the other file: the engine refuses it, and the entry stays as it was.
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def refused(handle: RequestHandle) -> None:
+                self.store.release(key, handle.saved)
+                loop.call_soon_threadsafe(gone.set_result, None)
+
+            h = lm.submit(GenerationRequest([], 4, GREEDY, resume=saved, keep=True, owner=op.owner))
+            h.add_done_callback(refused)
+            with pytest.raises(ModelChanged):
+                await _engine_output(h)
+            await gone
+            assert h.saved is None
+            return
         resume = None if op.fresh or saved is None else saved
         prompt = [] if resume is not None else prompt_of(lm, op)
         n = 0 if op.mode == "zero" else op.n
@@ -108,7 +162,6 @@ class StoreMachine(RuleBasedStateMachine):
         req = GenerationRequest(
             prompt, n, GREEDY, beams=beams, resume=resume, keep=True, owner=op.owner
         )
-        loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def finished(handle: RequestHandle) -> None:
@@ -126,6 +179,8 @@ class StoreMachine(RuleBasedStateMachine):
         if h.saved is not None:
             base = resume.tokens + resume.pending if resume is not None else tuple(prompt)
             self.ref[key] = base + tuple(ids)
+            self.made_by[key] = lm.identity
+            assert h.saved.model_id == lm.identity
 
     @rule(
         ops=st.lists(
@@ -154,13 +209,15 @@ class StoreMachine(RuleBasedStateMachine):
     def histories_are_their_own(self) -> None:
         for (owner, rid), ref in self.ref.items():
             text = self.lm.model.detokenize(list(ref))
-            other = MARK["B" if owner == "A" else "A"]
-            assert other not in text
+            for other in KEYS:
+                if other != owner:
+                    assert MARK[other] not in text
             assert MARK[owner] in text, (owner, rid, text)
 
     def teardown(self) -> None:
-        assert self.lm.generator().busy_slots == 0
-        assert self.lm.generator().outstanding == 0
+        for lm in self.lms:
+            assert lm.generator().busy_slots == 0
+            assert lm.generator().outstanding == 0
 
 
 TestStoreMachine = StoreMachine.TestCase
