@@ -248,7 +248,9 @@ class ModelRegistry:
 
     def forget(self, name: str) -> LoadedModel | None:
         """Take `name` out of service without freeing it (its llama.cpp objects are stuck on
-        a lost RPC worker: freeing them would talk to it); the next request loads it anew."""
+        a lost RPC worker: freeing them would talk to it); the next request loads it anew.
+        The caller then stops it with `LoadedModel.abandon` (off the event loop), which
+        ends its requests on its own scheduler thread and releases its prompt cache."""
         return self._loaded.pop(name, None)
 
     def _idle(self, name: str) -> bool:
