@@ -99,19 +99,26 @@ def _chunks(body: BinaryIO) -> Iterator[bytes]:
         body.read(2)
 
 
-def stream_sync(url: str, body: dict[str, Any], path: str = "/v1/chat/completions") -> StreamResult:
+def stream_sync(
+    url: str,
+    body: dict[str, Any],
+    path: str = "/v1/chat/completions",
+    key: str | None = None,
+) -> StreamResult:
     """POST a streaming (chat) completion; record the arrival time of every content delta.
+    `key` is sent as `Authorization: Bearer`.
 
     A blocking socket read per chunk (in a thread per stream) wakes the client once per
     token; an asyncio client also runs its event loop around each read (~0.2 ms more)."""
     parts = urlsplit(url)
     payload = json.dumps(body).encode()
+    auth = b"Authorization: Bearer %s\r\n" % key.encode() if key else b""
     start = time.perf_counter()
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall(
-            b"POST %s HTTP/1.1\r\nHost: bench\r\n"
+            b"POST %s HTTP/1.1\r\nHost: bench\r\n%s"
             b"Content-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(payload), payload)
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), auth, len(payload), payload)
         )
         reader = sock.makefile("rb")
         status = reader.readline()

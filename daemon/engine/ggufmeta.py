@@ -35,6 +35,6 @@ def is_embedding_file(path: Path) -> bool:
     try:
         st = path.stat()
         return _embedding(path, st.st_mtime_ns, st.st_size)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # truncated or not a GGUF
         log.debug("cannot read the header of %s: %s", path, exc)
         return False

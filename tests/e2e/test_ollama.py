@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,7 +275,20 @@ def test_pull_copy_delete_and_keep_alive(
     # An empty prompt loads the model; keep_alive 0 unloads it.
     loaded = client.generate(model=PULLED, prompt="")
     assert loaded.done_reason == "load" and PULLED in {m.model for m in client.ps().models}
+    # Under another request's lease keep_alive 0 waits: the stream ends whole, then it goes.
+    stream = client.generate(
+        model=PULLED, prompt="1, 2, 3, 4, 5, 6,", stream=True, options={**GREEDY, "num_predict": 64}
+    )
+    first = next(stream)
     gone = client.generate(model=PULLED, prompt="", keep_alive=0)
+    assert gone.done_reason == "unload"
+    rest = [first, *stream]
+    assert rest[-1].done and rest[-1].done_reason == "length" and rest[-1].eval_count == 64
+    deadline = time.monotonic() + 30
+    while PULLED in {m.model for m in client.ps().models}:  # the reaper unloads it once idle
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    gone = client.generate(model=PULLED, prompt="", keep_alive=0)  # idle: unloaded at once
     assert gone.done_reason == "unload" and PULLED not in {m.model for m in client.ps().models}
     # Not the default model: a client's keep_alive 0 never takes /health down.
     kept = client.chat(model=DEFAULT, messages=[], keep_alive=0)

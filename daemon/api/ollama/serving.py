@@ -174,8 +174,11 @@ async def _load_only(
         and req.keep_alive == 0
         and lm.name != registry.default_name
     ):
-        await registry.unload(lm.name)
         reason = "unload"
+        # This request holds one lease; with others running, keep_alive 0 (already set for
+        # the model) unloads it once they end: never under another request's lease.
+        if registry.leases(lm.name) <= 1 and lm.worker.outstanding == 0:
+            await registry.unload(lm.name)
     empty: Any = {"role": "assistant", "content": ""} if key == "message" else ""
     return {
         "model": name,
