@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ def srv(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[S
     stop_server(s)
 
 
-def chat(srv: Server, key: str, messages: list[dict[str, str]]) -> Any:
+def chat(srv: Server, key: str, messages: list[dict[str, str]], max_tokens: int = 4) -> Any:
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=600)
     return client.chat.completions.create(
         model=MODEL,
         messages=messages,
-        max_tokens=4,
+        max_tokens=max_tokens,
         temperature=0,  # type: ignore[arg-type]
     )
 
@@ -60,8 +61,11 @@ def test_returning_conversation_hits_only_for_its_key(srv: Server, cache_dir: Pa
     story = " ".join(WORDS[(i * i) % len(WORDS)] for i in range(160))
     talk = [{"role": "user", "content": f"Remember these words: {story}"}]
     first = chat(srv, "alpha", talk)
-    for i in range(2):  # both slots taken by other conversations
-        chat(srv, "beta", [{"role": "user", "content": f"Note {i}."}])
+    # Both slots taken by other conversations at once (one after the other, beta's second
+    # note would reuse beta's own slot: alpha's slot counts as no prefix of beta's).
+    with ThreadPoolExecutor(2) as pool:
+        notes = [[{"role": "user", "content": f"Note {i}: {story[:200]}"}] for i in range(2)]
+        list(pool.map(lambda m: chat(srv, "beta", m, 24), notes))
     talk += [
         {"role": "assistant", "content": first.choices[0].message.content or ""},
         {"role": "user", "content": "Which came first?"},
