@@ -171,40 +171,42 @@ def test_spill_runs_off_the_releasing_thread(tmp_path: Path) -> None:
     assert SequenceStore(1_500, spill_dir=tmp_path).claim(("k", "0")) == entry(0)
 
 
+def _race_once(d: Path, delay: float) -> None:
+    store = SequenceStore(1_500, spill_dir=d)
+    key = ("k", "victim")
+    store.claim(key)
+    store.release(key, entry(1))
+    go = threading.Barrier(2)
+    results: list[bool] = []
+
+    def evict() -> None:
+        go.wait()
+        store.claim(("k", "other"))
+        store.release(("k", "other"), entry(2))  # evicts `victim`: a spill is queued
+
+    def delete() -> None:
+        go.wait()
+        time.sleep(delay)
+        results.append(store.delete(key))
+
+    threads = [threading.Thread(target=evict), threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.flush()
+    assert results == [True]
+    assert store.claim(key) is None
+    store.release(key, None)
+    assert not store._pending
+    assert store.delete(("k", "other"))
+    store.flush()
+    assert not list(d.glob("*.seq"))
+    assert not list(d.glob("*.tmp*"))
+
+
 def test_delete_and_spill_of_one_id_leave_nothing_behind(tmp_path: Path) -> None:
     """A delete racing the spill of the same id: afterwards no file and no entry, whichever
     came first (repeated, with the delete on another thread)."""
-    for round_ in range(40):
-        d = tmp_path / str(round_)
-        store = SequenceStore(1_500, spill_dir=d)
-        key = ("k", "victim")
-        store.claim(key)
-        store.release(key, entry(1))
-        go = threading.Barrier(2)
-        results: list[bool] = []
-
-        def evict() -> None:
-            go.wait()
-            store.claim(("k", "other"))
-            store.release(("k", "other"), entry(2))  # evicts `victim`: a spill is queued
-
-        def delete() -> None:
-            go.wait()
-            if round_ % 2:
-                time.sleep(0.0005)
-            results.append(store.delete(key))
-
-        threads = [threading.Thread(target=evict), threading.Thread(target=delete)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        store.flush()
-        assert results == [True]
-        assert store.claim(key) is None
-        store.release(key, None)
-        assert not store._pending
-        assert store.delete(("k", "other"))
-        store.flush()
-        assert not list(d.glob("*.seq")), round_
-        assert not list(d.glob("*.tmp*")), round_
+    for i in range(40):
+        _race_once(tmp_path / str(i), (i % 4) * 0.0003)
