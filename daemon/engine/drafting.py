@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from daemon.engine.active import Active
 from daemon.engine.errors import LoadFailed
 from daemon.engine.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.lora import Adapters
 from daemon.engine.slots import common_prefix
 from daemon.engine.speculate import (
     NgramIndex,
@@ -106,11 +107,37 @@ def rows_are_exact(ctx: Context, batch: Batch, n_seq: int) -> bool:
     return single == several
 
 
+def probe_adapters(ctx: Context, batch: Batch, n_seq: int, adapters: Adapters) -> frozenset[str]:
+    """The adapters under which rows are exact (`rows_are_exact` with each applied alone at
+    its `--lora` scale); the context is left with no adapters applied."""
+    exact = set()
+    try:
+        for name, spec in adapters.specs.items():
+            ctx.set_adapters([(adapters.loaded[name], spec.scale or 1.0)])
+            if rows_are_exact(ctx, batch, n_seq):
+                exact.add(name)
+            else:
+                log.warning(
+                    "%s: with LoRA adapter %s, verified rows are not plain decoding's; "
+                    "requests naming it do not speculate",
+                    ctx.model.path.name,
+                    name,
+                )
+    finally:
+        ctx.set_adapters([])
+    return frozenset(exact)
+
+
 class Speculator:
     """Drafts for the sequences of one scheduler, the step-cost model and the counters."""
 
     def __init__(
-        self, options: SpecOptions, ctx_options: ContextOptions, ctx: Context, batch: Batch
+        self,
+        options: SpecOptions,
+        ctx_options: ContextOptions,
+        ctx: Context,
+        batch: Batch,
+        adapters: Adapters | None = None,
     ) -> None:
         self.options = options
         # Seconds the draft model took this step: not part of the target's step cost.
@@ -152,6 +179,18 @@ class Speculator:
             )
             self.usable = False
             self.off_reason = "inexact"
+        # LoRA adapters add matmuls of their own (F16 A and B: other kernels for one row
+        # than for several on a CPU), so exactness without them says nothing about a request
+        # that names them: each adapter is probed on its own. Which kernel runs depends on
+        # the tensors' types and shapes, not on the scale, and a set applies its adapters one
+        # after the other, so a set is exact when each of its adapters is.
+        self.exact_adapters: frozenset[str] = frozenset()
+        if self.usable and adapters is not None and adapters.names:
+            self.exact_adapters = (
+                frozenset(adapters.names)
+                if options.inexact
+                else probe_adapters(ctx, batch, ctx_options.n_seq_max, adapters)
+            )
         if options.draft is not None and self.usable:
             self.draft_ctx = Context(options.draft, ctx_options)
             self.draft_batch = Batch(ctx_options.n_batch, 1)
@@ -165,6 +204,9 @@ class Speculator:
             return
         if a.beams is not None:
             self.disabled["beams"] += 1
+            return
+        if any(name not in self.exact_adapters for name, _ in a.handle.request.lora):
+            self.disabled["inexact"] += 1  # rows under this adapter set are not exact here
             return
         o = self.options
         index = NgramIndex(o.ngram_min, o.ngram_max)

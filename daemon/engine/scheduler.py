@@ -55,7 +55,9 @@ class Scheduler(ContextWorker):
         self.lora = AdapterSteps(adapters)
         # The model file's identity: what kept sequences are stamped with and checked against.
         self.identity = identity
-        self.spec = Speculator(speculation or SpecOptions(), options, self.ctx, self.batch)
+        self.spec = Speculator(
+            speculation or SpecOptions(), options, self.ctx, self.batch, adapters
+        )
         # Below the slots; also the owner rule of slot prefix reuse (off: nothing kept).
         self.cache = prompt_cache if prompt_cache is not None else PromptCache(0)
         self.kv = SlotKV(self.ctx, self.cache)
