@@ -161,7 +161,7 @@ class Model:
             self._devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
             params.devices = ctypes.addressof(self._devices)
         if not path.is_file():
-            raise LoadFailed(f"model file not found: {path}")
+            raise LoadFailed(f"model file not found: {path.name}")  # no host paths to clients
         ptr = lc.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
             raise LoadFailed(f"llama.cpp could not load {path.name}")
@@ -286,7 +286,7 @@ class Adapter:
 
     def __init__(self, model: Model, path: Path) -> None:
         if not path.is_file():
-            raise LoadFailed(f"adapter file not found: {path}")
+            raise LoadFailed(f"adapter file not found: {path.name}")
         ptr = lc.llama_adapter_lora_init(model.ptr, str(path).encode())
         if not ptr:
             raise LoadFailed(

@@ -15,7 +15,7 @@ from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, 
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.lora import LoraRef, request_adapters
 from daemon.api.streams import collect
-from daemon.api.watch import leased, watched
+from daemon.api.watch import leased, request_owner_limit, watched
 from daemon.config import GenerationDefaults
 from daemon.engine.cache import StoreKey
 from daemon.engine.client import EngineClient
@@ -118,6 +118,7 @@ def start(
             resume=saved,
             keep=True,
             owner=owner,
+            owner_limit=request_owner_limit(),
             lora=adapters,
         )
         handle = lm.submit(request)
