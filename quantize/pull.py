@@ -39,6 +39,9 @@ class Sidecar:
     type: str
     sha256: str
     created: str
+    # The file as written (a rename keeps both): a reader may trust `sha256` while they match.
+    size: int = 0
+    mtime_ns: int = 0
 
 
 def default_models_dir() -> Path:
@@ -198,6 +201,8 @@ def pull(
             type=qtype,
             sha256=sha256_file(made[0][0]),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            size=made[0][0].stat().st_size,
+            mtime_ns=made[0][0].stat().st_mtime_ns,
         )
         side = work / target.with_suffix(".json").name
         side.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")

@@ -45,6 +45,20 @@ def test_identity_follows_the_content_not_the_name(tmp_path: Path) -> None:
     assert file_identity(q) == file_identity(p)
 
 
+def test_a_pulled_models_sidecar_describes_it(tmp_path: Path, model_path: Path) -> None:
+    """A pull records size and mtime beside the sha256, so loading a pulled model reads the
+    digest from its sidecar instead of hashing the whole file again."""
+    from daemon.engine.identity import _sidecar_sha256
+    from quantize.pull import pull, sha256_file
+
+    src = tmp_path / "repo"
+    src.mkdir()
+    shutil.copyfile(model_path, src / "smol.Q4_1.gguf")
+    out = pull("me/smol-GGUF", "Q4_1", tmp_path / "models", local_dir=src, progress=False)
+    side = _sidecar_sha256(out, out.stat())
+    assert side is not None and side == sha256_file(out)
+
+
 def test_the_pull_sidecar_counts_only_while_it_describes_the_file(tmp_path: Path) -> None:
     p = tmp_path / "pulled.gguf"
     p.write_bytes(b"GGUF" + bytes(1000))
