@@ -354,3 +354,19 @@ def test_seed_bodies_are_the_documents_json() -> None:
     assert json.loads(SEED_000_INFERENCE)["model"].startswith("togethercomputer/")
     for body in (SEED_003_HELLO, SEED_003_CHEF, SEED_003_STREAM):
         assert json.loads(body)["model"] == "codellama/CodeLlama-70b-Instruct-hf"
+
+
+def test_an_unknown_safety_model_is_never_zero_config(http: httpx.Client) -> None:
+    """The lone model answers any `model` name, but never moderates under a name nobody
+    chose: an unknown `safety_model` is a 404 naming the field (the real name still works)."""
+    msgs = [{"role": "user", "content": "hi"}]
+    r = http.post(
+        "/v1/chat/completions",
+        json={"messages": msgs, "max_tokens": 1, "safety_model": "meta-llama/Llama-Guard-3-8B"},
+    )
+    err = assert_error(r, 404, "model_not_found")
+    assert err["param"] == "safety_model"
+    r = http.post(
+        "/v1/chat/completions", json={"messages": msgs, "max_tokens": 1, "safety_model": DEFAULT}
+    )
+    assert r.status_code == 200, r.text
