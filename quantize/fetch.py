@@ -48,7 +48,10 @@ class RepoListing:
 def is_local(repo_id: str) -> bool:
     """A REPO_ID naming an existing directory is used in place (the `edged-quantize` CLI's
     convenience for its local user; library callers pass `local_dir` to `pull` instead)."""
-    return Path(repo_id).expanduser().is_dir()
+    try:
+        return Path(repo_id).expanduser().is_dir()
+    except (RuntimeError, OSError):  # `~user` of no such user, a name too long
+        return False
 
 
 def list_local(root: Path) -> RepoListing:

@@ -57,8 +57,14 @@ def find(directory: Path, name: str) -> LocalModel | None:
     for m in local_models(directory):
         if m.name == name:
             return m
-    p = Path(name).expanduser()
-    if p.suffix == ".gguf" and p.is_file():
+    if not name.endswith(".gguf"):
+        return None
+    try:
+        p = Path(name).expanduser()
+        found = p.is_file()
+    except (RuntimeError, OSError):  # `~user` of no such user, a name too long
+        return None
+    if found:
         return LocalModel(served_name(p.name) or p.stem, p)
     return None
 

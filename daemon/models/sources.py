@@ -241,8 +241,12 @@ def parse_local_user(
     ref, sep, tag = text.rpartition(":")
     if sep and ref and "/" not in tag:
         path_text, qtype = ref, tag
-    path = Path(path_text).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf"):
+    try:
+        path = Path(path_text).expanduser()
+        local = path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf")
+    except (RuntimeError, OSError):  # `~user` of no such user, a name too long: no path
+        local = False
+    if local:
         _, canon = split_type(f"x:{qtype}" if qtype else "x", default_type)
         resolved = path.resolve()
         name = resolved.name if path.is_dir() else _strip_type(resolved.stem, canon)
