@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import stream_sync
 from load import spawn_server
 from perf import machine, span
+from prompt_cache import words
 from results import write_section
 
 from daemon.config import embedded_model_path
@@ -38,39 +39,6 @@ from daemon.engine.llama import Model
 
 BEGIN, END = "<!-- timing-audit:begin -->", "<!-- timing-audit:end -->"
 A, B = "audit-victim", "audit-attacker"
-WORDS = [
-    "river",
-    "stone",
-    "light",
-    "winter",
-    "garden",
-    "market",
-    "silver",
-    "letter",
-    "window",
-    "harbor",
-    "candle",
-    "meadow",
-    "forest",
-    "copper",
-    "lantern",
-    "valley",
-    "thunder",
-    "orchard",
-    "compass",
-    "marble",
-    "feather",
-    "ribbon",
-    "anchor",
-]
-
-
-def prompt(rng: random.Random, n_tokens: int, model: Model) -> str:
-    """Random words of about `n_tokens` tokens (distinct from every other prompt at once)."""
-    out = [rng.choice(WORDS) for _ in range(4)]
-    while len(model.tokenize(" ".join(out), add_special=False)) < n_tokens:
-        out.extend(rng.choice(WORDS) for _ in range(8))
-    return " ".join(out)
 
 
 def ttft(url: str, key: str, text: str) -> float:
@@ -98,12 +66,12 @@ def main() -> None:
     )
     same, fresh, own = [], [], []
     try:
-        for text in (prompt(rng, args.prompt_tokens, model) for _ in range(3)):  # warm-up
+        for text in (words(rng, args.prompt_tokens, model) for _ in range(3)):  # warm-up
             ttft(url, A, text)
             ttft(url, B, text)
         for i in range(args.pairs):
-            p = prompt(rng, args.prompt_tokens, model)
-            q = prompt(rng, args.prompt_tokens, model)
+            p = words(rng, args.prompt_tokens, model)
+            q = words(rng, args.prompt_tokens, model)
             ttft(url, A, p)
             jobs = [("same", B, p), ("fresh", B, q), ("own", A, p)]
             rng.shuffle(jobs)
