@@ -110,9 +110,16 @@ def warm() -> Iterator[LoadedModel]:
 
 
 def take_both_slots(lm: LoadedModel, seed: int, owner: str = "z") -> None:
-    """Two other conversations fill both slots (the returning one's slot is taken)."""
-    for s in (seed, seed + 1):
-        ask(lm, request(history(lm, s, 20), owner, n=1))
+    """Two other conversations fill both slots at once (the returning one's slot is taken;
+    one after the other, the second would reuse the first's slot: another key's is no
+    prefix of theirs)."""
+
+    async def both() -> None:
+        hs = [lm.submit(request(history(lm, s, 20), owner, n=4)) for s in (seed, seed + 1)]
+        for h in hs:
+            await _collect(h)
+
+    asyncio.run(both())
 
 
 def returning(lm: LoadedModel, seed: int, owner: str = "a") -> list[int]:
