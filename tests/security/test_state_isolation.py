@@ -9,6 +9,7 @@ its own, never another key's. Row 8: request_id spills run off the scheduler thr
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,44 @@ def test_row8_a_lost_workers_model_stops_on_its_own_thread() -> None:
         sched.batch.close()
         sched.ctx.close()
         lm.model.close()
+
+
+def test_row4_the_draft_context_keeps_no_kv_of_another_key(tmp_path: Path) -> None:
+    """Draft-model speculation keeps each slot's draft KV across requests: another key's
+    request on that slot starts it afresh (beyond the shared prefix: none here), the same
+    key's reuses it."""
+    draft = tmp_path / "draft.gguf"
+    shutil.copyfile(embedded_model_path(), draft)
+    opts = EngineOptions(
+        ctx_size=256, parallel=1, flash_attn=True, draft_model=draft, speculate_always=True
+    )
+    lm = LoadedModel("drafting", embedded_model_path(), opts)
+    try:
+        spec = lm.generator().spec
+        assert spec.draft_ctx is not None
+        cuts: list[int] = []
+        original = spec.draft_ctx.seq_rm
+
+        def seq_rm(seq: int, p0: int = -1, p1: int = -1) -> None:
+            cuts.append(p0)
+            original(seq, p0, p1)
+
+        spec.draft_ctx.seq_rm = seq_rm  # type: ignore[method-assign]
+        prompt = lm.tokenize("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n")
+
+        async def one(owner: str) -> list[int]:
+            h = lm.submit(
+                GenerationRequest(prompt, 12, SamplingParams(temperature=0.0), owner=owner)
+            )
+            return [t async for c in h.chunks() for t in c.token_ids]
+
+        first = asyncio.run(one("a"))
+        assert spec.drafted["draft"] > 0
+        cuts.clear()
+        assert asyncio.run(one("b")) == first
+        assert cuts and cuts[0] == 0  # b's drafts start from an empty draft sequence
+        cuts.clear()
+        assert asyncio.run(one("b")) == first
+        assert not cuts or cuts[0] > 0  # b's own prefix stays
+    finally:
+        lm.close()
