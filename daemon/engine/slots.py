@@ -84,8 +84,8 @@ def pick_slots(
         if s.lora != lora:
             return 0
         cap = None if shareable is None else shareable(s.owner, owner)
-        n = common_prefix(s.tokens, want)
-        return n if cap is None else min(n, cap)
+        shared = common_prefix(s.tokens, want)
+        return shared if cap is None else min(shared, cap)
 
     prefix = {s.seq: usable(s) for s in slots if not s.busy}
     taken: set[int] = set()
