@@ -314,7 +314,8 @@ class LoadedModel:
         stopped = True
         if self.scheduler is not None:
             stopped = self.scheduler.retire(error, timeout)
-            self.scheduler.cache.clear()
+            # Bounded: a thread parked inside llama.cpp may hold the cache's lock for good.
+            self.scheduler.cache.clear(timeout)
         return stopped
 
     def close(self) -> None:

@@ -332,12 +332,22 @@ class PromptCache:
                 if not ids:
                     del self._index[d]
 
-    @_locked
-    def clear(self) -> None:
-        """Forget everything and remove the spill directory (the model is going away)."""
-        self._mem.clear()
-        self._disk.clear()
-        self._index.clear()
-        self.nbytes = self.disk_bytes = 0
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+    def clear(self, timeout: float = -1) -> bool:
+        """Forget everything and remove the spill directory (the model is going away).
+
+        With a `timeout` (seconds), give up when the lock stays taken that long: a thread
+        parked inside llama.cpp while saving a state (a lost RPC worker) never lets it go.
+        """
+        if not self._lock.acquire(timeout=timeout):
+            log.warning("the prompt cache is held by a thread that does not return; kept")
+            return False
+        try:
+            self._mem.clear()
+            self._disk.clear()
+            self._index.clear()
+            self.nbytes = self.disk_bytes = 0
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+        finally:
+            self._lock.release()
+        return True

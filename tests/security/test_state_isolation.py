@@ -22,6 +22,7 @@ from daemon.config import embedded_model_path
 from daemon.engine.cache import SequenceStore
 from daemon.engine.errors import ModelUnavailable
 from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.prompt_cache import BLOCK, PromptCache
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.test_generate_isolation import A, B, _metric, gen
@@ -246,3 +247,16 @@ def test_row4_the_draft_context_keeps_no_kv_of_another_key(tmp_path: Path) -> No
         assert not cuts or cuts[0] > 0  # b's own prefix stays
     finally:
         lm.close()
+
+
+def test_row8_a_prompt_cache_held_by_a_parked_thread_is_given_up() -> None:
+    """Releasing a lost model's cache waits a bounded time for its lock (the scheduler
+    thread may be parked inside llama.cpp while saving a state, holding it for good)."""
+    cache = PromptCache(1 << 20)
+    assert cache.save("k", list(range(2 * BLOCK)), lambda: b"s" * 100)
+    cache._lock.acquire()
+    try:
+        assert cache.clear(0.05) is False
+    finally:
+        cache._lock.release()
+    assert cache.clear(0.05) and len(cache) == 0
