@@ -13,6 +13,9 @@ another key's requests beyond what the operator declared shared (a system prompt
 
 The scheduler thread reads and fills it; the registry may lower its bound from the event
 loop (`set_limit`: a share of the memory cap), so the entry tables change under a lock.
+Spill files are written by a writer thread of the cache's own: an eviction never stalls the
+scheduler's step on file I/O and fsync, and the evicted state stays readable from memory
+until its file is complete.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -129,6 +133,13 @@ class PromptCache:
             self._dir = Path(tempfile.mkdtemp(prefix=f"{name.replace('/', '_')}-", dir=spill_dir))
         self._mem: OrderedDict[int, CacheEntry] = OrderedDict()
         self._disk: OrderedDict[int, CacheEntry] = OrderedDict()
+        # Evicted entries whose spill file is being written: their state is still here.
+        self._pending: dict[int, CacheEntry] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        if self._dir is not None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="edged-cache-spill")
+        # Called with the writing thread's ident after each spill file (tests watch it).
+        self.on_spill: Callable[[int], None] | None = None
         self._index: dict[bytes, dict[int, CacheEntry]] = {}
         self._ids = itertools.count()
         self.nbytes = 0
@@ -205,8 +216,9 @@ class PromptCache:
     def load(self, hit: Hit) -> bytes | None:
         """The state of a hit's entry (from memory or disk); None when it is gone."""
         e = hit.entry
-        if e.state is not None:
-            self._mem.move_to_end(e.id)
+        if e.state is not None:  # in memory, or evicted and not yet on disk
+            if e.id in self._mem:
+                self._mem.move_to_end(e.id)
             return e.state
         if e.path is None:
             return None
@@ -292,23 +304,47 @@ class PromptCache:
         """Memory is over its bound: `e` (least recently used) leaves for disk or for good."""
         self.evictions += 1
         del self._mem[e.id]
-        self.nbytes -= e.nbytes
-        if self._dir is None or e.state_bytes > self.spill_max_bytes:
+        if self._writer is None or e.state_bytes > self.spill_max_bytes:
+            self.nbytes -= e.nbytes
             self._unindex(e)
             return
+        self.nbytes -= e.state_bytes  # its tokens and index keys stay in memory
+        self._pending[e.id] = e
+        self._writer.submit(self._spill, e)
+
+    def _spill(self, e: CacheEntry) -> None:
+        """Writer thread: put an evicted entry's state on disk, unless it was forgotten
+        meanwhile (then its file is removed again)."""
+        assert self._dir is not None
+        with self._lock:
+            if self._pending.get(e.id) is not e:
+                return
+            state = e.state
         path = self._dir / f"{e.id}.seq"
         seq = SavedSequence(
-            e.tokens, (), len(e.tokens), e.state, exact=len(e.tokens), model_id=self.identity
+            e.tokens, (), len(e.tokens), state, exact=len(e.tokens), model_id=self.identity
         )
-        if not write_entry(path, self._spill_key(e), seq):
-            self._unindex(e)
-            return
-        e.state, e.path = None, path
-        self.nbytes += e.nbytes  # its tokens and index keys stay in memory
-        self._disk[e.id] = e
-        self.disk_bytes += e.state_bytes
-        while self.disk_bytes > self.spill_max_bytes:
-            self._forget(next(iter(self._disk.values())))
+        ok = write_entry(path, self._spill_key(e), seq)
+        if self.on_spill is not None:
+            self.on_spill(threading.get_ident())
+        with self._lock:
+            if self._pending.pop(e.id, None) is not e:  # forgotten while it was written
+                path.unlink(missing_ok=True)
+                return
+            if not ok:
+                self.nbytes -= e.nbytes - e.state_bytes
+                self._unindex(e)
+                return
+            e.state, e.path = None, path
+            self._disk[e.id] = e
+            self.disk_bytes += e.state_bytes
+            while self.disk_bytes > self.spill_max_bytes:
+                self._forget(next(iter(self._disk.values())))
+
+    def flush(self) -> None:
+        """Wait until every spill queued so far is written (or dropped)."""
+        if self._writer is not None:
+            self._writer.submit(lambda: None).result()
 
     def _spill_key(self, e: CacheEntry) -> tuple[str, str]:
         return ("prompt-cache", f"{self.identity}:{e.id}")
@@ -317,6 +353,8 @@ class PromptCache:
         """Drop `e` wherever it is."""
         if self._mem.pop(e.id, None) is not None:
             self.nbytes -= e.nbytes
+        elif self._pending.pop(e.id, None) is not None:
+            self.nbytes -= e.nbytes - e.state_bytes  # the writer removes its file
         elif self._disk.pop(e.id, None) is not None:
             self.nbytes -= e.nbytes
             self.disk_bytes -= e.state_bytes
@@ -344,10 +382,14 @@ class PromptCache:
         try:
             self._mem.clear()
             self._disk.clear()
+            self._pending.clear()
             self._index.clear()
             self.nbytes = self.disk_bytes = 0
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
         finally:
             self._lock.release()
+        if self._writer is not None:  # queued spills find their entries gone
+            self._writer.shutdown(wait=False)
+            self._writer = None
         return True

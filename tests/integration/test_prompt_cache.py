@@ -225,6 +225,7 @@ def test_bound_holds_and_unload_drops_the_cache(tmp_path: Path, cold: Cold) -> N
         for seed in range(60, 66):
             ask(lm, request(history(lm, seed), n=1))
             assert pc.nbytes <= bound
+        pc.flush()  # spills are written by the cache's writer thread
         assert pc.evictions >= 1 and pc.disk_bytes > 0  # LRU went to disk
         prompt = history(lm, 60) + lm.tokenize(" Again.")
         got = ask(lm, request(prompt))  # the oldest, read back from its spill file

@@ -103,10 +103,12 @@ def test_a_prompt_cache_spill_of_another_identity_is_not_restored(tmp_path: Path
     cache = PromptCache(3000, spill_dir=tmp_path, identity="old")
     for t in tokens:  # the second save pushes the first to disk
         assert cache.save("k", t, lambda: b"s" * 1000)
+    cache.flush()
     assert cache.disk_bytes > 0
     hit = cache.lookup("k", tokens[0] + [1, 2, 3])
     assert hit is not None and cache.load(hit) == b"s" * 1000
     cache.set_limit(1)  # both on disk now
+    cache.flush()
     cache.set_limit(None)
     cache.identity = "new"  # the file now read under another model file's identity
     hit = cache.lookup("k", tokens[1] + [1, 2, 3])

@@ -103,6 +103,7 @@ def test_spill_to_disk_and_back_then_clear(tmp_path: Path) -> None:
     seqs = [toks(i, one) for i in range(3)]
     for s in seqs:
         pc.save("a", s, lambda s=s: state(s) + b"x" * 10_000)  # type: ignore[misc]
+    pc.flush()  # spill files are written by the cache's writer thread
     assert pc.evictions >= 1 and pc.disk_bytes > 0 and pc.nbytes <= pc.max_bytes
     hit = pc.lookup("a", seqs[0] + [7])
     assert hit is not None and hit.entry.state is None
@@ -115,6 +116,7 @@ def test_spill_to_disk_and_back_then_clear(tmp_path: Path) -> None:
         if h is not None and h.entry.path == files[0]:
             assert pc.load(h) is None
     pc.save("a", toks(5, one), lambda: b"y" * 20_000)
+    pc.flush()
     assert pc.disk_bytes <= pc.spill_max_bytes
     pc.clear()
     assert not list(tmp_path.iterdir()) and len(pc) == 0
@@ -161,3 +163,38 @@ def test_a_limit_from_outside_shrinks_lru_first_and_lifts() -> None:
     assert pc.bound == 4 * entry
     pc.set_limit(None)
     assert pc.save("a", toks(9, one), lambda: b"x" * size) and pc.bound == pc.max_bytes
+
+
+def test_spills_are_written_off_the_callers_thread(tmp_path: Path) -> None:
+    """The scheduler thread evicts; the cache's writer thread writes (file I/O and fsync
+    never stall a step). Until the file is complete the state is read from memory, and an
+    entry forgotten meanwhile leaves no file behind."""
+    import threading
+
+    one = 2 * BLOCK
+    pc = PromptCache(25_000, spill_dir=tmp_path, spill_max_bytes=10**9)
+    writers: list[int] = []
+    gate = threading.Event()
+
+    def record(ident: int) -> None:
+        writers.append(ident)
+
+    pc.on_spill = record
+    block = pc._writer
+    assert block is not None
+    block.submit(gate.wait)  # hold the writer: the next spill waits behind this
+    seqs = [toks(i, one) for i in range(3)]
+    for s in seqs:
+        pc.save("a", s, lambda s=s: state(s) + b"x" * 10_000)  # type: ignore[misc]
+    assert pc.evictions >= 1 and pc.disk_bytes == 0  # evicted, not yet written
+    hit = pc.lookup("a", seqs[0] + [7])
+    assert hit is not None and pc.load(hit) == state(seqs[0]) + b"x" * 10_000  # from memory
+    pc.save("a", [*seqs[0], *toks(9, one)], lambda: b"longer")  # supersedes the pending one
+    gate.set()
+    pc.flush()
+    assert writers and threading.get_ident() not in writers
+    written = {p.name for p in tmp_path.rglob("*.seq")}
+    assert f"{hit.entry.id}.seq" not in written  # the forgotten entry left no file
+    again = pc.lookup("a", seqs[0] + [7])  # now the superseding entry answers
+    assert again is not None and again.entry is not hit.entry
+    pc.clear()
