@@ -8,6 +8,12 @@ an id's entry comes back, it is exactly the history that key's own requests prod
 prompt plus every token the engine generated for it) on the model file now served; the
 other keys' text never appears in it; an entry of the other file is refused by the engine
 (ModelChanged) and stays as it was.
+
+Speculation is on (n-gram drafts verified on every step where one exists) with flash
+attention over 256 cells a sequence, where this llama.cpp computes verified rows exactly as
+single ones: a history made only of greedy decoding (continued any number of times, cut by
+hang-ups and timeouts) equals what a plain engine without speculation decodes from the same
+prompt in one go.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ MARK = {"A": "PELICAN", "B": "ZEBRA", "C": "WALRUS"}
 MODES = ("plain", "finish", "beam", "cancel", "timeout", "zero")
 
 _lms: list[LoadedModel] = []
+_plain: dict[str, LoadedModel] = {}  # by model identity: the reference without speculation
+_greedy: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
 _tmp: list[Path] = []
+REF_TOKENS = 64  # more than one example's steps can generate for one id
 
 
 def _replaced_file() -> Path:
@@ -59,11 +68,31 @@ def _replaced_file() -> Path:
 def models() -> list[LoadedModel]:
     """The model as first served, and as served after its file was replaced."""
     if not _lms:
-        opts = EngineOptions(ctx_size=512, parallel=2)
-        _lms.append(LoadedModel("prop", embedded_model_path(), opts))
-        _lms.append(LoadedModel("prop", _replaced_file(), opts))
+        plain = EngineOptions(ctx_size=256, parallel=1, flash_attn=True)
+        spec = EngineOptions(
+            ctx_size=256, parallel=2, flash_attn=True, speculate=True, speculate_always=True
+        )
+        for path in (embedded_model_path(), _replaced_file()):
+            lm = LoadedModel("prop", path, spec)
+            assert lm.generator().spec.usable  # the probe found verified rows exact here
+            _lms.append(lm)
+            _plain[lm.identity] = LoadedModel("plain", path, plain)
         assert _lms[0].identity != _lms[1].identity
     return _lms
+
+
+def plain_greedy(identity: str, prompt: tuple[int, ...]) -> tuple[int, ...]:
+    """What the plain engine of that file decodes greedily from `prompt` in one go."""
+    key = (identity, prompt)
+    if key not in _greedy:
+        lm = _plain[identity]
+
+        async def run() -> tuple[int, ...]:
+            h = lm.submit(GenerationRequest(list(prompt), REF_TOKENS, GREEDY))
+            return tuple([t async for c in h.chunks() for t in c.token_ids])
+
+        _greedy[key] = asyncio.run(run())
+    return _greedy[key]
 
 
 def model() -> LoadedModel:
@@ -73,9 +102,16 @@ def model() -> LoadedModel:
 @pytest.fixture(scope="module", autouse=True)
 def _close_model() -> object:
     yield
-    for lm in _lms:
+    # The speculative path ran: drafts were verified (and some accepted) along the way.
+    drafted = sum(sum(lm.generator().spec.drafted.values()) for lm in _lms)
+    accepted = sum(sum(lm.generator().spec.accepted.values()) for lm in _lms)
+    print(f"store property: {drafted} tokens drafted, {accepted} accepted")
+    assert not _lms or (drafted > 0 and accepted > 0)
+    for lm in [*_lms, *_plain.values()]:
         lm.close()
     _lms.clear()
+    _plain.clear()
+    _greedy.clear()
     for d in _tmp:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -94,7 +130,8 @@ def prompt_of(lm: LoadedModel, op: Op) -> list[int]:
     if op.mode == "finish":
         text = f"<|im_start|>user\nSay {word}.<|im_end|>\n<|im_start|>assistant\n"
     else:
-        text = f"The word {word} {op.rid} means"
+        # Said twice: the n-gram lookup then finds drafts in the prompt itself.
+        text = f"The word {word} {op.rid} means {word}. The word {word} {op.rid} means"
     return lm.tokenize(text)
 
 
@@ -123,6 +160,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.ref: dict[tuple[str, str], tuple[int, ...]] = {}
         # The identity of the model file each kept entry was computed by.
         self.made_by: dict[tuple[str, str], str] = {}
+        # The prompt a kept history started from, while it holds greedy decoding only.
+        self.greedy_from: dict[tuple[str, str], tuple[int, ...]] = {}
 
     @rule()
     def replace_model_file(self) -> None:
@@ -181,6 +220,11 @@ class StoreMachine(RuleBasedStateMachine):
             self.ref[key] = base + tuple(ids)
             self.made_by[key] = lm.identity
             assert h.saved.model_id == lm.identity
+            start = tuple(prompt) if resume is None else self.greedy_from.get(key)
+            if beams is None and start is not None:
+                self.greedy_from[key] = start
+            else:  # beams choose by sequence score: not what greedy decoding gives
+                self.greedy_from.pop(key, None)
 
     @rule(
         ops=st.lists(
@@ -204,6 +248,16 @@ class StoreMachine(RuleBasedStateMachine):
             await asyncio.gather(*(self._run(op) for op in ops))
 
         asyncio.run(main())
+
+    @invariant()
+    def greedy_histories_equal_plain_decoding(self) -> None:
+        for key, start in self.greedy_from.items():
+            if key not in self.ref:
+                continue
+            made = self.ref[key][len(start) :]
+            want = plain_greedy(self.made_by[key], start)
+            n = min(len(made), len(want))  # plain decoding stops at the end of generation
+            assert made[:n] == want[:n], (key, made, want)
 
     @invariant()
     def histories_are_their_own(self) -> None:
