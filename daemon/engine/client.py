@@ -22,6 +22,8 @@ class LeaseScope:
 
     def __init__(self) -> None:
         self._releases: list[Callable[[], None]] = []
+        # Models held by this scope: what one request needs at once (the caps count them).
+        self.names: set[str] = set()
 
     def add(self, release: Callable[[], None]) -> None:
         self._releases.append(release)
@@ -48,7 +50,8 @@ class EngineClient:
         """The loaded model for `name`, leased until `scope` closes (no scope: no lease)."""
         if scope is None:
             return await self.registry.get(name, keep_alive)
-        lm = await self.registry.get(name, keep_alive, hold=True)
+        lm = await self.registry.get(name, keep_alive, hold=True, mine=frozenset(scope.names))
+        scope.names.add(lm.name)
         scope.add(lambda: self.registry.unhold(lm.name))
         return lm
 

@@ -47,6 +47,11 @@ class ModelUnavailable(EngineError):
     """The model is unloaded or shutting down, or every model slot is busy: retry."""
 
 
+class NeverFits(InvalidInput):
+    """The models one request needs at once can never be loaded together under the caps
+    (the default model stays loaded): no retry helps, a larger cap does."""
+
+
 class LoadFailed(EngineError):
     """llama.cpp could not load a model file, or create its context."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.engine.cache import SequenceStore
-from daemon.engine.errors import ModelUnavailable, UnknownModel
+from daemon.engine.errors import ModelUnavailable, NeverFits, UnknownModel
 from daemon.engine.ggufmeta import is_embedding_file
 from daemon.engine.loaded import EngineOptions, LoadedModel
 from daemon.engine.lora import AdapterSpec, split_model_name
@@ -181,13 +181,19 @@ class ModelRegistry:
         return name in self._loaded
 
     async def get(
-        self, name: str | None, keep_alive: float | str | None = "default", *, hold: bool = False
+        self,
+        name: str | None,
+        keep_alive: float | str | None = "default",
+        *,
+        hold: bool = False,
+        mine: frozenset[str] = frozenset(),
     ) -> LoadedModel:
         """The loaded model for `name`, loading it (off the event loop) on first use.
 
         `keep_alive` (seconds; None = until evicted) replaces the daemon's keep-alive for this
         model from now on; the string "default" leaves it as it is. With `hold`, the model
-        comes back leased (see `hold`); the caller must `unhold` it.
+        comes back leased (see `hold`); the caller must `unhold` it. `mine`: models the same
+        request already holds (with the default model they can never make room for it).
         """
         entry = self.resolve(name)
         key = entry.alias_of or entry.name
@@ -206,7 +212,7 @@ class ModelRegistry:
                 if self.before_load is not None:
                     await self.before_load()
                 incoming = self._file_size(entry.path)
-                await self._make_room(incoming)
+                await self._make_room(incoming, mine)
                 await self._share_caches(incoming, 1)
                 log.info("loading %s from %s", key, entry.path)
                 try:
@@ -291,17 +297,41 @@ class ModelRegistry:
         for lm in list(self._loaded.values()):
             await asyncio.to_thread(lm.limit_cache, share)
 
-    async def _make_room(self, incoming: int) -> None:
+    async def _make_room(self, incoming: int, mine: frozenset[str] = frozenset()) -> None:
         """Unload least recently used idle models until a model of `incoming` bytes fits."""
         while self._loaded and self._over(incoming):
             idle = [n for n in self._loaded if self._idle(n)]
             if not idle:
+                self._refuse_if_never(incoming, mine)
                 raise ModelUnavailable(
                     f"{len(self._loaded)} models are loaded and busy (caps: "
                     f"{self.max_loaded} models, {self.max_memory} bytes); retry shortly",
                     retry_after=5,
                 )
             await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+
+    def _refuse_if_never(self, incoming: int, mine: frozenset[str]) -> None:
+        """No retry helps when every model in the way is the default (it stays loaded) or
+        one the same request holds, and those with the newcomer exceed a cap: say which."""
+        stuck = [n for n in self._loaded if n == self.default_name or n in mine]
+        if len(stuck) != len(self._loaded):
+            return  # other requests' models leave once they end: retrying helps
+        names = ", ".join(f"`{n}`" for n in stuck)
+        if self.max_loaded is not None and len(stuck) + 1 > self.max_loaded:
+            raise NeverFits(
+                f"this request needs {len(stuck) + 1} models loaded at once ({names} and one "
+                f"more; the default model stays loaded), but --max-loaded-models is "
+                f"{self.max_loaded}: raise it",
+                subject="model",
+            )
+        held = sum(self._loaded[n].static_bytes for n in stuck)
+        if self.max_memory is not None and held + incoming > self.max_memory:
+            raise NeverFits(
+                f"this request needs about {(held + incoming) >> 20} MiB of models at once "
+                f"({names} and one more), over --max-models-memory "
+                f"({self.max_memory >> 20} MiB): raise it",
+                subject="model",
+            )
 
     async def _fit_memory(self, key: str) -> None:
         """After a load, evict idle others while over the memory cap; refuse a model too big."""

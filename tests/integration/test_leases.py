@@ -143,3 +143,66 @@ def test_unload_under_a_running_generation_keeps_its_state(
             reg.close()
 
     asyncio.run(main())
+
+
+def test_a_request_that_can_never_fit_is_told_so(tmp_path: Path, model_path: Path) -> None:
+    """Issue 26 item 4: a model and a safety model in one request beside the default model
+    (which stays loaded) under a cap of two can never be served: a 400 naming the cap, not
+    a 503 "retry shortly". While another request holds the blocking model, waiting helps
+    (503); once it is idle, it is evicted."""
+    from daemon.engine.client import LeaseScope
+    from daemon.engine.errors import NeverFits
+
+    d = models(tmp_path, model_path, ("main", "guard"))
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d, max_loaded=2)
+        client = EngineClient(reg)
+        await reg.get(None)
+        try:
+            request = LeaseScope()
+            await client.acquire("main", request)
+            with pytest.raises(NeverFits) as info:
+                await client.acquire("guard", request)
+            assert "--max-loaded-models is 2" in info.value.message
+            assert info.value.subject == "model"
+            assert sorted(m.name for m in reg.loaded()) == sorted([reg.default_name, "main"])
+            # Another request's lease on `main`: the guard's request may retry later.
+            with pytest.raises(ModelUnavailable):
+                await client.acquire("guard", LeaseScope())
+            request.close()
+            later = LeaseScope()
+            assert (await client.acquire("guard", later)).name == "guard"  # main evicted
+            later.close()
+        finally:
+            reg.close()
+
+    asyncio.run(main())
+
+
+def test_never_fitting_under_the_memory_cap(tmp_path: Path, model_path: Path) -> None:
+    from daemon.engine.client import LeaseScope
+    from daemon.engine.errors import NeverFits
+
+    d = models(tmp_path, model_path, ("main", "guard"))
+
+    async def main() -> None:
+        probe = ModelRegistry(model_path, OPTIONS, models_dir=d)
+        await probe.get(None)
+        one = probe.memory_bytes()
+        probe.close()
+        # Room for two models, not three: the default, main, and guard in one request.
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d, max_memory=int(one * 2.5))
+        client = EngineClient(reg)
+        await reg.get(None)
+        try:
+            request = LeaseScope()
+            await client.acquire("main", request)
+            with pytest.raises(NeverFits) as info:
+                await client.acquire("guard", request)
+            assert "--max-models-memory" in info.value.message
+            request.close()
+        finally:
+            reg.close()
+
+    asyncio.run(main())

@@ -56,3 +56,42 @@ def test_request_timeout_is_504_and_frees_the_slot(tmp_path: Path) -> None:
         assert h["busy_slots"] == 0 and h["queued"] == 0
     finally:
         stop_server(srv)
+
+
+def test_a_request_that_can_never_be_served_is_a_400(tmp_path: Path) -> None:
+    """A chat naming a model and a safety model beside the default model, under a cap of two
+    loaded models: no retry can help, so the answer is a 400 that names the cap to raise
+    (it used to be a 503 "retry shortly", every time). The daemon serves on."""
+    from daemon.config import embedded_model_path
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("main", "guard"):
+        (models / f"{name}.gguf").symlink_to(embedded_model_path())
+    srv = start_server(
+        tmp_path,
+        *SMALL,
+        "--parallel",
+        "1",
+        "--models-dir",
+        str(models),
+        "--max-loaded-models",
+        "2",
+    )
+    try:
+        body = {
+            "model": "main",
+            "safety_model": "guard",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 2,
+        }
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=300)
+        err = assert_error(r, 400)
+        assert "--max-loaded-models" in err["message"] and "retry" not in err["message"]
+        r = httpx.post(
+            f"{srv.url}/v1/chat/completions", json={**body, "safety_model": None}, timeout=300
+        )
+        assert r.status_code == 200, r.text
+        assert health(srv.url)["status"] == "ok"
+    finally:
+        stop_server(srv)
