@@ -78,8 +78,24 @@ _SWITCHES: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    """The installed package's version, and llama-cpp-python's (what the engine runs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("edged")
+    except PackageNotFoundError:
+        own = "unknown"
+    try:
+        llama = version("llama-cpp-python")
+    except PackageNotFoundError:
+        llama = "missing"
+    return f"{own} (llama-cpp-python {llama})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Local LLM inference daemon")
+    p.add_argument("--version", action="version", version=f"edged {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP daemon")
     models = sub.add_parser("models", help="list the servable models")

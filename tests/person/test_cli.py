@@ -94,6 +94,16 @@ def test_pull_list_show_rm(hub: FakeHub, tmp_path: Path, models_dir: Path) -> No
     assert gone.returncode == 1 and "embedded" in gone.stderr
 
 
+def test_version() -> None:
+    from importlib.metadata import version
+
+    r = edged("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == (
+        f"edged {version('edged')} (llama-cpp-python {version('llama-cpp-python')})"
+    )
+
+
 def test_ps_without_a_daemon_says_so() -> None:
     r = edged("ps", "--url", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 1
