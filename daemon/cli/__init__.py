@@ -11,7 +11,13 @@ import importlib
 
 from daemon.durations import parse_duration
 
-_VERBS = ("daemon.cli.pull", "daemon.cli.local", "daemon.cli.ps", "daemon.cli.run")
+_VERBS = (
+    "daemon.cli.pull",
+    "daemon.cli.local",
+    "daemon.cli.ps",
+    "daemon.cli.run",
+    "daemon.cli.doctor",
+)
 
 
 def duration(text: str) -> float:

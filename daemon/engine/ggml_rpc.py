@@ -63,6 +63,31 @@ def _all_devices() -> list[int]:
     return [reg.ggml_backend_dev_get(i) for i in range(reg.ggml_backend_dev_count())]
 
 
+def backend_names() -> list[str]:
+    """The ggml backends this build registered (`CPU`, `CUDA`, `Metal`, `Vulkan`, `RPC`...)."""
+    reg = _registry()
+    reg.ggml_backend_reg_count.argtypes, reg.ggml_backend_reg_count.restype = [], ctypes.c_size_t
+    reg.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    reg.ggml_backend_reg_get.restype = ctypes.c_void_p
+    g = _ggml()
+    return [
+        (g.ggml_backend_reg_name(reg.ggml_backend_reg_get(i)) or b"").decode()
+        for i in range(reg.ggml_backend_reg_count())
+    ]
+
+
+def local_devices() -> list[tuple[str, Device]]:
+    """Every local device with its kind (`cpu`, `gpu`, `igpu`), RPC devices left out."""
+    g = _ggml()
+    kinds = {_DEV_CPU: "cpu", _DEV_GPU: "gpu", _DEV_IGPU: "igpu"}
+    out = []
+    for ptr in _all_devices():
+        if g.ggml_backend_reg_name(g.ggml_backend_dev_backend_reg(ptr)) == b"RPC":
+            continue
+        out.append((kinds.get(g.ggml_backend_dev_type(ptr), "other"), _device(ptr)))
+    return out
+
+
 @cache
 def _rpc() -> ctypes.CDLL | None:
     lib = ggml_library("ggml-rpc")

@@ -56,6 +56,12 @@ def init_backend() -> None:
         _initialized = True
 
 
+def system_info() -> str:
+    """llama.cpp's own line of the CPU features its kernels use (`AVX2 = 1 | ...`)."""
+    init_backend()
+    return bytes(lc.llama_print_system_info()).decode("utf-8", "replace")
+
+
 def cpu_has_amx() -> bool:
     """Whether the CPU advertises AMX tiles (Linux only; False elsewhere)."""
     try:
