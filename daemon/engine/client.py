@@ -52,7 +52,7 @@ class EngineClient:
             return await self.registry.get(name, keep_alive)
         lm = await self.registry.get(name, keep_alive, hold=True, mine=frozenset(scope.names))
         scope.names.add(lm.name)
-        scope.add(lambda: self.registry.unhold(lm.name))
+        scope.add(lambda: self.registry.release(lm))
         return lm
 
     @asynccontextmanager

@@ -21,6 +21,15 @@ log = logging.getLogger("edged.registry")
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
 
+def _file_key(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells one file under a path from another: device, inode, size, mtime."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A servable name: a file stem or an alias of one."""
@@ -77,6 +86,12 @@ class ModelRegistry:
         self._leases: Counter[str] = Counter()
         # request_id stores by model: they outlive unloads (and restarts, with store_dir).
         self._stores: dict[str, SequenceStore] = {}
+        # The file each loaded model was read from, as (device, inode, size, mtime): a file
+        # replaced under the name since is served by a new load to new requests.
+        self._file_keys: dict[str, tuple[int, int, int, int] | None] = {}
+        # Models whose file was replaced while requests held them: they finish those
+        # requests (with their own lease counts), then `reap` frees them.
+        self._stale: dict[LoadedModel, int] = {}
         self.rescan()
 
     def rescan(self, aliases: dict[str, str] | None = None) -> None:
@@ -201,6 +216,9 @@ class ModelRegistry:
             self._keep_alive_for[key] = keep_alive  # type: ignore[assignment]
         self._last_used[key] = time.monotonic()
         lm = self._loaded.get(key)
+        if lm is not None and self._file_keys.get(key) != _file_key(entry.path):
+            await self._replaced(key)
+            lm = None
         if lm is not None:
             if hold:
                 self.hold(key)
@@ -209,6 +227,7 @@ class ModelRegistry:
         async with self._load_lock:
             lm = self._loaded.get(key)
             if lm is None:
+                file_key = _file_key(entry.path)
                 if self.before_load is not None:
                     await self.before_load()
                 incoming = self._file_size(entry.path)
@@ -229,12 +248,34 @@ class ModelRegistry:
                     raise
                 self.loads += 1
                 self._loaded[key] = lm
+                self._file_keys[key] = file_key
                 await self._fit_memory(key)
                 await self._share_caches()
             self._last_used[key] = time.monotonic()
             if hold:  # before the lock is let go: no other load can evict it in between
                 self.hold(key)
         return lm
+
+    async def _replaced(self, key: str) -> None:
+        """`key`'s file was replaced under it: new requests get a new load of the file. An
+        idle model is unloaded now; a busy one keeps its requests (and their leases) and is
+        freed by `reap` once they end, never under them."""
+        lm = self._loaded[key]
+        held = self._leases.pop(key, 0)
+        if not held and lm.worker.outstanding == 0:
+            log.info("%s: its file was replaced; unloading the old one", key)
+            await self.unload(key)
+            return
+        log.info("%s: its file was replaced; the old one finishes %d request(s)", key, held)
+        del self._loaded[key]
+        self._stale[lm] = held
+
+    def release(self, lm: LoadedModel) -> None:
+        """End one lease of the model object `lm` (the current one, or one being replaced)."""
+        if lm in self._stale:
+            self._stale[lm] = max(0, self._stale[lm] - 1)
+        else:
+            self.unhold(lm.name)
 
     def adapters_of(self, key: str) -> tuple[AdapterSpec, ...]:
         """The --lora adapters of a model (by file stem; a spec may name it by an alias)."""
@@ -271,11 +312,12 @@ class ModelRegistry:
             return 0
 
     def memory_bytes(self) -> int:
-        """Estimated memory of every loaded model (weights, allocated KV, prompt caches)."""
-        return sum(lm.memory_bytes for lm in self._loaded.values())
+        """Estimated memory of every loaded model (weights, allocated KV, prompt caches),
+        replaced ones still finishing their requests included."""
+        return sum(lm.memory_bytes for lm in [*self._loaded.values(), *self._stale])
 
     def _static_bytes(self) -> int:
-        return sum(lm.static_bytes for lm in self._loaded.values())
+        return sum(lm.static_bytes for lm in [*self._loaded.values(), *self._stale])
 
     def _over(self, incoming: int) -> bool:
         if self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
@@ -365,6 +407,10 @@ class ModelRegistry:
     async def reap(self, now: float | None = None) -> list[str]:
         """Unload non-default models idle for longer than their keep-alive; the names unloaded."""
         now = time.monotonic() if now is None else now
+        for old, held in list(self._stale.items()):  # replaced files whose requests ended
+            if not held and old.worker.outstanding == 0:
+                del self._stale[old]
+                await asyncio.to_thread(old.close)
         for name, lm in self._loaded.items():
             if lm.worker.outstanding > 0:
                 self._last_used[name] = now  # a long generation is use, not idleness
@@ -394,6 +440,7 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Unload everything."""
-        for lm in self._loaded.values():
+        for lm in [*self._loaded.values(), *self._stale]:
             lm.close()
         self._loaded.clear()
+        self._stale.clear()

@@ -93,9 +93,10 @@ def run_pull(
     """Pull (blocking) and return the model's main file; errors as edged's own exceptions
     whose messages name only the source as the client gave it.
 
-    An existing file is replaced atomically (`os.replace`): a loaded model keeps serving the
-    old file it mapped until it is unloaded, new loads read the new file. Files of the old
-    model that the new one does not have (split parts) are removed afterwards.
+    An existing file is replaced atomically (`os.replace`): requests already holding the
+    loaded model finish on the old file it mapped, new requests get a load of the new one
+    (the registry notices the replaced file). Files of the old model that the new one does
+    not have (split parts) are removed afterwards.
     """
     source = plan.source
     if isinstance(source, LocalSource) and source.path.is_file():

@@ -206,3 +206,53 @@ def test_never_fitting_under_the_memory_cap(tmp_path: Path, model_path: Path) ->
             reg.close()
 
     asyncio.run(main())
+
+
+def test_a_replaced_file_serves_new_requests_and_lets_old_ones_finish(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """Issue 25: a model file replaced under its name (a re-pull, an operator's update) takes
+    effect for new requests at once, while the requests already holding the old model finish
+    on it; the old one is freed once they end, never under them."""
+    import os
+    import shutil
+
+    from daemon.engine.client import LeaseScope
+
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copyfile(model_path, d / "m.gguf")
+
+    async def main() -> None:
+        reg = ModelRegistry(model_path, OPTIONS, models_dir=d)
+        client = EngineClient(reg)
+        try:
+            first = LeaseScope()
+            old = await client.acquire("m", first)
+            h = old.submit(GenerationRequest(old.tokenize("1, 2, 3,"), 24, GREEDY))
+            # The operator swaps in another file (one byte changed) under the same name.
+            new_file = tmp_path / "m.new"
+            shutil.copyfile(model_path, new_file)
+            with new_file.open("r+b") as f:
+                f.seek(-4096, 2)
+                b = f.read(1)
+                f.seek(-4096, 2)
+                f.write(bytes([b[0] ^ 1]))
+            os.replace(new_file, d / "m.gguf")
+            second = LeaseScope()
+            new = await client.acquire("m", second)
+            assert new is not old and new.identity != old.identity
+            assert reg.leases("m") == 1  # the new model's; the old one counts its own
+            out = [t async for c in h.chunks() for t in c.token_ids]
+            assert len(out) == 24 and not old.closed  # finished on the old weights
+            await reg.reap()
+            assert not old.closed  # its request's lease is still held
+            first.close()
+            await reg.reap()
+            assert old.closed and not new.closed
+            assert reg.memory_bytes() == new.memory_bytes
+            second.close()
+        finally:
+            reg.close()
+
+    asyncio.run(main())
