@@ -44,9 +44,7 @@ def index() -> Response[bytes]:
     return _asset("index.html")
 
 
-@get(
-    "/ui/{name:str}", sync_to_thread=False, include_in_schema=False, opt={"scope": "public"}
-)
+@get("/ui/{name:str}", sync_to_thread=False, include_in_schema=False, opt={"scope": "public"})
 def asset(name: FromPath[str]) -> Response[bytes]:
     """The page's scripts and styles (only the known files: no path walking)."""
     if name not in _TYPES or name == "index.html":
