@@ -27,7 +27,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "threads_batch": ("--threads-batch", int, "CPU threads for prompt processing"),
     "batch_size": ("--batch-size", int, "max tokens per decode step"),
     "ubatch_size": ("--ubatch-size", int, "physical micro-batch size"),
-    "n_gpu_layers": ("--n-gpu-layers", int, "layers to offload to the GPU (-1 = all)"),
+    "n_gpu_layers": (
+        "--n-gpu-layers",
+        lambda v: v if v == "auto" else int(v),  # type: ignore[dict-item]
+        "layers on the GPU: auto (default) fits them to free memory, -1 = all, 0 = none",
+    ),
     "main_gpu": ("--main-gpu", int, "GPU for the model when not split"),
     "max_queue": ("--max-queue", int, "requests that may wait for a slot before 429"),
     "store_max_bytes": ("--store-max-bytes", int, "memory bound of the request_id store"),
@@ -124,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
             "--flash-attn",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="flash attention (default off: see README)",
+            help="flash attention (default: on for encoders and where layers run on a GPU, "
+            "off for generation on a CPU; see README)",
         )
         for which in ("k", "v"):
             sp.add_argument(

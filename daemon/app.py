@@ -79,14 +79,24 @@ def engine_options(settings: Settings) -> EngineOptions:
         cache_dir=settings.cache_dir,
         cache_dir_max_bytes=settings.cache_dir_max_bytes,
         cache_share_tokens=settings.cache_share_tokens,
+        # Slots x context may shrink to fit a GPU only where the operator set neither.
+        fit_kv=not {"ctx_size", "parallel"} & settings.model_fields_set,
         model=ModelOptions(
             # With RPC workers every layer goes to a device unless told otherwise.
-            n_gpu_layers=settings.n_gpu_layers or (-1 if settings.rpc else 0),
+            n_gpu_layers=_gpu_layers(settings),
             main_gpu=settings.main_gpu,
             tensor_split=tuple(settings.tensor_split) if settings.tensor_split else None,
             extra_buffers=settings.extra_buffers,
         ),
     )
+
+
+def _gpu_layers(settings: Settings) -> int | None:
+    """Layers to offload: None fits them at each load (`auto`); with RPC workers every layer
+    goes to a device unless told otherwise."""
+    if settings.n_gpu_layers == "auto":
+        return -1 if settings.rpc else None
+    return int(settings.n_gpu_layers)
 
 
 def build_registry(settings: Settings) -> ModelRegistry:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,7 +82,9 @@ class Settings(BaseSettings):
     threads_batch: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1, description="max tokens per llama_decode")
     ubatch_size: int = Field(512, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer")
+    n_gpu_layers: int | Literal["auto"] = Field(
+        "auto", description="layers on the GPU: auto fits them to free memory, -1 = all, 0 = none"
+    )
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
     # Unset: off for generation, on for embedding and rerank models. llama.cpp 0.3.36's CPU
@@ -150,6 +153,13 @@ class Settings(BaseSettings):
     lora: list[str] = Field(
         default_factory=list, description="LoRA adapters, each [BASE+]NAME=PATH[:SCALE]"
     )
+
+    @field_validator("n_gpu_layers")
+    @classmethod
+    def _gpu_layers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < -1:
+            raise ValueError("n_gpu_layers is auto, -1 (all) or a number of layers >= 0")
+        return value
 
     @field_validator("lora")
     @classmethod

@@ -68,6 +68,13 @@ def ps(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
                 "slots": lm.worker.n_slots,
                 "busy_slots": lm.worker.busy_slots,
                 "memory_bytes": lm.memory_bytes,
+                # The GPU fit (n_gpu_layers auto): layers on GPUs, their estimated device
+                # memory per device, and why.
+                "gpu_layers": lm.offload.offloaded,
+                "n_layers": lm.offload.n_layers,
+                "gpu_bytes": lm.offload.gpu_bytes,
+                "gpu_devices": lm.offload.per_device,
+                "offload": lm.offload.reason,
                 "loaded_at": lm.loaded_at,
                 # Wall-clock time of the unload if no request comes; null = stays loaded.
                 "expires_at": None if deadline is None else now + (deadline - now_mono),

@@ -36,13 +36,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
             return fail(no_daemon_message(str(http.base_url)))
     if resp.status_code != 200:
         return fail(f"edged ps: {error_text(resp)}")
-    rows = [["NAME", "SLOTS", "MEMORY", "CONTEXT", "UNTIL"]]
+    rows = [["NAME", "SLOTS", "MEMORY", "GPU", "CONTEXT", "UNTIL"]]
     for m in resp.json()["models"]:
         rows.append(
             [
                 m["name"],
                 f"{m['busy_slots']}/{m['slots']} busy",
                 human_size(m["memory_bytes"]),
+                f"{m['gpu_layers']}/{m['n_layers']} layers" if m["gpu_layers"] else "cpu",
                 str(m["ctx_size"]),
                 _until(m["expires_at"], m["default"]),
             ]

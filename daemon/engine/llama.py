@@ -75,7 +75,7 @@ def cpu_has_amx() -> bool:
 class ModelOptions:
     """How to place a model's weights."""
 
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | None = 0  # None: fitted to free device memory at load (engine/fit.py)
     main_gpu: int = 0
     tensor_split: tuple[float, ...] | None = None
     use_mmap: bool = True
@@ -156,7 +156,8 @@ class Model:
     def __init__(self, path: Path, options: ModelOptions = ModelOptions()) -> None:
         init_backend()
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = 2**31 - 1 if options.n_gpu_layers < 0 else options.n_gpu_layers
+        layers = options.n_gpu_layers or 0  # auto is resolved before a model loads
+        params.n_gpu_layers = 2**31 - 1 if layers < 0 else layers
         params.main_gpu = options.main_gpu
         params.use_mmap = options.use_mmap
         params.use_extra_bufts = options.use_extra_buffers()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from daemon.engine.errors import (
     ModelUnavailable,
     NotGenerative,
 )
+from daemon.engine.fit import DeviceMemory, Offload, model_shape, plan_offload
+from daemon.engine.ggml_rpc import local_offload_devices
 from daemon.engine.handle import RequestHandle
 from daemon.engine.identity import file_identity
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
@@ -70,6 +72,8 @@ class EngineOptions:
     cache_dir: Path | None = None
     cache_dir_max_bytes: int = 16 << 30
     cache_share_tokens: int = 0
+    # With n_gpu_layers auto: whether ctx_size and parallel may shrink so a model fits a GPU.
+    fit_kv: bool = False
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -114,6 +118,7 @@ class LoadedModel:
         self.identity = file_identity(path)
         # The request_id store outlives this object (the registry owns it across unloads).
         self.store = store if store is not None else SequenceStore(options.store_max_bytes)
+        options = self._fit(options)
         self.model = Model(path, options.model)
         self.adapters: Adapters | None = None
         self.draft: Model | None = None
@@ -128,6 +133,50 @@ class LoadedModel:
                 self.draft.close()
             self.model.close()
             raise
+
+    def _fit(self, options: EngineOptions) -> EngineOptions:
+        """Resolve `n_gpu_layers` auto to what fits the devices' free memory now (the models
+        already loaded have taken theirs), and flash attention auto to on where layers run
+        on a GPU."""
+        layers = options.model.n_gpu_layers
+        if layers is not None:
+            n = model_shape(self.path).n_layers if layers else 0
+            self.offload = Offload(layers, n, options.ctx_size, options.parallel, 0, reason="set")
+            return options
+        devices = [DeviceMemory(d.name, d.free, d.total) for d in local_offload_devices()]
+        if not devices:
+            self.offload = Offload(0, 0, options.ctx_size, options.parallel, 0, reason="no GPU")
+            return replace(options, model=replace(options.model, n_gpu_layers=0))
+        shape = model_shape(self.path, options.cache_type_k, options.cache_type_v)
+        ctx = min(options.ctx_size, shape.n_ctx_train) if shape.n_ctx_train else options.ctx_size
+        plan = plan_offload(
+            shape,
+            devices,
+            ctx,
+            options.parallel,
+            may_shrink=options.fit_kv,
+            ubatch=options.ubatch_size,
+        )
+        self.offload = plan
+        log.info(
+            "%s: %s layers on %s (%s; ~%d MiB of device memory)",
+            self.name,
+            "all" if plan.layers < 0 else plan.layers,
+            ", ".join(d.name for d in devices),
+            plan.reason,
+            plan.gpu_bytes >> 20,
+        )
+        shrunk = plan.ctx_size != ctx or plan.parallel != options.parallel
+        return replace(
+            options,
+            ctx_size=plan.ctx_size if shrunk else options.ctx_size,
+            parallel=plan.parallel,
+            batch_size=max(options.batch_size, plan.parallel),
+            flash_attn=options.flash_attn
+            if options.flash_attn is not None or not plan.offloaded
+            else True,
+            model=replace(options.model, n_gpu_layers=plan.layers),
+        )
 
     def _start(self, options: EngineOptions) -> None:
         name = self.name

@@ -114,8 +114,9 @@ def test_ps_shows_the_loaded_model(fresh: Server) -> None:
     r = edged("ps", "--url", fresh.url)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "SLOTS", "MEMORY", "CONTEXT", "UNTIL"]
+    assert lines[0].split() == ["NAME", "SLOTS", "MEMORY", "GPU", "CONTEXT", "UNTIL"]
     assert lines[1].startswith(DEFAULT) and "/4 busy" in lines[1] and "MB" in lines[1]
+    assert " cpu " in lines[1]  # n_gpu_layers auto on this CPU build: no layer offloaded
 
 
 def test_run_one_shot_with_prompt_and_stdin(fresh: Server) -> None:

@@ -225,6 +225,8 @@ def test_the_operator_may_manage(keyed: tuple[Server, Path]) -> None:
     assert r.status_code == 200
     (loaded,) = r.json()["models"]
     assert Path(loaded["path"]).is_absolute()  # admins see paths
+    # The GPU fit's decision (n_gpu_layers auto; this CPU build has no GPU device).
+    assert loaded["gpu_layers"] == 0 and loaded["offload"] == "no GPU"
     assert (
         httpx.post(f"{srv.url}/admin/rescan", headers=_h(OPERATOR), timeout=30).status_code == 200
     )

@@ -23,6 +23,7 @@ from daemon import models
 from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
 from daemon.api.ollama.serving import resolve_name
 from daemon.config import Settings
+from daemon.engine.loaded import LoadedModel
 from daemon.engine.registry import ModelEntry, ModelRegistry
 from daemon.errors import InvalidRequest
 
@@ -171,7 +172,17 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
     }
 
 
-def ps(registry: ModelRegistry, settings: Settings) -> Body:
+def _vram(lm: LoadedModel, size: int) -> int:
+    """Bytes of a loaded model on GPUs: all of it offloaded, a share, or none."""
+    off = lm.offload
+    if not off.offloaded:
+        return 0
+    if off.layers < 0:
+        return size
+    return min(size, off.gpu_bytes) if off.gpu_bytes else size * off.offloaded // off.n_layers
+
+
+def ps(registry: ModelRegistry) -> Body:
     """GET /api/ps: the models in memory, with when each is unloaded if left idle."""
     out = []
     for lm in registry.loaded():
@@ -185,8 +196,8 @@ def ps(registry: ModelRegistry, settings: Settings) -> Body:
                 "digest": digest(lm.path),
                 "details": details(header(lm.path)),
                 "expires_at": NEVER if deadline is None else _iso(deadline),
-                # An estimate: everything is on the GPU when layers are offloaded at all.
-                "size_vram": size if settings.n_gpu_layers != 0 else 0,
+                # The fit's estimate of device memory (all of it when every layer went).
+                "size_vram": _vram(lm, size),
                 "context_length": lm.ctx_size,
             }
         )

@@ -68,9 +68,9 @@ async def show(
 
 
 @get("/ps")
-async def ps(registry: NamedDependency[ModelRegistry], settings: NamedDependency[Settings]) -> Body:
+async def ps(registry: NamedDependency[ModelRegistry]) -> Body:
     """The loaded models."""
-    return catalog.ps(registry, settings)
+    return catalog.ps(registry)
 
 
 @get("/version")
