@@ -10,6 +10,8 @@
 # Idempotent: skips the build when both binaries exist. Prints the llama-server path last.
 #   bench/build_llama_server.sh
 #   PYTHON=.venv/bin/python EDGED_PEER_CACHE=/some/dir bench/build_llama_server.sh
+# EDGED_PEER_CMAKE_ARGS (e.g. "-DGGML_CUDA=on") builds the whole of llama.cpp with those flags
+# (bench/gpu.sh), in a cache of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,12 @@ VER="$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1)"
 VER="${VER#*==}"
 [ -n "$VER" ] || { echo "no llama-cpp-python pin in pyproject.toml" >&2; exit 1; }
 CACHE="${EDGED_PEER_CACHE:-$HOME/.cache/edged-peer}/$VER"
+EXTRA_CMAKE=()
+if [ -n "${EDGED_PEER_CMAKE_ARGS:-}" ]; then
+    read -r -a EXTRA_CMAKE <<< "$EDGED_PEER_CMAKE_ARGS"
+    CACHE="$CACHE-$(printf %s "$EDGED_PEER_CMAKE_ARGS" | tr -c 'A-Za-z0-9' _)"
+    EDGED_PEER_FULL_BUILD=1  # the wheel's CPU libraries would not do
+fi
 BUILD="$CACHE/build"
 SERVER="$BUILD/bin/llama-server"
 BENCH="$BUILD/bin/llama-bench"
@@ -45,7 +53,7 @@ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja \
     -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_SERVER=ON \
-    -DBUILD_SHARED_LIBS=OFF >&2
+    -DBUILD_SHARED_LIBS=OFF "${EXTRA_CMAKE[@]}" >&2
 
 # The installed wheel's shared libraries, if it is the pinned version and ships libmtmd.
 PY="${PYTHON:-}"

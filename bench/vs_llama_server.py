@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -113,6 +114,10 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="*", default=[1, 8])
     p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     p.add_argument("--edged-args", nargs="*", default=[])
+    p.add_argument(
+        "--peer-args", default="", help='more llama-server flags in one string: "-ngl 999"'
+    )
+    p.add_argument("--tag", default="", help="a RESULTS.md section of its own (e.g. the GPU's)")
     args = p.parse_args()
 
     model_path = embedded_model_path()
@@ -135,7 +140,12 @@ def main() -> None:
         for name, extra in (("llama-server -fa off", ["-fa", "off"]), ("llama-server", [])):
             port = free_port()
             peer = start_llama_server(
-                model_path, port, args.threads, args.parallel, ctx * args.parallel, extra
+                model_path,
+                port,
+                args.threads,
+                args.parallel,
+                ctx * args.parallel,
+                [*extra, *shlex.split(args.peer_args)],
             )
             procs.append(peer)
             servers[name] = (f"http://127.0.0.1:{port}", peer.pid)
@@ -220,7 +230,14 @@ def main() -> None:
     )
     text = "\n".join([head, "", *rows])
     print(text)
-    if args.write:
+    if args.write and args.tag:
+        write_section(
+            text,
+            f"<!-- vs-llama-server-{args.tag}:begin -->",
+            f"<!-- vs-llama-server-{args.tag}:end -->",
+            f"## Side by side with llama-server: {args.tag}",
+        )
+    elif args.write:
         write_section(text, BEGIN, END, "## Side by side with llama-server (issue 13)")
 
 
