@@ -616,22 +616,12 @@ class Scheduler(ContextWorker):
             if self._ended:
                 return
             self._ended = True
-        handles = [a.handle for a in self._active] + list(self._waiting)
+        handles = self._every_handle()
         self._active.clear()
         self._waiting.clear()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, RequestHandle):
-                handles.append(item)
-        for h in handles:
-            h.finish_reason = h.finish_reason or FinishReason.ERROR
+        for _ in handles:
             self._done()
-        deliver([(h, error) for h in handles])
-        for h in handles:
-            h._engine_done()
+        _fail_all(handles, error)
 
     def abandon(self, error: EngineError) -> None:
         """End every request with `error` from another thread, for a scheduler whose thread
@@ -644,19 +634,27 @@ class Scheduler(ContextWorker):
             if self._ended:
                 return
             self._ended = True
+        _fail_all(self._every_handle(), error)
+
+    def _every_handle(self) -> list[RequestHandle]:
+        """The requests running, waiting, and still in the inbox (which this empties)."""
         handles = [a.handle for a in list(self._active)] + list(self._waiting)
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                return handles
             if isinstance(item, RequestHandle):
                 handles.append(item)
-        for h in handles:
-            h.finish_reason = h.finish_reason or FinishReason.ERROR
-        deliver([(h, error) for h in handles])
-        for h in handles:  # the stuck thread never will: free their request_ids now
-            h._engine_done()
+
+
+def _fail_all(handles: list[RequestHandle], error: EngineError) -> None:
+    """Answer each request with `error` and free its request_id (nothing else will)."""
+    for h in handles:
+        h.finish_reason = h.finish_reason or FinishReason.ERROR
+    deliver([(h, error) for h in handles])
+    for h in handles:
+        h._engine_done()
 
 
 def _failed(exc: Exception) -> EngineError:
