@@ -365,6 +365,9 @@ class LoadedModel:
             stopped = self.scheduler.retire(error, timeout)
             # Bounded: a thread parked inside llama.cpp may hold the cache's lock for good.
             self.scheduler.cache.clear(timeout)
+        for encoder in (self.embedder, self.ranker):  # queued inputs are answered 503
+            if encoder is not None:
+                stopped = encoder.stop(timeout) and stopped
         return stopped
 
     def close(self) -> None:

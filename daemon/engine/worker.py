@@ -85,18 +85,24 @@ class ContextWorker:
         """Whether the worker thread is running."""
         return self._thread.is_alive()
 
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking work and end the thread (what it had queued is answered 503), freeing
+        nothing: for a model whose llama.cpp objects live on a lost RPC worker. False when
+        the thread did not end within `timeout` (parked inside llama.cpp)."""
+        with self._lock:
+            self._closing = True
+        self._inbox.put(STOP)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def close(self, timeout: float | None = None) -> bool:
         """Stop taking work, wait for the running step, free llama.cpp resources.
 
         False when the thread did not stop within `timeout` (None: wait as long as the step
         takes): then nothing is freed, since a decode may still be using it.
         """
-        with self._lock:
-            self._closing = True
-        self._inbox.put(STOP)
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
+        if not self.stop(timeout):
             return False
         self.batch.close()
         self.ctx.close()

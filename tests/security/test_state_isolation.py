@@ -260,3 +260,25 @@ def test_row8_a_prompt_cache_held_by_a_parked_thread_is_given_up() -> None:
     finally:
         cache._lock.release()
     assert cache.clear(0.05) and len(cache) == 0
+
+
+def test_row8_a_lost_workers_embedding_model_stops_too(tmp_path: Path, minilm_dir: Path) -> None:
+    """The same for an embedding model: its worker thread ends (inputs still queued are
+    answered 503), nothing of llama.cpp is freed, and later inputs are refused."""
+    from quantize.convert import convert
+
+    gguf_path = convert(minilm_dir, tmp_path / "minilm.gguf", "f16", progress=False)
+    lm = LoadedModel("emb", gguf_path, EngineOptions(ctx_size=128, parallel=2))
+    assert lm.embedder is not None
+    worker = lm.embedder
+
+    async def run() -> None:
+        tokens = lm.tokenize("hello world")
+        assert len(await worker.embed([tokens])) == 1
+        stopped = await asyncio.to_thread(lm.abandon, ModelUnavailable("lost"), 30.0)
+        assert stopped and not worker.alive
+        assert lm.model.ptr  # not freed: it would live on the lost worker
+        with pytest.raises(ModelUnavailable):
+            await worker.embed([tokens])
+
+    asyncio.run(run())
