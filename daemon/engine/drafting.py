@@ -128,6 +128,10 @@ def probe_adapters(ctx: Context, batch: Batch, n_seq: int, adapters: Adapters) -
     return frozenset(exact)
 
 
+# A sequence's expected per-token acceptance before its key has any history, per source.
+PRIOR = {"ngram": 0.5, "draft": 0.7}
+
+
 class Speculator:
     """Drafts for the sequences of one scheduler, the step-cost model and the counters."""
 
@@ -152,8 +156,9 @@ class Speculator:
         self.drafted: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.disabled: Counter[str] = Counter()
-        # Acceptance across sequences, per source: a new sequence's prior.
-        self.prior = {"ngram": 0.5, "draft": 0.7}
+        # Acceptance across one key's sequences, per source: a new sequence's prior. Per key:
+        # how well drafts of one key's text verify must not shape another key's timing.
+        self.prior: dict[tuple[str, str], float] = {}
         self.draft_ctx: Context | None = None
         self.draft_batch: Batch | None = None
         # Tokens whose KV the draft context holds, per sequence id (slots outlive requests).
@@ -244,7 +249,7 @@ class Speculator:
             )
             if cap <= 0:
                 continue
-            prior = self.prior[sp.source]
+            prior = self.prior.get((a.owner, sp.source), PRIOR[sp.source])
             was = sp.enabled
             if sp.source == "ngram":
                 cand = sp.index.draft(cap)
@@ -399,9 +404,10 @@ class Speculator:
         sp.acceptance.update(m, k)
         self.drafted[sp.source] += k
         self.accepted[sp.source] += m
-        # The acceptance of every sequence so far, per source: what a newcomer expects.
+        # The acceptance of the key's sequences so far, per source: what its newcomer expects.
         rate = m / k if m < k else 1.0
-        self.prior[sp.source] = 0.9 * self.prior[sp.source] + 0.1 * rate
+        key = (a.owner, sp.source)
+        self.prior[key] = 0.9 * self.prior.get(key, PRIOR[sp.source]) + 0.1 * rate
         rows = sp.rows
         sp.draft, sp.rows = [], []
         return toks, rows, pos0

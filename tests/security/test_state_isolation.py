@@ -282,3 +282,31 @@ def test_row8_a_lost_workers_embedding_model_stops_too(tmp_path: Path, minilm_di
             await worker.embed([tokens])
 
     asyncio.run(run())
+
+
+def test_draft_acceptance_is_learned_per_key() -> None:
+    """How well one key's drafts verify (its text repeating itself) shapes only that key's
+    later drafting decisions, never another key's timing."""
+    from daemon.engine.drafting import PRIOR
+
+    opts = EngineOptions(ctx_size=256, parallel=2, flash_attn=True, speculate=True)
+    lm = LoadedModel("prior", embedded_model_path(), opts)
+    spec = lm.generator().spec
+    try:
+        assert spec.usable
+        text = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,"
+
+        async def run(owner: str) -> None:
+            req = GenerationRequest(lm.tokenize(text), 40, SamplingParams(0.0), owner=owner)
+            async for _ in lm.submit(req).chunks():
+                pass
+
+        asyncio.run(run("A"))
+        assert sum(spec.drafted.values()) > 0  # A's counting was drafted and verified
+        learned = spec.prior[("A", "ngram")]
+        assert learned != PRIOR["ngram"]
+        assert ("B", "ngram") not in spec.prior  # B starts from the prior of no history
+        asyncio.run(run("B"))
+        assert spec.prior[("A", "ngram")] == learned  # and B's run leaves A's alone
+    finally:
+        lm.close()
