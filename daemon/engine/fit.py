@@ -15,6 +15,7 @@ context or slot count the operator chose is never changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,33 @@ def _spread(plan: Offload, devices: list[DeviceMemory]) -> Offload:
         shares,
         plan.reason,
     )
+
+
+DeviceSource = Callable[[], list["DeviceMemory"]]
+
+
+def local_devices() -> list[DeviceMemory]:
+    """The local offload devices (GPUs, else integrated GPUs) and their free memory now."""
+    from daemon.engine.ggml_rpc import local_offload_devices
+
+    return [DeviceMemory(d.name, d.free, d.total) for d in local_offload_devices()]
+
+
+def plan_for(
+    path: Path,
+    devices: list[DeviceMemory],
+    ctx_size: int,
+    parallel: int,
+    *,
+    may_shrink: bool,
+    ubatch: int = 512,
+    cache_types: tuple[str, str] = ("f16", "f16"),
+) -> Offload:
+    """`plan_offload` for a GGUF file: its shape from the header, its context capped at what
+    it was trained for."""
+    shape = model_shape(path, *cache_types)
+    ctx = min(ctx_size, shape.n_ctx_train) if shape.n_ctx_train else ctx_size
+    return plan_offload(shape, devices, ctx, parallel, may_shrink=may_shrink, ubatch=ubatch)
 
 
 def model_shape(path: Path, cache_type_k: str = "f16", cache_type_v: str = "f16") -> ModelShape:

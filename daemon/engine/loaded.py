@@ -22,8 +22,14 @@ from daemon.engine.errors import (
     ModelUnavailable,
     NotGenerative,
 )
-from daemon.engine.fit import DeviceMemory, Offload, model_shape, plan_offload
-from daemon.engine.ggml_rpc import local_offload_devices
+from daemon.engine.fit import (
+    DeviceMemory,
+    DeviceSource,
+    Offload,
+    local_devices,
+    model_shape,
+    plan_for,
+)
 from daemon.engine.handle import RequestHandle
 from daemon.engine.identity import file_identity
 from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
@@ -72,8 +78,23 @@ class EngineOptions:
     cache_dir: Path | None = None
     cache_dir_max_bytes: int = 16 << 30
     cache_share_tokens: int = 0
-    # With n_gpu_layers auto: whether ctx_size and parallel may shrink so a model fits a GPU.
+    # With n_gpu_layers auto: whether ctx_size and parallel may shrink so a model fits a GPU,
+    # and where free device memory is read (None: ggml's local devices; tests pass tables).
     fit_kv: bool = False
+    devices: DeviceSource | None = None
+
+
+def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) -> Offload:
+    """The GPU fit of the model at `path` under these options, on these devices."""
+    return plan_for(
+        path,
+        devices,
+        options.ctx_size,
+        options.parallel,
+        may_shrink=options.fit_kv,
+        ubatch=options.ubatch_size,
+        cache_types=(options.cache_type_k, options.cache_type_v),
+    )
 
 
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
@@ -143,20 +164,11 @@ class LoadedModel:
             n = model_shape(self.path).n_layers if layers else 0
             self.offload = Offload(layers, n, options.ctx_size, options.parallel, 0, reason="set")
             return options
-        devices = [DeviceMemory(d.name, d.free, d.total) for d in local_offload_devices()]
+        devices = (options.devices or local_devices)()
         if not devices:
             self.offload = Offload(0, 0, options.ctx_size, options.parallel, 0, reason="no GPU")
             return replace(options, model=replace(options.model, n_gpu_layers=0))
-        shape = model_shape(self.path, options.cache_type_k, options.cache_type_v)
-        ctx = min(options.ctx_size, shape.n_ctx_train) if shape.n_ctx_train else options.ctx_size
-        plan = plan_offload(
-            shape,
-            devices,
-            ctx,
-            options.parallel,
-            may_shrink=options.fit_kv,
-            ubatch=options.ubatch_size,
-        )
+        plan = gpu_plan(self.path, options, devices)
         self.offload = plan
         log.info(
             "%s: %s layers on %s (%s; ~%d MiB of device memory)",
@@ -166,10 +178,9 @@ class LoadedModel:
             plan.reason,
             plan.gpu_bytes >> 20,
         )
-        shrunk = plan.ctx_size != ctx or plan.parallel != options.parallel
         return replace(
             options,
-            ctx_size=plan.ctx_size if shrunk else options.ctx_size,
+            ctx_size=min(options.ctx_size, plan.ctx_size),  # smaller only where it shrank
             parallel=plan.parallel,
             batch_size=max(options.batch_size, plan.parallel),
             flash_attn=options.flash_attn

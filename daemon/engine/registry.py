@@ -13,8 +13,9 @@ from pathlib import Path
 
 from daemon.engine.cache import SequenceStore
 from daemon.engine.errors import ModelUnavailable, NeverFits, UnknownModel
+from daemon.engine.fit import local_devices
 from daemon.engine.ggufmeta import is_embedding_file
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loaded import EngineOptions, LoadedModel, gpu_plan
 from daemon.engine.lora import AdapterSpec, split_model_name
 
 log = logging.getLogger("edged.registry")
@@ -231,6 +232,7 @@ class ModelRegistry:
                 if self.before_load is not None:
                     await self.before_load()
                 incoming = self._file_size(entry.path)
+                await self._make_gpu_room(entry.path, mine)
                 await self._make_room(incoming, mine)
                 await self._share_caches(incoming, 1)
                 log.info("loading %s from %s", key, entry.path)
@@ -351,6 +353,32 @@ class ModelRegistry:
                     retry_after=5,
                 )
             await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+
+    async def _make_gpu_room(self, path: Path, mine: frozenset[str]) -> None:
+        """With GPU layers fitted (`auto`), unload least recently used idle models that hold
+        device memory while the incoming model would not go to the GPU whole: device memory
+        is given to the model in use, as system memory is (Ollama does the same)."""
+        o = self.options
+        if o.model.n_gpu_layers is not None:
+            return
+        devices = o.devices or local_devices
+        while True:
+            found = devices()
+            if not found:
+                return
+            plan = await asyncio.to_thread(gpu_plan, path, o, found)
+            if plan.layers < 0:
+                return
+            holders = [
+                n
+                for n, lm in self._loaded.items()
+                if lm.offload.gpu_bytes > 0 and n not in mine and self._idle(n)
+            ]
+            if not holders:
+                return  # what fits goes; the rest of the layers stay on the CPU
+            name = min(holders, key=lambda n: self._last_used.get(n, 0.0))
+            log.info("unloading %s: its device memory lets the next model fit whole", name)
+            await self.unload(name)
 
     def _refuse_if_never(self, incoming: int, mine: frozenset[str]) -> None:
         """No retry helps when every model in the way is the default (it stays loaded) or

@@ -256,3 +256,59 @@ def test_a_replaced_file_serves_new_requests_and_lets_old_ones_finish(
             reg.close()
 
     asyncio.run(main())
+
+
+def test_device_memory_goes_to_the_model_in_use(tmp_path: Path, model_path: Path) -> None:
+    """Issue 26: with GPU layers fitted (`auto`), an idle model holding device memory is
+    unloaded so the next model fits the GPU whole; one in use keeps its memory and the
+    newcomer gets the layers that fit. A made-up device whose free memory is what the loaded
+    models leave (llama.cpp here has no GPU: the layers run on the CPU all the same)."""
+    from dataclasses import replace
+
+    from daemon.engine.client import LeaseScope
+    from daemon.engine.fit import DeviceMemory, margin
+    from daemon.engine.llama import ModelOptions
+
+    d = models(tmp_path, model_path, ("a", "b"))
+    holder: list[ModelRegistry] = []
+    total = 0
+
+    def devices() -> list[DeviceMemory]:
+        used = sum(lm.offload.gpu_bytes for lm in holder[0].loaded())
+        return [DeviceMemory("FAKE0", total - used, total)]
+
+    opts = replace(OPTIONS, model=ModelOptions(n_gpu_layers=None), devices=devices)
+
+    async def main() -> None:
+        nonlocal total
+        reg = ModelRegistry(model_path, opts, models_dir=d, max_loaded=3)
+        holder.append(reg)
+        probe = ModelRegistry(
+            model_path,
+            replace(opts, devices=lambda: [DeviceMemory("FAKE0", 1 << 40, 1 << 40)]),
+            models_dir=d,
+        )
+        one = (await probe.get("a")).offload.gpu_bytes
+        probe.close()
+        # Room for one model's layers beside the margin, not two: the default stays on the CPU.
+        total = int((one * 1.5 + (256 << 20)) / 0.95)
+        assert one * 2 > total - margin(DeviceMemory("x", total, total))
+        client = EngineClient(reg)
+        try:
+            holder_scope = LeaseScope()
+            a = await client.acquire("a", holder_scope)
+            assert a.offload.layers == -1  # the whole model on the (made-up) GPU
+            b_scope = LeaseScope()
+            b = await client.acquire("b", b_scope)  # a is in use: it keeps its memory
+            assert reg.is_loaded("a") and 0 <= b.offload.offloaded < b.offload.n_layers
+            b_scope.close()
+            holder_scope.close()
+            await reg.unload("b")
+            c_scope = LeaseScope()
+            b2 = await client.acquire("b", c_scope)  # a is idle now: it gives way
+            assert not reg.is_loaded("a") and b2.offload.layers == -1
+            c_scope.close()
+        finally:
+            reg.close()
+
+    asyncio.run(main())
