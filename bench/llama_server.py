@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from daemon.engine.llama import cpu_has_amx
+from daemon.engine.native.llama import cpu_has_amx
 
 BENCH = Path(__file__).resolve().parent
 DONE_FILE = Path("/tmp/llama-server.done")

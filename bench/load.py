@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import Round, run_round
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 
 def banned_tokens(path: Path | None = None) -> list[int]:

@@ -14,7 +14,7 @@ import sys
 
 import llama_cpp.llama_cpp as bindings
 
-from daemon.engine.llama import cpu_has_amx
+from daemon.engine.native.llama import cpu_has_amx
 
 if cpu_has_amx():
     _defaults = bindings.llama_model_default_params

@@ -34,8 +34,8 @@ from load import spawn_peer, spawn_server
 from results import write_section
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
-from daemon.engine.loaded import prompt_tokens
+from daemon.engine.loading.loaded import prompt_tokens
+from daemon.engine.native.llama import Model
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"

@@ -32,7 +32,7 @@ from perf import free_port, machine, span
 from results import write_section
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 BEGIN, END = "<!-- prompt-cache:begin -->", "<!-- prompt-cache:end -->"
 WORDS = [

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import story_messages
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Batch, Context, ContextOptions, Model, SamplerChain
-from daemon.engine.loaded import chat_template, prompt_tokens
+from daemon.engine.loading.loaded import chat_template, prompt_tokens
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model, SamplerChain
 from daemon.engine.types import SamplingParams
 
 

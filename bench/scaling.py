@@ -44,8 +44,8 @@ from perf import rss_of
 from results import write_section
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
-from daemon.engine.loaded import prompt_tokens
+from daemon.engine.loading.loaded import prompt_tokens
+from daemon.engine.native.llama import Model
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- scaling:begin -->", "<!-- scaling:end -->"

@@ -35,7 +35,7 @@ from prompt_cache import words
 from results import write_section
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 BEGIN, END = "<!-- timing-audit:begin -->", "<!-- timing-audit:end -->"
 A, B = "audit-victim", "audit-attacker"

@@ -39,7 +39,7 @@ from results import write_section
 from scaling import distinct_prompt
 
 from daemon.config import embedded_model_path
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- vs-llama-server:begin -->", "<!-- vs-llama-server:end -->"

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(e.name if e.alias_of is None else f"{e.name} -> {e.alias_of}", e.path, sep="\t")
         return 0
     if settings.rpc:
-        from daemon.engine.ggml_rpc import RPC_MISSING, rpc_available
+        from daemon.engine.native.ggml_rpc import RPC_MISSING, rpc_available
 
         if not rpc_available():
             print(f"edged: --rpc: {RPC_MISSING}", file=sys.stderr)

@@ -38,10 +38,10 @@ from daemon.api.rerank.routes import handlers as rerank_handlers
 from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings
-from daemon.engine.llama import ModelOptions
-from daemon.engine.loaded import EngineOptions
-from daemon.engine.lora import AdapterSpec
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.adapters.lora import AdapterSpec
+from daemon.engine.loading.loaded import EngineOptions
+from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.native.llama import ModelOptions
 from daemon.rpc.cluster import RpcCluster
 from daemon.rpc.metrics import RpcCollector
 from daemon.service.state import ServiceState

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     @field_validator("lora")
     @classmethod
     def _lora_specs(cls, value: list[str]) -> list[str]:
-        from daemon.engine.lora import AdapterSpec
+        from daemon.engine.adapters.lora import AdapterSpec
 
         names = [(s.base, s.name) for s in map(AdapterSpec.parse, value)]  # ValueError: which
         if len(set(names)) != len(names):

@@ -24,7 +24,7 @@ from daemon.api.auth import ADMIN
 from daemon.api.keepalive import KeepAlive, keep_alive_arg
 from daemon.api.sampling import ProtocolModel
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import Conflict, EdgedError, ModelNotFound
 
 

@@ -16,7 +16,7 @@ from daemon.api.openai.protocol import ChatCompletionRequest, _Common
 from daemon.api.reasoning import Thinking, template_vars
 from daemon.api.watch import watched
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import FinishReason
 from daemon.errors import InvalidRequest
 

@@ -12,7 +12,7 @@ from daemon.api.sampling import SamplingFields
 from daemon.api.watch import request_owner, request_owner_limit
 from daemon.config import Settings
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams, SavedSequence
 from daemon.errors import InvalidRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.grammar import json_grammar, unenforceable_keywords
+from daemon.engine.decode.grammar import json_grammar, unenforceable_keywords
 from daemon.errors import InvalidRequest
 
 

@@ -13,8 +13,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.lora import MAX_SCALE, AdapterSet, split_model_name
+from daemon.engine.adapters.lora import MAX_SCALE, AdapterSet, split_model_name
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.errors import InvalidRequest
 
 MAX_ADAPTERS = 16

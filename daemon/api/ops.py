@@ -8,7 +8,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from daemon.api.auth import PUBLIC, Caller
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.rpc.cluster import RpcCluster
 
 

@@ -11,8 +11,8 @@ from litestar.params import JSONBody
 
 from daemon.api.sampling import ProtocolModel
 from daemon.api.watch import leased
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import InvalidRequest
 
 

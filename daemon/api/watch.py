@@ -13,8 +13,8 @@ from daemon.api.errors import to_api
 from daemon.engine.client import EngineClient, LeaseScope
 from daemon.engine.errors import EngineError
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError, Timeout
 
 

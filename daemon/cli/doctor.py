@@ -119,7 +119,7 @@ def diagnose(facts: Facts) -> Report:
 
 
 def _cpu_flags() -> dict[str, bool]:
-    from daemon.engine.llama import system_info
+    from daemon.engine.native.llama import system_info
 
     info = system_info()
     flags: dict[str, bool] = {}
@@ -151,8 +151,8 @@ def _other_gpu_present() -> bool:
 
 def gather() -> Facts:
     """Read this machine and this build."""
-    from daemon.engine.ggml_rpc import backend_names, local_devices
-    from daemon.engine.llama import ModelOptions, cpu_has_amx
+    from daemon.engine.native.ggml_rpc import backend_names, local_devices
+    from daemon.engine.native.llama import ModelOptions, cpu_has_amx
 
     devices = [
         DeviceFact(kind, d.name, d.description, d.free, d.total) for kind, d in local_devices()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from daemon.engine.cache import SequenceStore
+from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import GenerationRequest
 
 

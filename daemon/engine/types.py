@@ -112,7 +112,7 @@ class GenerationRequest:
     owner: str = ""
     # The owner's own cap on requests running at once (its key file line); None: the model's.
     owner_limit: int | None = None
-    # LoRA adapters (sorted (name, scale) pairs, see daemon.engine.lora): decoded only in
+    # LoRA adapters (sorted (name, scale) pairs, see daemon.engine.adapters.lora): decoded only in
     # steps that apply exactly this set; its KV is reused only by requests with this set.
     lora: tuple[tuple[str, float], ...] = ()
 

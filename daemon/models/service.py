@@ -27,7 +27,7 @@ from daemon.models import files
 from daemon.models.sources import HubSource, LocalSource, Source
 
 if TYPE_CHECKING:  # the CLI uses this module without loading the engine
-    from daemon.engine.registry import ModelEntry, ModelRegistry
+    from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 
 log = logging.getLogger("edged.models")
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from daemon.engine.errors import ModelUnavailable
 
 if TYPE_CHECKING:
-    from daemon.engine.ggml_rpc import Device
-    from daemon.engine.registry import ModelRegistry
+    from daemon.engine.loading.registry import ModelRegistry
+    from daemon.engine.native.ggml_rpc import Device
 
 log = logging.getLogger("edged.rpc")
 
@@ -167,7 +167,7 @@ class RpcCluster:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Install the abort hook; call once from the event loop before models load."""
-        from daemon.engine.ggml_rpc import local_offload_devices, set_abort_hook
+        from daemon.engine.native.ggml_rpc import local_offload_devices, set_abort_hook
 
         self._loop = loop
         self._local = tuple(d.ptr for d in local_offload_devices())
@@ -327,6 +327,6 @@ class RpcCluster:
 
 
 def _add_server(endpoint: str) -> list[Device]:
-    from daemon.engine.ggml_rpc import rpc_add_server
+    from daemon.engine.native.ggml_rpc import rpc_add_server
 
     return rpc_add_server(endpoint)

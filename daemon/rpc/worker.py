@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from daemon.engine.ggml_rpc import RPC_MISSING, rpc_available, rpc_start_server
+    from daemon.engine.native.ggml_rpc import RPC_MISSING, rpc_available, rpc_start_server
 
     if not rpc_available():
         print(f"edged rpc-worker: {RPC_MISSING}", file=sys.stderr)

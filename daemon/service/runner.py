@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from daemon.api.auth import ApiKeys, KeyFileError, is_loopback, load_api_keys
 from daemon.app import api_keys, build_registry, create_app
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import Unavailable
 from daemon.service.sdnotify import notify, watchdog_interval
 from daemon.service.state import ServiceState

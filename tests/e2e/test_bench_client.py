@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import raw
 from client import run_round, stream
 
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 
 def test_round_streams_full_length_with_eog_banned(base_url: str, model_path: Path) -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from daemon.config import embedded_model_path
-from daemon.engine.embeddings import Embedder, embedding_pooling, truncate
+from daemon.engine.embed.embeddings import Embedder, embedding_pooling, truncate
 from daemon.engine.errors import ContextOverflow, InvalidInput, ModelUnavailable
-from daemon.engine.llama import ContextOptions, Model, Pooling
-from daemon.engine.loaded import EngineOptions
+from daemon.engine.loading.loaded import EngineOptions
+from daemon.engine.native.llama import ContextOptions, Model, Pooling
 
 TEXTS = [
     "A man is playing a guitar.",

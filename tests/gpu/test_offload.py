@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from daemon.config import embedded_model_path
-from daemon.engine.ggml_rpc import local_offload_devices
-from daemon.engine.llama import Batch, Context, ContextOptions, Model, ModelOptions
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.native.ggml_rpc import local_offload_devices
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model, ModelOptions
 from daemon.engine.types import GenerationRequest, SamplingParams
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

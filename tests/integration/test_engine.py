@@ -10,7 +10,7 @@ import pytest
 
 from daemon.engine.errors import QueueFull
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import FinishReason, GenerationRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine import scheduler as scheduler_module
-from daemon.engine.cache import SequenceStore
+from daemon.engine.caches.cache import SequenceStore
+from daemon.engine.decode import scheduler as scheduler_module
 from daemon.engine.errors import IdBusy
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import (
     BeamParams,
     FinishReason,

@@ -9,9 +9,9 @@ import pytest
 
 from daemon.engine.client import EngineClient
 from daemon.engine.errors import ModelUnavailable
-from daemon.engine.llama import Model
-from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.native.llama import Model
 from daemon.engine.types import GenerationRequest, SamplingParams
 from daemon.errors import EdgedError
 
@@ -266,8 +266,8 @@ def test_device_memory_goes_to_the_model_in_use(tmp_path: Path, model_path: Path
     from dataclasses import replace
 
     from daemon.engine.client import LeaseScope
-    from daemon.engine.fit import DeviceMemory, margin
-    from daemon.engine.llama import ModelOptions
+    from daemon.engine.loading.fit import DeviceMemory, margin
+    from daemon.engine.native.llama import ModelOptions
 
     d = models(tmp_path, model_path, ("a", "b"))
     holder: list[ModelRegistry] = []

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from daemon.config import embedded_model_path
+from daemon.engine.caches.prompt_cache import BLOCK
 from daemon.engine.handle import RequestHandle
-from daemon.engine.llama import JSON_OBJECT_GBNF
-from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.prompt_cache import BLOCK
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.native.llama import JSON_OBJECT_GBNF
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams, SavedSequence
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from daemon.config import embedded_model_path
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.lora import AdapterSpec
-from daemon.engine.slots import common_prefix
+from daemon.engine.adapters.lora import AdapterSpec
+from daemon.engine.decode.slots import common_prefix
+from daemon.engine.loading.loaded import LoadedModel
 from tests.integration.test_prompt_cache import Answer, Cold, ask, options, request
 
 KEYS = ("a", "b", "z")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.errors import ModelUnavailable
-from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.integration.test_prompt_cache import WORDS
 

@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from daemon.config import embedded_model_path
-from daemon.engine.cache import SequenceStore
+from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.errors import ModelChanged
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, Chunk, GenerationRequest, SamplingParams
 from daemon.errors import EdgedError, Timeout
 

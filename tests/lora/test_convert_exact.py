@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from daemon.engine.llama import Adapter, Batch, Context, ContextOptions, Model, ModelOptions
+from daemon.engine.native.llama import Adapter, Batch, Context, ContextOptions, Model, ModelOptions
 from quantize.__main__ import main
 from quantize.convert import convert
 from quantize.errors import BrokenCheckpoint

@@ -8,8 +8,8 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.lora import AdapterSpec
+from daemon.engine.adapters.lora import AdapterSpec
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.lora import AdapterSpec, StepTurns, split_model_name
+from daemon.engine.adapters.lora import AdapterSpec, StepTurns, split_model_name
 
 
 @pytest.mark.parametrize(
@@ -57,8 +57,8 @@ def test_split_model_name() -> None:
 def test_adapters_belong_to_their_base_model() -> None:
     """No base: the default model; BASE (a file stem or an alias of it): that model only."""
     from daemon.config import embedded_model_path
-    from daemon.engine.loaded import EngineOptions
-    from daemon.engine.registry import ModelRegistry
+    from daemon.engine.loading.loaded import EngineOptions
+    from daemon.engine.loading.registry import ModelRegistry
 
     path = embedded_model_path()
     reg = ModelRegistry(path, EngineOptions(), aliases={"smol": path.stem})

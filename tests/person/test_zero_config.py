@@ -15,7 +15,7 @@ from daemon.__main__ import _parser, settings_from_args
 from daemon.app import engine_options
 from daemon.config import Settings, embedded_model_path
 from daemon.engine.errors import UnknownModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from tests.conftest import start_server, stop_server
 from tests.person.conftest import SMALL
 from tests.quantize.hub import serve as serve_hub

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT, Server, free_port, wait_healthy
 
 RPC_PYTHON = Path(os.environ.get("EDGED_RPC_PYTHON", ROOT / ".venv-rpc" / "bin" / "python"))
-_CHECK = "from daemon.engine.ggml_rpc import rpc_available as a; raise SystemExit(not a())"
+_CHECK = "from daemon.engine.native.ggml_rpc import rpc_available as a; raise SystemExit(not a())"
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

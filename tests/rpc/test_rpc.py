@@ -80,7 +80,7 @@ def test_refuses_a_remote_bind_without_allow_remote() -> None:
 
 
 def test_a_build_without_rpc_explains_in_one_line() -> None:
-    from daemon.engine.ggml_rpc import rpc_available
+    from daemon.engine.native.ggml_rpc import rpc_available
 
     if rpc_available():
         pytest.skip("this venv's llama-cpp-python has RPC")
@@ -173,7 +173,7 @@ def test_ggml_libraries_are_the_copies_libllama_uses() -> None:
     """A wheel holds libggml-base.so, .so.0 and .so.0.x as separate files; opening another
     one than libllama's gives a second copy whose abort callback nobody calls (the daemon
     then died on a lost worker). One file of each library must be mapped."""
-    from daemon.engine import ggml_rpc
+    from daemon.engine.native import ggml_rpc
 
     ggml_rpc._ggml()
     ggml_rpc._registry()

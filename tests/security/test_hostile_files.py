@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import embedded_model_path
-from daemon.engine.loaded import EngineOptions
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import EngineOptions
+from daemon.engine.loading.registry import ModelRegistry
 
 
 @pytest.mark.parametrize("content", [b"", b"GGUF", b"GGUF\x03\x00\x00\x00", b"\x00" * 7])

@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 
-from daemon.engine.cache import SequenceStore
-from daemon.engine.identity import file_identity, file_sha256
-from daemon.engine.prompt_cache import BLOCK, PromptCache
+from daemon.engine.caches.cache import SequenceStore
+from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
+from daemon.engine.loading.identity import file_identity, file_sha256
 from daemon.engine.types import SavedSequence
 from tests.conftest import Server, start_server, stop_server
 
@@ -48,7 +48,7 @@ def test_identity_follows_the_content_not_the_name(tmp_path: Path) -> None:
 def test_a_pulled_models_sidecar_describes_it(tmp_path: Path, model_path: Path) -> None:
     """A pull records size and mtime beside the sha256, so loading a pulled model reads the
     digest from its sidecar instead of hashing the whole file again."""
-    from daemon.engine.identity import _sidecar_sha256
+    from daemon.engine.loading.identity import _sidecar_sha256
     from quantize.pull import pull, sha256_file
 
     src = tmp_path / "repo"

@@ -16,7 +16,7 @@ import pytest
 from daemon import models
 from daemon.app import engine_options
 from daemon.config import Settings, embedded_model_path
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import Conflict, InvalidRequest, ModelNotFound
 from daemon.models import files
 from tests.conftest import ROOT, free_port

@@ -19,10 +19,10 @@ import pytest
 
 from daemon.api.responses.store import ResponseStore, StoredResponse
 from daemon.config import embedded_model_path
-from daemon.engine.cache import SequenceStore
+from daemon.engine.caches.cache import SequenceStore
+from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
 from daemon.engine.errors import ModelUnavailable
-from daemon.engine.loaded import EngineOptions, LoadedModel
-from daemon.engine.prompt_cache import BLOCK, PromptCache
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.test_generate_isolation import A, B, _metric, gen
@@ -287,7 +287,7 @@ def test_row8_a_lost_workers_embedding_model_stops_too(tmp_path: Path, minilm_di
 def test_draft_acceptance_is_learned_per_key() -> None:
     """How well one key's drafts verify (its text repeating itself) shapes only that key's
     later drafting decisions, never another key's timing."""
-    from daemon.engine.drafting import PRIOR
+    from daemon.engine.speculation.drafting import PRIOR
 
     opts = EngineOptions(ctx_size=256, parallel=2, flash_attn=True, speculate=True)
     lm = LoadedModel("prior", embedded_model_path(), opts)

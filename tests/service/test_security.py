@@ -16,8 +16,8 @@ from litestar.testing import TestClient
 
 from daemon.api.auth import ApiKeys, api_key_guard, is_loopback, provide_api_key
 from daemon.api.errors import exception_handlers, to_api
-from daemon.engine.chat_template import ChatTemplate
 from daemon.engine.errors import InvalidInput
+from daemon.engine.loading.chat_template import ChatTemplate
 from tests.conftest import Server, free_port, start_server, stop_server
 from tests.service.conftest import SMALL, assert_error
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from daemon.engine.worker import ContextWorker
+from daemon.engine.decode.worker import ContextWorker
 from daemon.service import sdnotify
 from daemon.service.runner import schedulers_healthy
 from tests.conftest import ROOT, start_server, stop_server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.engine.speculate import (
+from daemon.engine.speculation.speculate import (
     PROBE_FIRST,
     NgramIndex,
     Speculation,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, FinishReason, GenerationRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

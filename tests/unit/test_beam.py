@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from daemon.engine.beam import BeamSearch, log_softmax, repetition_penalize
+from daemon.engine.decode.beam import BeamSearch, log_softmax, repetition_penalize
 
 EOS = 3
 

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.engine.detokenize import IncrementalDetokenizer
+from daemon.engine.decode.detokenize import IncrementalDetokenizer
 
 
 @given(text=st.text(max_size=30), size=st.integers(1, 4))

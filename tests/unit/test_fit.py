@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.config import Settings, embedded_model_path
-from daemon.engine.fit import (
+from daemon.engine.loading.fit import (
     MIN_CTX,
     DeviceMemory,
     ModelShape,
@@ -120,7 +120,7 @@ def test_auto_on_this_cpu_build_offloads_nothing() -> None:
     import asyncio
 
     from daemon.app import engine_options
-    from daemon.engine.loaded import LoadedModel
+    from daemon.engine.loading.loaded import LoadedModel
     from daemon.engine.types import GenerationRequest, SamplingParams
 
     opts = engine_options(Settings(ctx_size=256, parallel=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.engine.prompt_cache import BLOCK, PromptCache
+from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
 
 
 def toks(seed: int, n: int) -> list[int]:

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.engine.slots import Slot, chunk_size, common_prefix, pick_slots, seed32
+from daemon.engine.decode.slots import Slot, chunk_size, common_prefix, pick_slots, seed32
 
 
 @given(pending=st.integers(1, 2000), budget=st.integers(0, 600))

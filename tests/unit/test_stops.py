@@ -5,7 +5,7 @@ import itertools
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from daemon.engine.stops import StopMatcher
+from daemon.engine.decode.stops import StopMatcher
 
 
 def feed(m: StopMatcher, deltas: list[str]) -> str:

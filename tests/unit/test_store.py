@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.cache import SequenceStore
+from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.errors import IdBusy
 from daemon.engine.types import SavedSequence
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from daemon.__main__ import _parser, settings_from_args
 from daemon.app import engine_options
 from daemon.config import Settings, default_threads
-from daemon.engine.llama import CACHE_TYPES
+from daemon.engine.native.llama import CACHE_TYPES
 from daemon.engine.types import CacheType
 
 

@@ -14,7 +14,7 @@ from daemon.api.anthropic.errors import exception_handlers
 from daemon.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from daemon.api.choices import policy_of
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 @post("/messages", status_code=200)

@@ -27,8 +27,8 @@ from daemon.api.reasoning import Thinking
 from daemon.api.streams import Named, named_sse
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
 from daemon.errors import InvalidRequest
 

@@ -13,7 +13,7 @@ from daemon.api.generate import serving
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest
 from daemon.api.ollama import dispatch
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 def _owner(api_key: NamedDependency[str | None]) -> str:

@@ -17,12 +17,12 @@ from daemon.api.lora import LoraRef, request_adapters
 from daemon.api.streams import collect
 from daemon.api.watch import leased, request_owner_limit, watched
 from daemon.config import GenerationDefaults
-from daemon.engine.cache import StoreKey
+from daemon.engine.adapters.lora import describe
+from daemon.engine.caches.cache import StoreKey
 from daemon.engine.client import EngineClient
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.lora import describe
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 from daemon.errors import EdgedError, InvalidRequest, NotFound
 

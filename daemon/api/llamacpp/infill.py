@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from daemon.engine.loaded import LoadedModel
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.errors import InvalidRequest
 
 # llama-server separates context files this way when the vocabulary has no FIM_SEP token.

@@ -21,7 +21,7 @@ from daemon.api.openai import tools
 from daemon.api.reasoning import template_vars
 from daemon.api.watch import leased
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError
 
 log = logging.getLogger("edged.api")

@@ -16,8 +16,8 @@ from daemon.api.lora import from_ids
 from daemon.api.streams import Collected, collect_all, merge
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason, TokenLogprob
 from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest
 

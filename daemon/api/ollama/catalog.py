@@ -23,8 +23,8 @@ from daemon import models
 from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
 from daemon.api.ollama.serving import resolve_name
 from daemon.config import Settings
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelEntry, ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.errors import InvalidRequest
 
 # The Ollama API level these routes implement (clients gate features on /api/version).

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from daemon.api.choices import Policy
 from daemon.api.ollama import errors, serving
 from daemon.api.ollama.protocol import GenerateRequest
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError
 
 SEED_FIELDS = frozenset({"request_id", "only_new_tokens", "stream_response", "generation_config"})

@@ -22,7 +22,7 @@ from daemon.api.ollama.protocol import (
     PullRequest,
 )
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 Body = dict[str, Any]
 

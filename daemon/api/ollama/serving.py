@@ -39,8 +39,8 @@ from daemon.api.streams import collect_all
 from daemon.api.watch import leased
 from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 

@@ -10,9 +10,9 @@ from pydantic import Field
 
 from daemon.api.sampling import ProtocolModel
 from daemon.api.watch import leased
-from daemon.engine.embeddings import Embedder, truncate
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.embed.embeddings import Embedder, truncate
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import InvalidRequest
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request

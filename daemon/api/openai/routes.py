@@ -14,7 +14,7 @@ from daemon.api.openai import serving
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from daemon.config import Settings
-from daemon.engine.registry import ModelEntry, ModelRegistry
+from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.errors import ModelNotFound
 
 

@@ -12,8 +12,8 @@ from daemon.api.openai.protocol import ChatMessage
 from daemon.api.sampling import SamplingFields
 from daemon.api.streams import collect_all
 from daemon.api.watch import leased
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import ModelNotFound
 
 log = logging.getLogger("edged.api")

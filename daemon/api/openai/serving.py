@@ -20,8 +20,8 @@ from daemon.api.reasoning import Thinking
 from daemon.api.streams import Collected, collect_all, merge, sse
 from daemon.api.watch import leased
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import InvalidRequest
 

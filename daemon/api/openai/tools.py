@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
-from daemon.engine.grammar import json_grammar, unenforceable_keywords
+from daemon.engine.decode.grammar import json_grammar, unenforceable_keywords
 from daemon.errors import InvalidRequest
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

@@ -10,7 +10,7 @@ from litestar.params import JSONBody
 
 from daemon.api.rerank import serving
 from daemon.api.rerank.protocol import RerankRequest
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 @post(["/v1/rerank", "/rerank", "/reranking", "/v1/reranking"], status_code=200)

@@ -8,10 +8,10 @@ from typing import Any
 
 from daemon.api.rerank.protocol import RerankRequest
 from daemon.api.watch import leased
-from daemon.engine.embeddings import Embedder
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
-from daemon.engine.rerank import pair_tokens
+from daemon.engine.embed.embeddings import Embedder
+from daemon.engine.embed.rerank import pair_tokens
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import InvalidRequest
 
 

@@ -14,7 +14,7 @@ from daemon.api.responses import serving
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 def _owner(api_key: str | None) -> str:

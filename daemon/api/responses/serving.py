@@ -32,8 +32,8 @@ from daemon.api.streams import Named, named_sse
 from daemon.api.watch import leased
 from daemon.engine.errors import IdBusy
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loaded import LoadedModel
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason, SavedSequence
 from daemon.errors import EdgedError, InvalidRequest, NotFound
 

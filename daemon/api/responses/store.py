@@ -12,7 +12,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.engine.cache import StoreKey
+from daemon.engine.caches.cache import StoreKey
 
 MAX_RESPONSES = 4096
 

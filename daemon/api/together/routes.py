@@ -12,7 +12,7 @@ from daemon.api.choices import policy_of
 from daemon.api.together import serving
 from daemon.api.together.protocol import InferenceRequest
 from daemon.config import Settings
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 @post("/inference", status_code=200)

@@ -10,7 +10,7 @@ from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import collect_all
 from daemon.api.together.protocol import InferenceRequest
 from daemon.api.watch import leased
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.loading.registry import ModelRegistry
 
 
 async def inference(

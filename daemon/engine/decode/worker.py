@@ -7,7 +7,7 @@ import threading
 import time
 
 from daemon.engine.errors import ModelUnavailable, QueueFull
-from daemon.engine.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 
 STOP = object()
 

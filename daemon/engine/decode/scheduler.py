@@ -15,22 +15,22 @@ import threading
 import time
 from collections import Counter
 
-from daemon.engine.active import Active, Beams, Decode, FairQueue
-from daemon.engine.beam import log_softmax, repetition_penalize
-from daemon.engine.detokenize import IncrementalDetokenizer
-from daemon.engine.drafting import SpecOptions, Speculator
+from daemon.engine.adapters.lora import Adapters, AdapterSteps
+from daemon.engine.caches.keep import beam_search, saved_sequence
+from daemon.engine.caches.prompt_cache import PromptCache
+from daemon.engine.caches.slot_kv import SlotKV
+from daemon.engine.decode.active import Active, Beams, Decode, FairQueue
+from daemon.engine.decode.beam import log_softmax, repetition_penalize
+from daemon.engine.decode.detokenize import IncrementalDetokenizer
+from daemon.engine.decode.logprobs import token_logprob
+from daemon.engine.decode.slots import Slot, chunk_size, pick_slots, reassign, seed32
+from daemon.engine.decode.stops import StopMatcher
+from daemon.engine.decode.worker import STOP, ContextWorker
 from daemon.engine.errors import EngineError, GenerationFailed, ModelChanged, ModelUnavailable
 from daemon.engine.handle import Out, RequestHandle, deliver
-from daemon.engine.keep import beam_search, saved_sequence
-from daemon.engine.llama import ContextOptions, Model, SamplerChain
-from daemon.engine.logprobs import token_logprob
-from daemon.engine.lora import Adapters, AdapterSteps
-from daemon.engine.prompt_cache import PromptCache
-from daemon.engine.slot_kv import SlotKV
-from daemon.engine.slots import Slot, chunk_size, pick_slots, reassign, seed32
-from daemon.engine.stops import StopMatcher
+from daemon.engine.native.llama import ContextOptions, Model, SamplerChain
+from daemon.engine.speculation.drafting import SpecOptions, Speculator
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest
-from daemon.engine.worker import STOP, ContextWorker
 
 log = logging.getLogger("edged.scheduler")
 

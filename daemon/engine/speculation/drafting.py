@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.engine.active import Active
+from daemon.engine.adapters.lora import Adapters
+from daemon.engine.decode.active import Active
+from daemon.engine.decode.slots import common_prefix
 from daemon.engine.errors import LoadFailed
-from daemon.engine.llama import Batch, Context, ContextOptions, Model
-from daemon.engine.lora import Adapters
-from daemon.engine.slots import common_prefix
-from daemon.engine.speculate import (
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.speculation.speculate import (
     NgramIndex,
     Speculation,
     StepCost,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from daemon.engine.errors import GenerationFailed
 
 if TYPE_CHECKING:
-    from daemon.engine.llama import Context
+    from daemon.engine.native.llama import Context
 
 _SEED_MASK = 0xFFFFFFFF
 

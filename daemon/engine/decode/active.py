@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daemon.engine.beam import BeamSearch
-from daemon.engine.detokenize import IncrementalDetokenizer
+from daemon.engine.decode.beam import BeamSearch
+from daemon.engine.decode.detokenize import IncrementalDetokenizer
+from daemon.engine.decode.logprobs import token_logprob
+from daemon.engine.decode.slots import Slot
+from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.handle import RequestHandle
-from daemon.engine.llama import SamplerChain
-from daemon.engine.logprobs import token_logprob
-from daemon.engine.slots import Slot
-from daemon.engine.speculate import Speculation
-from daemon.engine.stops import StopMatcher
+from daemon.engine.native.llama import SamplerChain
+from daemon.engine.speculation.speculate import Speculation
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 
 

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.engine.cache import SequenceStore
+from daemon.engine.adapters.lora import AdapterSpec, split_model_name
+from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.errors import ModelUnavailable, NeverFits, UnknownModel
-from daemon.engine.fit import local_devices
-from daemon.engine.ggufmeta import is_embedding_file
-from daemon.engine.loaded import EngineOptions, LoadedModel, gpu_plan
-from daemon.engine.lora import AdapterSpec, split_model_name
+from daemon.engine.loading.fit import local_devices
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel, gpu_plan
+from daemon.engine.native.ggufmeta import is_embedding_file
 
 log = logging.getLogger("edged.registry")
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")

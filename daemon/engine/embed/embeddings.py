@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daemon.engine.decode.worker import STOP, ContextWorker
 from daemon.engine.errors import (
     ContextOverflow,
     GenerationFailed,
@@ -27,12 +28,11 @@ from daemon.engine.errors import (
     ModelUnavailable,
     WrongModelKind,
 )
-from daemon.engine.llama import ContextOptions, Model, Pooling
-from daemon.engine.worker import STOP, ContextWorker
+from daemon.engine.native.llama import ContextOptions, Model, Pooling
 from daemon.errors import EdgedError
 
 if TYPE_CHECKING:
-    from daemon.engine.loaded import EngineOptions
+    from daemon.engine.loading.loaded import EngineOptions
 
 log = logging.getLogger("edged.embeddings")
 

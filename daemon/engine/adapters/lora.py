@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.engine.errors import InvalidInput
-from daemon.engine.llama import Adapter, Context, Model
+from daemon.engine.native.llama import Adapter, Context, Model
 from daemon.engine.types import GenerationRequest
 
 AdapterSet = tuple[tuple[str, float], ...]

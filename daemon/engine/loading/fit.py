@@ -157,7 +157,7 @@ DeviceSource = Callable[[], list["DeviceMemory"]]
 
 def local_devices() -> list[DeviceMemory]:
     """The local offload devices (GPUs, else integrated GPUs) and their free memory now."""
-    from daemon.engine.ggml_rpc import local_offload_devices
+    from daemon.engine.native.ggml_rpc import local_offload_devices
 
     return [DeviceMemory(d.name, d.free, d.total) for d in local_offload_devices()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.engine.beam import log_softmax
+from daemon.engine.decode.beam import log_softmax
 from daemon.engine.types import TokenLogprob
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import jinja2
 
-from daemon.engine.cache import SequenceStore
-from daemon.engine.chat_template import ChatTemplate
-from daemon.engine.drafting import SpecOptions, check_draft_vocab
-from daemon.engine.embeddings import Embedder, embedding_pooling, is_reranker
+from daemon.engine.adapters.lora import Adapters, AdapterSet, AdapterSpec
+from daemon.engine.caches.cache import SequenceStore
+from daemon.engine.caches.prompt_cache import PromptCache
+from daemon.engine.decode.scheduler import Scheduler
+from daemon.engine.embed.embeddings import Embedder, embedding_pooling, is_reranker
 from daemon.engine.errors import (
     ContextOverflow,
     EngineError,
@@ -22,7 +23,9 @@ from daemon.engine.errors import (
     ModelUnavailable,
     NotGenerative,
 )
-from daemon.engine.fit import (
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loading.chat_template import ChatTemplate
+from daemon.engine.loading.fit import (
     DeviceMemory,
     DeviceSource,
     Offload,
@@ -30,12 +33,15 @@ from daemon.engine.fit import (
     model_shape,
     plan_for,
 )
-from daemon.engine.handle import RequestHandle
-from daemon.engine.identity import file_identity
-from daemon.engine.llama import ContextOptions, Model, ModelOptions, Pooling, grammar_is_valid
-from daemon.engine.lora import Adapters, AdapterSet, AdapterSpec
-from daemon.engine.prompt_cache import PromptCache
-from daemon.engine.scheduler import Scheduler
+from daemon.engine.loading.identity import file_identity
+from daemon.engine.native.llama import (
+    ContextOptions,
+    Model,
+    ModelOptions,
+    Pooling,
+    grammar_is_valid,
+)
+from daemon.engine.speculation.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.types import CacheType, GenerationRequest
 
 log = logging.getLogger("edged.engine")

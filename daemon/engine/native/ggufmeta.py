@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gguf
 
-from daemon.engine.embeddings import ENCODER_ARCHS, VECTOR_POOLINGS
+from daemon.engine.embed.embeddings import ENCODER_ARCHS, VECTOR_POOLINGS
 
 log = logging.getLogger("edged.registry")
 

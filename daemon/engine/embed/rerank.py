@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.engine.llama import Model
+from daemon.engine.native.llama import Model
 
 NO_TOKEN = -1  # LLAMA_TOKEN_NULL
 

@@ -35,8 +35,8 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.engine.cache import read_entry, write_entry
-from daemon.engine.slots import common_prefix
+from daemon.engine.caches.cache import read_entry, write_entry
+from daemon.engine.decode.slots import common_prefix
 from daemon.engine.types import SavedSequence
 
 AdapterPairs = tuple[tuple[str, float], ...]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from daemon.engine.llama import Context
-from daemon.engine.prompt_cache import BLOCK, PromptCache
-from daemon.engine.slots import Slot, common_prefix
+from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
+from daemon.engine.decode.slots import Slot, common_prefix
+from daemon.engine.native.llama import Context
 from daemon.engine.types import SavedSequence
 
 log = logging.getLogger("edged.scheduler")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from daemon.engine.active import Active
-from daemon.engine.beam import BeamSearch, Sampling
-from daemon.engine.slots import seed32
+from daemon.engine.decode.active import Active
+from daemon.engine.decode.beam import BeamSearch, Sampling
+from daemon.engine.decode.slots import seed32
 from daemon.engine.types import FinishReason, GenerationRequest, SavedSequence
 
 

@@ -1,0 +1,1 @@
+"""LoRA adapters: the loaded set and a request's adapter set."""

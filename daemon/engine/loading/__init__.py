@@ -1,0 +1,1 @@
+"""Models: which names are servable, loading, GPU fit, file identity, chat templates."""
