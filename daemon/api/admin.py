@@ -21,8 +21,8 @@ from pydantic import Field
 
 from daemon import models
 from daemon.api.auth import ADMIN
+from daemon.api.fields import ProtocolModel
 from daemon.api.keepalive import KeepAlive, keep_alive_arg
-from daemon.api.sampling import ProtocolModel
 from daemon.config import Settings
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import Conflict, EdgedError, ModelNotFound

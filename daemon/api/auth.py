@@ -26,8 +26,8 @@ from typing import Any
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers import BaseRouteHandler
 
-from daemon.api.watch import current
 from daemon.config import Settings
+from daemon.core.watch import current
 from daemon.errors import Forbidden, Unauthorized
 
 INFERENCE = "inference"

@@ -15,7 +15,7 @@ from litestar.response import Stream
 
 from daemon.api.errors import to_api
 from daemon.api.streams import EventStream
-from daemon.api.watch import watched
+from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
 from daemon.errors import EdgedError, EngineError
 

@@ -14,7 +14,7 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api.metrics import Metrics
-from daemon.api.watch import RequestRecord, current
+from daemon.core.watch import RequestRecord, current
 from daemon.errors import Unavailable
 from daemon.service.state import ServiceState
 

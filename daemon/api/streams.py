@@ -13,7 +13,7 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from daemon.api.errors import to_api
-from daemon.api.watch import watched
+from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
 from daemon.engine.types import Chunk, FinishReason, TokenLogprob
 from daemon.errors import EdgedError, EngineError

@@ -9,8 +9,8 @@ from litestar import post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from daemon.api.sampling import ProtocolModel
-from daemon.api.watch import leased
+from daemon.api.fields import ProtocolModel
+from daemon.core.watch import leased
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import InvalidRequest

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from daemon.api.watch import RequestRecord
+    from daemon.core.watch import RequestRecord
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.api.ollama.dispatch import is_ollama
+from daemon.api.dispatch import is_ollama
 from tests.conftest import Server, start_server, stop_server, wait_healthy
 from tests.e2e.test_reasoning import make_thinking_gguf
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from daemon.api.dispatch import is_ollama
 from daemon.api.llamacpp.protocol import CompletionRequest
 from daemon.api.ollama.catalog import pull_target
-from daemon.api.ollama.dispatch import is_ollama
 from daemon.api.ollama.protocol import Options
 from daemon.errors import InvalidRequest
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.api.reasoning import ReasoningSplitter, ThinkTags, detect, split, template_vars
+from daemon.core.reasoning import ReasoningSplitter, ThinkTags, detect, split, template_vars
 from daemon.errors import InvalidRequest
 
 TAGS = ThinkTags()

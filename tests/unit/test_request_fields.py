@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from daemon.api.fields import SamplingFields
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from daemon.api.sampling import SamplingFields
 from daemon.config import Settings
 from daemon.errors import InvalidRequest
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from daemon.api.openai import tools
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage
-from daemon.api.openai.safety import (
+from daemon.core import tools
+from daemon.core.safety import (
     Verdict,
     conversation,
     guard_prompt,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from daemon.api.chat import Reasoning, TurnParser
-from daemon.api.openai import tools
-from daemon.api.reasoning import Thinking, ThinkTags
+from daemon.core import tools
+from daemon.core.prompt import Reasoning, TurnParser
+from daemon.core.reasoning import Thinking, ThinkTags
 
 PLAN = tools.ToolPlan((), frozenset({"get_weather"}), tools.ToolFormat.HERMES, False, None)
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'

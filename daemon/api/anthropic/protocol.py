@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from daemon.api.fields import MAX_STOPS, ProtocolModel
 from daemon.api.keepalive import KeepAlive
-from daemon.api.lora import LoraList
-from daemon.api.sampling import MAX_STOPS, ProtocolModel
+from daemon.core.adapters import LoraList
 
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 
@@ -122,7 +122,7 @@ class MessagesRequest(_Conversation):
     metadata: Metadata | None = None
     stream: bool = False
     keep_alive: KeepAlive = None
-    lora: LoraList | None = None  # edged's extension: LoRA adapters (daemon/api/lora.py)
+    lora: LoraList | None = None  # edged's extension: LoRA adapters (daemon/core/adapters.py)
 
     @field_validator("stop_sequences")
     @classmethod

@@ -12,8 +12,8 @@ from litestar.response import ServerSentEvent
 from daemon.api.anthropic import serving
 from daemon.api.anthropic.errors import exception_handlers
 from daemon.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from daemon.api.choices import policy_of
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
 
 

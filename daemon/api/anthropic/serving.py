@@ -18,14 +18,14 @@ from daemon.api.anthropic.protocol import (
     MessagesRequest,
     _Conversation,
 )
-from daemon.api.chat import Reasoning, Turn, TurnEnd, build_chat, run_turn, turn_events
-from daemon.api.choices import Policy, submit_choices
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai.protocol import ChatCompletionRequest
-from daemon.api.openai.tools import ToolCall
-from daemon.api.reasoning import Thinking
 from daemon.api.streams import Named, named_sse
-from daemon.api.watch import leased
+from daemon.core.choices import Policy, submit_choices
+from daemon.core.prompt import Reasoning, Turn, TurnEnd, build_chat, run_turn, turn_events
+from daemon.core.reasoning import Thinking
+from daemon.core.tools import ToolCall
+from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry

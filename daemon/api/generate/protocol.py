@@ -6,10 +6,10 @@ from typing import Annotated
 
 from pydantic import Field
 
+from daemon.api.fields import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
 from daemon.api.keepalive import KeepAlive
-from daemon.api.lora import LoraList
-from daemon.api.sampling import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
 from daemon.config import GenerationDefaults
+from daemon.core.adapters import LoraList
 
 RequestId = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -8,11 +8,11 @@ from litestar import Request, Router, delete, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from daemon.api.choices import policy_of
+from daemon.api import dispatch
 from daemon.api.generate import serving
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest
-from daemon.api.ollama import dispatch
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
 
 

@@ -9,14 +9,14 @@ from typing import Any
 
 from litestar.response import Stream
 
-from daemon.api.choices import Policy
 from daemon.api.errors import to_api
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.lora import LoraRef, request_adapters
 from daemon.api.streams import collect
-from daemon.api.watch import leased, request_owner_limit, watched
 from daemon.config import GenerationDefaults
+from daemon.core.adapters import LoraRef, request_adapters
+from daemon.core.choices import Policy
+from daemon.core.watch import leased, request_owner_limit, watched
 from daemon.engine.adapters.lora import describe
 from daemon.engine.caches.cache import StoreKey
 from daemon.engine.client import EngineClient

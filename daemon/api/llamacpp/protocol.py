@@ -6,10 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from daemon.api.lora import LoraIdList
-from daemon.api.ollama.protocol import OllamaSampling
-from daemon.api.openai.protocol import ChatMessage, ReasoningEffort, TemplateKwargs
-from daemon.api.sampling import (
+from daemon.api.fields import (
     MAX_SEED,
     MAX_STOPS,
     Penalty,
@@ -19,6 +16,9 @@ from daemon.api.sampling import (
     TopK,
     TopP,
 )
+from daemon.api.ollama.protocol import OllamaSampling
+from daemon.api.openai.protocol import ChatMessage, ReasoningEffort, TemplateKwargs
+from daemon.core.adapters import LoraIdList
 
 MAX_PROMPTS = 64
 
@@ -143,6 +143,6 @@ class ApplyTemplateRequest(ProtocolModel):
 
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    # As on /chat/completions: passed to the template (daemon/api/reasoning.py).
+    # As on /chat/completions: passed to the template (daemon/core/reasoning.py).
     reasoning_effort: ReasoningEffort | None = None
     chat_template_kwargs: TemplateKwargs | None = None

@@ -12,15 +12,15 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import JSONBody
 
 from daemon.api.auth import ADMIN, Caller
-from daemon.api.choices import policy_of
 from daemon.api.errors import to_api
 from daemon.api.llamacpp import serving
 from daemon.api.llamacpp.protocol import ApplyTemplateRequest, CompletionRequest, InfillRequest
 from daemon.api.openai import routes as openai_routes
-from daemon.api.openai import tools
-from daemon.api.reasoning import template_vars
-from daemon.api.watch import leased
 from daemon.config import Settings
+from daemon.core import tools
+from daemon.core.choices import policy_of
+from daemon.core.reasoning import template_vars
+from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError
 

@@ -6,15 +6,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from daemon.api.choices import Extras, Policy, submit_choices
 from daemon.api.errors import to_api
-from daemon.api.formats import schema_grammar
 from daemon.api.framing import plain_sse
-from daemon.api.llamacpp.infill import infill_tokens
 from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest
-from daemon.api.lora import from_ids
 from daemon.api.streams import Collected, collect_all, merge
-from daemon.api.watch import leased
+from daemon.core.adapters import from_ids
+from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.formats import schema_grammar
+from daemon.core.infill import infill_tokens
+from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry

@@ -7,10 +7,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, field_validator
 
-from daemon.api.keepalive import KeepAlive
-from daemon.api.lora import LoraList
-from daemon.api.openai.protocol import Tool
-from daemon.api.sampling import (
+from daemon.api.fields import (
     MAX_SEED,
     MAX_STOPS,
     Penalty,
@@ -21,6 +18,9 @@ from daemon.api.sampling import (
     TopK,
     TopP,
 )
+from daemon.api.keepalive import KeepAlive
+from daemon.api.openai.protocol import Tool
+from daemon.core.adapters import LoraList
 from daemon.engine.types import SamplingParams
 
 # Ollama's own defaults (api/types.go DefaultOptions), so a client sees the sampling it expects.

@@ -10,7 +10,6 @@ from litestar.params import JSONBody
 from litestar.response import Response
 
 from daemon.api.auth import ADMIN, Caller
-from daemon.api.choices import policy_of
 from daemon.api.framing import NdjsonStream, ndjson
 from daemon.api.ollama import catalog, errors, serving
 from daemon.api.ollama.protocol import (
@@ -22,6 +21,7 @@ from daemon.api.ollama.protocol import (
     PullRequest,
 )
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
 
 Body = dict[str, Any]

@@ -1,7 +1,7 @@
 """Ollama's /api/chat, /api/generate and /api/embed: translations into the one engine path.
 
 Chat goes through the same template rendering and tool handling as OpenAI chat
-(daemon/api/openai/tools.py), sampling through `submit_choices`, `format` through the shared
+(daemon/core/tools.py), sampling through `submit_choices`, `format` through the shared
 schema grammar, embeddings through the OpenAI embeddings code.
 """
 
@@ -16,12 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from daemon.api.chat import Reasoning, TurnParser
-from daemon.api.choices import Extras, Policy, submit_choices
-from daemon.api.formats import schema_grammar
 from daemon.api.framing import NdjsonStream, ndjson
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.llamacpp.infill import infill_tokens
 from daemon.api.ollama import errors
 from daemon.api.ollama.protocol import (
     ChatRequest,
@@ -31,12 +27,16 @@ from daemon.api.ollama.protocol import (
     Message,
     _Generating,
 )
-from daemon.api.openai import tools
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, ToolCallIn
-from daemon.api.reasoning import ReasoningSplitter, Thinking, detect
 from daemon.api.streams import collect_all
-from daemon.api.watch import leased
+from daemon.core import tools
+from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.formats import schema_grammar
+from daemon.core.infill import infill_tokens
+from daemon.core.prompt import Reasoning, TurnParser
+from daemon.core.reasoning import ReasoningSplitter, Thinking, detect
+from daemon.core.watch import leased
 from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel

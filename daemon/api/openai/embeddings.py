@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from daemon.api.sampling import ProtocolModel
-from daemon.api.watch import leased
+from daemon.api.fields import ProtocolModel
+from daemon.core.watch import leased
 from daemon.engine.embed.embeddings import Embedder, truncate
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry

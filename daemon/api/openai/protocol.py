@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue
 
+from daemon.api.fields import ProtocolModel, SamplingFields
 from daemon.api.keepalive import KeepAlive
-from daemon.api.sampling import ProtocolModel, SamplingFields
 from daemon.errors import InvalidRequest
 
 MaxTokens = Annotated[int, Field(ge=0, le=1_000_000)]
-# Reasoning models (daemon/api/reasoning.py): both reach the chat template.
+# Reasoning models (daemon/core/reasoning.py): both reach the chat template.
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 TemplateKwargs = Annotated[dict[str, JsonValue], Field(max_length=32)]
 
@@ -182,7 +182,7 @@ class ChatCompletionRequest(_Common):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     safety_model: Annotated[str, Field(min_length=1)] | None = None
-    # Reasoning models (daemon/api/reasoning.py): passed to the chat template.
+    # Reasoning models (daemon/core/reasoning.py): passed to the chat template.
     reasoning_effort: ReasoningEffort | None = None
     chat_template_kwargs: TemplateKwargs | None = None
     # OpenAI's deprecated spelling of tools/tool_choice: one call at most, answered as

@@ -9,11 +9,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 
-from daemon.api.choices import policy_of
 from daemon.api.openai import serving
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.errors import ModelNotFound
 

@@ -10,15 +10,15 @@ from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.chat import build_chat, grammar_of
-from daemon.api.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
-from daemon.api.openai import safety, tools
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
-from daemon.api.reasoning import Thinking
 from daemon.api.streams import Collected, collect_all, merge, sse
-from daemon.api.watch import leased
+from daemon.core import safety, tools
+from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
+from daemon.core.prompt import build_chat, grammar_of
+from daemon.core.reasoning import Thinking
+from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry

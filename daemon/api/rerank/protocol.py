@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from daemon.api.sampling import ProtocolModel
+from daemon.api.fields import ProtocolModel
 
 # Cohere's and Jina's cap on documents per request; each pair must also fit the model's context.
 MAX_DOCUMENTS = 1000

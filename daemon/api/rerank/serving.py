@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from daemon.api.rerank.protocol import RerankRequest
-from daemon.api.watch import leased
+from daemon.core.watch import leased
 from daemon.engine.embed.embeddings import Embedder
 from daemon.engine.embed.rerank import pair_tokens
 from daemon.engine.loading.loaded import LoadedModel

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from daemon.api.fields import ProtocolModel, SamplingFields, Temperature, TopP
 from daemon.api.keepalive import KeepAlive
 from daemon.api.openai.protocol import ReasoningEffort
-from daemon.api.sampling import ProtocolModel, SamplingFields, Temperature, TopP
 
 
 class ContentPart(ProtocolModel):

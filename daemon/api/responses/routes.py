@@ -9,11 +9,11 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
-from daemon.api.choices import policy_of
 from daemon.api.responses import serving
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
 
 

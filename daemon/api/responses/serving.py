@@ -18,18 +18,18 @@ from typing import Any
 from litestar.response import ServerSentEvent
 from pydantic import ValidationError
 
-from daemon.api.chat import ChatPrompt, Reasoning, TurnEnd, build_chat, run_turn, turn_events
-from daemon.api.choices import Policy, submit_choices
 from daemon.api.errors import to_api
+from daemon.api.fields import SamplingFields
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai.protocol import ChatCompletionRequest
-from daemon.api.openai.tools import ToolCall
 from daemon.api.responses import items as it
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
-from daemon.api.sampling import SamplingFields
 from daemon.api.streams import Named, named_sse
-from daemon.api.watch import leased
+from daemon.core.choices import Policy, submit_choices
+from daemon.core.prompt import ChatPrompt, Reasoning, TurnEnd, build_chat, run_turn, turn_events
+from daemon.core.tools import ToolCall
+from daemon.core.watch import leased
 from daemon.engine.errors import IdBusy
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field
 
+from daemon.api.fields import SamplingFields
 from daemon.api.keepalive import KeepAlive
-from daemon.api.sampling import SamplingFields
 
 
 class InferenceRequest(SamplingFields):

@@ -8,10 +8,10 @@ from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from daemon.api.choices import policy_of
 from daemon.api.together import serving
 from daemon.api.together.protocol import InferenceRequest
 from daemon.config import Settings
+from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
 
 

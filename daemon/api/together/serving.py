@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from daemon.api.choices import Policy, submit_choices
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import collect_all
 from daemon.api.together.protocol import InferenceRequest
-from daemon.api.watch import leased
+from daemon.core.choices import Policy, submit_choices
+from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 
 

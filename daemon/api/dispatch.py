@@ -14,9 +14,9 @@ from litestar import Request, Response
 from litestar.exceptions import ClientException, ValidationException
 from pydantic import BaseModel, ValidationError
 
-from daemon.api.choices import Policy
 from daemon.api.ollama import errors, serving
 from daemon.api.ollama.protocol import GenerateRequest
+from daemon.core.choices import Policy
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError
 

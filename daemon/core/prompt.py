@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from daemon.api.choices import Extras
-from daemon.api.formats import schema_grammar
-from daemon.api.openai import tools
 from daemon.api.openai.protocol import ChatCompletionRequest, _Common
-from daemon.api.reasoning import Thinking, template_vars
-from daemon.api.watch import watched
+from daemon.core import tools
+from daemon.core.choices import Extras
+from daemon.core.formats import schema_grammar
+from daemon.core.reasoning import Thinking, template_vars
+from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import FinishReason

@@ -96,7 +96,7 @@ async def leased(
     registry: ModelRegistry, name: str | None, keep_alive: float | str | None = "default"
 ) -> LoadedModel:
     """The loaded model for `name`, held by this HTTP request until its last byte."""
-    from daemon.api.lora import note_alias
+    from daemon.core.adapters import note_alias
 
     record = current.get()
     try:

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.api.choices import Extras, Policy, submit_choices
+from daemon.api.fields import SamplingFields
 from daemon.api.openai.protocol import ChatMessage
-from daemon.api.sampling import SamplingFields
 from daemon.api.streams import collect_all
-from daemon.api.watch import leased
+from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.watch import leased
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import ModelNotFound

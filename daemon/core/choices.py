@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from daemon.api.lora import request_adapters
-from daemon.api.sampling import SamplingFields
-from daemon.api.watch import request_owner, request_owner_limit
+from daemon.api.fields import SamplingFields
 from daemon.config import Settings
+from daemon.core.adapters import request_adapters
+from daemon.core.watch import request_owner, request_owner_limit
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams, SavedSequence

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.api.lora import LoraList
+from daemon.core.adapters import LoraList
 from daemon.engine.types import SamplingParams
 
 MAX_STOPS = 16
@@ -43,7 +43,7 @@ class SamplingFields(ProtocolModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    # LoRA adapters of this request (see daemon/api/lora.py); not a sampling field, but
+    # LoRA adapters of this request (see daemon/core/adapters.py); not a sampling field, but
     # every generation dialect carries it, so it lives with what they all share.
     lora: LoraList | None = None
 
