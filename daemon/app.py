@@ -24,15 +24,16 @@ from daemon.api.auth import (
     provide_api_key,
     provide_caller,
 )
-from daemon.api.errors import exception_handlers
+from daemon.api.dispatch import router as generate_path_router
+from daemon.api.errors import OPENAI
 from daemon.api.generate.routes import router as generate_router
 from daemon.api.llamacpp.routes import router as llamacpp_router
-from daemon.api.llamacpp.routes import unversioned as unversioned_openai_router
 from daemon.api.metrics import Metrics
 from daemon.api.middleware import ServiceMiddleware
 from daemon.api.ollama.routes import router as ollama_router
 from daemon.api.openai.routes import deepinfra_router
 from daemon.api.openai.routes import router as openai_router
+from daemon.api.openai.routes import unversioned as unversioned_openai_router
 from daemon.api.ops import health
 from daemon.api.rerank.routes import handlers as rerank_handlers
 from daemon.api.responses.routes import router as responses_router
@@ -188,6 +189,7 @@ def create_app(
             anthropic_router,
             responses_router(),
             together_inference,
+            generate_path_router,
             generate_router,
             ollama_router,
             llamacpp_router,
@@ -208,7 +210,7 @@ def create_app(
         guards=[guard],
         middleware=[middleware],
         cors_config=cors,
-        exception_handlers=exception_handlers(),
+        exception_handlers=OPENAI.handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         debug=False,

@@ -10,13 +10,20 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response
+from litestar import Request, Response, Router, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, ValidationException
 from pydantic import BaseModel, ValidationError
 
+from daemon.api.errors import pydantic_error
+from daemon.api.generate import serving as seed
+from daemon.api.generate.errors import SHAPE
+from daemon.api.generate.protocol import GenerateRequest as SeedRequest
+from daemon.api.generate.routes import owner_of
 from daemon.api.ollama import errors, serving
 from daemon.api.ollama.protocol import GenerateRequest
-from daemon.core.choices import Policy
+from daemon.config import Settings
+from daemon.core.choices import Policy, policy_of
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.errors import EdgedError
 
@@ -59,11 +66,34 @@ async def ollama_generate(registry: ModelRegistry, body: dict[str, Any], policy:
         try:
             req = GenerateRequest.model_validate(body)
         except ValidationError as exc:
-            message = errors.pydantic_message(exc)
-            return Response({"error": message}, status_code=400, media_type="application/json")
+            return errors.SHAPE.response(pydantic_error(exc))
         out = await serving.generate(registry, req, policy)
     except EdgedError as exc:
-        return errors.edged_response(exc)
+        return errors.SHAPE.response(exc)
     if isinstance(out, dict):
         return Response(out, status_code=200, media_type="application/json")
     return out
+
+
+@post("/generate", status_code=200, media_type="text/plain")
+async def generate(
+    request: Request[Any, Any, Any],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+    api_key: NamedDependency[str | None],
+) -> Any:
+    """Generate or continue under `request_id`; plain chunked text when streaming.
+
+    A body without request_id is Ollama's /api/generate (the rule above).
+    """
+    body = await read_body(request)
+    if is_ollama(body):
+        return await ollama_generate(registry, body, policy_of(settings))
+    data = seed_body(SeedRequest, body)
+    return await seed.generate(
+        registry, data, owner_of(api_key), settings.generation, policy_of(settings)
+    )
+
+
+# The seed's errors are worded by its dialect; Ollama's bodies answer in Ollama's shape above.
+router = Router(path="/api", route_handlers=[generate], exception_handlers=SHAPE.handlers())

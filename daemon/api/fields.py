@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from daemon.core.adapters import LoraList
-from daemon.engine.types import SamplingParams
+from daemon.engine.adapters.lora import MAX_SCALE
 
 MAX_STOPS = 16
 MAX_SEED = 2**63 - 1
@@ -22,6 +21,32 @@ class ProtocolModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+MAX_ADAPTERS = 16
+Scale = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False)]
+
+
+class LoraRef(ProtocolModel):
+    """One adapter of a request, by name; no scale = the adapter's `--lora` scale."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    scale: Scale | None = None
+
+
+class LoraId(ProtocolModel):
+    """llama-server's form: the adapter's position in the server's list, and its scale."""
+
+    id: Annotated[int, Field(ge=0, lt=1 << 20)]
+    scale: Scale
+
+
+LoraList = Annotated[list[LoraRef], Field(max_length=MAX_ADAPTERS)]
+LoraIdList = Annotated[list[LoraId], Field(max_length=MAX_ADAPTERS)]
+
+
+# Reasoning models (daemon/core/reasoning.py): both reach the chat template.
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+TemplateKwargs = Annotated[dict[str, JsonValue], Field(max_length=32)]
+
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[int, Field(ge=0, lt=1000)]
@@ -30,7 +55,8 @@ RepetitionPenalty = Annotated[float, Field(ge=0.01, le=5.0)]
 
 
 class SamplingFields(ProtocolModel):
-    """Fields that choose the next token; `to_sampling()` maps them into the engine."""
+    """Fields that choose the next token, by OpenAI's names (daemon/core/sampling.py maps
+    them into the engine)."""
 
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
@@ -74,25 +100,3 @@ class SamplingFields(ProtocolModel):
         if isinstance(v, list) and len(v) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences")
         return v
-
-    def stop_list(self) -> tuple[str, ...]:
-        """`stop` as a tuple of non-empty strings."""
-        if self.stop is None:
-            return ()
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop
-        return tuple(s for s in stops if s)
-
-    def to_sampling(self) -> SamplingParams:
-        """The engine's view of these fields."""
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            typical_p=self.typical_p,
-            repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            seed=self.seed,
-            logit_bias=tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items()),
-        )

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 from litestar.response import Stream
 
-from daemon.api.errors import to_api
 from daemon.api.streams import EventStream
 from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
@@ -35,7 +34,7 @@ async def guarded(
             async for event in events:
                 yield event
     except EdgedError as exc:
-        yield error(to_api(exc))
+        yield error(exc)
     except Exception as exc:
         log.exception("stream failed")
         yield error(EngineError(f"stream failed: {exc}"))

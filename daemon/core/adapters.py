@@ -8,40 +8,43 @@ ids in `--lora` order), translated here too. Adapters not named are off.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from daemon.engine.adapters.lora import MAX_SCALE, AdapterSet, split_model_name
+from daemon.engine.adapters.lora import AdapterSet, split_model_name
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.errors import InvalidRequest
 
-MAX_ADAPTERS = 16
 
-Scale = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False)]
+class AdapterRef(Protocol):
+    """One adapter a request names; no scale = the adapter's `--lora` scale."""
 
+    @property
+    def name(self) -> str: ...
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class LoraRef(_Model):
-    """One adapter of a request, by name; no scale = the adapter's `--lora` scale."""
-
-    name: Annotated[str, Field(min_length=1, max_length=256)]
-    scale: Scale | None = None
+    @property
+    def scale(self) -> float | None: ...
 
 
-class LoraId(_Model):
+class AdapterId(Protocol):
     """llama-server's form: the adapter's position in the server's list, and its scale."""
 
-    id: Annotated[int, Field(ge=0, lt=1 << 20)]
-    scale: Scale
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def scale(self) -> float: ...
 
 
-LoraList = Annotated[list[LoraRef], Field(max_length=MAX_ADAPTERS)]
-LoraIdList = Annotated[list[LoraId], Field(max_length=MAX_ADAPTERS)]
+@dataclass(frozen=True)
+class ByName:
+    """An adapter reference by name (what an id turns into)."""
+
+    name: str
+    scale: float | None
+
 
 # Adapters the model name turned on (BASE+NAME), by loaded model, for this HTTP request:
 # set by `leased` (awaited in the handler's own task, so the caller sees it), read at submit.
@@ -65,7 +68,7 @@ def note_alias(lm: LoadedModel, requested: str | None) -> None:
     _alias.set({**(_alias.get() or {}), lm.name: names})
 
 
-def from_ids(lm: LoadedModel, ids: list[LoraId] | None) -> list[LoraRef] | None:
+def from_ids(lm: LoadedModel, ids: Sequence[AdapterId] | None) -> list[ByName] | None:
     """llama-server's `[{id, scale}]` as named references (ids index the `--lora` order)."""
     if ids is None:
         return None
@@ -76,10 +79,10 @@ def from_ids(lm: LoadedModel, ids: list[LoraId] | None) -> list[LoraRef] | None:
                 f"lora id {ref.id} does not exist: `{lm.name}` has {len(names)} adapter(s)",
                 param="lora",
             )
-    return [LoraRef(name=names[r.id], scale=r.scale) for r in ids]
+    return [ByName(names[r.id], r.scale) for r in ids]
 
 
-def request_adapters(lm: LoadedModel, refs: list[LoraRef] | None) -> AdapterSet:
+def request_adapters(lm: LoadedModel, refs: Sequence[AdapterRef] | None) -> AdapterSet:
     """The adapter set of a request: the model name's alias, then the `lora` field."""
     wanted: dict[str, float | None] = dict.fromkeys((_alias.get() or {}).get(lm.name, ()))
     seen: set[str] = set()

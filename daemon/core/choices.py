@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from daemon.api.fields import SamplingFields
 from daemon.config import Settings
 from daemon.core.adapters import request_adapters
+from daemon.core.sampling import Sampling
 from daemon.core.watch import request_owner, request_owner_limit
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
@@ -77,8 +77,8 @@ def submit_all(lm: LoadedModel, requests: list[GenerationRequest]) -> list[Reque
     return handles
 
 
-def _sampling(lm: LoadedModel, fields: SamplingFields, grammar: str | None) -> SamplingParams:
-    sampling = fields.to_sampling()
+def _sampling(lm: LoadedModel, fields: Sampling, grammar: str | None) -> SamplingParams:
+    sampling = fields.params
     n_vocab = lm.model.n_vocab
     if any(not 0 <= t < n_vocab for t, _ in sampling.logit_bias):
         raise InvalidRequest(f"logit_bias token ids must be in [0, {n_vocab})", param="logit_bias")
@@ -95,7 +95,7 @@ def submit_choices(
     lm: LoadedModel,
     prompts: list[list[int]],
     max_tokens: int | None,
-    fields: SamplingFields,
+    fields: Sampling,
     n: int,
     policy: Policy,
     extras: Extras = Extras(),
@@ -111,7 +111,7 @@ def submit_choices(
         # The kept KV was computed under other adapters: the prompt (the whole history) is
         # computed again under this request's own set instead of continuing it.
         extras = replace(extras, resume=None)
-    stops = fields.stop_list()
+    stops = fields.stops
     requests = []
     for p in prompts:
         limit = lm.fit(p, max_tokens)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.api.fields import SamplingFields
-from daemon.api.openai.protocol import ChatMessage
-from daemon.api.streams import collect_all
 from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.request import Message
+from daemon.core.sampling import Sampling
+from daemon.core.streams import collect_all
 from daemon.core.watch import leased
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.types import SamplingParams
 from daemon.errors import ModelNotFound
 
 log = logging.getLogger("edged.api")
@@ -44,7 +46,7 @@ VERDICT_MAX_TOKENS = 64
 # Text only a Llama Guard chat template carries: such a template builds the task itself.
 GUARD_TEMPLATE_MARK = "UNSAFE CONTENT CATEGORIES"
 REFUSAL = "I can't help with that."
-_GREEDY = SamplingFields(temperature=0.0)
+_GREEDY = Sampling(SamplingParams(temperature=0.0))
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,6 @@ def parse_verdict(text: str) -> Verdict:
     return Verdict(False)
 
 
-def _message_text(m: ChatMessage) -> str:
-    text = m.text()
-    if m.tool_calls:
-        calls = "\n".join(f"{c.function.name}({c.function.arguments})" for c in m.tool_calls)
-        text = f"{text}\n{calls}" if text else calls
-    return text
-
-
 def with_turn(turns: list[tuple[str, str]], role: str, text: str) -> list[tuple[str, str]]:
     """`turns` plus one more; Llama Guard expects alternating roles, so a run of one merges."""
     if turns and turns[-1][0] == role:
@@ -95,24 +89,24 @@ def with_turn(turns: list[tuple[str, str]], role: str, text: str) -> list[tuple[
 _INSTRUCTION_ROLES = ("system", "developer", "tool")
 
 
-def conversation(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+def conversation(messages: Sequence[Message]) -> list[tuple[str, str]]:
     """The (User|Agent, text) turns Llama Guard judges: assistant turns are the Agent's,
     everything else (user, system, developer, tool) the User's."""
     turns: list[tuple[str, str]] = []
     for m in messages:
-        text = _message_text(m)
+        text = m.text()
         if text:
             turns = with_turn(turns, "Agent" if m.role == "assistant" else "User", text)
     return turns
 
 
-def instructions(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+def instructions(messages: Sequence[Message]) -> list[tuple[str, str]]:
     """System, developer and tool text as one User turn of its own (empty when there is none).
 
     Llama Guard judges only the last turn of a conversation, so instructions sent earlier
     would otherwise never be judged at all.
     """
-    texts = [_message_text(m) for m in messages if m.role in _INSTRUCTION_ROLES]
+    texts = [m.text() for m in messages if m.role in _INSTRUCTION_ROLES]
     text = "\n\n".join(t for t in texts if t)
     return [("User", text)] if text else []
 
@@ -181,7 +175,7 @@ class Guard:
         (result,) = await collect_all(handles)
         return parse_verdict(result.text)
 
-    async def check_input(self, messages: list[ChatMessage]) -> Verdict:
+    async def check_input(self, messages: Sequence[Message]) -> Verdict:
         """Judge the conversation as sent, and its instructions on their own, before generating."""
         verdicts = await asyncio.gather(
             self.judge(conversation(messages)), self.judge(instructions(messages))
@@ -191,7 +185,7 @@ class Guard:
         cats = (c for v in verdicts for c in v.categories)
         return Verdict(False, tuple(dict.fromkeys(cats)))
 
-    async def check_outputs(self, messages: list[ChatMessage], answers: list[str]) -> list[Verdict]:
+    async def check_outputs(self, messages: Sequence[Message], answers: list[str]) -> list[Verdict]:
         """Judge each answer as the Agent's reply to the conversation, concurrently."""
         turns = conversation(messages)
         return list(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
+from daemon.core.request import ChatRequest, FunctionSpec, Message, NamedTool
 from daemon.engine.decode.grammar import json_grammar, unenforceable_keywords
 from daemon.errors import InvalidRequest
 
@@ -45,27 +44,6 @@ class Function:
 
 
 @dataclass(frozen=True)
-class ToolCall:
-    """One call parsed out of the model's text."""
-
-    name: str
-    arguments: str  # JSON text, as OpenAI sends it
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-
-    def wire(self, index: int | None = None) -> dict[str, Any]:
-        """The OpenAI `tool_calls` entry (with `index` when streamed)."""
-        out: dict[str, Any] = {"index": index} if index is not None else {}
-        out.update(
-            {
-                "id": self.id,
-                "type": "function",
-                "function": {"name": self.name, "arguments": self.arguments},
-            }
-        )
-        return out
-
-
-@dataclass(frozen=True)
 class ToolPlan:
     """What a request's tools mean for the prompt, the sampler and the parser."""
 
@@ -93,21 +71,12 @@ def template_format(source: str) -> ToolFormat:
     return ToolFormat.HERMES
 
 
-def _functions(tools: list[Tool]) -> tuple[Function, ...]:
-    seen: set[str] = set()
+def _functions(tools: Sequence[FunctionSpec]) -> tuple[Function, ...]:
     out = []
     for t in tools:
-        if t.type != "function":
-            raise InvalidRequest(
-                f"tool type `{t.type}` is not supported; use `function`", param="tools"
-            )
-        name = t.function.name
-        if name in seen:
-            raise InvalidRequest(f"two tools are named `{name}`", param="tools")
-        seen.add(name)
-        params = t.function.parameters or _EMPTY_PARAMS
-        _check_parameters(name, params)
-        out.append(Function(name, t.function.description, params))
+        params = t.parameters or _EMPTY_PARAMS
+        _check_parameters(t.name, params)
+        out.append(Function(t.name, t.description, params))
     return tuple(out)
 
 
@@ -132,26 +101,19 @@ def _check_parameters(name: str, params: dict[str, Any]) -> None:
         ) from exc
 
 
-def check_request(req: ChatCompletionRequest) -> None:
+def check_request(req: ChatRequest) -> None:
     """Everything about `tools`/`tool_choice` that needs no model; run before anything loads."""
     plan_tools(req, "")
 
 
-def plan_tools(
-    req: ChatCompletionRequest, template_source: str, *, legacy: bool = False
-) -> ToolPlan | None:
+def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
     """Validate `tools`/`tool_choice`; None when the model is to see no tools."""
     choice = req.tool_choice
-    functions = _functions(req.tools or [])
-    if isinstance(choice, NamedToolChoice):
-        if choice.type != "function":
+    functions = _functions(req.tools)
+    if isinstance(choice, NamedTool):
+        if choice.name not in {f.name for f in functions}:
             raise InvalidRequest(
-                f"tool_choice type `{choice.type}` is not supported; use `function`",
-                param="tool_choice",
-            )
-        if choice.function.name not in {f.name for f in functions}:
-            raise InvalidRequest(
-                f"tool_choice names `{choice.function.name}`, which is not among the tools",
+                f"tool_choice names `{choice.name}`, which is not among the tools",
                 param="tool_choice",
             )
     elif choice == "required" and not functions:
@@ -160,15 +122,13 @@ def plan_tools(
         return None
     native = template_supports_tools(template_source)
     fmt = template_format(template_source) if native else ToolFormat.HERMES
-    if isinstance(choice, NamedToolChoice):
-        allowed = frozenset({choice.function.name})
+    if isinstance(choice, NamedTool):
+        allowed = frozenset({choice.name})
     else:
         allowed = frozenset(f.name for f in functions)
     grammar = None
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        if req.grammar is not None or (
-            req.response_format is not None and req.response_format.type != "text"
-        ):
+    if choice == "required" or isinstance(choice, NamedTool):
+        if req.grammar is not None or req.format is not None:
             raise InvalidRequest(
                 "a required or named tool_choice cannot be combined with grammar or "
                 "response_format",
@@ -177,9 +137,9 @@ def plan_tools(
         chosen = [f for f in functions if f.name in allowed]
         # A named function is called once: a grammar that allowed more would let the model
         # repeat the call until max_tokens cuts one in half.
-        parallel = req.parallel_tool_calls and not isinstance(choice, NamedToolChoice)
+        parallel = req.parallel_calls and not isinstance(choice, NamedTool)
         grammar = call_grammar(chosen, fmt, parallel=parallel)
-    return ToolPlan(functions, allowed, fmt, native, grammar, legacy)
+    return ToolPlan(functions, allowed, fmt, native, grammar, req.legacy_calls)
 
 
 def _prefix_refs(node: Any, prefix: str, base: str) -> Any:
@@ -348,7 +308,7 @@ def _generic_messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prompt_messages(
-    messages: list[ChatMessage], plan: ToolPlan | None, template_source: str
+    messages: Sequence[Message], plan: ToolPlan | None, template_source: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Messages and extra template variables that present the tools and past calls."""
     msgs = [m.for_template() for m in messages]
@@ -363,161 +323,3 @@ def prompt_messages(
         else:
             msgs.insert(0, {"role": "system", "content": section})
     return msgs, {}
-
-
-# ---- parsing ------------------------------------------------------------------------------
-
-
-def _call_of(obj: Any, allowed: frozenset[str]) -> ToolCall | None:
-    """A call from a decoded `{"name", "arguments"|"parameters"}` object, if it is one."""
-    if not isinstance(obj, dict):
-        return None
-    name = obj.get("name")
-    if not isinstance(name, str) or name not in allowed:
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return None
-    if not isinstance(args, dict):
-        return None
-    return ToolCall(name, json.dumps(args, ensure_ascii=False))
-
-
-def _partial_suffix(buf: str, marker: str) -> int:
-    """Length of the longest suffix of `buf` that is a proper prefix of `marker`."""
-    for n in range(min(len(buf), len(marker) - 1), 0, -1):
-        if marker.startswith(buf[-n:]):
-            return n
-    return 0
-
-
-Event = str | ToolCall  # content text, or a finished call
-
-
-class CallParser:
-    """Splits streamed model text into content and calls, holding back possible markup.
-
-    Whitespace next to calls is dropped; a block that does not decode to a call of an allowed
-    function stays content, markup included.
-    """
-
-    def __init__(self, plan: ToolPlan | None) -> None:
-        self._plan = plan
-        self._buf = ""
-        self._ws = ""  # whitespace-only content, released only if real content follows
-        self._inside = False
-        self._json = plan is not None and plan.fmt is not ToolFormat.HERMES
-        self._decided = False  # leading-JSON formats: whether the output is content
-        self.calls = 0
-
-    def push(self, text: str) -> list[Event]:
-        """Add a text delta; return what can be emitted now."""
-        if self._plan is None:
-            return [text] if text else []
-        if self._json:
-            return self._push_json(text)
-        self._buf += text
-        out: list[Event] = []
-        while True:
-            if self._inside:
-                j = self._buf.find(CLOSE)
-                if j < 0:
-                    return out
-                body, self._buf = self._buf[:j], self._buf[j + len(CLOSE) :]
-                self._inside = False
-                out += self._block(body)
-            else:
-                i = self._buf.find(OPEN)
-                if i < 0:
-                    keep = _partial_suffix(self._buf, OPEN)
-                    ready, self._buf = (
-                        self._buf[: len(self._buf) - keep],
-                        self._buf[len(self._buf) - keep :],
-                    )
-                    return out + self._content(ready)
-                out += self._content(self._buf[:i])
-                self._buf = self._buf[i + len(OPEN) :]
-                self._inside = True
-
-    def finish(self) -> list[Event]:
-        """End of generation: release what was held (an unfinished block stays content)."""
-        if self._plan is None:
-            return []
-        if self._json:
-            return self._finish_json()
-        rest = (OPEN if self._inside else "") + self._buf
-        if self._inside and self.calls:
-            # A call cut short (max_tokens) after parsed ones: its markup is not content.
-            rest = ""
-        self._buf, self._inside = "", False
-        out = self._content(rest)
-        if self._ws and not self.calls:
-            out.append(self._ws)
-        self._ws = ""
-        return out
-
-    def _content(self, text: str) -> list[Event]:
-        if not text:
-            return []
-        if not text.strip():
-            self._ws += text
-            return []
-        text, self._ws = self._ws + text, ""
-        return [text]
-
-    def _block(self, body: str) -> list[Event]:
-        assert self._plan is not None
-        try:
-            call = _call_of(json.loads(body), self._plan.allowed)
-        except ValueError:
-            call = None
-        if call is None:
-            # Markup that is no call stays content, unless calls were parsed: then an answer
-            # is calls, never markup beside them.
-            return [] if self.calls else self._content(OPEN + body + CLOSE)
-        self._ws = ""
-        self.calls += 1
-        return [call]
-
-    def _push_json(self, text: str) -> list[Event]:
-        # Llama-3 and Mistral put a call at the very start; anything else is plain content.
-        if self._decided:
-            return [text] if text else []
-        self._buf += text
-        head = self._buf.lstrip()
-        if not head:
-            return []
-        if head.startswith(("{", "[")):  # `[` also starts the [TOOL_CALLS] tag
-            return []  # maybe a call: keep everything until the end
-        self._decided = True
-        out, self._buf = self._buf, ""
-        return [out]
-
-    def _finish_json(self) -> list[Event]:
-        assert self._plan is not None
-        text, self._buf = self._buf, ""
-        body = text.strip()
-        if body.startswith(MISTRAL_TAG):
-            body = body[len(MISTRAL_TAG) :]
-        try:
-            value = json.loads(body)
-        except ValueError:
-            return [text] if text else []
-        items = value if isinstance(value, list) else [value]
-        calls = [_call_of(v, self._plan.allowed) for v in items]
-        if not items or any(c is None for c in calls):
-            return [text] if text else []
-        self.calls += len(calls)
-        return [c for c in calls if c is not None]
-
-
-def parse_message(plan: ToolPlan | None, text: str) -> tuple[str | None, list[ToolCall]]:
-    """A finished answer as (content, calls); content is None when only calls were made."""
-    parser = CallParser(plan)
-    events = parser.push(text) + parser.finish()
-    calls = [e for e in events if isinstance(e, ToolCall)]
-    content = "".join(e for e in events if isinstance(e, str))
-    return (content or None) if calls else content, calls

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from daemon.api.errors import to_api
+from daemon.core.errors import to_api
 from daemon.engine.client import EngineClient, LeaseScope
 from daemon.engine.errors import EngineError
 from daemon.engine.handle import RequestHandle

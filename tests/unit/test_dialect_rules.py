@@ -9,6 +9,7 @@ from daemon.api.dispatch import is_ollama
 from daemon.api.llamacpp.protocol import CompletionRequest
 from daemon.api.ollama.catalog import pull_target
 from daemon.api.ollama.protocol import Options
+from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.errors import InvalidRequest
 
 
@@ -30,12 +31,13 @@ def test_generate_dispatch_rule(body: object, ollama: bool) -> None:
 
 
 def test_options_take_ollamas_defaults_and_windows() -> None:
-    s = Options().sampling(n_ctx=512).to_sampling()
+    s = sampling_of(Options(), LLAMA_CPP, n_ctx=512).params
     assert (s.temperature, s.top_k, s.top_p, s.repetition_penalty) == (0.8, 40, 0.9, 1.1)
     assert s.penalty_last_n == 64 and s.seed is None
-    s = Options(repeat_last_n=-1, seed=-1).sampling(n_ctx=512).to_sampling()
+    s = sampling_of(Options(repeat_last_n=-1, seed=-1), LLAMA_CPP, n_ctx=512).params
     assert s.penalty_last_n == 512 and s.seed is None
-    assert Options(seed=7, num_gpu=99).sampling(64).to_sampling().seed == 7  # type: ignore[call-arg]
+    opts = Options(seed=7, num_gpu=99)  # type: ignore[call-arg]
+    assert sampling_of(opts, LLAMA_CPP, n_ctx=64).params.seed == 7
     with pytest.raises(ValidationError):
         Options(mirostat=2)  # type: ignore[arg-type]
 

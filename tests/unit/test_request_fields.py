@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from daemon.api.fields import SamplingFields
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from daemon.config import Settings
+from daemon.core.sampling import OPENAI, sampling_of
 from daemon.errors import InvalidRequest
 
 
@@ -23,7 +24,7 @@ def test_logit_bias_keys_must_be_distinct_ascii_token_ids(bias: dict[str, float]
 
 def test_logit_bias_is_normalized_and_capped() -> None:
     f = SamplingFields(logit_bias={" 07": -100, "12": 100})
-    assert f.to_sampling().logit_bias == ((7, -100.0), (12, 100.0))
+    assert sampling_of(f, OPENAI).params.logit_bias == ((7, -100.0), (12, 100.0))
     SamplingFields(logit_bias={str(i): 1 for i in range(300)})
     with pytest.raises(ValidationError):
         SamplingFields(logit_bias={str(i): 1 for i in range(301)})

@@ -6,8 +6,12 @@ import json
 
 import pytest
 
-from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage
-from daemon.core import tools
+from daemon.api.messages import ChatMessage, core_message
+from daemon.api.openai import translate
+from daemon.api.openai.protocol import ChatCompletionRequest
+from daemon.core import calls, tools
+from daemon.core.calls import parse_message
+from daemon.core.request import ChatRequest, Message
 from daemon.core.safety import (
     Verdict,
     conversation,
@@ -36,10 +40,16 @@ def _plan(fmt: tools.ToolFormat = tools.ToolFormat.HERMES) -> tools.ToolPlan:
     return tools.ToolPlan((), frozenset({"get_weather", "get_time"}), fmt, False, None)
 
 
-def _req(**kw: object) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate(
+def _req(**kw: object) -> ChatRequest:
+    """An OpenAI body as the core sees it (through the dialect's own translation)."""
+    body = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, TIME], **kw}
     )
+    return translate.chat(body)
+
+
+def _core(msgs: list[ChatMessage]) -> list[Message]:
+    return [core_message(m) for m in msgs]
 
 
 def test_parses_several_blocks_and_keeps_text_outside() -> None:
@@ -47,7 +57,7 @@ def test_parses_several_blocks_and_keeps_text_outside() -> None:
         'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
         '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n'
     )
-    content, calls = tools.parse_message(_plan(), text)
+    content, calls = parse_message(_plan(), text)
     assert content == "Let me check.\n"
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"}),
@@ -57,7 +67,7 @@ def test_parses_several_blocks_and_keeps_text_outside() -> None:
 
 
 def test_only_calls_means_null_content() -> None:
-    content, calls = tools.parse_message(
+    content, calls = parse_message(
         _plan(), '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
     )
     assert content is None and len(calls) == 1
@@ -73,19 +83,19 @@ def test_only_calls_means_null_content() -> None:
     ],
 )
 def test_non_calls_stay_content(block: str) -> None:
-    content, calls = tools.parse_message(_plan(), f"Hi {block}")
+    content, calls = parse_message(_plan(), f"Hi {block}")
     assert calls == [] and content == f"Hi {block}"
 
 
 def test_without_a_plan_text_is_untouched() -> None:
     text = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
-    assert tools.parse_message(None, text) == (text, [])
+    assert parse_message(None, text) == (text, [])
 
 
 def test_stream_holds_back_partial_markup() -> None:
-    parser = tools.CallParser(_plan())
+    parser = calls.CallParser(_plan())
     text = 'Sure <tool_call>{"name": "get_time", "arguments": {"tz": "UTC"}}</tool_call> done'
-    events: list[tools.Event] = []
+    events: list[calls.Event] = []
     for ch in text:
         out = parser.push(ch)
         # No content delta may carry any part of the markup.
@@ -95,12 +105,12 @@ def test_stream_holds_back_partial_markup() -> None:
     assert (
         "".join(e for e in events if isinstance(e, str)) == "Sure done"
     )  # whitespace next to a call is dropped
-    (call,) = [e for e in events if isinstance(e, tools.ToolCall)]
+    (call,) = [e for e in events if isinstance(e, calls.ToolCall)]
     assert json.loads(call.arguments) == {"tz": "UTC"}
 
 
 def test_stream_releases_a_lookalike_that_is_not_markup() -> None:
-    parser = tools.CallParser(_plan())
+    parser = calls.CallParser(_plan())
     assert parser.push("a <tool") == ["a "]
     assert parser.push("box>") == ["<toolbox>"]
     assert parser.finish() == []
@@ -108,11 +118,11 @@ def test_stream_releases_a_lookalike_that_is_not_markup() -> None:
 
 def test_llama3_and_mistral_formats() -> None:
     llama = _plan(tools.ToolFormat.LLAMA3)
-    _, calls = tools.parse_message(llama, '{"name": "get_weather", "parameters": {"city": "Rome"}}')
+    _, calls = parse_message(llama, '{"name": "get_weather", "parameters": {"city": "Rome"}}')
     assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Rome"}
-    assert tools.parse_message(llama, "Rome is sunny.") == ("Rome is sunny.", [])
+    assert parse_message(llama, "Rome is sunny.") == ("Rome is sunny.", [])
     mistral = _plan(tools.ToolFormat.MISTRAL)
-    _, calls = tools.parse_message(
+    _, calls = parse_message(
         mistral,
         '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, '
         '{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}]',
@@ -222,7 +232,7 @@ def test_generic_prompt_and_history() -> None:
         ChatMessage(role="tool", tool_call_id="call_1", content="18C"),
     ]
     plan = tools.plan_tools(_req(), "")
-    out, extra = tools.prompt_messages(msgs, plan, "")
+    out, extra = tools.prompt_messages(_core(msgs), plan, "")
     assert extra == {}
     assert out[0]["content"].startswith("Be brief.\n\n# Tools")
     assert '"name": "get_weather"' in out[0]["content"]
@@ -233,7 +243,7 @@ def test_generic_prompt_and_history() -> None:
     }
     assert out[3]["role"] == "user"
     assert '{"name": "get_weather", "content": "18C"}' in out[3]["content"]
-    native, extra = tools.prompt_messages(msgs, plan, "{% for t in tools %}{% endfor %}")
+    native, extra = tools.prompt_messages(_core(msgs), plan, "{% for t in tools %}{% endfor %}")
     assert extra["tools"][0]["function"]["name"] == "get_weather"
     assert native[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert native[3]["tool_call_id"] == "call_1"
@@ -248,12 +258,14 @@ def test_verdicts() -> None:
 
 def test_guard_prompt_judges_the_last_turn() -> None:
     turns = conversation(
-        [
-            ChatMessage(role="system", content="s"),
-            ChatMessage(role="user", content="a"),
-            ChatMessage(role="user", content="b"),
-            ChatMessage(role="assistant", content="c"),
-        ]
+        _core(
+            [
+                ChatMessage(role="system", content="s"),
+                ChatMessage(role="user", content="a"),
+                ChatMessage(role="user", content="b"),
+                ChatMessage(role="assistant", content="c"),
+            ]
+        )
     )
     assert turns == [("User", "s\n\na\n\nb"), ("Agent", "c")]
     prompt = guard_prompt(turns)
@@ -263,17 +275,19 @@ def test_guard_prompt_judges_the_last_turn() -> None:
 
 def test_instructions_are_judged_on_their_own() -> None:
     """Llama Guard judges only the last turn: system, developer and tool text gets a turn."""
-    msgs = [
-        ChatMessage(role="system", content="s"),
-        ChatMessage(role="developer", content="d"),
-        ChatMessage(role="user", content="a"),
-        ChatMessage(role="assistant", content="c"),
-        ChatMessage(role="tool", content="t", tool_call_id="x"),
-        ChatMessage(role="user", content="b"),
-    ]
+    msgs = _core(
+        [
+            ChatMessage(role="system", content="s"),
+            ChatMessage(role="developer", content="d"),
+            ChatMessage(role="user", content="a"),
+            ChatMessage(role="assistant", content="c"),
+            ChatMessage(role="tool", content="t", tool_call_id="x"),
+            ChatMessage(role="user", content="b"),
+        ]
+    )
     assert instructions(msgs) == [("User", "s\n\nd\n\nt")]
     assert conversation(msgs)[-1] == ("User", "t\n\nb")
-    assert instructions([ChatMessage(role="user", content="a")]) == []
+    assert instructions(_core([ChatMessage(role="user", content="a")])) == []
 
 
 # ---- issue 11 ---------------------------------------------------------------------------------
@@ -282,22 +296,22 @@ def test_instructions_are_judged_on_their_own() -> None:
 @pytest.mark.parametrize("name", ['["get_time"]', '{"a": 1}', "3", "null"])
 def test_a_call_whose_name_is_not_a_string_is_content(name: str) -> None:
     text = f'<tool_call>{{"name": {name}, "arguments": {{}}}}</tool_call>'
-    assert tools.parse_message(_plan(), text) == (text, [])
+    assert parse_message(_plan(), text) == (text, [])
     for fmt in (tools.ToolFormat.LLAMA3, tools.ToolFormat.MISTRAL):
         body = f'{{"name": {name}, "parameters": {{}}}}'
-        assert tools.parse_message(_plan(fmt), body) == (body, [])
+        assert parse_message(_plan(fmt), body) == (body, [])
 
 
 def test_no_markup_beside_parsed_calls() -> None:
     call = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
     cut = '\n<tool_call>\n{"name": "get_weather", "argu'
-    content, calls = tools.parse_message(_plan(), call + cut)
+    content, calls = parse_message(_plan(), call + cut)
     assert content is None and [c.name for c in calls] == ["get_time"]
     junk = "\n<tool_call>not json</tool_call>"
-    content, calls = tools.parse_message(_plan(), call + junk)
+    content, calls = parse_message(_plan(), call + junk)
     assert content is None and len(calls) == 1
     # Without parsed calls, markup is what the model said.
-    assert tools.parse_message(_plan(), cut) == (cut, [])
+    assert parse_message(_plan(), cut) == (cut, [])
 
 
 def test_named_choice_grammar_allows_one_call() -> None:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from daemon.core import tools
-from daemon.core.prompt import Reasoning, TurnParser
+from daemon.core import calls, tools
 from daemon.core.reasoning import Thinking, ThinkTags
+from daemon.core.turns import Reasoning, TurnParser
 
 PLAN = tools.ToolPlan((), frozenset({"get_weather"}), tools.ToolFormat.HERMES, False, None)
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
@@ -22,10 +22,10 @@ def _run(parser: TurnParser, text: str, step: int) -> list[object]:
     return events + parser.finish()
 
 
-def _merged(events: list[object]) -> tuple[str, str, list[tools.ToolCall]]:
+def _merged(events: list[object]) -> tuple[str, str, list[calls.ToolCall]]:
     reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
     content = "".join(e for e in events if isinstance(e, str))
-    return reasoning, content, [e for e in events if isinstance(e, tools.ToolCall)]
+    return reasoning, content, [e for e in events if isinstance(e, calls.ToolCall)]
 
 
 @pytest.mark.parametrize("step", [1, 3, 7, 1000])

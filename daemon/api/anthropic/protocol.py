@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from daemon.api.fields import MAX_STOPS, ProtocolModel
+from daemon.api.fields import MAX_STOPS, LoraList, ProtocolModel
 from daemon.api.keepalive import KeepAlive
-from daemon.core.adapters import LoraList
 
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 

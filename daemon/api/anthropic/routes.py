@@ -10,7 +10,7 @@ from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
 from daemon.api.anthropic import serving
-from daemon.api.anthropic.errors import exception_handlers
+from daemon.api.anthropic.errors import SHAPE
 from daemon.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from daemon.config import Settings
 from daemon.core.choices import policy_of
@@ -38,5 +38,5 @@ async def count_tokens(
 router = Router(
     path="/v1",
     route_handlers=[messages, count_tokens],
-    exception_handlers=exception_handlers(),
+    exception_handlers=SHAPE.handlers(),
 )

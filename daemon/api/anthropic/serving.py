@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar.response import ServerSentEvent
-from pydantic import ValidationError
 
 from daemon.api.anthropic.errors import error_event
 from daemon.api.anthropic.protocol import (
@@ -19,15 +18,26 @@ from daemon.api.anthropic.protocol import (
     _Conversation,
 )
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.openai.protocol import ChatCompletionRequest
 from daemon.api.streams import Named, named_sse
-from daemon.core.choices import Policy, submit_choices
-from daemon.core.prompt import Reasoning, Turn, TurnEnd, build_chat, run_turn, turn_events
+from daemon.core.calls import ToolCall
+from daemon.core.chat import Generation, start_chat
+from daemon.core.choices import Policy
+from daemon.core.prompt import build_chat
 from daemon.core.reasoning import Thinking
-from daemon.core.tools import ToolCall
+from daemon.core.request import (
+    CallIn,
+    ChatRequest,
+    FunctionSpec,
+    JsonFormat,
+    Message,
+    NamedTool,
+    Role,
+    ToolChoice,
+)
+from daemon.core.sampling import ANTHROPIC, sampling_of
+from daemon.core.turns import Reasoning, Turn, TurnEnd, run_turn, turn_events
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
 from daemon.errors import InvalidRequest
@@ -55,12 +65,12 @@ def _result_text(block: Block, where: str) -> str:
     return f"Error: {text}" if block.is_error else text
 
 
-def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
+def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
     """One Anthropic message as chat messages: tool results first, then the turn itself."""
     texts: list[str] = []
     thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
+    calls: list[CallIn] = []
+    results: list[Message] = []
     for k, b in enumerate(blocks):
         where = f"messages[{i}].content[{k}]"
         if b.type == "text" and b.text is not None:
@@ -71,14 +81,9 @@ def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
         elif b.type == "redacted_thinking" and role == "assistant":
             pass  # opaque to edged (it never writes one): nothing to render
         elif b.type == "tool_use" and role == "assistant" and b.id and b.name:
-            args = b.input if b.input is not None else {}
-            calls.append(
-                {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": args}}
-            )
+            calls.append(CallIn(b.name, b.input if b.input is not None else {}, b.id))
         elif b.type == "tool_result" and role == "user" and b.tool_use_id:
-            results.append(
-                {"role": "tool", "tool_call_id": b.tool_use_id, "content": _result_text(b, where)}
-            )
+            results.append(Message("tool", _result_text(b, where), call_id=b.tool_use_id))
         elif b.type in ("image", "document"):
             raise InvalidRequest(
                 f"{where}: {b.type} blocks are not supported; {_TEXT_ONLY}", param="messages"
@@ -94,16 +99,12 @@ def _turn(role: str, blocks: list[Block], i: int) -> list[dict[str, Any]]:
             )
     out = results
     if texts or calls or thoughts or not results:
-        msg: dict[str, Any] = {"role": role, "content": "\n\n".join(texts)}
-        if calls:
-            msg["tool_calls"] = calls
-        if thoughts:
-            msg["reasoning_content"] = "\n\n".join(thoughts)
-        out = [*out, msg]
+        reasoning = "\n\n".join(thoughts) if thoughts else None
+        out = [*out, Message(role, "\n\n".join(texts), calls=tuple(calls), reasoning=reasoning)]
     return out
 
 
-def _tool_choice(req: _Conversation) -> tuple[Any, bool]:
+def _tool_choice(req: _Conversation) -> tuple[ToolChoice, bool]:
     choice = req.tool_choice
     if choice is None:
         return None, True
@@ -111,20 +112,21 @@ def _tool_choice(req: _Conversation) -> tuple[Any, bool]:
     if choice.type == "tool":
         if not choice.name:
             raise InvalidRequest("tool_choice of type `tool` needs a name", param="tool_choice")
-        return {"type": "function", "function": {"name": choice.name}}, parallel
-    return {"auto": "auto", "any": "required", "none": "none"}[choice.type], parallel
+        return NamedTool(choice.name), parallel
+    modes: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}
+    return modes[choice.type], parallel
 
 
-def to_chat(req: _Conversation) -> ChatCompletionRequest:
-    """The Anthropic conversation as the chat request every dialect renders through."""
+def to_chat(req: _Conversation) -> ChatRequest:
+    """The Anthropic conversation as the core's chat request."""
     out = req.output_config
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     system = req.system_text()
     if system:
-        messages.append({"role": "system", "content": system})
+        messages.append(Message("system", system))
     for i, m in enumerate(req.messages):
         if isinstance(m.content, str):
-            messages.append({"role": m.role, "content": m.content})
+            messages.append(Message(m.role, m.content))
         else:
             messages.extend(_turn(m.role, m.content, i))
     tools = []
@@ -135,40 +137,27 @@ def to_chat(req: _Conversation) -> ChatCompletionRequest:
                 "name and input_schema",
                 param="tools",
             )
-        fn = {"name": t.name, "description": t.description, "parameters": t.input_schema}
-        tools.append({"type": "function", "function": fn})
+        tools.append(FunctionSpec(t.name, t.description, t.input_schema))
     choice, parallel = _tool_choice(req)
-    body: dict[str, Any] = {
-        "messages": messages,
-        "tools": tools or None,
-        "tool_choice": choice,
-        "parallel_tool_calls": parallel,
-    }
     # Thinking reaches a reasoning template as `enable_thinking` (absent: the template's
     # default) and effort as `reasoning_effort`; other templates ignore both.
-    if req.thinking is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": req.thinking.type != "disabled"}
+    kwargs = {} if req.thinking is None else {"enable_thinking": req.thinking.type != "disabled"}
+    effort = None
     if out is not None and out.effort is not None:
-        body["reasoning_effort"] = "high" if out.effort == "max" else out.effort
+        effort = "high" if out.effort == "max" else out.effort
+    fmt = None
     if out is not None and out.format is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"schema": out.format.schema_},
-        }
-    if isinstance(req, MessagesRequest):
-        body.update(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            stop=req.stop_sequences,
-            lora=req.lora,
-        )
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidRequest(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+        fmt = JsonFormat(out.format.schema_)
+    return ChatRequest(
+        messages=tuple(messages),
+        tools=tuple(tools),
+        tool_choice=choice,
+        parallel_calls=parallel,
+        format=fmt,
+        reasoning_effort=effort,
+        template_kwargs=kwargs,
+        format_param="output_config",
+    )
 
 
 def _stop_reason(end: TurnEnd) -> str:
@@ -222,7 +211,6 @@ def _message(msg_id: str, model: str, turn: Turn, handle: RequestHandle) -> dict
 
 
 async def _events(
-    lm: LoadedModel,
     msg_id: str,
     model: str,
     handle: RequestHandle,
@@ -252,7 +240,7 @@ async def _events(
         thoughts = None
         return [("content_block_delta", _delta(index, sig)), stop()]
 
-    async for ev in turn_events(lm, handle, plan, think, budget):
+    async for ev in turn_events(handle, plan, think, budget):
         if thoughts is not None and not isinstance(ev, Reasoning):
             for e in close_thinking():
                 yield e
@@ -304,21 +292,25 @@ async def create_message(
     registry: ModelRegistry, req: MessagesRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/messages."""
-    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    chat_req = to_chat(req)
-    chat = build_chat(lm, chat_req, format_param="output_config")
-    handles = submit_choices(lm, [chat.tokens], req.max_tokens, chat_req, 1, policy, chat.extras)
+    gen = Generation(
+        model=req.model,
+        sampling=sampling_of(req, ANTHROPIC),
+        max_tokens=req.max_tokens,
+        keep_alive=keep_alive_arg(req.model_fields_set, req.keep_alive),
+    )
+    run = await start_chat(registry, to_chat(req), gen, policy)
+    handle, plan, think = run.handles[0], run.prompt.plan, run.prompt.think
     msg_id = f"msg_{uuid.uuid4().hex}"
     budget = req.thinking.budget_tokens if req.thinking is not None else None
     if req.stream:
-        events = _events(lm, msg_id, req.model, handles[0], chat.plan, chat.think, budget)
-        return named_sse(events, handles, error_event)
-    turn = await run_turn(lm, handles[0], chat.plan, chat.think, budget)
-    return _message(msg_id, req.model, turn, handles[0])
+        events = _events(msg_id, req.model, handle, plan, think, budget)
+        return named_sse(events, run.handles, error_event)
+    turn = await run_turn(handle, plan, think, budget)
+    return _message(msg_id, req.model, turn, handle)
 
 
 async def count_tokens(registry: ModelRegistry, req: CountTokensRequest) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's tokens as the model would see them."""
     lm = await leased(registry, req.model)
-    chat = build_chat(lm, to_chat(req), format_param="output_config")
+    chat = build_chat(lm, to_chat(req))
     return {"input_tokens": len(chat.tokens)}

@@ -6,10 +6,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from daemon.api.fields import ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
+from daemon.api.fields import LoraList, ProtocolModel, RepetitionPenalty, Temperature, TopK, TopP
 from daemon.api.keepalive import KeepAlive
 from daemon.config import GenerationDefaults
-from daemon.core.adapters import LoraList
 
 RequestId = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -9,13 +9,16 @@ from typing import Any
 
 from litestar.response import Stream
 
-from daemon.api.errors import to_api
+from daemon.api.fields import LoraRef
+from daemon.api.generate.errors import SHAPE
 from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, GenerationConfig
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.streams import collect
 from daemon.config import GenerationDefaults
-from daemon.core.adapters import LoraRef, request_adapters
+from daemon.core.adapters import request_adapters
 from daemon.core.choices import Policy
+from daemon.core.errors import to_api
+from daemon.core.sampling import HF_GENERATE, sampling_of
+from daemon.core.streams import collect
 from daemon.core.watch import leased, request_owner_limit, watched
 from daemon.engine.adapters.lora import describe
 from daemon.engine.caches.cache import StoreKey
@@ -53,12 +56,7 @@ def _engine_request(
             f"num_beams must be at most {max_beams}", param="generation_config.num_beams"
         )
     max_new = lm.fit(history, cfg.max_new_tokens)
-    sampling = SamplingParams(
-        temperature=cfg.temperature if cfg.do_sample else 0.0,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        repetition_penalty=cfg.repetition_penalty,
-    )
+    sampling = sampling_of(cfg, HF_GENERATE).params
     beams = (
         BeamParams(cfg.num_beams, cfg.length_penalty, cfg.do_sample) if cfg.num_beams > 1 else None
     )
@@ -173,7 +171,7 @@ async def _text_stream(started: Started, prefix: str) -> AsyncIterator[str]:
                 if chunk.text:
                     yield chunk.text
     except EdgedError as exc:
-        exc = to_api(exc, "/api/generate")
+        exc = to_api(exc, SHAPE.params)
         yield f"\n[edged error: {exc.code or exc.error_type}: {exc.message}]\n"
         raise StreamAborted(exc.message) from exc
     finally:

@@ -9,16 +9,17 @@ from pydantic import Field, field_validator, model_validator
 from daemon.api.fields import (
     MAX_SEED,
     MAX_STOPS,
+    LoraIdList,
     Penalty,
     ProtocolModel,
+    ReasoningEffort,
     RepetitionPenalty,
     Temperature,
+    TemplateKwargs,
     TopK,
     TopP,
 )
-from daemon.api.ollama.protocol import OllamaSampling
-from daemon.api.openai.protocol import ChatMessage, ReasoningEffort, TemplateKwargs
-from daemon.core.adapters import LoraIdList
+from daemon.api.messages import ChatMessage
 
 MAX_PROMPTS = 64
 
@@ -116,10 +117,6 @@ class CompletionRequest(ProtocolModel):
         if self.ignore_eos:
             out.update({str(t): -100.0 for t in eog})
         return out
-
-    def sampling(self, n_ctx: int, eog: frozenset[int]) -> OllamaSampling:
-        """The shared sampling fields (with llama.cpp's penalty window)."""
-        return OllamaSampling.of(self, n_ctx, self.bias_map(eog) or None)
 
 
 class ExtraFile(ProtocolModel):

@@ -6,23 +6,21 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from litestar import Request, Response, Router, get, post
+from litestar import Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import JSONBody
 
 from daemon.api.auth import ADMIN, Caller
-from daemon.api.errors import to_api
 from daemon.api.llamacpp import serving
+from daemon.api.llamacpp.errors import SHAPE
 from daemon.api.llamacpp.protocol import ApplyTemplateRequest, CompletionRequest, InfillRequest
-from daemon.api.openai import routes as openai_routes
+from daemon.api.messages import core_message
 from daemon.config import Settings
 from daemon.core import tools
 from daemon.core.choices import policy_of
 from daemon.core.reasoning import template_vars
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.errors import EdgedError
 
 log = logging.getLogger("edged.api")
 
@@ -55,7 +53,8 @@ async def apply_template(
 ) -> Body:
     """The conversation rendered by the model's chat template, ready for /completion."""
     lm = await leased(registry, data.model)
-    messages, extra = tools.prompt_messages(data.messages, None, lm.template.source)
+    turns = [core_message(m) for m in data.messages]
+    messages, extra = tools.prompt_messages(turns, None, lm.template.source)
     extra |= template_vars(data.chat_template_kwargs, data.reasoning_effort)
     return {"prompt": lm.render_chat(messages, **extra)}
 
@@ -132,52 +131,8 @@ async def lora_adapters(
     ]
 
 
-def _edged(_: Request[Any, Any, Any], exc: EdgedError) -> Response[Body]:
-    exc = to_api(exc)
-    return Response(serving.error_body(exc), status_code=exc.status_code, headers=exc.headers)
-
-
-def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Body]:
-    parts = [
-        f"{item.get('key')}: {item.get('message')}" if item.get("key") else str(item.get("message"))
-        for item in (exc.extra if isinstance(exc.extra, list) else [])
-        if isinstance(item, dict)
-    ]
-    message = "; ".join(parts) or str(exc.detail)
-    body = {"error": {"code": 400, "message": message, "type": "invalid_request_error"}}
-    return Response(body, status_code=400)
-
-
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Body]:
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = {"error": {"code": exc.status_code, "message": exc.detail, "type": kind}}
-    return Response(body, status_code=exc.status_code, headers=exc.headers)
-
-
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Body]:
-    log.exception("unhandled error", exc_info=exc)
-    body = {"error": {"code": 500, "message": "internal error", "type": "server_error"}}
-    return Response(body, status_code=500)
-
-
 router = Router(
     path="/",
     route_handlers=[completion, infill, apply_template, props, slots, lora_adapters],
-    exception_handlers={
-        EdgedError: _edged,
-        ValidationException: _validation,
-        HTTPException: _http,
-        Exception: _unexpected,
-    },
-)
-
-# llama-server also serves the OpenAI routes at the root: the same handlers, a second path.
-unversioned = Router(
-    path="/",
-    route_handlers=[
-        openai_routes.chat_completions,
-        openai_routes.completions,
-        openai_routes.embeddings,
-        openai_routes.list_models,
-    ],
+    exception_handlers=SHAPE.handlers(),
 )

@@ -6,28 +6,23 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from daemon.api.errors import to_api
 from daemon.api.framing import plain_sse
+from daemon.api.llamacpp.errors import SHAPE
 from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest
-from daemon.api.streams import Collected, collect_all, merge
 from daemon.core.adapters import from_ids
 from daemon.core.choices import Extras, Policy, submit_choices
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
+from daemon.core.sampling import LLAMA_CPP, sampling_of
+from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason, TokenLogprob
-from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest
+from daemon.errors import ContextLengthExceeded, InvalidRequest
 
 Body = dict[str, Any]
-
-
-def error_body(exc: EdgedError) -> Body:
-    """llama-server's error shape: `{"error": {"code", "message", "type"}}`."""
-    exc = to_api(exc)
-    return {"error": {"code": exc.status_code, "message": exc.message, "type": exc.error_type}}
 
 
 def _tokens(lm: LoadedModel, prompt: str | list[Any], first: bool) -> list[int]:
@@ -82,8 +77,13 @@ def submit(
     """Every prompt through `submit_choices`, one choice each, cancelled together on refusal."""
     if len(prompts) > policy.max_batch:
         raise InvalidRequest(f"at most {policy.max_batch} prompts", param="prompt")
-    fields = req.sampling(lm.ctx_size, lm.model.eog_tokens)
-    fields.lora = from_ids(lm, req.lora)
+    fields = sampling_of(
+        req,
+        LLAMA_CPP,
+        n_ctx=lm.ctx_size,
+        logit_bias=req.bias_map(lm.model.eog_tokens) or None,
+        lora=from_ids(lm, req.lora),
+    )
     extras = Extras(grammar=_grammar(req), logprobs=req.n_probs or None)
     handles: list[RequestHandle] = []
     try:
@@ -227,7 +227,7 @@ async def _serve(
 ) -> Body | list[Body] | Any:
     handles = submit(lm, prompts, req, policy)
     if req.stream:
-        return plain_sse(_events(lm, handles, req), handles, error_body)
+        return plain_sse(_events(lm, handles, req), handles, SHAPE.wire)
     results = await collect_all(handles)
     bodies = [
         _final(lm, i, h, r, req) for i, (h, r) in enumerate(zip(handles, results, strict=True))

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from daemon.api.fields import (
     MAX_SEED,
     MAX_STOPS,
+    LoraList,
     Penalty,
     ProtocolModel,
     RepetitionPenalty,
-    SamplingFields,
     Temperature,
     TopK,
     TopP,
 )
 from daemon.api.keepalive import KeepAlive
-from daemon.api.openai.protocol import Tool
-from daemon.core.adapters import LoraList
-from daemon.engine.types import SamplingParams
+from daemon.api.messages import Tool
 
 # Ollama's own defaults (api/types.go DefaultOptions), so a client sees the sampling it expects.
 DEFAULT_TEMPERATURE = 0.8
@@ -81,57 +78,6 @@ class Options(ProtocolModel):
         if isinstance(v, list) and len(v) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences")
         return v
-
-    def sampling(self, n_ctx: int) -> OllamaSampling:
-        """These options as the sampling fields every dialect submits with."""
-        return OllamaSampling.of(self, n_ctx)
-
-
-class LlamaSamplerOptions(Protocol):
-    """The sampler fields llama.cpp's own APIs share (Ollama's options, llama-server's body)."""
-
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    typical_p: float
-    repeat_penalty: float
-    repeat_last_n: int
-    presence_penalty: float
-    frequency_penalty: float
-    seed: int | None
-    stop: list[str] | str | None
-
-
-class OllamaSampling(SamplingFields):
-    """Sampling fields plus Ollama's `repeat_last_n` window."""
-
-    penalty_last_n: int = DEFAULT_REPEAT_LAST_N
-
-    @classmethod
-    def of(
-        cls, o: LlamaSamplerOptions, n_ctx: int, logit_bias: dict[str, float] | None = None
-    ) -> OllamaSampling:
-        """llama.cpp-style options as the shared fields: `repeat_last_n` -1 is the whole
-        context, and a seed of -1 means "random", as no seed does here."""
-        return cls(
-            temperature=o.temperature,
-            top_k=o.top_k,
-            top_p=o.top_p,
-            min_p=o.min_p,
-            typical_p=o.typical_p,
-            repetition_penalty=o.repeat_penalty,
-            presence_penalty=o.presence_penalty,
-            frequency_penalty=o.frequency_penalty,
-            seed=None if o.seed is None or o.seed < 0 else o.seed,
-            stop=o.stop,
-            logit_bias=logit_bias,
-            penalty_last_n=n_ctx if o.repeat_last_n < 0 else o.repeat_last_n,
-        )
-
-    def to_sampling(self) -> SamplingParams:
-        """The engine's view, with the penalty window set."""
-        return replace(super().to_sampling(), penalty_last_n=self.penalty_last_n)
 
 
 Format = Literal["", "json"] | dict[str, Any] | None

@@ -96,7 +96,7 @@ async def pull(
     if not data.stream:
         return await catalog.pull(registry, settings, data)
     plan = catalog.pull_plan(settings, data, registry)
-    return ndjson(catalog.pull_events(registry, plan), [], errors.body)
+    return ndjson(catalog.pull_events(registry, plan), [], errors.SHAPE.wire)
 
 
 @delete("/delete", status_code=200, opt={"scope": ADMIN})
@@ -135,5 +135,5 @@ router = Router(
         delete_model,
         copy_model,
     ],
-    exception_handlers=errors.handlers(),
+    exception_handlers=errors.SHAPE.handlers(),
 )

@@ -1,8 +1,7 @@
-"""Ollama's /api/chat, /api/generate and /api/embed: translations into the one engine path.
+"""Ollama's /api/chat, /api/generate and /api/embed: translations into the core.
 
-Chat goes through the same template rendering and tool handling as OpenAI chat
-(daemon/core/tools.py), sampling through `submit_choices`, `format` through the shared
-schema grammar, embeddings through the OpenAI embeddings code.
+Chat goes through the core's chat request (template rendering, tools, formats, thinking),
+sampling through the core's one mapping (llama.cpp's names), embeddings through the core's.
 """
 
 from __future__ import annotations
@@ -14,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import ValidationError
+import numpy as np
 
 from daemon.api.framing import NdjsonStream, ndjson
 from daemon.api.keepalive import keep_alive_arg
+from daemon.api.messages import core_functions
 from daemon.api.ollama import errors
 from daemon.api.ollama.protocol import (
     ChatRequest,
@@ -27,15 +27,18 @@ from daemon.api.ollama.protocol import (
     Message,
     _Generating,
 )
-from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
-from daemon.api.openai.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, ToolCallIn
-from daemon.api.streams import collect_all
-from daemon.core import tools
+from daemon.core import embeddings as vectors_of
+from daemon.core import request as core
+from daemon.core.calls import ToolCall, parse_message
 from daemon.core.choices import Extras, Policy, submit_choices
-from daemon.core.formats import schema_grammar
+from daemon.core.formats import request_grammar
 from daemon.core.infill import infill_tokens
-from daemon.core.prompt import Reasoning, TurnParser
+from daemon.core.prompt import build_chat
 from daemon.core.reasoning import ReasoningSplitter, Thinking, detect
+from daemon.core.sampling import LLAMA_CPP, sampling_of
+from daemon.core.streams import collect_all
+from daemon.core.tools import ToolPlan
+from daemon.core.turns import Reasoning, TurnParser
 from daemon.core.watch import leased
 from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
@@ -130,11 +133,16 @@ def _split_of(lm: LoadedModel, rendered: str, req: _Generating) -> Thinking | No
     return think.answer_only() if think is not None and req.format else think
 
 
-def format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
+def _format(fmt: str | dict[str, Any] | None) -> core.JsonFormat | None:
     """`format`: "json" is any JSON object, an object is a JSON schema, "" or null is free text."""
     if fmt is None or fmt == "":
         return None
-    return schema_grammar(None if fmt == "json" else fmt, "format")  # type: ignore[arg-type]
+    return core.JsonFormat(None if fmt == "json" else fmt)  # type: ignore[arg-type]
+
+
+def format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
+    """The grammar of `format` (None for free text)."""
+    return request_grammar(_format(fmt), None, "format")
 
 
 def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy) -> RequestHandle:
@@ -154,10 +162,9 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
     unbounded = opts.num_predict is None or opts.num_predict < 0
     limit = min(room, policy.max_tokens) if unbounded else opts.num_predict
     grammar = format_grammar(req.format)
-    fields = opts.sampling(n_ctx)
-    fields.lora = req.lora
+    sampling = sampling_of(opts, LLAMA_CPP, n_ctx=n_ctx, lora=req.lora)
     (handle,) = submit_choices(
-        lm, [prompt], min(limit, room), fields, 1, policy, Extras(grammar=grammar)
+        lm, [prompt], min(limit, room), sampling, 1, policy, Extras(grammar=grammar)
     )
     return handle
 
@@ -192,24 +199,21 @@ async def _load_only(
 # ---- /api/chat ----------------------------------------------------------------------------
 
 
-def _openai_message(m: Message) -> ChatMessage:
+def _core_message(m: Message) -> core.Message:
     thinking = m.thinking if m.role == "assistant" and m.thinking else None
     if m.images:
         raise InvalidRequest("images are not supported: edged serves text models", param="images")
-    calls = [
-        ToolCallIn(function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
-        for c in m.tool_calls or []
-    ]
-    return ChatMessage(
+    calls = tuple(core.CallIn(c.function.name, c.function.arguments) for c in m.tool_calls or [])
+    return core.Message(
         role=m.role,
         content=m.content,
         name=m.tool_name if m.role == "tool" else None,
-        tool_calls=calls or None,
-        reasoning_content=thinking,
+        calls=calls,
+        reasoning=thinking,
     )
 
 
-def _message(content: str | None, calls: list[tools.ToolCall], thinking: str | None = None) -> Body:
+def _message(content: str | None, calls: list[ToolCall], thinking: str | None = None) -> Body:
     msg: Body = {"role": "assistant", "content": content or ""}
     if thinking:
         msg["thinking"] = thinking
@@ -227,19 +231,22 @@ async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Bod
     think_vars = _thinking(lm, name, req)
     if not req.messages:
         return await _load_only(registry, lm, name, req, "message")
-    oa = ChatCompletionRequest(
-        messages=[_openai_message(m) for m in req.messages], tools=req.tools or None
+    chat_req = core.ChatRequest(
+        messages=tuple(_core_message(m) for m in req.messages),
+        tools=core_functions(req.tools),
+        format=_format(req.format),
+        template_kwargs=think_vars,
+        format_param="format",
     )
-    plan = tools.plan_tools(oa, lm.template.source)
-    messages, template_vars = tools.prompt_messages(oa.messages, plan, lm.template.source)
-    rendered = lm.render_chat(messages, **template_vars, **think_vars)
-    think = _split_of(lm, rendered, req)
-    handle = _submit(lm, lm.tokenize(rendered), req, policy)
+    chat = build_chat(lm, chat_req)
+    # `think: false` leaves the text as the model wrote it, thinking tags and all.
+    plan, think = chat.plan, None if req.think is False else chat.think
+    handle = _submit(lm, chat.tokens, req, policy)
     if req.stream:
-        return ndjson(_chat_events(handle, plan, name, clock, think), [handle], errors.body)
+        return ndjson(_chat_events(handle, plan, name, clock, think), [handle], errors.SHAPE.wire)
     (r,) = await collect_all([handle])
     thinking, text = think.split(r.text) if think is not None else (None, r.text)
-    content, calls = tools.parse_message(plan, text)
+    content, calls = parse_message(plan, text)
     return {
         "model": name,
         "created_at": created_at(),
@@ -263,7 +270,7 @@ def _pieces(splitter: ReasoningSplitter | None, chunk: Chunk) -> tuple[str, str]
 
 async def _chat_events(
     handle: RequestHandle,
-    plan: tools.ToolPlan | None,
+    plan: ToolPlan | None,
     name: str,
     clock: Clock,
     think: Thinking | None = None,
@@ -277,7 +284,7 @@ async def _chat_events(
             events += parser.finish()
         thinking = "".join(e.text for e in events if isinstance(e, Reasoning))
         text = "".join(e for e in events if isinstance(e, str))
-        calls = [e for e in events if isinstance(e, tools.ToolCall)]
+        calls = [e for e in events if isinstance(e, ToolCall)]
         if text or calls or thinking:
             yield {
                 "model": name,
@@ -345,7 +352,7 @@ async def generate(
     handle = _submit(lm, prompt, req, policy)
     if req.stream:
         events = _generate_events(handle, prompt, name, clock, think)
-        return ndjson(events, [handle], errors.body)
+        return ndjson(events, [handle], errors.SHAPE.wire)
     (r,) = await collect_all([handle])
     thinking, text = think.split(r.text) if think is not None else (None, r.text)
     return {
@@ -391,16 +398,14 @@ async def _generate_events(
 
 
 async def _vectors(
-    registry: ModelRegistry, model: str | None, inputs: list[str], dimensions: int | None
+    lm: LoadedModel, inputs: list[str], dimensions: int | None
 ) -> tuple[list[Any], int]:
     if any(not s for s in inputs):
         raise InvalidRequest("inputs must not be empty strings", param="input")
-    try:
-        oa = EmbeddingRequest(model=model, input=inputs, dimensions=dimensions)
-    except ValidationError as exc:
-        raise InvalidRequest(errors.pydantic_message(exc), param="input") from exc
-    out = await create_embeddings(registry, oa)
-    return [d["embedding"] for d in out["data"]], out["usage"]["prompt_tokens"]
+    vectors_of.embedder_of(lm)
+    tokens = [vectors_of.text_tokens(lm, s) for s in inputs]
+    vectors = await vectors_of.embed(lm, tokens, dimensions)
+    return [v.astype(np.float32).tolist() for v in vectors], sum(len(t) for t in tokens)
 
 
 async def embed(registry: ModelRegistry, req: EmbedRequest) -> Body:
@@ -410,9 +415,7 @@ async def embed(registry: ModelRegistry, req: EmbedRequest) -> Body:
     """
     lm, name, clock = await load(registry, req.model, req.model_fields_set, req.keep_alive)
     inputs = [req.input] if isinstance(req.input, str) else req.input
-    vectors, n_tokens = (
-        await _vectors(registry, lm.name, inputs, req.dimensions) if inputs else ([], 0)
-    )
+    vectors, n_tokens = await _vectors(lm, inputs, req.dimensions) if inputs else ([], 0)
     return {
         "model": name,
         "embeddings": vectors,
@@ -427,5 +430,5 @@ async def embeddings(registry: ModelRegistry, req: EmbeddingsRequest) -> Body:
     lm, _name, _clock = await load(registry, req.model, req.model_fields_set, req.keep_alive)
     if not req.prompt:
         return {"embedding": []}
-    vectors, _ = await _vectors(registry, lm.name, [req.prompt], None)
+    vectors, _ = await _vectors(lm, [req.prompt], None)
     return {"embedding": vectors[0]}

@@ -9,13 +9,10 @@ import numpy as np
 from pydantic import Field
 
 from daemon.api.fields import ProtocolModel
+from daemon.core.embeddings import MAX_INPUTS, embed, embedder_of, text_tokens
 from daemon.core.watch import leased
-from daemon.engine.embed.embeddings import Embedder, truncate
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.errors import InvalidRequest
-
-MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 Text = Annotated[str, Field(min_length=1)]
 Tokens = Annotated[list[int], Field(min_length=1)]
@@ -39,28 +36,12 @@ class EmbeddingRequest(ProtocolModel):
         """Every input as token ids; token arrays are taken as given, specials included."""
         x = self.input
         if isinstance(x, str):
-            return [_tokenize(lm, x)]
+            return [text_tokens(lm, x)]
         if all(isinstance(t, int) for t in x):
             return [list(x)]  # type: ignore[arg-type]
         if all(isinstance(t, str) for t in x):
-            return [_tokenize(lm, t) for t in x]  # type: ignore[arg-type]
+            return [text_tokens(lm, t) for t in x]  # type: ignore[arg-type]
         return [list(t) for t in x]  # type: ignore[union-attr]
-
-
-def _tokenize(lm: LoadedModel, text: str) -> list[int]:
-    # The text is data: "[CLS]" typed by a user stays text, while the model's own
-    # special tokens ([CLS] ... [SEP], BOS/EOS) are added as it was trained with.
-    return lm.model.tokenize(text, add_special=True, parse_special=False)
-
-
-def _embedder(lm: LoadedModel) -> Embedder:
-    if lm.embedder is None:
-        raise InvalidRequest(
-            f"model `{lm.name}` has no embedding support (its GGUF declares no pooling)",
-            param="model",
-            code="model_not_supported",
-        )
-    return lm.embedder
 
 
 def _encode(vec: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -73,19 +54,15 @@ def _encode(vec: np.ndarray, encoding_format: str) -> list[float] | str:
 async def create_embeddings(registry: ModelRegistry, req: EmbeddingRequest) -> dict[str, Any]:
     """POST /v1/embeddings: one vector per input, in input order."""
     lm = await leased(registry, req.model)
-    embedder = _embedder(lm)
-    if req.dimensions is not None and req.dimensions > embedder.n_embd:
-        raise InvalidRequest(
-            f"dimensions must be at most {embedder.n_embd} for `{lm.name}`", param="dimensions"
-        )
+    embedder_of(lm)  # a 400 for a model without pooling, before any input is tokenized
     inputs = req.token_inputs(lm)
-    vectors = await embedder.embed(inputs)
+    vectors = await embed(lm, inputs, req.dimensions)
     n_tokens = sum(len(t) for t in inputs)
     data = [
         {
             "object": "embedding",
             "index": i,
-            "embedding": _encode(truncate(v, req.dimensions), req.encoding_format),
+            "embedding": _encode(v, req.encoding_format),
         }
         for i, v in enumerate(vectors)
     ]

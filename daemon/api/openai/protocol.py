@@ -2,111 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field
 
-from daemon.api.fields import ProtocolModel, SamplingFields
+from daemon.api.fields import ProtocolModel, ReasoningEffort, SamplingFields, TemplateKwargs
 from daemon.api.keepalive import KeepAlive
+from daemon.api.messages import ChatMessage, FunctionDef, Tool
 from daemon.errors import InvalidRequest
 
 MaxTokens = Annotated[int, Field(ge=0, le=1_000_000)]
-# Reasoning models (daemon/core/reasoning.py): both reach the chat template.
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
-TemplateKwargs = Annotated[dict[str, JsonValue], Field(max_length=32)]
-
-
-class TextPart(ProtocolModel):
-    """One part of a multi-part message content."""
-
-    type: Literal["text"]
-    text: str
-
-
-class FunctionCall(ProtocolModel):
-    """The function an assistant turn called, with its arguments (a JSON text, or an object)."""
-
-    name: str
-    arguments: str | dict[str, Any] = "{}"
-
-    def arguments_object(self) -> Any:
-        """The arguments as a value, for templates that lay them out themselves."""
-        if isinstance(self.arguments, dict):
-            return self.arguments
-        try:
-            return json.loads(self.arguments)
-        except ValueError:
-            return self.arguments
-
-
-class ToolCallIn(ProtocolModel):
-    """A tool call of an earlier assistant turn, sent back in the conversation."""
-
-    id: str | None = None
-    type: str = "function"
-    function: FunctionCall
-
-
-class ChatMessage(ProtocolModel):
-    """A conversation turn."""
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCallIn] | None = None
-    tool_call_id: str | None = None
-    # An earlier assistant turn's thinking (Qwen3-style templates re-render or drop it).
-    reasoning_content: str | None = None
-
-    def text(self) -> str:
-        """The content as one string."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-    def for_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it."""
-        role = "system" if self.role == "developer" else self.role
-        msg: dict[str, Any] = {"role": role, "content": self.text()}
-        if self.name is not None:
-            msg["name"] = self.name
-        if self.tool_calls:
-            # Hugging Face's convention: templates get arguments as objects, not JSON text.
-            msg["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {
-                        "name": c.function.name,
-                        "arguments": c.function.arguments_object(),
-                    },
-                }
-                for c in self.tool_calls
-            ]
-        if self.tool_call_id is not None:
-            msg["tool_call_id"] = self.tool_call_id
-        if self.reasoning_content is not None and role == "assistant":
-            msg["reasoning_content"] = self.reasoning_content
-        return msg
-
-
-class FunctionDef(ProtocolModel):
-    """A function the model may call: its name, what it does, and a JSON schema of its arguments."""
-
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(ProtocolModel):
-    """One entry of `tools`; only `function` tools exist (checked when the request is served)."""
-
-    type: str
-    function: FunctionDef
 
 
 class NamedFunction(ProtocolModel):

@@ -77,3 +77,7 @@ _HANDLERS = [chat_completions, completions, embeddings, list_models, retrieve_mo
 router = Router(path="/v1", route_handlers=_HANDLERS)
 # DeepInfra's base URL (seed 003's curl): its requests work with only the host changed.
 deepinfra_router = Router(path="/v1/openai", route_handlers=_HANDLERS)
+# llama-server also serves these routes at the root: the same handlers, a second path.
+unversioned = Router(
+    path="/", route_handlers=[chat_completions, completions, embeddings, list_models]
+)

@@ -12,12 +12,17 @@ from litestar.response import ServerSentEvent
 
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
+from daemon.api.openai import translate
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
-from daemon.api.streams import Collected, collect_all, merge, sse
+from daemon.api.streams import sse
 from daemon.core import safety, tools
+from daemon.core.calls import CallParser, Event, ToolCall, parse_message
+from daemon.core.chat import ChatRun, start_chat
 from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
-from daemon.core.prompt import build_chat, grammar_of
+from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking
+from daemon.core.request import ChatRequest
+from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
@@ -54,7 +59,9 @@ def _finish(reason: FinishReason | None) -> str | None:
 
 
 def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
-    return Extras(grammar=grammar_of(req), logprobs=count, prompt_logprobs=echo_scores)
+    fmt = translate.json_format(req.response_format)
+    grammar = request_grammar(fmt, req.grammar, "response_format")
+    return Extras(grammar=grammar, logprobs=count, prompt_logprobs=echo_scores)
 
 
 _LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
@@ -67,35 +74,37 @@ async def chat_completion(
     legacy = req.legacy_functions
     req = req.with_legacy_functions()
     try:
-        tools.check_request(req)  # before any model loads
+        chat_req = translate.chat(req)
+        run = await start_chat(registry, chat_req, translate.generation(req), policy)
     except InvalidRequest as exc:
         if legacy:  # name the fields the client sent
             exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
         raise
-    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    count = req.logprob_count
-    chat = build_chat(lm, req, count, req.echo and count is not None, legacy=legacy)
-    plan, rendered, prompt, extras, think = (
-        chat.plan,
-        chat.rendered,
-        chat.tokens,
-        chat.extras,
-        chat.think,
-    )
+    return await _answer(registry, req, chat_req, run, policy)
+
+
+async def _answer(
+    registry: ModelRegistry,
+    req: ChatCompletionRequest,
+    chat_req: ChatRequest,
+    run: ChatRun,
+    policy: Policy,
+) -> dict[str, Any] | ServerSentEvent:
+    """A started chat in OpenAI's shapes: one body, or chunks as SSE."""
+    lm, handles, guard = run.lm, run.handles, run.guard
+    plan, rendered, think = run.prompt.plan, run.prompt.rendered, run.prompt.think
     meta = _meta("chatcmpl", "chat.completion", registry.answering_name(req.model, lm.name))
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
-    guard = None
-    if req.safety_model is not None:
-        guard = await safety.Guard.open(registry, req.safety_model, policy)
-        verdict = await guard.check_input(req.messages)
-        if not verdict.safe:
-            return _refused(meta, chunk_meta, req, verdict)
-    handles = submit_choices(lm, [prompt], req.token_limit, req, req.n, policy, extras)
+    if run.refusal is not None:
+        return _refused(meta, chunk_meta, req, run.refusal)
+    count = req.logprob_count
     shape = _ChatLogprobs(lm, req.together_logprobs) if count is not None else None
     if req.stream:
         if guard is not None:
             # The output check needs whole answers: generate, judge, then send each at once.
-            events = _screened_events(chunk_meta, handles, req, shape, policy, plan, guard, think)
+            events = _screened_events(
+                chunk_meta, handles, req, chat_req, shape, policy, plan, guard, think
+            )
         else:
             events = _chat_events(
                 chunk_meta, handles, req.include_usage, shape, policy, plan, think
@@ -104,7 +113,7 @@ async def chat_completion(
     results = await collect_all(handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     if guard is not None:
-        choices = await _screen(guard, req, choices)
+        choices = await _screen(guard, chat_req, choices)
     body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
     if req.echo:
         # Together semantics: the rendered prompt comes back beside the choices.
@@ -121,7 +130,7 @@ def _chat_choice(
     think: Thinking | None = None,
 ) -> dict[str, Any]:
     reasoning, text = think.split(r.text) if think is not None else (None, r.text)
-    content, calls = tools.parse_message(plan, text)
+    content, calls = parse_message(plan, text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -156,7 +165,7 @@ def _refusal_choice(i: int, verdict: safety.Verdict) -> dict[str, Any]:
 
 
 async def _screen(
-    guard: safety.Guard, req: ChatCompletionRequest, choices: list[dict[str, Any]]
+    guard: safety.Guard, req: ChatRequest, choices: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Replace every answer the safety model flags with a refusal."""
     answers = [safety.answer_text(c["message"]) for c in choices]
@@ -207,6 +216,7 @@ async def _screened_events(
     meta: _Meta,
     handles: list[RequestHandle],
     req: ChatCompletionRequest,
+    chat_req: ChatRequest,
     shape: _ChatLogprobs | None,
     policy: Policy,
     plan: tools.ToolPlan | None,
@@ -215,7 +225,7 @@ async def _screened_events(
 ) -> AsyncIterator[dict[str, Any]]:
     results = await collect_all(handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
-    choices = await _screen(guard, req, choices)
+    choices = await _screen(guard, chat_req, choices)
     tail = usage(handles, policy) if req.include_usage else None
     async for event in _replay(meta, choices, tail):
         yield event
@@ -233,7 +243,7 @@ class _ChatLogprobs:
         return lp.together(entries, piece) if self.together else lp.chat_content(entries, piece)
 
 
-def _deltas(event: tools.Event, k: int, legacy: bool = False) -> list[dict[str, Any]]:
+def _deltas(event: Event, k: int, legacy: bool = False) -> list[dict[str, Any]]:
     """Content, or a call as OpenAI streams it: id and name first, then the arguments."""
     if isinstance(event, str):
         return [{"content": event}]
@@ -267,7 +277,7 @@ async def _chat_events(
     )
     # One parser per choice: calls are sent when their block closes, text outside them as it
     # comes, minus anything that may still turn out to be call markup.
-    parsers = [tools.CallParser(plan) for _ in handles]
+    parsers = [CallParser(plan) for _ in handles]
     # Reasoning is split off first; tool calls are parsed in the answer only.
     splitters = [think.splitter() if think is not None else None for _ in handles]
     finished = 0
@@ -283,10 +293,10 @@ async def _chat_events(
         if chunk.finish_reason is not None:
             events += parser.finish()
         deltas: list[dict[str, Any]] = [{"reasoning_content": reasoning}] if reasoning else []
-        calls_before = parser.calls - sum(isinstance(e, tools.ToolCall) for e in events)
+        calls_before = parser.calls - sum(isinstance(e, ToolCall) for e in events)
         for e in events:
             deltas += _deltas(e, calls_before, legacy)
-            calls_before += isinstance(e, tools.ToolCall)
+            calls_before += isinstance(e, ToolCall)
         if logprobs and not deltas:
             deltas = [{}]
         for n, delta in enumerate(deltas):
@@ -403,7 +413,9 @@ async def completion(
     if k > req.n and count is None:
         extras = replace(extras, logprobs=0)  # ranking best_of needs the chosen tokens' scores
     try:
-        handles = submit_choices(lm, prompts, req.token_limit, req, k, policy, extras)
+        handles = submit_choices(
+            lm, prompts, req.token_limit, translate.sampling(req), k, policy, extras
+        )
     except InvalidRequest as exc:
         if k > req.n and exc.param == "n":
             exc.param = "best_of"

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from daemon.api.responses.protocol import ContentPart, InputItem
-from daemon.core.tools import ToolCall
+from daemon.core.calls import ToolCall
 from daemon.errors import InvalidRequest
 
 _TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")

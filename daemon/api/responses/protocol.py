@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from daemon.api.fields import ProtocolModel, SamplingFields, Temperature, TopP
+from daemon.api.fields import ProtocolModel, ReasoningEffort, SamplingFields, Temperature, TopP
 from daemon.api.keepalive import KeepAlive
-from daemon.api.openai.protocol import ReasoningEffort
 
 
 class ContentPart(ProtocolModel):

@@ -16,19 +16,26 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from litestar.response import ServerSentEvent
-from pydantic import ValidationError
 
-from daemon.api.errors import to_api
-from daemon.api.fields import SamplingFields
+from daemon.api.errors import OPENAI as OPENAI_SHAPE
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.openai.protocol import ChatCompletionRequest
 from daemon.api.responses import items as it
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
 from daemon.api.streams import Named, named_sse
+from daemon.core.calls import ToolCall
 from daemon.core.choices import Policy, submit_choices
-from daemon.core.prompt import ChatPrompt, Reasoning, TurnEnd, build_chat, run_turn, turn_events
-from daemon.core.tools import ToolCall
+from daemon.core.prompt import ChatPrompt, build_chat
+from daemon.core.request import (
+    ChatRequest,
+    FunctionSpec,
+    JsonFormat,
+    Message,
+    NamedTool,
+    ToolChoice,
+)
+from daemon.core.sampling import OPENAI, sampling_of
+from daemon.core.turns import Reasoning, TurnEnd, run_turn, turn_events
 from daemon.core.watch import leased
 from daemon.engine.errors import IdBusy
 from daemon.engine.handle import RequestHandle
@@ -59,7 +66,7 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
         )
 
 
-def _tools(req: ResponsesRequest) -> list[dict[str, Any]] | None:
+def _tools(req: ResponsesRequest) -> tuple[FunctionSpec, ...]:
     out = []
     for t in req.tools or []:
         if t.type != "function":
@@ -68,17 +75,11 @@ def _tools(req: ResponsesRequest) -> list[dict[str, Any]] | None:
             )
         if t.name is None:
             raise InvalidRequest("a function tool needs a name", param="tools")
-        fn = {
-            "name": t.name,
-            "description": t.description,
-            "parameters": t.parameters,
-            "strict": t.strict,
-        }
-        out.append({"type": "function", "function": fn})
-    return out or None
+        out.append(FunctionSpec(t.name, t.description, t.parameters))
+    return tuple(out)
 
 
-def _tool_choice(req: ResponsesRequest) -> Any:
+def _tool_choice(req: ResponsesRequest) -> ToolChoice:
     choice = req.tool_choice
     if choice is None or isinstance(choice, str):
         return choice
@@ -87,39 +88,31 @@ def _tool_choice(req: ResponsesRequest) -> Any:
             f"tool_choice of type `{choice.type}` is not supported; name a function",
             param="tool_choice",
         )
-    return {"type": "function", "function": {"name": choice.name}}
+    return NamedTool(choice.name)
 
 
-def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
+def _format(req: ResponsesRequest) -> JsonFormat | None:
     fmt = req.text.format if req.text else None
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return {"type": "json_object"}
+        return JsonFormat()
     if fmt.schema_ is None:
         raise InvalidRequest("text.format json_schema needs a schema", param="text.format")
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict},
-    }
+    return JsonFormat(fmt.schema_)
 
 
-def _chat_request(req: ResponsesRequest, messages: list[dict[str, Any]]) -> ChatCompletionRequest:
-    body: dict[str, Any] = {k: getattr(req, k) for k in SamplingFields.model_fields}
-    body.update(
-        messages=messages,
+def _chat_request(req: ResponsesRequest, messages: list[dict[str, Any]]) -> ChatRequest:
+    """The turn's whole conversation (kept in the template's dict form) as a chat request."""
+    return ChatRequest(
+        messages=tuple(Message.of_template(m) for m in messages),
         tools=_tools(req),
         tool_choice=_tool_choice(req),
-        parallel_tool_calls=req.parallel_tool_calls,
-        response_format=_response_format(req),
-        max_tokens=req.max_output_tokens,
+        parallel_calls=req.parallel_tool_calls,
+        format=_format(req),
         reasoning_effort=req.reasoning.effort if req.reasoning else None,
+        format_param="text.format",
     )
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidRequest(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
 
 def _resume(
@@ -279,7 +272,7 @@ async def create_response(
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     chat_req = _chat_request(req, system + history)
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    chat = build_chat(lm, chat_req, format_param="text.format")
+    chat = build_chat(lm, chat_req)
     prompt, extras = chat.tokens, chat.extras
     # Resumed only on the very file that computed it: a model replaced under the same name
     # recomputes the chain from its text history (as for a changed LoRA set).
@@ -293,7 +286,8 @@ async def create_response(
         lm.store.claim(key)  # a fresh id: nothing to continue, but the key is now ours
     try:
         extras = replace(extras, resume=resumed[1] if resumed else None, keep=req.store)
-        handles = submit_choices(lm, [prompt], req.max_output_tokens, chat_req, 1, policy, extras)
+        sampling = sampling_of(req, OPENAI)
+        handles = submit_choices(lm, [prompt], req.max_output_tokens, sampling, 1, policy, extras)
     except BaseException:
         if req.store:
             lm.store.release(key, None)
@@ -322,7 +316,7 @@ async def create_response(
     )
     if req.stream:
         return named_sse(_events(job), handles, _error_event)
-    turn = await run_turn(lm, handles[0], chat.plan, chat.think)
+    turn = await run_turn(handles[0], chat.plan, chat.think)
     output: list[dict[str, Any]] = []
     if turn.reasoning is not None:
         output.append(it.reasoning_item(it.new_id("rs"), turn.reasoning))
@@ -333,7 +327,7 @@ async def create_response(
 
 
 def _error_event(exc: EdgedError) -> Named:
-    err = to_api(exc).to_wire()["error"]
+    err = OPENAI_SHAPE.wire(exc)["error"]
     return "error", {
         "type": "error",
         "code": err["code"],
@@ -411,7 +405,7 @@ async def _events(job: _Job) -> AsyncIterator[Named]:
 
     yield event("response.created", response=job.body("in_progress", []))
     yield event("response.in_progress", response=job.body("in_progress", []))
-    async for ev in turn_events(job.lm, job.handle, job.chat.plan, job.chat.think):
+    async for ev in turn_events(job.handle, job.chat.plan, job.chat.think):
         if rs is not None and not isinstance(ev, Reasoning):
             for e in close_reasoning():
                 yield e

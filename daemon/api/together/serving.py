@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from daemon.api.keepalive import keep_alive_arg
-from daemon.api.streams import collect_all
 from daemon.api.together.protocol import InferenceRequest
 from daemon.core.choices import Policy, submit_choices
+from daemon.core.sampling import OPENAI, sampling_of
+from daemon.core.streams import collect_all
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 
@@ -20,7 +21,8 @@ async def inference(
     start = time.perf_counter()
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     prompt = lm.tokenize(req.prompt)
-    handles = submit_choices(lm, [prompt], req.max_tokens, req, req.n, limits)
+    sampling = sampling_of(req, OPENAI)  # Together names its fields as OpenAI does
+    handles = submit_choices(lm, [prompt], req.max_tokens, sampling, req.n, limits)
     results = await collect_all(handles)
     choices = [
         {"finish_reason": r.finish_reason.value, "index": i, "text": r.text}

@@ -1,0 +1,96 @@
+"""OpenAI-style chat messages and function tools: the wire format several dialects share
+(OpenAI chat, llama-server's /apply-template, Ollama's `tools`), and their core form."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from daemon.api.fields import ProtocolModel
+from daemon.core.request import CallIn, FunctionSpec, Message
+from daemon.errors import InvalidRequest
+
+
+class TextPart(ProtocolModel):
+    """One part of a multi-part message content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(ProtocolModel):
+    """The function an assistant turn called, with its arguments (a JSON text, or an object)."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(ProtocolModel):
+    """A tool call of an earlier assistant turn, sent back in the conversation."""
+
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class ChatMessage(ProtocolModel):
+    """A conversation turn."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    # An earlier assistant turn's thinking (Qwen3-style templates re-render or drop it).
+    reasoning_content: str | None = None
+
+    def text(self) -> str:
+        """The content as one string."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class FunctionDef(ProtocolModel):
+    """A function the model may call: its name, what it does, and a JSON schema of its arguments."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(ProtocolModel):
+    """One entry of `tools`; only `function` tools exist (checked when the request is served)."""
+
+    type: str
+    function: FunctionDef
+
+
+def core_message(m: ChatMessage) -> Message:
+    """One turn in the core's form; `developer` is the system role by another name."""
+    calls = tuple(CallIn(c.function.name, c.function.arguments, c.id) for c in m.tool_calls or ())
+    return Message(
+        role="system" if m.role == "developer" else m.role,
+        content=m.text(),
+        name=m.name,
+        calls=calls,
+        call_id=m.tool_call_id,
+        reasoning=m.reasoning_content,
+    )
+
+
+def core_functions(tools: list[Tool] | None) -> tuple[FunctionSpec, ...]:
+    """`tools` in the core's form: function tools only."""
+    out = []
+    for t in tools or ():
+        if t.type != "function":
+            raise InvalidRequest(
+                f"tool type `{t.type}` is not supported; use `function`", param="tools"
+            )
+        f = t.function
+        out.append(FunctionSpec(f.name, f.description, f.parameters))
+    return tuple(out)

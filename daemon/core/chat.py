@@ -1,0 +1,73 @@
+"""Starting a chat: a dialect's translated request in, running engine requests out.
+
+A dialect calls `start_chat` once with its conversation (a ChatRequest) and how to answer it
+(a Generation); everything between (tool checks before any model loads, the lease, the
+prompt, the safety model's look at the input, the submission) happens here, in this order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from daemon.core import tools
+from daemon.core.choices import Policy, submit_choices
+from daemon.core.errors import to_api
+from daemon.core.prompt import ChatPrompt, build_chat
+from daemon.core.request import ChatRequest
+from daemon.core.safety import Guard, Verdict
+from daemon.core.sampling import Sampling
+from daemon.core.watch import leased
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.loading.registry import ModelRegistry
+from daemon.errors import EdgedError
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How to answer: which model, how long, how many choices, how sampled, what else."""
+
+    model: str | None
+    sampling: Sampling
+    max_tokens: int | None = None
+    n: int = 1
+    keep_alive: float | str | None = "default"
+    logprobs: int | None = None  # alternatives per token; None: no log-probabilities
+    prompt_logprobs: bool = False
+    safety_model: str | None = None
+    # The dialect's names for engine inputs, for errors (a chat's prompt is its `messages`).
+    names: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ChatRun:
+    """A started chat: its model, prompt and running choices, or the input's refusal."""
+
+    lm: LoadedModel
+    prompt: ChatPrompt
+    handles: list[RequestHandle]
+    guard: Guard | None = None
+    refusal: Verdict | None = None  # set when the safety model refused the input
+
+
+async def start_chat(
+    registry: ModelRegistry, req: ChatRequest, gen: Generation, policy: Policy
+) -> ChatRun:
+    """Check, lease, render, screen the input, submit `gen.n` choices."""
+    tools.check_request(req)  # a malformed tool list is a 400 before any model loads
+    lm = await leased(registry, gen.model, gen.keep_alive)
+    prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)
+    guard = None
+    if gen.safety_model is not None:
+        guard = await Guard.open(registry, gen.safety_model, policy)
+        verdict = await guard.check_input(req.messages)
+        if not verdict.safe:
+            return ChatRun(lm, prompt, [], guard, verdict)
+    try:
+        handles = submit_choices(
+            lm, [prompt.tokens], gen.max_tokens, gen.sampling, gen.n, policy, prompt.extras
+        )
+    except EdgedError as exc:
+        raise to_api(exc, gen.names) from exc
+    return ChatRun(lm, prompt, handles, guard)
