@@ -33,7 +33,7 @@ from daemon.api.auth import (
     parse_key_line,
     required_scope,
 )
-from daemon.api.errors import exception_handlers
+from daemon.api.errors import OPENAI
 from daemon.app import create_app
 from daemon.config import Settings, embedded_model_path
 from tests.conftest import Server, start_server, stop_server
@@ -155,7 +155,7 @@ def _guarded_app(keys: ApiKeys) -> Litestar:
         return "ok"
 
     return Litestar(
-        [work, manage], guards=[api_key_guard(keys)], exception_handlers=exception_handlers()
+        [work, manage], guards=[api_key_guard(keys)], exception_handlers=OPENAI.handlers()
     )
 
 

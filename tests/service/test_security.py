@@ -15,7 +15,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.testing import TestClient
 
 from daemon.api.auth import ApiKeys, api_key_guard, is_loopback, provide_api_key
-from daemon.api.errors import exception_handlers, to_api
+from daemon.api.errors import OPENAI
+from daemon.core.errors import to_api
 from daemon.engine.errors import InvalidInput
 from daemon.engine.loading.chat_template import ChatTemplate
 from tests.conftest import Server, free_port, start_server, stop_server
@@ -168,7 +169,7 @@ def _app(keys: list[str]) -> Litestar:
         [whoami],
         guards=[api_key_guard(ApiKeys(keys), frozenset())],
         dependencies={"api_key": Provide(provide_api_key, sync_to_thread=False)},
-        exception_handlers=exception_handlers(),
+        exception_handlers=OPENAI.handlers(),
     )
 
 
