@@ -281,6 +281,11 @@ def _send(srv: Server, op: str, name: str) -> tuple[int, str]:
     return r.status_code, r.text
 
 
+def _stem(file: str) -> str:
+    """A model folder entry's model name (its GGUF or its pull sidecar)."""
+    return file.removesuffix(".gguf").removesuffix(".json")
+
+
 @pytest.mark.slow
 def test_fuzz_model_routes_never_5xx_nor_touch_outside(
     srv: Server, tree: dict[str, Path], root: Path
@@ -295,6 +300,7 @@ def test_fuzz_model_routes_never_5xx_nor_touch_outside(
     )
     @given(op=st.sampled_from(OPS), name=names(tree))
     def one(op: str, name: str) -> None:
+        before = set(os.listdir(tree["models"]))
         status, text = _send(srv, op, name)
         assert status < 500, (op, name, text)
         if str(root) not in name:
@@ -302,9 +308,13 @@ def test_fuzz_model_routes_never_5xx_nor_touch_outside(
         assert snapshot(tree["decoy"], tree["import"]) == outside, (op, name)
         if op == "ollama_copy_destination" and status == 200:
             made.add(name.removesuffix(":latest"))
-        # Nothing but the models' own files and copies of tinyq ever appear in the folder.
+        if "pull" in op and status == 200 and '"success"' in text:
+            # A pull that succeeded (the fake hub's own model, at any revision) adds its model
+            # and sidecar, and nothing else.
+            made.update(_stem(f) for f in set(os.listdir(tree["models"])) - before)
+        # Nothing but the models' own files, pulled models and copies of tinyq ever appear.
         for f in os.listdir(tree["models"]):
-            stem = f.removesuffix(".gguf")
+            stem = _stem(f)
             assert f == "tinyq.gguf" or stem in made or f.startswith("."), (op, name, f)
         assert (tree["models"] / "tinyq.gguf").exists()
 
