@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,36 @@ def minilm_model_dir() -> Path:
 def minilm_dir() -> Path:
     """MiniLM's checkpoint directory (see minilm_model_dir)."""
     return minilm_model_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(
+    minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """MiniLM converted by our converter, once per run and outtype: `minilm_gguf("f16")`.
+
+    Every test that only needs a converted MiniLM gets this same file (read it, or
+    `place_copy` it into a models directory); the converter's own tests convert for
+    themselves."""
+    out = tmp_path_factory.mktemp("minilm_gguf")
+    made: dict[str, Path] = {}
+
+    def get(outtype: str) -> Path:
+        if outtype not in made:
+            made[outtype] = convert(
+                minilm_dir, out / f"minilm.{outtype}.gguf", outtype, progress=False
+            )
+        return made[outtype]
+
+    return get
+
+
+def place_copy(src: Path, dest: Path) -> Path:
+    """A copy of a shared model file at dest (a test's own file: nothing it does to the copy
+    reaches the shared one)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
 
 
 @pytest.fixture(scope="session")

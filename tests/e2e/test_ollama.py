@@ -6,7 +6,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,8 +15,7 @@ import ollama
 import pytest
 
 from daemon.config import embedded_model_path
-from quantize.convert import convert
-from tests.conftest import Server, minilm_model_dir, start_server, stop_server
+from tests.conftest import Server, place_copy, start_server, stop_server
 from tests.quantize.hub import FakeHub, serve
 
 DEFAULT = embedded_model_path().stem
@@ -37,9 +36,11 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_dir(
+    minilm_gguf: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("ollama_models")
-    convert(minilm_model_dir(), out / f"{EMBED}.gguf", "f16", progress=False)
+    place_copy(minilm_gguf("f16"), out / f"{EMBED}.gguf")
     return out
 
 

@@ -7,19 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from quantize.convert import convert
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, place_copy, start_server, stop_server
 from tests.quantize.llm import load, tokenize
 
 OUTTYPES = ("f16", "q8_0")
 
 
 @pytest.fixture(scope="session")
-def embed_models_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embed_models_dir(
+    minilm_gguf: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A models directory holding MiniLM as minilm-f16.gguf and minilm-q8_0.gguf."""
     out = tmp_path_factory.mktemp("embed_models")
     for t in OUTTYPES:
-        convert(minilm_dir, out / f"minilm-{t}.gguf", t, progress=False)
+        place_copy(minilm_gguf(t), out / f"minilm-{t}.gguf")
     return out
 
 

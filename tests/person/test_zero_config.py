@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -340,13 +341,9 @@ def test_duration_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def embed_gguf(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MiniLM (an embedding model) as GGUF."""
-    from quantize.convert import convert
-
-    out = tmp_path_factory.mktemp("embed") / "minilm.gguf"
-    convert(minilm_dir, out, "f16", progress=False)
-    return out
+def embed_gguf(minilm_gguf: Callable[[str], Path]) -> Path:
+    """MiniLM (an embedding model) as GGUF (the run's shared conversion; tests link to it)."""
+    return minilm_gguf("f16")
 
 
 def test_seed_bodies_are_the_documents_json() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from quantize.convert import convert
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, place_copy, start_server, stop_server
 from tests.quantize.cross_encoder import tiny_cross_encoder
 
 
@@ -20,13 +20,15 @@ def ranker_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def rerank_models_dir(
-    ranker_dir: Path, minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    ranker_dir: Path,
+    minilm_gguf: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """ranker-f32.gguf, ranker-f16.gguf and a plain embedding model, minilm-f16.gguf."""
     out = tmp_path_factory.mktemp("rerank_models")
     for t in ("f32", "f16"):
         convert(ranker_dir, out / f"ranker-{t}.gguf", t, progress=False)
-    convert(minilm_dir, out / "minilm-f16.gguf", "f16", progress=False)
+    place_copy(minilm_gguf("f16"), out / "minilm-f16.gguf")
     return out
 
 

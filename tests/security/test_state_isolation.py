@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -262,13 +262,12 @@ def test_row8_a_prompt_cache_held_by_a_parked_thread_is_given_up() -> None:
     assert cache.clear(0.05) and len(cache) == 0
 
 
-def test_row8_a_lost_workers_embedding_model_stops_too(tmp_path: Path, minilm_dir: Path) -> None:
+def test_row8_a_lost_workers_embedding_model_stops_too(
+    minilm_gguf: Callable[[str], Path],
+) -> None:
     """The same for an embedding model: its worker thread ends (inputs still queued are
     answered 503), nothing of llama.cpp is freed, and later inputs are refused."""
-    from quantize.convert import convert
-
-    gguf_path = convert(minilm_dir, tmp_path / "minilm.gguf", "f16", progress=False)
-    lm = LoadedModel("emb", gguf_path, EngineOptions(ctx_size=128, parallel=2))
+    lm = LoadedModel("emb", minilm_gguf("f16"), EngineOptions(ctx_size=128, parallel=2))
     assert lm.embedder is not None
     worker = lm.embedder
 
