@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from daemon.api.dispatch import is_ollama
 from tests.conftest import Server, start_server, stop_server, wait_healthy
-from tests.e2e.test_reasoning import make_thinking_gguf
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a busy machine starts servers slowly
 
@@ -386,13 +385,12 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, thinker_gguf: Path) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz_dialects")
-    thinker = make_thinking_gguf(model_path, tmp / "thinker.gguf")
     srv = start_server(
         tmp,
         *("--ctx-size", "128", "--parallel", "4", "--max-tokens-cap", "6"),
-        *("--alias", f"{THINKER}={thinker}"),
+        *("--alias", f"{THINKER}={thinker_gguf}"),
         wait=False,
     )
     wait_healthy(srv, timeout=600)

@@ -52,10 +52,11 @@ def make_thinking_gguf(source: Path, out: Path, template: str = THINKING_TEMPLAT
 
 
 @pytest.fixture(scope="module")
-def thinking_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+def thinking_server(
+    tmp_path_factory: pytest.TempPathFactory, thinker_gguf: Path
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("thinking")
-    gguf = make_thinking_gguf(model_path, tmp / "thinker.gguf")
-    srv = start_server(tmp, "--parallel", "4", "--alias", f"thinker={gguf}")
+    srv = start_server(tmp, "--parallel", "4", "--alias", f"thinker={thinker_gguf}")
     yield srv
     stop_server(srv)
 
