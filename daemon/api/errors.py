@@ -43,6 +43,7 @@ class Failure:
     kind: str
     param: str | None = None
     code: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # Retry-After, WWW-Authenticate
 
 
 def _openai_body(f: Failure) -> Body:
@@ -91,7 +92,9 @@ class Shape:
     def failure(self, exc: EdgedError) -> Failure:
         """`exc` (engine errors translated) as this dialect's failure."""
         exc = to_api(exc, self.params)
-        return Failure(self.status(exc), exc.message, exc.error_type, exc.param, exc.code)
+        return Failure(
+            self.status(exc), exc.message, exc.error_type, exc.param, exc.code, exc.headers
+        )
 
     def wire(self, exc: EdgedError) -> Body:
         """The body of `exc` (also the last event of a stream that failed)."""
@@ -99,9 +102,12 @@ class Shape:
 
     def response(self, exc: EdgedError) -> Response[Body]:
         """`exc` as a whole response in this shape."""
-        f = self.failure(exc)
+        f = self.failure(exc)  # the translated error's headers: an engine error has none
         return Response(
-            self.body(f), status_code=f.status, headers=exc.headers, media_type="application/json"
+            self.body(f),
+            status_code=f.status,
+            headers=dict(f.headers),
+            media_type="application/json",
         )
 
     def invalid(self, exc: ValidationError) -> Response[Body]:
