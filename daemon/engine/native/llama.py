@@ -12,6 +12,7 @@ from pathlib import Path
 
 import llama_cpp as lc
 import numpy as np
+from llama_cpp import mtmd_cpp as mtmd  # noqa: F401 (libmtmd: images and audio, for native/ modules)
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from daemon.engine.errors import LoadFailed
