@@ -41,10 +41,16 @@ class Server:
 def start_server(
     tmp: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
 ) -> Server:
-    """Start `python -m daemon serve` on a free port; wait for /health 200."""
+    """Start `python -m daemon serve` on a free port; wait for /health 200.
+
+    Unless the test names them, the daemon's models folder and Hugging Face cache are its
+    own (under tmp): what one test pulls, copies or deletes never reaches the user's
+    ~/.local/share/edged/models, another test, or a later run."""
     port = free_port()
     log = tmp / f"edged-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    full_env["EDGED_MODELS_DIR"] = str(tmp / f"models-{port}")
+    full_env["HF_HOME"] = str(tmp / f"hf-{port}")
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon", "serve", "--port", str(port), *args],
@@ -187,3 +193,71 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def base_url(server: Server) -> str:
     return server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_models_untouched() -> Iterator[None]:
+    """The run leaves the user's own models folder as it found it (every daemon and CLI call
+    of the suite has a folder of its own; a stray write here once left 98 MB copies)."""
+
+    def listing() -> list[tuple[str, int]]:
+        folder = Path.home() / ".local/share/edged/models"
+        return (
+            sorted((p.name, p.stat().st_size) for p in folder.glob("*")) if folder.is_dir() else []
+        )
+
+    before = listing()
+    yield
+    assert listing() == before, "tests wrote into ~/.local/share/edged/models"
+
+
+# Seconds each top-level test directory may take in CI (.ci/run on a fresh 2-core machine);
+# docs/testing.md has the measurements behind them. Printed after every run, never enforced:
+# machines are noisy, and a slow run is a thing to look at, not a failure.
+BUDGET_S: dict[str, float] = {
+    "e2e": 480,
+    "embeddings": 20,
+    "gpu": 5,
+    "integration": 150,
+    "lora": 100,
+    "person": 60,
+    "quantize": 60,
+    "rerank": 20,
+    "rpc": 120,
+    "security": 100,
+    "service": 90,
+    "spec": 70,
+    "unit": 15,
+}
+_spent: dict[str, float] = {}
+
+
+def _directory(nodeid: str) -> str:
+    """`tests/e2e/test_x.py::test_y` -> `e2e` (a test module directly in tests/ -> `tests`)."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    if parts[0] == "tests":
+        parts = parts[1:]
+    return parts[0] if len(parts) > 1 else "tests"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each phase's time (setup, call, teardown: shared fixtures are paid by the test
+    that first needs them) to its test directory."""
+    d = _directory(report.nodeid)
+    _spent[d] = _spent.get(d, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Time per top-level test directory next to its budget (printed only)."""
+    if not _spent:
+        return
+    tr = terminalreporter
+    tr.write_sep("-", "time per test directory (budget: tests/conftest.py BUDGET_S)")
+    for d in sorted(_spent, key=lambda k: -_spent[k]):
+        budget = BUDGET_S.get(d)
+        if budget is None:
+            note = "no budget"
+        else:
+            note = f"budget {budget:5.0f} s" + ("  OVER" if _spent[d] > budget else "")
+        tr.write_line(f"{d:<12} {_spent[d]:7.1f} s   {note}")
+    tr.write_line(f"{'total':<12} {sum(_spent.values()):7.1f} s")
