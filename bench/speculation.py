@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--inexact", action="store_true", help="speculate on inexact kernels too")
     args = ap.parse_args()
     base = EngineOptions(ctx_size=1024, parallel=4, flash_attn=True)
-    spec = replace(base, speculate=True, speculate_inexact=args.inexact)
+    spec = replace(base, speculate=True, exact=not args.inexact)
     arms = {
         "off": base,
         "ngram": spec,

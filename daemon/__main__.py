@@ -74,10 +74,9 @@ _SWITCHES: dict[str, tuple[str, str]] = {
     "metrics_public": ("--metrics-public", "serve /metrics without an API key"),
     "log_json": ("--log-json", "write the access log as JSON lines"),
     "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
-    "speculate": ("--speculate", "speculative decoding by n-gram lookup (prompt and output)"),
-    "speculate_inexact": (
-        "--speculate-inexact",
-        "speculate even where verified logits are not bit-identical to plain decoding's",
+    "exact": (
+        "--exact",
+        "bit-exact reuse: output equals one uninterrupted plain decode (slower; default off)",
     ),
 }
 
@@ -128,8 +127,14 @@ def _parser() -> argparse.ArgumentParser:
             "--flash-attn",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="flash attention (default: on for encoders and where layers run on a GPU, "
-            "off for generation on a CPU; see README)",
+            help="flash attention (default: on, except for generation under --exact)",
+        )
+        sp.add_argument(
+            "--speculate",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="speculative decoding by n-gram lookup and --draft-model (default: on, where "
+            "its cost model says it pays; off under --exact)",
         )
         for which in ("k", "v"):
             sp.add_argument(
@@ -173,10 +178,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides.update({d: True for d in _SWITCHES if getattr(args, d)})
     if args.cors_origins:
         overrides["cors_origins"] = args.cors_origins
-    if args.flash_attn is not None:
-        overrides["flash_attn"] = args.flash_attn
-    if args.extra_buffers is not None:
-        overrides["extra_buffers"] = args.extra_buffers
+    for dest in ("flash_attn", "extra_buffers", "speculate"):  # --x / --no-x / unset
+        if getattr(args, dest) is not None:
+            overrides[dest] = getattr(args, dest)
     for dest in ("cache_type_k", "cache_type_v"):
         if getattr(args, dest) is not None:
             overrides[dest] = getattr(args, dest)

@@ -59,7 +59,11 @@ def engine_options(settings: Settings) -> EngineOptions:
         threads_batch=settings.threads_batch,
         batch_size=settings.batch_size,
         ubatch_size=settings.ubatch_size,
-        flash_attn=settings.flash_attn,
+        exact=settings.exact,
+        # Unset: on, except for generation under --exact (None: on for encoders only).
+        flash_attn=settings.flash_attn
+        if settings.flash_attn is not None or settings.exact
+        else True,
         cache_type_k=settings.cache_type_k,
         cache_type_v=settings.cache_type_v,
         max_queue=settings.max_queue,
@@ -72,10 +76,9 @@ def engine_options(settings: Settings) -> EngineOptions:
         ),
         store_ttl=settings.store_ttl,
         max_per_key=settings.max_concurrency_per_key,
-        speculate=settings.speculate,
+        speculate=settings.speculate if settings.speculate is not None else not settings.exact,
         draft_model=settings.draft_model,
         draft_max=settings.draft_max,
-        speculate_inexact=settings.speculate_inexact,
         cache_ram=settings.cache_ram,
         cache_dir=settings.cache_dir,
         cache_dir_max_bytes=settings.cache_dir_max_bytes,

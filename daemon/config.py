@@ -87,14 +87,22 @@ class Settings(BaseSettings):
     )
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
-    # Unset: off for generation, on for embedding and rerank models. llama.cpp 0.3.36's CPU
+    # Fast by default, exact on request (as every peer): without --exact, flash attention,
+    # speculation and reuse of every cached token (generated ones too) are on, accepting the
+    # rounding drift llama-server accepts (bench/RESULTS.md measures it). --exact keeps
+    # output bit-identical to one uninterrupted plain decode: llama.cpp 0.3.36's CPU
     # flash-attention kernel has three paths (tiled for >= 64 query rows, per row below that,
     # KV split over threads for one row over >= 512 cells) that round differently, so a
     # prompt's logits would depend on how it was chunked and a decode row on its batch
-    # neighbours: no exact prefix reuse (README). Encoders reuse nothing and keep no KV, and
-    # there it is 2.5x faster (bench/rerank.py).
+    # neighbours; --exact therefore turns it off for generation, reuses only KV computed in
+    # multi-token chunks, and speculates only where verified rows are bit-identical.
+    exact: bool = Field(
+        False, description="bit-exact reuse: output equals one uninterrupted plain decode"
+    )
+    # Unset: on, except for generation under --exact (see above). Encoders reuse nothing and
+    # keep no KV; there it is 2.5x faster (bench/rerank.py).
     flash_attn: bool | None = Field(
-        None, description="on/off for every model; unset = on for embedding/rerank models only"
+        None, description="on/off for every model; unset = on, except generation under exact"
     )
     extra_buffers: bool | None = Field(
         None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
@@ -172,14 +180,15 @@ class Settings(BaseSettings):
         return value
 
     # ---- speculative decoding (README: Speculative decoding) ----
-    speculate: bool = Field(False, description="draft by n-gram lookup in prompt and output")
+    # Unset: on without --exact (a cost model per sequence drafts only where it pays), off
+    # under it.
+    speculate: bool | None = Field(
+        None, description="draft by n-gram lookup in prompt and output; unset = on unless exact"
+    )
     draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
     # At most 62: with its sampled token a sequence then verifies fewer than 64 rows, below
     # where llama.cpp's CPU flash attention switches to its tiled kernel.
     draft_max: int = Field(8, ge=1, le=62, description="most draft tokens verified per step")
-    speculate_inexact: bool = Field(
-        False, description="speculate even where verified logits differ from plain decoding's"
-    )
 
     @field_validator("rpc")
     @classmethod

@@ -75,6 +75,7 @@ def ps(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
                 "gpu_bytes": lm.offload.gpu_bytes,
                 "gpu_devices": lm.offload.per_device,
                 "offload": lm.offload.reason,
+                "decoding": lm.mode.as_dict(),
                 "loaded_at": lm.loaded_at,
                 # Wall-clock time of the unload if no request comes; null = stays loaded.
                 "expires_at": None if deadline is None else now + (deadline - now_mono),

@@ -86,6 +86,8 @@ async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependenc
         "eos_token": m.special_text(m.eos),
         "modalities": {"vision": False, "audio": False},
         "infill": m.fim.usable,
+        # edged's own: bit-exact reuse (--exact) or the fast default, and what it runs.
+        "decoding": lm.mode.as_dict(),
         "build_info": _build(),
     }
 

@@ -1,15 +1,16 @@
 """The prompt cache: sequence states kept below the slots, found again by token prefix.
 
-When a slot is about to be refilled, the exact part of what it held (`Slot.exact`) is saved
-here; a new request restores the longest cached prefix of its prompt into its slot and
-prefills only the rest. Entries are indexed by a hash of their tokens at every `BLOCK`
-boundary, so a lookup costs one hash per prompt block plus one token comparison per
-candidate. Memory is bounded in bytes (LRU); evicted entries spill to a directory when one
-is configured (bounded too, written in the request_id store's self-checking file format),
-and the directory is removed with the cache. Every entry belongs to the API key whose
-request filled it: another key reuses at most `share_tokens` of its leading tokens (0:
-none, -1: all), so one key's prompts never speed up, and thereby reveal themselves to,
-another key's requests beyond what the operator declared shared (a system prompt).
+When a slot is about to be refilled, the reusable part of what it held (under --exact only
+`Slot.exact`, caches/slot_kv.py) is saved here; a new request restores the longest cached
+prefix of its prompt into its slot and prefills only the rest. Entries are indexed by a hash
+of their tokens at every `BLOCK` boundary, so a lookup costs one hash per prompt block plus
+one token comparison per candidate. Memory is bounded in bytes (LRU); evicted entries spill
+to a directory when one is configured (bounded too, written in the request_id store's self-
+checking file format), and the directory is removed with the cache. Every entry belongs to
+the API key whose request filled it: another key reuses at most `share_tokens` of its
+leading tokens (0: none, -1: all), so one key's prompts never speed up, and thereby reveal
+themselves to, another key's requests beyond what the operator declared shared (a system
+prompt).
 
 The scheduler thread reads and fills it; the registry may lower its bound from the event
 loop (`set_limit`: a share of the memory cap), so the entry tables change under a lock.
@@ -115,10 +116,14 @@ class PromptCache:
         spill_dir: Path | None = None,
         spill_max_bytes: int = 16 << 30,
         share_tokens: int = 0,
+        exact: bool = True,
         name: str = "model",
         identity: str = "",
     ) -> None:
         self.max_bytes = max_bytes
+        # Whether only KV computed in multi-token chunks is reused and kept (--exact; the
+        # slots follow the same rule, caches/slot_kv.py) or every token's.
+        self.exact = exact
         # The model file's identity: spill files carry it and are read back only under it.
         self.identity = identity
         # A lower bound set from outside (the registry's share of --max-models-memory).

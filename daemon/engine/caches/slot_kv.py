@@ -1,8 +1,9 @@
 """What each slot's KV holds: trimming, prefix reuse, the prompt cache below, kept sequences.
 
 The scheduler thread alone calls these. A slot's `tokens` mirror its KV cells exactly and
-`exact` counts the leading tokens whose KV came from multi-token chunks (only those give a
-later request the same logits as a fresh prefill, so only those are reused or cached).
+`exact` counts the leading tokens whose KV came from multi-token chunks: under --exact only
+those are reused or cached (only they give a later request the same logits as a fresh
+prefill). Without it every token is, generated ones included, as llama-server reuses them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ class SlotKV:
         self.ctx = ctx
         self.cache = cache
 
+    def reusable(self, slot: Slot) -> int:
+        """Leading tokens of `slot` whose KV a later request may reuse or the cache keep."""
+        return slot.exact if self.cache.exact else len(slot.tokens)
+
+    def margin(self) -> int:
+        """Prompt tokens decoded again however much is cached: the last one yields logits;
+        under --exact two, so that they form a multi-token chunk as in a fresh prefill."""
+        return 2 if self.cache.exact else 1
+
     def trim(self, slot: Slot, keep: int) -> None:
         """Drop everything after the first `keep` tokens of `slot`."""
         if keep < len(slot.tokens):
@@ -41,25 +51,25 @@ class SlotKV:
         cache; return the prompt tokens still to decode."""
         keep = self.usable(slot, prompt, owner)
         self.vacate(slot, keep)
-        if keep < len(prompt) - 2 - BLOCK:
+        if keep < len(prompt) - self.margin() - BLOCK:
             keep = self.recall(slot, prompt, owner, keep)
         self.trim(slot, keep)
         return list(prompt[keep:])
 
     def usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
         """Leading prompt tokens whose KV in `slot` a request of `owner` may keep."""
-        # At least two prompt tokens are decoded again: the last one yields logits, and a
-        # multi-token chunk keeps them identical to those of a fresh prefill.
-        keep = min(common_prefix(slot.tokens, prompt), slot.exact, len(prompt) - 2)
+        keep = min(common_prefix(slot.tokens, prompt), self.reusable(slot))
+        keep = min(keep, len(prompt) - self.margin())
         cap = self.cache.shareable(slot.owner, owner)
         return max(0, keep if cap is None else min(keep, cap))
 
     def vacate(self, slot: Slot, keep: int) -> None:
         """`slot` is refilled keeping `keep` tokens: what else it holds exactly goes to the
-        prompt cache first (only KV from multi-token chunks, as for slot reuse)."""
-        if not self.cache.enabled or slot.exact <= keep or slot.exact < BLOCK:
+        prompt cache first (what `reusable` allows, as for slot reuse)."""
+        held = self.reusable(slot)
+        if not self.cache.enabled or held <= keep or held < BLOCK:
             return
-        self.trim(slot, slot.exact)
+        self.trim(slot, held)
         try:
             self.cache.save(
                 slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora
@@ -73,7 +83,7 @@ class SlotKV:
         hit = self.cache.lookup(owner, prompt, slot.lora)  # slot.lora: the request's set
         if hit is None:
             return keep
-        n = min(hit.tokens, len(prompt) - 2)
+        n = min(hit.tokens, len(prompt) - self.margin())
         if n <= keep:
             return keep
         state = self.cache.load(hit)
@@ -101,7 +111,7 @@ class SlotKV:
         keep = common_prefix(slot.tokens, target)
         cap = self.cache.shareable(slot.owner, owner)
         if cap is not None:
-            keep = min(keep, cap, slot.exact)
+            keep = min(keep, cap, self.reusable(slot))
         if keep < len(target) and saved.state is not None:
             self.clear(slot)
             if self.ctx.state_set(slot.seq, saved.state):

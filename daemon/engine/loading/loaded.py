@@ -57,6 +57,10 @@ class EngineOptions:
     threads_batch: int | None = None
     batch_size: int = 512
     ubatch_size: int = 512
+    # Bit-exact reuse (--exact): prefix reuse and the prompt cache keep only KV computed in
+    # multi-token chunks, and speculation runs only where verified rows are bit-identical.
+    # Off: every cached token is reused and speculation accepts rounding drift.
+    exact: bool = True
     # None: off for generation contexts, on for encoder (embedding, rerank) contexts.
     flash_attn: bool | None = None
     cache_type_k: CacheType = "f16"
@@ -74,8 +78,6 @@ class EngineOptions:
     speculate: bool = False
     # Draft on every step a draft exists, ignoring the cost model (tests, benchmarks).
     speculate_always: bool = False
-    # Speculate even where verified rows are not bit-identical to plain decoding's.
-    speculate_inexact: bool = False
     draft_model: Path | None = None
     draft_max: int = 8
     # The prompt cache below the slots: memory bound (0 = off), spill directory and its
@@ -123,6 +125,21 @@ def prompt_tokens(model: Model, text: str) -> list[int]:
     if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
         tokens = tokens[1:]
     return tokens
+
+
+@dataclass(frozen=True)
+class DecodeMode:
+    """How a loaded model decodes: bit-exact reuse or the fast default (reported by /props
+    and /admin/ps so a client knows which contract it gets)."""
+
+    exact: bool
+    flash_attn: bool
+    # "ngram", "draft", "ngram+draft", or "off: <why>".
+    speculation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The mode as JSON fields."""
+        return {"exact": self.exact, "flash_attn": self.flash_attn, "speculation": self.speculation}
 
 
 class LoadedModel:
@@ -203,6 +220,8 @@ class LoadedModel:
         self.kv_types: tuple[CacheType, CacheType] = (options.cache_type_k, options.cache_type_v)
         self.embedder: Embedder | None = None
         self.scheduler: Scheduler | None = None
+        # Encoders keep no KV and reuse nothing: bit-exact by construction.
+        self.mode = DecodeMode(True, options.flash_attn is not False, "off: encoder")
         # A cross-encoder (RANK pooling): the same packing worker, scores instead of vectors.
         self.ranker: Embedder | None = None
         if self.adapters is not None and (
@@ -242,11 +261,25 @@ class LoadedModel:
                 spill_dir=options.cache_dir,
                 spill_max_bytes=options.cache_dir_max_bytes,
                 share_tokens=options.cache_share_tokens,
+                exact=options.exact,
                 name=name,
                 identity=self.identity,
             ),
             identity=self.identity,
         )
+        self.mode = DecodeMode(options.exact, options.flash_attn is True, self._spec_mode(spec))
+
+    def _spec_mode(self, spec: SpecOptions) -> str:
+        """What speculation this model's scheduler does, or why none."""
+        if not spec.enabled:
+            return "off"
+        assert self.scheduler is not None
+        if not self.scheduler.spec.usable:
+            return f"off: {self.scheduler.spec.off_reason} (--exact needs bit-identical rows)"
+        kinds = ["ngram"] if spec.ngram else []
+        if self.scheduler.spec.draft_ctx is not None:
+            kinds.append("draft")
+        return "+".join(kinds) or "off"
 
     def _speculation(self, options: EngineOptions) -> SpecOptions:
         """Speculation settings of this model; a draft of another vocabulary is refused."""
@@ -264,7 +297,7 @@ class LoadedModel:
             draft=self.draft,
             draft_max=options.draft_max,
             always=options.speculate_always,
-            inexact=options.speculate_inexact,
+            inexact=not options.exact,
         )
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
