@@ -22,6 +22,11 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
+    if args.mmproj:
+        from quantize.mmproj import convert_mmproj
+
+        print(convert_mmproj(args.src, args.output, args.outtype, progress=not args.quiet))
+        return
     from quantize.convert import convert
 
     print(convert(args.src, args.output, args.outtype, progress=not args.quiet))
@@ -98,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", type=Path)
     c.add_argument("-o", "--output", type=Path, required=True)
     c.add_argument("--outtype", choices=sorted(OUTTYPES), default="f16")
+    c.add_argument(
+        "--mmproj",
+        action="store_true",
+        help="write the vision projector of a vision-language checkpoint (SmolVLM/Idefics3) "
+        "instead of its language model, as llama.cpp's convert_hf_to_gguf.py --mmproj does",
+    )
     c.set_defaults(func=_cmd_convert)
 
     cl = sub.add_parser(
