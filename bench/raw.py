@@ -23,7 +23,8 @@ from client import story_messages
 
 from daemon.config import embedded_model_path
 from daemon.engine.loading.loaded import chat_template, prompt_tokens
-from daemon.engine.native.llama import Batch, Context, ContextOptions, Model, SamplerChain
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.native.sampler import SamplerChain
 from daemon.engine.types import SamplingParams
 
 

@@ -18,7 +18,7 @@ from daemon.config import embedded_model_path
 from daemon.engine.caches.prompt_cache import BLOCK
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
-from daemon.engine.native.llama import JSON_OBJECT_GBNF
+from daemon.engine.native.sampler import JSON_OBJECT_GBNF
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams, SavedSequence
 
 GREEDY = SamplingParams(temperature=0.0)

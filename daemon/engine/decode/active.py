@@ -20,7 +20,7 @@ from daemon.engine.decode.logprobs import token_logprob
 from daemon.engine.decode.slots import Slot
 from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.handle import RequestHandle
-from daemon.engine.native.llama import SamplerChain
+from daemon.engine.native.sampler import SamplerChain
 from daemon.engine.speculation.speculate import Speculation
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 

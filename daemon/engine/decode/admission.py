@@ -21,7 +21,7 @@ from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.decode.worker import STOP
 from daemon.engine.errors import ModelChanged
 from daemon.engine.handle import Out, RequestHandle, deliver
-from daemon.engine.native.llama import SamplerChain
+from daemon.engine.native.sampler import SamplerChain
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest
 
 log = logging.getLogger("edged.scheduler")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.engine.native.llama import JSON_OBJECT_GBNF, json_grammar
+from daemon.engine.native.sampler import JSON_OBJECT_GBNF, json_grammar
 
 __all__ = ["JSON_OBJECT_GBNF", "json_grammar", "unenforceable_keywords"]
 

@@ -1,9 +1,12 @@
-"""The only module that imports llama.cpp: thin owners of model, context, batch and samplers."""
+"""The only module that imports llama.cpp: thin owners of model, context, batch and adapters.
+
+The other native/ modules take the bindings from here (`lc`, `mtmd`): samplers and
+grammars in sampler.py, ggml's RPC backend in ggml_rpc.py.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -13,26 +16,15 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 from llama_cpp import mtmd_cpp as mtmd  # noqa: F401 (libmtmd: images and audio, for native/ modules)
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for native/sampler.py)
 
 from daemon.engine.errors import LoadFailed
-from daemon.engine.types import CacheType, SamplingParams
+from daemon.engine.types import CacheType
 
 log = logging.getLogger("edged.llama")
 
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _init_lock = threading.Lock()
-
-# Any JSON object, whitespace-tolerant (OpenAI's `json_object` mode wants an object).
-JSON_OBJECT_GBNF = r"""
-root   ::= ws object ws
-value  ::= object | array | string | number | ("true" | "false" | "null")
-object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
-array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})?
-ws     ::= [ \t\n]{0,20}
-"""
 _initialized = False
 
 
@@ -465,13 +457,6 @@ class Batch:
             self.raw = None
 
 
-def json_grammar(schema: dict | None) -> str:
-    """GBNF for any JSON object (schema None or empty) or for values of a JSON schema."""
-    if not schema:
-        return JSON_OBJECT_GBNF
-    return json_schema_to_gbnf(json.dumps(schema))
-
-
 def grammar_is_valid(model: Model, gbnf: str) -> bool:
     """Whether llama.cpp parses `gbnf` (with a `root` rule) for this vocabulary."""
     ptr = lc.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
@@ -479,72 +464,6 @@ def grammar_is_valid(model: Model, gbnf: str) -> bool:
         return False
     lc.llama_sampler_free(ptr)
     return True
-
-
-class SamplerChain:
-    """A per-request llama.cpp sampler chain built from SamplingParams."""
-
-    def __init__(self, model: Model, params: SamplingParams, seed: int) -> None:
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        self.ptr = chain
-        self._penalties: int | None = None
-        add = lc.llama_sampler_chain_add
-        if params.logit_bias:
-            biases = (lc.llama_logit_bias * len(params.logit_bias))()
-            for i, (token, bias) in enumerate(params.logit_bias):
-                biases[i].token = token
-                biases[i].bias = bias
-            add(chain, lc.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
-        if params.penalized:
-            self._penalties = lc.llama_sampler_chain_n(chain)
-            add(
-                chain,
-                lc.llama_sampler_init_penalties(
-                    model.n_vocab,  # the pinned binding's first parameter
-                    params.penalty_last_n,
-                    params.repetition_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                ),
-            )
-        if params.grammar is not None:
-            grammar = lc.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
-            if not grammar:
-                lc.llama_sampler_free(chain)
-                self.ptr = None
-                raise ValueError("llama.cpp refused the grammar")
-            add(chain, grammar)
-        if params.greedy:
-            add(chain, lc.llama_sampler_init_greedy())
-            return
-        if params.top_k > 0:
-            add(chain, lc.llama_sampler_init_top_k(params.top_k))
-        if params.typical_p < 1.0:
-            add(chain, lc.llama_sampler_init_typical(params.typical_p, 1))
-        if params.top_p < 1.0:
-            add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
-        add(chain, lc.llama_sampler_init_temp(params.temperature))
-        add(chain, lc.llama_sampler_init_dist(seed))
-
-    def prime(self, history: list[int]) -> None:
-        """Feed earlier tokens to the penalty stage only (grammar must not see the prompt)."""
-        if self._penalties is None:
-            return
-        stage = lc.llama_sampler_chain_get(self.ptr, self._penalties)
-        for token in history:
-            lc.llama_sampler_accept(stage, token)
-
-    def sample(self, ctx: Context, row: int) -> int:
-        """Choose the next token from a batch row's logits (and accept it into the chain)."""
-        return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
-
-    def close(self) -> None:
-        """Free the chain and every stage it owns."""
-        if self.ptr:
-            lc.llama_sampler_free(self.ptr)
-            self.ptr = None
 
 
 def _mapped_copy(lib_dir: Path, stem: str) -> Path | None:

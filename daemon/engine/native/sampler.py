@@ -1,0 +1,95 @@
+"""Per-request sampler chains and the grammars that constrain them (JSON objects, JSON schemas).
+
+llama.cpp's bindings come from native/llama.py, the one module that imports them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from daemon.engine.native.llama import Context, Model, json_schema_to_gbnf, lc
+from daemon.engine.types import SamplingParams
+
+# Any JSON object, whitespace-tolerant (OpenAI's `json_object` mode wants an object).
+JSON_OBJECT_GBNF = r"""
+root   ::= ws object ws
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
+array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})?
+ws     ::= [ \t\n]{0,20}
+"""
+
+
+def json_grammar(schema: dict | None) -> str:
+    """GBNF for any JSON object (schema None or empty) or for values of a JSON schema."""
+    if not schema:
+        return JSON_OBJECT_GBNF
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
+class SamplerChain:
+    """A per-request llama.cpp sampler chain built from SamplingParams."""
+
+    def __init__(self, model: Model, params: SamplingParams, seed: int) -> None:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self.ptr = chain
+        self._penalties: int | None = None
+        add = lc.llama_sampler_chain_add
+        if params.logit_bias:
+            biases = (lc.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias):
+                biases[i].token = token
+                biases[i].bias = bias
+            add(chain, lc.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
+        if params.penalized:
+            self._penalties = lc.llama_sampler_chain_n(chain)
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    model.n_vocab,  # the pinned binding's first parameter
+                    params.penalty_last_n,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.grammar is not None:
+            grammar = lc.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                self.ptr = None
+                raise ValueError("llama.cpp refused the grammar")
+            add(chain, grammar)
+        if params.greedy:
+            add(chain, lc.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(params.top_k))
+        if params.typical_p < 1.0:
+            add(chain, lc.llama_sampler_init_typical(params.typical_p, 1))
+        if params.top_p < 1.0:
+            add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(params.temperature))
+        add(chain, lc.llama_sampler_init_dist(seed))
+
+    def prime(self, history: list[int]) -> None:
+        """Feed earlier tokens to the penalty stage only (grammar must not see the prompt)."""
+        if self._penalties is None:
+            return
+        stage = lc.llama_sampler_chain_get(self.ptr, self._penalties)
+        for token in history:
+            lc.llama_sampler_accept(stage, token)
+
+    def sample(self, ctx: Context, row: int) -> int:
+        """Choose the next token from a batch row's logits (and accept it into the chain)."""
+        return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
+
+    def close(self) -> None:
+        """Free the chain and every stage it owns."""
+        if self.ptr:
+            lc.llama_sampler_free(self.ptr)
+            self.ptr = None
