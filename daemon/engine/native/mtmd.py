@@ -1,0 +1,486 @@
+"""libmtmd (images and audio into a llama.cpp text model): thin owners of a projector, its
+bitmaps and tokenized chunks, released deterministically (close or `with`).
+
+llama.cpp stays imported in one module: the bindings come from native/llama.py. A prompt is
+text with a media marker per bitmap; `Projector.tokenize` splits it into chunks (text token
+runs and image/audio chunks); an image chunk is encoded to (n_tokens, n_embd) embeddings that
+are decoded into a sequence in place of token embeddings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
+from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
+
+log = logging.getLogger("edged.mtmd")
+
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_lock = threading.Lock()
+_log_routed = False
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # clip and mtmd print every hyperparameter at INFO: keep those at DEBUG, problems above.
+    py_level = _LEVELS.get(level, logging.DEBUG)
+    if py_level < logging.WARNING:
+        py_level = logging.DEBUG
+    if log.isEnabledFor(py_level):
+        log.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
+
+
+def _route_logs() -> None:
+    """Send libmtmd's and its helpers' log lines to `logging` instead of stderr (once)."""
+    global _log_routed
+    with _log_lock:
+        if not _log_routed:
+            mtmd.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
+            mtmd.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))
+            _log_routed = True
+
+
+def default_marker() -> str:
+    """The text that stands for one bitmap in a prompt (`<__media__>`)."""
+    return mtmd.mtmd_default_marker().decode()
+
+
+class ChunkType(IntEnum):
+    """What one chunk of a tokenized prompt holds."""
+
+    TEXT = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
+    IMAGE = mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
+    AUDIO = mtmd.MTMD_INPUT_CHUNK_TYPE_AUDIO
+
+
+@dataclass(frozen=True)
+class ProjectorOptions:
+    """How to run a projector: device, threads, attention kernel, warm-up."""
+
+    use_gpu: bool = False
+    n_threads: int = 4
+    # None: llama.cpp decides (flash attention where the device has it). False keeps the
+    # encoder's attention in F32 on CPU, which the exactness tests rely on.
+    flash_attn: bool | None = None
+    # One encode of a dummy image at load: sizes the compute buffers up front.
+    warmup: bool = True
+    # Token budget per image for dynamic-resolution projectors (None: the GGUF's default).
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    # libmtmd's helper decodes a buffer that is neither image nor audio as video by running
+    # ffprobe/ffmpeg from PATH on it: off, request bytes never reach a subprocess.
+    video: bool = False
+
+
+# ffmpeg's tools are looked up in this directory when video is off: nothing can exist under
+# a file, so the spawn fails without running anything.
+_NO_FFMPEG_DIR = b"/dev/null"
+
+
+class Projector:
+    """An mmproj GGUF loaded against one text model (close it before the model)."""
+
+    def __init__(self, model: Model, path: Path, options: ProjectorOptions = ProjectorOptions()):
+        init_backend()
+        _route_logs()
+        if not path.is_file():
+            raise LoadFailed(f"projector file not found: {path.name}")
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = options.use_gpu
+        params.n_threads = options.n_threads
+        params.warmup = options.warmup
+        params.print_timings = False
+        if options.flash_attn is not None:
+            params.flash_attn_type = (
+                lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if options.flash_attn
+                else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        if options.image_min_tokens is not None:
+            params.image_min_tokens = options.image_min_tokens
+        if options.image_max_tokens is not None:
+            params.image_max_tokens = options.image_max_tokens
+        ptr = mtmd.mtmd_init_from_file(str(path).encode(), model.ptr, params)
+        if not ptr:
+            # mtmd logs the reason (unknown projector type, n_embd mismatch ...) at ERROR.
+            raise LoadFailed(
+                f"llama.cpp could not load the projector {path.name} for {model.path.name} "
+                "(not an mmproj GGUF, an unsupported projector type, or another model's width)"
+            )
+        self.ptr = ptr
+        self.model = model
+        self.path = path
+        self.n_embd: int = lc.llama_model_n_embd_inp(model.ptr)
+        self.vision: bool = bool(mtmd.mtmd_support_vision(ptr))
+        self.audio: bool = bool(mtmd.mtmd_support_audio(ptr))
+        # -1 without audio; audio bitmaps hold mono float PCM at this rate.
+        self.audio_sample_rate: int = mtmd.mtmd_get_audio_sample_rate(ptr)
+        self.marker: str = (mtmd.mtmd_get_marker(ptr) or mtmd.mtmd_default_marker()).decode()
+        # Qwen2-VL style models position image tokens on a 2-D grid (4 positions per token).
+        self.uses_mrope: bool = bool(mtmd.mtmd_decode_use_mrope(ptr))
+        self._decode_opt = mtmd.mtmd_helper_init_opt_default()
+        if not options.video:
+            self._decode_opt.video_params.ffmpeg_bin_dir = _NO_FFMPEG_DIR
+
+    def _live(self) -> int:
+        if not self.ptr:
+            raise RuntimeError("the projector is closed")
+        return self.ptr
+
+    def bitmap_rgb(
+        self, data: bytes, width: int, height: int, media_id: str | None = None
+    ) -> Bitmap:
+        """A bitmap of raw RGB bytes (row-major, 3 bytes per pixel)."""
+        if width <= 0 or height <= 0 or len(data) != width * height * 3:
+            # libmtmd asserts (aborts the process) on a size mismatch: refuse it here.
+            raise InvalidInput(
+                f"{len(data)} bytes are not a {width}×{height} RGB image", subject="image"
+            )
+        self._live()
+        buf = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint8))  # read only, copied by mtmd
+        ptr = mtmd.mtmd_bitmap_init(width, height, buf)
+        if not ptr:
+            raise GenerationFailed("libmtmd could not allocate a bitmap")
+        return Bitmap(ptr, media_id)
+
+    def bitmap_audio(self, samples: np.ndarray, media_id: str | None = None) -> Bitmap:
+        """A bitmap of mono float PCM samples at `audio_sample_rate`."""
+        if not self.audio:
+            raise InvalidInput("this model does not take audio", subject="audio")
+        pcm = np.ascontiguousarray(samples, dtype=np.float32)
+        if pcm.ndim != 1 or pcm.size < 2:
+            raise InvalidInput("audio must be a non-empty mono sample array", subject="audio")
+        ptr = mtmd.mtmd_bitmap_init_from_audio(pcm.size, pcm.ctypes.data_as(_FLOAT_P))
+        if not ptr:
+            raise GenerationFailed("libmtmd could not allocate an audio bitmap")
+        return Bitmap(ptr, media_id)
+
+    def bitmap_file_bytes(self, data: bytes, media_id: str | None = None) -> Bitmap:
+        """A bitmap decoded from an encoded file in memory: an image (PNG, JPEG, BMP, GIF ...
+        through stb_image) or audio (WAV, MP3, FLAC, told apart by their magic bytes); video
+        only with ProjectorOptions.video."""
+        ptr = self._live()
+        if not data:
+            raise InvalidInput("the media file is empty", subject="image")
+        buf = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint8))
+        ptr = mtmd.mtmd_helper_bitmap_init_from_buf(ptr, buf, len(data), False, self._decode_opt)
+        if not ptr:
+            raise InvalidInput("the media file cannot be decoded", subject="image")
+        return Bitmap(ptr, media_id)
+
+    def tokenize(
+        self,
+        text: str,
+        bitmaps: Sequence[Bitmap],
+        *,
+        add_special: bool,
+        parse_special: bool = True,
+    ) -> Chunks:
+        """Split a prompt holding one `marker` per bitmap (in order) into chunks."""
+        ptr = self._live()
+        markers = text.count(self.marker)
+        if markers != len(bitmaps):
+            # libmtmd's return codes for this differ by direction (1 or 2): check it here.
+            raise InvalidInput(
+                f"the prompt has {markers} media markers for {len(bitmaps)} media",
+                subject="prompt",
+            )
+        data = text.encode("utf-8")
+        inp = mtmd.mtmd_input_text()
+        inp.text = data
+        inp.text_len = len(data)
+        inp.add_special = add_special
+        inp.parse_special = parse_special
+        arr = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*(b.live() for b in bitmaps))
+        chunks = Chunks(mtmd.mtmd_input_chunks_init())
+        try:
+            rc = mtmd.mtmd_tokenize(ptr, chunks.ptr, ctypes.byref(inp), arr, len(bitmaps))
+            if rc != 0:
+                # 2: preprocessing refused the media (an audio clip for a vision-only
+                # projector, an image for an audio one ...).
+                raise InvalidInput(f"libmtmd could not tokenize the media ({rc})", subject="image")
+            for chunk in chunks:
+                if chunk.type == ChunkType.TEXT and min(chunk.text_tokens(), default=0) < 0:
+                    # libmtmd frames some projectors' images with tokens it looks up in the
+                    # text model's vocabulary (Idefics3: <fake_token_around_image>,
+                    # <global-img>); a vocabulary without them yields -1 ids llama_decode
+                    # refuses, so the pairing itself is wrong.
+                    raise GenerationFailed(
+                        f"{self.model.path.name} lacks tokens that {self.path.name} frames "
+                        "images with: the projector belongs to another language model"
+                    )
+        except BaseException:
+            chunks.close()
+            raise
+        return chunks
+
+    def encode(self, chunk: Chunk) -> np.ndarray:
+        """Run the encoder and projector on an image or audio chunk: a (n_tokens, n_embd)
+        float32 copy of the embeddings the text model reads in place of token embeddings."""
+        ptr = self._live()
+        if chunk.type == ChunkType.TEXT:
+            raise ValueError("text chunks have no media to encode")
+        rc = mtmd.mtmd_encode_chunk(ptr, chunk.live())
+        if rc != 0:
+            raise GenerationFailed(f"libmtmd could not encode the media ({rc})")
+        out = mtmd.mtmd_get_output_embd(ptr)
+        return np.ctypeslib.as_array(out, shape=(chunk.n_tokens, self.n_embd)).copy()
+
+    def eval_chunks(
+        self,
+        ctx: Context,
+        chunks: Chunks,
+        n_past: int,
+        seq: int,
+        n_batch: int,
+        *,
+        logits_last: bool = True,
+    ) -> int:
+        """Decode every chunk into sequence `seq` from position n_past (libmtmd's own loop:
+        text in batches of n_batch, media encoded then decoded); returns the new n_past.
+
+        With logits_last, the last token's logits are in batch row -1 of the last decode
+        (`ctx.logits(-1)`, as llama_get_logits_ith reads negative rows)."""
+        new_n_past = lc.llama_pos(0)
+        rc = mtmd.mtmd_helper_eval_chunks(
+            self._live(),
+            ctx.ptr,
+            chunks.live(),
+            n_past,
+            seq,
+            n_batch,
+            logits_last,
+            ctypes.byref(new_n_past),
+        )
+        if rc != 0:
+            raise GenerationFailed(f"libmtmd could not evaluate the prompt ({rc})")
+        return new_n_past.value
+
+    def decode_embeddings(
+        self,
+        ctx: Context,
+        chunk: Chunk,
+        embd: np.ndarray,
+        n_past: int,
+        seq: int,
+        n_batch: int,
+    ) -> int:
+        """Decode an image chunk's embeddings (from `encode`, or a cache of them) into
+        sequence `seq` at positions n_past..; returns the new n_past. No logits are kept: a
+        prompt goes on with text, whose last token asks for them.
+
+        The scheduler's path: a llama_batch holds tokens or embeddings, never both, so media
+        takes decode steps of its own beside text streams."""
+        if self.uses_mrope:
+            # Positions of M-RoPE models are 2-D per token; libmtmd's helper computes them.
+            raise NotImplementedError("M-RoPE projectors decode through eval_chunks")
+        if embd.shape != (chunk.n_tokens, self.n_embd):
+            raise ValueError(f"embeddings {embd.shape} != ({chunk.n_tokens}, {self.n_embd})")
+        rows = np.ascontiguousarray(embd, dtype=np.float32)
+        # Gemma 3 attends bidirectionally within an image.
+        non_causal = bool(mtmd.mtmd_decode_use_non_causal(self._live(), chunk.live()))
+        if non_causal:
+            lc.llama_set_causal_attn(ctx.ptr, False)
+        try:
+            with EmbeddingBatch(min(n_batch, len(rows)), self.n_embd) as batch:
+                for start in range(0, len(rows), n_batch):
+                    part = rows[start : start + n_batch]
+                    batch.fill(part, n_past + start, seq)
+                    rc = lc.llama_decode(ctx.ptr, batch.raw)
+                    if rc != 0:
+                        raise GenerationFailed(f"llama_decode of image embeddings returned {rc}")
+        finally:
+            if non_causal:
+                lc.llama_set_causal_attn(ctx.ptr, True)
+        return n_past + chunk.n_pos
+
+    def close(self) -> None:
+        """Free the projector (before its text model)."""
+        if self.ptr:
+            mtmd.mtmd_free(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> Projector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+class Bitmap:
+    """One image (RGB) or audio clip (float PCM) for libmtmd, with an optional id (a digest
+    of the decoded media, which names its chunks for KV reuse)."""
+
+    def __init__(self, ptr: int, media_id: str | None = None) -> None:
+        self.ptr: int | None = ptr
+        if media_id is not None:
+            mtmd.mtmd_bitmap_set_id(ptr, media_id.encode())
+        self.width: int = mtmd.mtmd_bitmap_get_nx(ptr)
+        self.height: int = mtmd.mtmd_bitmap_get_ny(ptr)
+        self.is_audio: bool = bool(mtmd.mtmd_bitmap_is_audio(ptr))
+
+    def live(self) -> int:
+        """The raw pointer; refuses a closed bitmap."""
+        if not self.ptr:
+            raise RuntimeError("the bitmap is closed")
+        return self.ptr
+
+    @property
+    def id(self) -> str | None:
+        """The id given at creation, if any."""
+        raw = mtmd.mtmd_bitmap_get_id(self.live())
+        return raw.decode() if raw else None
+
+    def data(self) -> bytes:
+        """A copy of the bitmap's bytes (RGB rows, or float32 samples for audio)."""
+        n = mtmd.mtmd_bitmap_get_n_bytes(self.live())
+        return ctypes.string_at(mtmd.mtmd_bitmap_get_data(self.live()), n)
+
+    def close(self) -> None:
+        """Free the bitmap (chunks tokenized from it keep their own copy)."""
+        if self.ptr:
+            mtmd.mtmd_bitmap_free(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> Bitmap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Chunks:
+    """A tokenized prompt: text runs and media chunks, in order."""
+
+    def __init__(self, ptr: int) -> None:
+        if not ptr:
+            raise GenerationFailed("libmtmd could not allocate chunks")
+        self.ptr: int | None = ptr
+
+    def live(self) -> int:
+        """The raw pointer; refuses closed chunks."""
+        if not self.ptr:
+            raise RuntimeError("the chunks are closed")
+        return self.ptr
+
+    def __len__(self) -> int:
+        return mtmd.mtmd_input_chunks_size(self.live())
+
+    def __getitem__(self, i: int) -> Chunk:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return Chunk(self, mtmd.mtmd_input_chunks_get(self.live(), i % n))
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens of every chunk together (text tokens plus media embeddings)."""
+        return mtmd.mtmd_helper_get_n_tokens(self.live())
+
+    @property
+    def n_pos(self) -> int:
+        """KV positions the chunks take (fewer than n_tokens for M-RoPE images)."""
+        return mtmd.mtmd_helper_get_n_pos(self.live())
+
+    def close(self) -> None:
+        """Free every chunk."""
+        if self.ptr:
+            mtmd.mtmd_input_chunks_free(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> Chunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Chunk:
+    """One chunk, a view into its Chunks (valid while they are open)."""
+
+    def __init__(self, owner: Chunks, ptr: int) -> None:
+        self._owner = owner
+        self._ptr = ptr
+        kind = mtmd.mtmd_input_chunk_get_type(ptr)
+        try:
+            self.type = ChunkType(kind)
+        except ValueError:
+            raise GenerationFailed(f"libmtmd made a chunk of unknown type {kind}") from None
+        self.n_tokens: int = mtmd.mtmd_input_chunk_get_n_tokens(ptr)
+        self.n_pos: int = mtmd.mtmd_input_chunk_get_n_pos(ptr)
+
+    def live(self) -> int:
+        """The raw pointer; refuses a chunk whose Chunks are closed."""
+        self._owner.live()
+        return self._ptr
+
+    @property
+    def id(self) -> str | None:
+        """The media id of the bitmap this chunk came from (None for text or no id)."""
+        raw = mtmd.mtmd_input_chunk_get_id(self.live())
+        return raw.decode() if raw else None
+
+    def text_tokens(self) -> list[int]:
+        """The token ids of a text chunk ([] for media)."""
+        chunk = self.live()
+        if self.type != ChunkType.TEXT:
+            return []
+        n = ctypes.c_size_t(0)
+        ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+        return list(ptr[: n.value]) if ptr and n.value else []
+
+
+class EmbeddingBatch:
+    """A llama_batch of embedding rows (no token ids) for one sequence."""
+
+    def __init__(self, capacity: int, n_embd: int) -> None:
+        self.raw = lc.llama_batch_init(capacity, n_embd, 1)
+        self.capacity = capacity
+        self.n_embd = n_embd
+
+    def fill(self, rows: np.ndarray, pos0: int, seq: int) -> None:
+        """Put rows (n, n_embd float32, contiguous) at positions pos0.. of seq; no logits."""
+        n = len(rows)
+        if n > self.capacity:
+            raise IndexError(f"the batch holds at most {self.capacity} rows")
+        raw = self.raw
+        ctypes.memmove(raw.embd, rows.ctypes.data, rows.nbytes)
+        for i in range(n):
+            raw.pos[i] = pos0 + i
+            raw.n_seq_id[i] = 1
+            raw.seq_id[i][0] = seq
+            raw.logits[i] = False
+        raw.n_tokens = n
+
+    def close(self) -> None:
+        """Free the batch arrays."""
+        if self.raw is not None:
+            lc.llama_batch_free(self.raw)
+            self.raw = None
+
+    def __enter__(self) -> EmbeddingBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

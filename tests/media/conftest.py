@@ -1,0 +1,86 @@
+"""A vision model made in the test: the embedded SmolLM2 as the language model and a tiny
+random SmolVLM (Idefics3) projector converted by quantize/mmproj.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import pytest
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+from daemon.engine.native.llama import Model
+from daemon.engine.native.mtmd import Projector, ProjectorOptions
+from quantize.mmproj import convert_mmproj
+from tests.media.tiny_vlm import write_checkpoint
+
+# libmtmd frames an Idefics3 image with "<fake_token_around_image>" and "<global-img>", which
+# it looks up as single tokens of the text model (SmolVLM's LM is SmolLM2 plus such tokens).
+# SmolLM2 lacks them, so the test's LM renames two control tokens it never emits in chat.
+IMAGE_TOKENS = {11: "<fake_token_around_image>", 12: "<global-img>"}  # <jupyter_start>, _text
+
+
+def with_tokens(src: Path, out: Path, renames: dict[int, str]) -> Path:
+    """A copy of a GGUF whose vocabulary has tokens renamed (ids, types and weights kept)."""
+    reader = gguf.GGUFReader(src)
+    field = reader.get_field(gguf.Keys.Tokenizer.LIST)
+    assert field is not None
+    tokens = list(field.contents())
+    for token_id, text in renames.items():
+        tokens[token_id] = text
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert arch is not None
+    writer = gguf.GGUFWriter(out, arch.contents(), endianess=reader.endianess)
+    details = MetadataDetails(gguf.GGUFValueType.ARRAY, tokens, sub_type=gguf.GGUFValueType.STRING)
+    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.LIST: details}, [])
+    return out
+
+
+@pytest.fixture(scope="session")
+def vlm_lm_path(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 with SmolVLM's two image-framing tokens."""
+    return with_tokens(smollm_gguf, tmp_path_factory.mktemp("vlm_lm") / "lm.gguf", IMAGE_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def text_hidden(smollm_gguf: Path) -> int:
+    """SmolLM2's embedding width: the projector's projection_dim."""
+    field = gguf.GGUFReader(smollm_gguf).get_field("llama.embedding_length")
+    assert field is not None
+    return int(field.contents())
+
+
+@pytest.fixture(scope="session")
+def vlm_dir(text_hidden: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SmolVLM checkpoint (Hugging Face layout)."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny_smolvlm"), text_hidden)
+
+
+@pytest.fixture(scope="session")
+def mmproj(vlm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The checkpoint's projector converted to F32 and F16 mmproj GGUFs."""
+    out = tmp_path_factory.mktemp("mmproj")
+    return {
+        t: convert_mmproj(vlm_dir, out / f"mmproj.{t}.gguf", t, progress=False)
+        for t in ("f32", "f16")
+    }
+
+
+@pytest.fixture(scope="session")
+def vlm_lm(vlm_lm_path: Path) -> Iterator[Model]:
+    """The language model, loaded once."""
+    model = Model(vlm_lm_path)
+    yield model
+    model.close()
+
+
+# Flash attention off: on CPU it casts K and V to F16, and the reference tests are exact.
+OPTIONS = ProjectorOptions(n_threads=2, flash_attn=False)
+
+
+@pytest.fixture(scope="session")
+def projector(vlm_lm: Model, mmproj: dict[str, Path]) -> Iterator[Projector]:
+    """The F32 projector against the language model."""
+    with Projector(vlm_lm, mmproj["f32"], OPTIONS) as p:
+        yield p
