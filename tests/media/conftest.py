@@ -76,7 +76,7 @@ def vlm_lm(vlm_lm_path: Path) -> Iterator[Model]:
 
 
 # Flash attention off: on CPU it casts K and V to F16, and the reference tests are exact.
-OPTIONS = ProjectorOptions(n_threads=2, flash_attn=False)
+OPTIONS = ProjectorOptions(n_threads=1, flash_attn=False)
 
 
 @pytest.fixture(scope="session")
