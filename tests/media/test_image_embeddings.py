@@ -8,7 +8,7 @@ table. With those two emulated, what is left is float32 noise (5e-6 and 7e-7 for
 images), plus, where a float32 and a float64 pre-activation round to neighbouring F16
 values, one table step (1.1e-4 for a third image): bound 5e-4. Against the exact float64
 reference the F16 roundings leave 1.3e-3 to 2e-3: bound 5e-3. An F16 projector rounds every
-matrix as well (2.8e-3): bound 1e-2.
+matrix as well (2.8e-3): bound 1e-2; BF16 and Q8_0 projectors likewise, coarser.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import pytest
 from daemon.engine.errors import GenerationFailed, InvalidInput
 from daemon.engine.native.llama import Model
 from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
+from quantize.mmproj import convert_mmproj
 from tests.media.conftest import OPTIONS
 from tests.media.tiny_vlm import VISION, image_embeddings, png_bytes, sample_image
 
 TOKENS_PER_TILE = (VISION["image_size"] // VISION["patch_size"] // 2) ** 2  # pixel shuffle 2
 EMULATED_TOL, EXACT_TOL, F16_TOL = 5e-4, 5e-3, 1e-2
+BF16_TOL, Q8_0_TOL = 5e-2, 0.2  # measured 1.5e-2 and 6.7e-2
 
 
 def _image_embeddings(projector: Projector, image: np.ndarray) -> list[np.ndarray]:
@@ -56,11 +58,17 @@ def test_embeddings_equal_the_numpy_reference(projector: Projector, vlm_dir: Pat
     assert np.abs(exact).max() > 1.0  # a real signal, not near-zero outputs passing trivially
 
 
-def test_f16_projector_is_close(vlm_lm: Model, mmproj: dict[str, Path], vlm_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("outtype", "tol"), [("f16", F16_TOL), ("bf16", BF16_TOL), ("q8_0", Q8_0_TOL)]
+)
+def test_rounded_projectors_stay_close(
+    vlm_lm: Model, vlm_dir: Path, tmp_path: Path, outtype: str, tol: float
+) -> None:
+    path = convert_mmproj(vlm_dir, tmp_path / f"{outtype}.gguf", outtype, progress=False)
     image = sample_image(seed=7)
-    with Projector(vlm_lm, mmproj["f16"], OPTIONS) as p:
+    with Projector(vlm_lm, path, OPTIONS) as p:
         got = _image_embeddings(p, image)[0]
-    assert np.abs(got - image_embeddings(vlm_dir, image)).max() < F16_TOL
+    assert np.abs(got - image_embeddings(vlm_dir, image)).max() < tol
 
 
 def test_other_images_differ(projector: Projector, vlm_dir: Path) -> None:
