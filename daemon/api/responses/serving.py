@@ -1,31 +1,26 @@
 """OpenAI Responses: translate into the shared chat path; keep each conversation's KV state.
 
-A turn that names `previous_response_id` renders the whole conversation as any chat would.
-When the kept sequence of the previous turn is a prefix of that prompt, its KV state is
-restored and only the rest (the new input) is prefilled; otherwise it is a full prefill.
-The KV state is restored only on the very model file that computed it (`model_identity`,
-the file's sha256): a chain continued after the model was replaced under the same name, or
-under another model or adapter set, is recomputed from its text history instead.
+The request becomes a core chat request here; `chain.py` resumes and stores the conversation
+chain, `events.py` words a streamed turn as OpenAI's semantic events.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.errors import OPENAI as OPENAI_SHAPE
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.responses import items as it
+from daemon.api.responses.chain import Job, resume
+from daemon.api.responses.events import error_event, stream_events
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
-from daemon.api.streams import Named, named_sse
-from daemon.core.calls import ToolCall
+from daemon.api.streams import named_sse
 from daemon.core.choices import Policy, submit_choices
-from daemon.core.prompt import ChatPrompt, build_chat
+from daemon.core.prompt import build_chat
 from daemon.core.request import (
     ChatRequest,
     FunctionSpec,
@@ -35,14 +30,11 @@ from daemon.core.request import (
     ToolChoice,
 )
 from daemon.core.sampling import OPENAI, sampling_of
-from daemon.core.turns import Reasoning, TurnEnd, run_turn, turn_events
+from daemon.core.turns import run_turn
 from daemon.core.watch import leased
-from daemon.engine.errors import IdBusy
-from daemon.engine.handle import RequestHandle
-from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.engine.types import FinishReason, SavedSequence
-from daemon.errors import EdgedError, InvalidRequest, NotFound
+from daemon.engine.types import FinishReason
+from daemon.errors import InvalidRequest, NotFound
 
 _UNSUPPORTED = {
     "background": "background responses are not supported; every response is synchronous",
@@ -115,141 +107,6 @@ def _chat_request(req: ResponsesRequest, messages: list[dict[str, Any]]) -> Chat
     )
 
 
-def _resume(
-    lm: LoadedModel, owner: str, prev: StoredResponse, chat: ChatPrompt
-) -> tuple[list[int], SavedSequence] | None:
-    """The previous turn's kept state, extended by this turn's new tokens, if it is a prefix."""
-    key = kv_key(owner, prev.body["id"])
-    try:
-        saved = lm.store.claim(key)
-    except IdBusy:
-        return None
-    lm.store.release(key, None)  # the entry stays: a conversation may branch from it again
-    if saved is None or saved.state is None or list(saved.tokens + saved.pending) != prev.tokens:
-        return None
-    if saved.model_id != lm.identity:  # computed by another file of the model: recompute
-        return None
-    full = prev.tokens
-    if chat.rendered.startswith(prev.covered):
-        # Joining at the text level keeps the model's own tokens for its earlier answer.
-        rest = chat.rendered[len(prev.covered) :]
-        tail = lm.model.tokenize(rest, add_special=False, parse_special=True)
-    elif chat.tokens[: len(full)] == full:
-        tail = chat.tokens[len(full) :]
-    else:
-        return None
-    if not tail:
-        return None
-    prompt = full + tail
-    resume = SavedSequence(
-        tokens=saved.tokens,
-        pending=saved.pending + tuple(tail),
-        n_prompt=len(prompt),
-        state=saved.state,
-        exact=saved.exact,
-        lora=saved.lora,
-        model_id=saved.model_id,
-    )
-    return prompt, resume
-
-
-@dataclass
-class _Job:
-    """One response being generated, and what storing it needs."""
-
-    id: str
-    created_at: int
-    req: ResponsesRequest
-    model: str
-    lm: LoadedModel
-    chat: ChatPrompt
-    prompt: list[int]
-    handle: RequestHandle
-    input_items: list[dict[str, Any]]
-    history: list[dict[str, Any]]
-    owner: str
-    store: ResponseStore
-
-    def body(self, status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
-        req = self.req
-        text_format: dict[str, Any] = {"type": "text"}
-        if req.text is not None and req.text.format is not None:
-            text_format = req.text.format.model_dump(by_alias=True, exclude_none=True)
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "error": None,
-            "incomplete_details": None,
-            "instructions": req.instructions,
-            "max_output_tokens": req.max_output_tokens,
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": req.parallel_tool_calls,
-            "previous_response_id": req.previous_response_id,
-            "store": req.store,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "text": {"format": text_format},
-            "tool_choice": _wire_choice(req),
-            "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-            "truncation": "disabled",
-            "reasoning": {
-                "effort": req.reasoning.effort if req.reasoning else None,
-                "summary": None,
-            },
-            "usage": None,
-            "metadata": req.metadata or {},
-            "user": req.user,
-        }
-
-    def reasoning_tokens(self, output: list[dict[str, Any]]) -> int:
-        """The thinking's length in tokens (its text re-tokenized: the engine counts the turn)."""
-        text = "".join(p["text"] for o in output if o["type"] == "reasoning" for p in o["content"])
-        return len(self.lm.model.tokenize(text, add_special=False, parse_special=False))
-
-    def finish(self, output: list[dict[str, Any]], end: TurnEnd) -> dict[str, Any]:
-        """The final response object; stored (with its conversation) when `store` is set."""
-        done = self.body("incomplete" if end.reason is FinishReason.LENGTH else "completed", output)
-        if end.reason is FinishReason.LENGTH:
-            done["incomplete_details"] = {"reason": "max_output_tokens"}
-        u = self.handle.usage
-        done["usage"] = {
-            "input_tokens": u.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": u.cached_tokens},
-            "output_tokens": u.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens(output)},
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-        }
-        saved = self.handle.saved
-        if self.req.store and saved is not None:
-            # What the kept KV state holds, from the engine itself (chunks skip held-back tokens).
-            tokens = list(saved.tokens + saved.pending)
-            generated = self.lm.model.detokenize(tokens[len(self.prompt) :], special=True)
-            self.store.put(
-                self.owner,
-                self.id,
-                StoredResponse(
-                    body=done,
-                    input_items=self.input_items,
-                    history=self.history + it.to_messages(output),
-                    model=self.lm.name,
-                    covered=self.chat.rendered + generated,
-                    tokens=tokens,
-                    model_identity=self.lm.identity,
-                ),
-            )
-        return done
-
-
-def _wire_choice(req: ResponsesRequest) -> Any:
-    c = req.tool_choice
-    if c is None:
-        return "auto"
-    return c if isinstance(c, str) else c.model_dump(exclude_none=True)
-
-
 async def create_response(
     registry: ModelRegistry,
     store: ResponseStore,
@@ -277,7 +134,7 @@ async def create_response(
     # Resumed only on the very file that computed it: a model replaced under the same name
     # recomputes the chain from its text history (as for a changed LoRA set).
     same = prev is not None and prev.model == lm.name and prev.model_identity == lm.identity
-    resumed = _resume(lm, owner, prev, chat) if prev is not None and same else None
+    resumed = resume(lm, owner, prev, chat) if prev is not None and same else None
     if resumed is not None:
         prompt = resumed[0]
     resp_id = it.new_id("resp")
@@ -300,7 +157,7 @@ async def create_response(
                 h.saved if h.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) else None,
             )
         )
-    job = _Job(
+    job = Job(
         resp_id,
         int(time.time()),
         req,
@@ -315,7 +172,7 @@ async def create_response(
         store,
     )
     if req.stream:
-        return named_sse(_events(job), handles, _error_event)
+        return named_sse(stream_events(job), handles, error_event)
     turn = await run_turn(handles[0], chat.plan, chat.think)
     output: list[dict[str, Any]] = []
     if turn.reasoning is not None:
@@ -324,151 +181,6 @@ async def create_response(
         output.append(it.message_item(it.new_id("msg"), turn.content))
     output += [it.call_item(c) for c in turn.calls]
     return job.finish(output, turn.end)
-
-
-def _error_event(exc: EdgedError) -> Named:
-    err = OPENAI_SHAPE.wire(exc)["error"]
-    return "error", {
-        "type": "error",
-        "code": err["code"],
-        "message": err["message"],
-        "param": err["param"],
-    }
-
-
-async def _events(job: _Job) -> AsyncIterator[Named]:
-    """The semantic event sequence, each event numbered."""
-    seq = 0
-    output: list[dict[str, Any]] = []
-    text: list[str] = []
-    msg: dict[str, Any] | None = None
-
-    def event(kind: str, **data: Any) -> Named:
-        nonlocal seq
-        seq += 1
-        return kind, {"type": kind, "sequence_number": seq - 1, **data}
-
-    def close_message() -> list[Named]:
-        nonlocal msg
-        assert msg is not None
-        full = "".join(text)
-        where = {"item_id": msg["id"], "output_index": len(output), "content_index": 0}
-        part = {"type": "output_text", "text": full, "annotations": []}
-        done = it.message_item(msg["id"], full)
-        out = [
-            event("response.output_text.done", **where, text=full, logprobs=[]),
-            event("response.content_part.done", **where, part=part),
-            event("response.output_item.done", output_index=len(output), item=done),
-        ]
-        output.append(done)
-        msg = None
-        text.clear()
-        return out
-
-    def open_message() -> list[Named]:
-        nonlocal msg
-        msg = it.message_item(it.new_id("msg"), "", status="in_progress")
-        where = {"item_id": msg["id"], "output_index": len(output), "content_index": 0}
-        part = {"type": "output_text", "text": "", "annotations": []}
-        return [
-            event("response.output_item.added", output_index=len(output), item=msg),
-            event("response.content_part.added", **where, part=part),
-        ]
-
-    thoughts: list[str] = []
-    rs: dict[str, Any] | None = None  # the open reasoning item
-
-    def open_reasoning() -> list[Named]:
-        nonlocal rs
-        rs = it.reasoning_item(it.new_id("rs"), "", status="in_progress")
-        where = {"item_id": rs["id"], "output_index": len(output), "content_index": 0}
-        part = {"type": "reasoning_text", "text": ""}
-        return [
-            event("response.output_item.added", output_index=len(output), item=rs),
-            event("response.content_part.added", **where, part=part),
-        ]
-
-    def close_reasoning() -> list[Named]:
-        nonlocal rs
-        assert rs is not None
-        full = "".join(thoughts)
-        where = {"item_id": rs["id"], "output_index": len(output), "content_index": 0}
-        done = it.reasoning_item(rs["id"], full)
-        out = [
-            event("response.reasoning_text.done", **where, text=full),
-            event("response.content_part.done", **where, part=done["content"][0]),
-            event("response.output_item.done", output_index=len(output), item=done),
-        ]
-        output.append(done)
-        rs = None
-        return out
-
-    yield event("response.created", response=job.body("in_progress", []))
-    yield event("response.in_progress", response=job.body("in_progress", []))
-    async for ev in turn_events(job.handle, job.chat.plan, job.chat.think):
-        if rs is not None and not isinstance(ev, Reasoning):
-            for e in close_reasoning():
-                yield e
-        if isinstance(ev, Reasoning):
-            if rs is None:
-                for e in open_reasoning():
-                    yield e
-            assert rs is not None
-            thoughts.append(ev.text)
-            yield event(
-                "response.reasoning_text.delta",
-                item_id=rs["id"],
-                output_index=len(output),
-                content_index=0,
-                delta=ev.text,
-            )
-        elif isinstance(ev, str):
-            if msg is None:
-                for e in open_message():
-                    yield e
-            assert msg is not None
-            text.append(ev)
-            yield event(
-                "response.output_text.delta",
-                item_id=msg["id"],
-                output_index=len(output),
-                content_index=0,
-                delta=ev,
-                logprobs=[],
-            )
-        elif isinstance(ev, ToolCall):
-            if msg is not None:
-                for e in close_message():
-                    yield e
-            for e in _call_events(event, ev, len(output)):
-                yield e
-            output.append(it.call_item(ev))
-        else:
-            if msg is None and not any(o["type"] != "reasoning" for o in output):
-                for e in open_message():  # an empty answer is still one (empty) message
-                    yield e
-            if msg is not None:
-                for e in close_message():
-                    yield e
-            final = job.finish(output, ev)
-            kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
-            yield event(kind, response=final)
-
-
-def _call_events(event: Any, call: ToolCall, index: int) -> list[Named]:
-    started = it.call_item(call, status="in_progress")
-    where = {"item_id": started["id"], "output_index": index}
-    return [
-        event("response.output_item.added", output_index=index, item=started),
-        event("response.function_call_arguments.delta", **where, delta=call.arguments),
-        event(
-            "response.function_call_arguments.done",
-            **where,
-            arguments=call.arguments,
-            name=call.name,
-        ),
-        event("response.output_item.done", output_index=index, item=it.call_item(call)),
-    ]
 
 
 def _owned(store: ResponseStore, owner: str, response_id: str) -> StoredResponse:
