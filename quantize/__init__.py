@@ -13,6 +13,7 @@ from quantize.errors import (
 )
 from quantize.fetch import fetch
 from quantize.info import GGUFInfo, inspect_gguf
+from quantize.mmproj import convert_mmproj
 from quantize.pull import pull
 from quantize.quantize import QUANT_TYPES, quantize_gguf
 
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownType",
     "UnsupportedArchitecture",
     "convert",
+    "convert_mmproj",
     "fetch",
     "inspect_gguf",
     "pull",

@@ -88,9 +88,13 @@ _NO_FFMPEG_DIR = b"/dev/null"
 
 
 class Projector:
-    """An mmproj GGUF loaded against one text model (close it before the model)."""
+    """An mmproj GGUF loaded against one text model (close it before the model).
 
-    def __init__(self, model: Model, path: Path, options: ProjectorOptions = ProjectorOptions()):
+    One thread at a time: libmtmd keeps a single output buffer per projector."""
+
+    def __init__(
+        self, model: Model, path: Path, options: ProjectorOptions = ProjectorOptions()
+    ) -> None:
         init_backend()
         _route_logs()
         if not path.is_file():
@@ -289,6 +293,8 @@ class Projector:
         rows = np.ascontiguousarray(embd, dtype=np.float32)
         # Gemma 3 attends bidirectionally within an image.
         non_causal = bool(mtmd.mtmd_decode_use_non_causal(self._live(), chunk.live()))
+        if non_causal and n_batch < len(rows):
+            raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one batch")
         if non_causal:
             lc.llama_set_causal_attn(ctx.ptr, False)
         try:
