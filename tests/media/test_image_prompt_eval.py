@@ -138,3 +138,28 @@ def test_embeddings_must_fit_the_chunk(projector: Projector, vlm_lm: Model, chun
             )
     finally:
         ctx.close()
+
+
+def test_a_saved_sequence_with_an_image_restores(
+    projector: Projector, vlm_lm: Model, chunks: Chunks
+) -> None:
+    """The KV state of a sequence holding image embeddings saves and loads like any other
+    (what the prompt cache and request_id continuation store): decoding after a restore in a
+    fresh context gives the same logits as decoding on in the original one."""
+    ctx = _context(vlm_lm)
+    try:
+        n_past = projector.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
+        saved = ctx.state_get(0)
+        tokens, logits = _greedy(ctx, n_past, -1)
+    finally:
+        ctx.close()
+    fresh, batch = _context(vlm_lm), Batch(1)
+    try:
+        assert fresh.state_set(0, saved)
+        batch.add(tokens[0], n_past, 0, True)
+        assert fresh.decode(batch) == 0
+        assert int(np.argmax(fresh.logits_np(0))) == tokens[1]
+        assert np.abs(fresh.logits_np(0) - logits[1]).max() < 1e-3
+    finally:
+        batch.close()
+        fresh.close()
