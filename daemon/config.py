@@ -200,8 +200,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _quantized_values_need_flash_attn(self) -> Settings:
-        # llama.cpp refuses to create a context with a quantized V cache without it.
-        if self.cache_type_v not in ("f32", "f16", "bf16") and not self.flash_attn:
+        # llama.cpp refuses to create a context with a quantized V cache without it (unset, it
+        # is on unless --exact).
+        off = self.flash_attn is False or (self.flash_attn is None and self.exact)
+        if self.cache_type_v not in ("f32", "f16", "bf16") and off:
             raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn (--flash-attn)")
         return self
 

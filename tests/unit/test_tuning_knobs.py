@@ -42,10 +42,33 @@ def test_tuning_flags_reach_the_engine() -> None:
 
 
 def test_quantized_value_cache_needs_flash_attention() -> None:
-    with pytest.raises(ValidationError, match="flash_attn"):
-        parse("--cache-type-v", "q8_0")
-    s = parse("--cache-type-v", "q8_0", "--cache-type-k", "q8_0", "--flash-attn")
+    for off in (("--no-flash-attn",), ("--exact",)):  # unset is on unless --exact
+        with pytest.raises(ValidationError, match="flash_attn"):
+            parse("--cache-type-v", "q8_0", *off)
+    assert engine_options(parse("--cache-type-v", "q8_0")).flash_attn is True
+    s = parse("--cache-type-v", "q8_0", "--cache-type-k", "q8_0", "--flash-attn", "--exact")
     assert (s.cache_type_k, s.cache_type_v, s.flash_attn) == ("q8_0", "q8_0", True)
+
+
+def test_fast_by_default_exact_on_request() -> None:
+    """Unset, flash attention and speculation are on and every cached token is reused;
+    --exact turns them to the bit-exact contract; explicit flags win either way."""
+    fast = engine_options(parse())
+    assert (fast.exact, fast.flash_attn, fast.speculate) == (False, True, True)
+    exact = engine_options(parse("--exact"))
+    # None: on for encoders only (embedding and rerank models keep no KV to reuse).
+    assert (exact.exact, exact.flash_attn, exact.speculate) == (True, None, False)
+    mixed = engine_options(parse("--exact", "--flash-attn", "--speculate"))
+    assert (mixed.exact, mixed.flash_attn, mixed.speculate) == (True, True, True)
+    plain = engine_options(parse("--no-flash-attn", "--no-speculate"))
+    assert (plain.exact, plain.flash_attn, plain.speculate) == (False, False, False)
+
+
+def test_exact_and_speculate_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_EXACT", "true")
+    monkeypatch.setenv("EDGED_SPECULATE", "true")
+    e = engine_options(Settings())
+    assert (e.exact, e.speculate) == (True, True)
 
 
 def test_unknown_cache_type_is_refused() -> None:
