@@ -129,12 +129,14 @@ def test_bad_media_is_the_callers_error(projector: Projector) -> None:
         projector.bitmap_rgb(b"\x00" * 10, 32, 32)
     with pytest.raises(InvalidInput):
         projector.bitmap_rgb(b"", 0, 0)
-    with pytest.raises(InvalidInput, match="decoded"):
+    with pytest.raises(InvalidInput, match="unsupported media"):
         projector.bitmap_file_bytes(b"not an image at all")
-    with pytest.raises(InvalidInput, match="decoded"):
+    with pytest.raises(InvalidInput, match="png file cannot be decoded"):
         projector.bitmap_file_bytes(png_bytes(sample_image())[:60])  # truncated
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="unsupported media"):
         projector.bitmap_file_bytes(b"")
+    with pytest.raises(InvalidInput, match="does not take audio"):
+        projector.bitmap_file_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
     with pytest.raises(InvalidInput, match="audio"):
         projector.bitmap_audio(np.zeros(16000, np.float32))
     with projector.bitmap_rgb(sample_image().tobytes(), 32, 32) as bitmap:
@@ -168,17 +170,17 @@ def test_undecodable_bytes_never_reach_ffprobe(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """libmtmd's helper tries bytes that are neither image nor audio as video, by running
-    ffprobe from PATH on them; the projector's default points it at a directory that
-    cannot exist. A fake ffprobe first in PATH proves nothing was run."""
+    """libmtmd's helper tries bytes stb cannot decode as video, by running ffprobe from
+    PATH on them; the projector's default points it at a directory that cannot exist. A
+    fake ffprobe first in PATH proves nothing was run."""
     bin_dir, ran = tmp_path / "bin", tmp_path / "ran"
     bin_dir.mkdir()
     fake = bin_dir / "ffprobe"
     fake.write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    junk = b"\x00\x00\x00\x18ftypmp42 not really a video"
-    with pytest.raises(InvalidInput, match="decoded"):
+    junk = png_bytes(sample_image())[:60]  # a PNG header stb cannot decode past
+    with pytest.raises(InvalidInput, match="cannot be decoded"):
         projector.bitmap_file_bytes(junk)
     assert not ran.exists()
     # The control: with video on, the same bytes do start the PATH's ffprobe.

@@ -21,6 +21,7 @@ from types import TracebackType
 import numpy as np
 
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
+from daemon.engine.mediainfo import sniff
 from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
 
 log = logging.getLogger("edged.mtmd")
@@ -169,18 +170,38 @@ class Projector:
             raise GenerationFailed("libmtmd could not allocate an audio bitmap")
         return Bitmap(ptr, media_id)
 
-    def bitmap_file_bytes(self, data: bytes, media_id: str | None = None) -> Bitmap:
-        """A bitmap decoded from an encoded file in memory: an image (PNG, JPEG, BMP, GIF ...
-        through stb_image) or audio (WAV, MP3, FLAC, told apart by their magic bytes); video
-        only with ProjectorOptions.video."""
+    def bitmap_file_bytes(
+        self, data: bytes, media_id: str | None = None, *, max_pixels: int | None = None
+    ) -> Bitmap:
+        """A bitmap decoded from an encoded file in memory: an image (PNG, JPEG, GIF, BMP,
+        through stb_image) or audio (WAV, MP3, FLAC). The format is read from the first bytes
+        and the declared size checked against max_pixels before anything is decoded."""
         ptr = self._live()
-        if not data:
-            raise InvalidInput("the media file is empty", subject="image")
+        header = sniff(data)
+        if header is None:
+            raise InvalidInput(
+                "unsupported media (images: PNG, JPEG, GIF, BMP; audio: WAV, MP3, FLAC)",
+                subject="media",
+            )
+        if header.kind == "audio" and not self.audio:
+            raise InvalidInput("this model does not take audio", subject="audio")
+        if header.kind == "image" and not self.vision:
+            raise InvalidInput("this model does not take images", subject="image")
+        declared = header.pixels
+        if max_pixels is not None and declared is not None and declared > max_pixels:
+            raise InvalidInput(
+                f"a {header.width}×{header.height} image is over the {max_pixels}-pixel limit",
+                subject="image",
+            )
         buf = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint8))
         ptr = mtmd.mtmd_helper_bitmap_init_from_buf(ptr, buf, len(data), False, self._decode_opt)
         if not ptr:
-            raise InvalidInput("the media file cannot be decoded", subject="image")
-        return Bitmap(ptr, media_id)
+            raise InvalidInput(f"the {header.format} file cannot be decoded", subject=header.kind)
+        bitmap = Bitmap(ptr, media_id)
+        if header.kind == "image" and max_pixels and bitmap.width * bitmap.height > max_pixels:
+            bitmap.close()  # a size only the decoder found (a JPEG without a readable frame)
+            raise InvalidInput(f"the image is over the {max_pixels}-pixel limit", subject="image")
+        return bitmap
 
     def tokenize(
         self,
