@@ -59,6 +59,9 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_n": ("--max-n", int, "largest n (choices) per request"),
     "max_batch": ("--max-batch", int, "most prompts in one batch request"),
     "max_beams": ("--max-beams", int, "largest num_beams"),
+    "max_images": ("--max-images", int, "images one request may carry"),
+    "max_image_bytes": ("--max-image-bytes", int, "bytes of one image file"),
+    "max_image_pixels": ("--max-image-pixels", int, "width × height of one image"),
     "request_timeout": ("--request-timeout", duration, "seconds (or 5m) before a request is cut"),
     "drain_timeout": ("--drain-timeout", duration, "seconds SIGTERM waits for running streams"),
     "keep_alive": ("--keep-alive", duration, "idle time (300, 5m, 1h) before a model unloads"),
@@ -119,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
             metavar="[BASE+]NAME=PATH[:SCALE]",
             help="a LoRA adapter GGUF of BASE (default: the default model), off unless a "
             "request names it (`lora` field or model BASE+NAME); repeatable",
+        )
+        sp.add_argument(
+            "--mmproj",
+            action="append",
+            default=[],
+            metavar="[NAME=]PATH",
+            help="a vision projector (mmproj GGUF) of NAME (default: the default model); "
+            "mmproj-STEM.gguf beside STEM.gguf in the models folder pairs without it; "
+            "repeatable",
         )
         sp.add_argument(
             "--tensor-split", type=str, default=None, help="comma-separated GPU proportions"
@@ -188,6 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["tensor_split"] = [float(x) for x in args.tensor_split.split(",")]
     if args.lora:
         overrides["lora"] = args.lora
+    if args.mmproj:
+        overrides["mmproj"] = args.mmproj
     base = Settings(**overrides)
     if args.alias:
         aliases = dict(base.aliases)

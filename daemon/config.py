@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n (choices per request)")
     max_batch: int = Field(64, ge=1, description="most prompts in one batch request")
     max_beams: int = Field(8, ge=1, description="largest num_beams")
+    max_images: int = Field(8, ge=0, description="images one request may carry")
+    max_image_bytes: int = Field(8 << 20, ge=1, description="bytes of one image file")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="width × height of one image, checked before decoding"
+    )
     request_timeout: Seconds = Field(600.0, gt=0, description="seconds before a request is cut")
     drain_timeout: Seconds = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
     keep_alive: Seconds = Field(300.0, ge=0, description="idle seconds before a model unloads")
@@ -161,6 +166,19 @@ class Settings(BaseSettings):
     lora: list[str] = Field(
         default_factory=list, description="LoRA adapters, each [BASE+]NAME=PATH[:SCALE]"
     )
+
+    mmproj: list[str] = Field(
+        default_factory=list,
+        description="vision projectors (mmproj GGUF), each PATH (the default model's) or "
+        "NAME=PATH; mmproj-STEM.gguf beside STEM.gguf pairs without it",
+    )
+
+    @field_validator("mmproj")
+    @classmethod
+    def _mmproj_specs(cls, value: list[str]) -> list[str]:
+        if len(projector_specs(value)) != len(value):
+            raise ValueError("a model is given two projectors (--mmproj)")
+        return value
 
     @field_validator("n_gpu_layers")
     @classmethod
@@ -229,3 +247,16 @@ class Settings(BaseSettings):
     def default_model_path(self) -> Path:
         """The model served when a request names none."""
         return self.model if self.model is not None else embedded_model_path()
+
+
+def projector_specs(specs: list[str]) -> dict[str | None, Path]:
+    """`--mmproj` values by model: NAME=PATH, or PATH for the default model (key None)."""
+    out: dict[str | None, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        if not path:
+            raise ValueError(f"--mmproj {spec!r}: give PATH or NAME=PATH")
+        out[name or None] = Path(path).expanduser()
+    return out

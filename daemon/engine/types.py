@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from daemon.engine.media import MediaPrompt
 
 # Element types llama.cpp can store its KV cache in (llama-server's --cache-type-k/-v set).
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
@@ -115,6 +118,9 @@ class GenerationRequest:
     # LoRA adapters (sorted (name, scale) pairs, see daemon.engine.adapters.lora): decoded only in
     # steps that apply exactly this set; its KV is reused only by requests with this set.
     lora: tuple[tuple[str, float], ...] = ()
+    # Images of the prompt: their embeddings, decoded where prompt_tokens holds stand-ins
+    # (negative ids, see daemon.engine.media).
+    media: MediaPrompt | None = None
 
     @property
     def n_slots(self) -> int:

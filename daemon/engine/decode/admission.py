@@ -19,8 +19,9 @@ from daemon.engine.decode.detokenize import IncrementalDetokenizer
 from daemon.engine.decode.slots import Slot, pick_slots, seed32
 from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.decode.worker import STOP
-from daemon.engine.errors import ModelChanged
+from daemon.engine.errors import InvalidInput, ModelChanged
 from daemon.engine.handle import Out, RequestHandle, deliver
+from daemon.engine.media import is_stand_in
 from daemon.engine.native.sampler import SamplerChain
 from daemon.engine.types import Chunk, FinishReason, GenerationRequest
 
@@ -156,6 +157,16 @@ class Admission(Completion):
     ) -> Active | None:
         req = h.request
         slot = slots[0]
+        if req.media is not None and (
+            req.beams is not None or req.keep or req.resume is not None or req.prompt_logprobs
+        ):
+            # Beams penalize, kept sequences store and prompt scores read prompt token ids:
+            # an image has none.
+            raise InvalidInput(
+                "a prompt with images cannot use beam search, prompt log-probabilities or "
+                "a kept sequence (request_id)",
+                subject="image",
+            )
         # Sampler and search first: if they refuse the request, no slot was touched yet.
         sampler = None
         beams = None
@@ -196,9 +207,14 @@ class Admission(Completion):
         log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
         history = list(req.prompt_tokens) if fork_of is not None else slot.tokens + pending
         active.base = len(history)
+        if req.media is not None:
+            # Penalties and n-gram drafts know token ids only: image positions are left out;
+            # a draft model never saw the image, so an image prompt does not speculate.
+            history = [t for t in history if not is_stand_in(t)]
         if sampler is not None:
             sampler.prime(history[-req.sampling.penalty_last_n :])
-        self.spec.attach(active, history)
+        if req.media is None:
+            self.spec.attach(active, history)
         if fork_of is not None:
             active.fork.leader = fork_of
             if fork_of not in self._active:  # the leader already ended: prefill on our own

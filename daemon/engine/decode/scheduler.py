@@ -23,7 +23,9 @@ from daemon.engine.decode.logprobs import token_logprob
 from daemon.engine.decode.slots import Slot, chunk_size, reassign
 from daemon.engine.errors import GenerationFailed
 from daemon.engine.handle import Out, RequestHandle, deliver
+from daemon.engine.media import is_stand_in
 from daemon.engine.native.llama import ContextOptions, Model
+from daemon.engine.native.mtmd import decode_rows
 from daemon.engine.speculation.drafting import SpecOptions, Speculator
 from daemon.engine.types import FinishReason, GenerationRequest
 
@@ -151,6 +153,7 @@ class Scheduler(Admission):
         # One adapter set per llama_decode (llama.cpp applies them per context).
         lora = self.lora.serve(self.ctx, (a.handle.request.lora for a in self._active))
         group = [a for a in self._active if a.handle.request.lora == lora]
+        self._decode_media(group)
         # Plan first (decode rows, then prompt chunks first come first served), then lay the
         # rows out in ascending sequence id: llama.cpp splits a batch whose sequences are out
         # of order with one KV stream each into several micro-batches (decode ~25 % slower).
@@ -174,7 +177,8 @@ class Scheduler(Admission):
             if not a.pending:
                 continue
             a.row = -1
-            n = chunk_size(len(a.pending), budget)
+            # Text up to the next image; an image's rows go through _decode_media.
+            n = chunk_size(_text_run(a.pending), budget)
             if n:
                 chunks[id(a)] = n
                 rows.append((a.slot.seq, a, -1))
@@ -247,6 +251,38 @@ class Scheduler(Admission):
             if a not in self._active:
                 return
         a.spec.valid = -1
+
+    def _decode_media(self, group: list[Active]) -> None:
+        """Decode the embeddings of one image span whose turn it is (a request whose next
+        prompt position is an image), in llama_decode calls of its own: a batch holds
+        tokens or embeddings, never both. One span per step: text streams keep their pace."""
+        for a in group:
+            if not a.pending or not is_stand_in(a.pending[0]) or a.fork.leader is not None:
+                continue
+            slot = a.slot
+            pos = len(slot.tokens)
+            try:
+                media = a.handle.request.media
+                assert media is not None, "stand-ins in a prompt without media"
+                span = media.span_at(pos)
+                rows = span.embd[pos - span.start :]
+                decode_rows(
+                    self.ctx, rows, pos, slot.seq, self.batch.capacity, non_causal=span.non_causal
+                )
+            except Exception as exc:  # this request alone; its partial KV goes
+                log.exception("decoding image embeddings failed")
+                self.ctx.seq_rm(slot.seq, pos, -1)
+                out: Out = []
+                self._finish(a, FinishReason.ERROR, "", out, error=failure(exc))
+                deliver(out)
+                return
+            n = len(rows)
+            if n > 1 and slot.exact == pos:  # one multi-row chunk, as in a fresh prefill
+                slot.exact = pos + n
+            slot.tokens.extend(a.pending[:n])
+            del a.pending[:n]
+            self.prefill_tokens += n
+            return
 
     def _add_chunk(self, a: Active, n: int) -> None:
         """Put the next `n` prompt tokens of `a` into the batch."""
@@ -327,3 +363,11 @@ class Scheduler(Admission):
             self._finish(a, reason, text, out, best_tokens=best.tokens)
             return
         group.slots = reassign(self.ctx, group.slots, [p for p, _ in parents])
+
+
+def _text_run(pending: list[int]) -> int:
+    """Leading tokens of `pending` before its first image position."""
+    for i, tok in enumerate(pending):
+        if is_stand_in(tok):
+            return i
+    return len(pending)

@@ -34,6 +34,7 @@ from daemon.engine.loading.fit import (
     plan_for,
 )
 from daemon.engine.loading.identity import file_identity
+from daemon.engine.media import MediaEncoder, MediaPrompt, Medium
 from daemon.engine.native.llama import (
     ContextOptions,
     Model,
@@ -41,6 +42,7 @@ from daemon.engine.native.llama import (
     Pooling,
     grammar_is_valid,
 )
+from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from daemon.engine.speculation.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.types import CacheType, GenerationRequest
 
@@ -105,6 +107,17 @@ def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) ->
     )
 
 
+def _projector(options: EngineOptions) -> ProjectorOptions:
+    """How a model's projector runs: on the model's device; one thread fewer than decoding,
+    since encoding runs beside the scheduler thread (two ggml pools spinning on two shared
+    cores crawl); its attention in F32 under --exact."""
+    return ProjectorOptions(
+        use_gpu=options.model.n_gpu_layers != 0,
+        n_threads=max(1, options.threads - 1),
+        flash_attn=False if options.exact else None,
+    )
+
+
 def chat_template(model: Model, name: str = "") -> ChatTemplate:
     """The model's own chat template, or ChatML when it has none or an unusable one."""
     try:
@@ -152,6 +165,7 @@ class LoadedModel:
         options: EngineOptions,
         store: SequenceStore | None = None,
         adapters: tuple[AdapterSpec, ...] = (),
+        projector: Path | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -166,11 +180,18 @@ class LoadedModel:
         self.model = Model(path, options.model)
         self.adapters: Adapters | None = None
         self.draft: Model | None = None
+        # The vision projector (--mmproj, or mmproj-<stem>.gguf beside the model): it belongs
+        # to this model and is freed before it.
+        self.media: MediaEncoder | None = None
         try:
             if adapters:  # LoRA adapters belong to this model and die with it
                 self.adapters = Adapters(self.model, adapters)
+            if projector is not None:
+                self.media = MediaEncoder(Projector(self.model, projector, _projector(options)))
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
+            if self.media is not None:
+                self.media.close()
             if self.adapters is not None:
                 self.adapters.close()
             if self.draft is not None:
@@ -313,6 +334,26 @@ class LoadedModel:
         self._check_open()
         return prompt_tokens(self.model, text)
 
+    @property
+    def vision(self) -> bool:
+        """Whether the model sees images (a projector with vision was loaded with it)."""
+        return self.media is not None and self.media.projector.vision
+
+    def media_prompt(
+        self, text: str, media: list[Medium], max_pixels: int | None = None
+    ) -> tuple[list[int], MediaPrompt]:
+        """A rendered prompt holding one media marker per image, as tokens (stand-ins at
+        image positions) and image embeddings. Blocks (decoding, encoding): off the loop."""
+        self._check_open()
+        if self.media is None or not self.media.projector.vision:
+            raise InvalidInput(
+                f"`{self.name}` does not take images (no vision projector, --mmproj)",
+                subject="image",
+            )
+        bos = self.model.special_text(self.model.bos) if self.model.add_bos else ""
+        add_special = self.model.add_bos and not (bos and text.startswith(bos))
+        return self.media.prompt(text, media, add_special=add_special, max_pixels=max_pixels)
+
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
         """Reject token ids the vocabulary does not have, and empty prompts (`param`: the
         caller's name for this input)."""
@@ -365,6 +406,12 @@ class LoadedModel:
         slots = worker.n_slots if worker is not None else 1
         kv = self.model.kv_bytes(self.ctx_size * slots, *self.kv_types)
         return self.model.size_bytes + kv
+
+    @property
+    def host_bytes(self) -> int:
+        """The part of `static_bytes` in system memory: what runs on GPUs is counted per
+        device by the fit (`offload.per_device`) and bounded by each device's own memory."""
+        return max(self.static_bytes - self.offload.gpu_bytes, 0)
 
     @property
     def cache_bytes(self) -> int:
@@ -432,6 +479,8 @@ class LoadedModel:
         if self.ranker is not None:
             stopped = self.ranker.close() and stopped
         if stopped:
+            if self.media is not None:  # the projector holds the model: freed before it
+                self.media.close()
             if self.adapters is not None:  # before the model: llama.cpp frees them with it
                 self.adapters.close()
             self.model.close()

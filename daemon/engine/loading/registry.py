@@ -40,6 +40,10 @@ class ModelEntry:
     alias_of: str | None = None
 
 
+# Vision projectors in the models folder: mmproj-<model stem>.gguf pairs with <stem>.gguf.
+PROJECTOR_PREFIX = "mmproj-"
+
+
 class ModelRegistry:
     """Maps request model names to GGUF files; loads a model on first use."""
 
@@ -55,8 +59,11 @@ class ModelRegistry:
         max_memory: int | None = None,
         strict_names: bool = False,
         adapters: tuple[AdapterSpec, ...] = (),
+        projectors: dict[str | None, Path] | None = None,
     ) -> None:
         self.options = options
+        # --mmproj projectors by model name (None: the default model's).
+        self.projector_specs = dict(projectors or {})
         # --lora adapters; each belongs to its `base` model (None: the default one).
         self.adapter_specs = adapters
         # Zero-config (llama-server's rule): with one generation model, unknown names get it.
@@ -102,6 +109,8 @@ class ModelRegistry:
         files: dict[str, Path] = {self.default_name: self._default_path}
         if self._models_dir is not None and self._models_dir.is_dir():
             for p in sorted(self._models_dir.glob("*.gguf")):
+                if p.name.startswith(PROJECTOR_PREFIX):
+                    continue  # a vision projector: served with its model, not as one
                 # A split model is served once, from its first part, under its prefix.
                 split = _SPLIT.match(p.stem)
                 if split is None or int(split["i"]) == 1:
@@ -244,6 +253,7 @@ class ModelRegistry:
                         self.options,
                         self.store(key),
                         self.adapters_of(key),
+                        self.projector_of(key, entry.path),
                     )
                 except Exception:
                     self.load_failures += 1
@@ -278,6 +288,23 @@ class ModelRegistry:
             self._stale[lm] = max(0, self._stale[lm] - 1)
         else:
             self.unhold(lm.name)
+
+    def projector_of(self, key: str, path: Path) -> Path | None:
+        """The vision projector of model `key` (file `path`): its --mmproj, else
+        `mmproj-<stem>.gguf` beside the file (llama-server's and LM Studio's `mmproj-`
+        prefix, tied to one model by its stem), else none."""
+        specs = self.projector_specs
+        for name, proj in specs.items():
+            entry = self._entries.get(name) if name is not None else None
+            owner = (
+                self.default_name
+                if name is None
+                else ((entry.alias_of or entry.name) if entry is not None else name)
+            )
+            if owner == key:
+                return proj
+        beside = path.with_name(f"{PROJECTOR_PREFIX}{path.stem}.gguf")
+        return beside if beside.is_file() else None
 
     def adapters_of(self, key: str) -> tuple[AdapterSpec, ...]:
         """The --lora adapters of a model (by file stem; a spec may name it by an alias)."""

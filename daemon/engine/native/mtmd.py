@@ -311,25 +311,12 @@ class Projector:
             raise NotImplementedError("M-RoPE projectors decode through eval_chunks")
         if embd.shape != (chunk.n_tokens, self.n_embd):
             raise ValueError(f"embeddings {embd.shape} != ({chunk.n_tokens}, {self.n_embd})")
-        rows = np.ascontiguousarray(embd, dtype=np.float32)
-        # Gemma 3 attends bidirectionally within an image.
-        non_causal = bool(mtmd.mtmd_decode_use_non_causal(self._live(), chunk.live()))
-        if non_causal and n_batch < len(rows):
-            raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one batch")
-        if non_causal:
-            lc.llama_set_causal_attn(ctx.ptr, False)
-        try:
-            with EmbeddingBatch(min(n_batch, len(rows)), self.n_embd) as batch:
-                for start in range(0, len(rows), n_batch):
-                    part = rows[start : start + n_batch]
-                    batch.fill(part, n_past + start, seq)
-                    rc = lc.llama_decode(ctx.ptr, batch.raw)
-                    if rc != 0:
-                        raise GenerationFailed(f"llama_decode of image embeddings returned {rc}")
-        finally:
-            if non_causal:
-                lc.llama_set_causal_attn(ctx.ptr, True)
+        decode_rows(ctx, embd, n_past, seq, n_batch, non_causal=self.non_causal(chunk))
         return n_past + chunk.n_pos
+
+    def non_causal(self, chunk: Chunk) -> bool:
+        """Whether the text model attends bidirectionally within this media chunk (Gemma 3)."""
+        return bool(mtmd.mtmd_decode_use_non_causal(self._live(), chunk.live()))
 
     def close(self) -> None:
         """Free the projector (before its text model)."""
@@ -350,6 +337,28 @@ class Projector:
 
 
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+def decode_rows(
+    ctx: Context, embd: np.ndarray, n_past: int, seq: int, n_batch: int, *, non_causal: bool
+) -> None:
+    """Decode embedding rows into sequence `seq` at positions n_past.. in batches of n_batch
+    (no logits kept). Needs no projector: the scheduler decodes cached embeddings with it."""
+    rows = np.ascontiguousarray(embd, dtype=np.float32)
+    if non_causal and n_batch < len(rows):
+        raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one batch")
+    if non_causal:
+        lc.llama_set_causal_attn(ctx.ptr, False)
+    try:
+        with EmbeddingBatch(min(n_batch, len(rows)), rows.shape[1]) as batch:
+            for start in range(0, len(rows), n_batch):
+                batch.fill(rows[start : start + n_batch], n_past + start, seq)
+                rc = lc.llama_decode(ctx.ptr, batch.raw)
+                if rc != 0:
+                    raise GenerationFailed(f"llama_decode of image embeddings returned {rc}")
+    finally:
+        if non_causal:
+            lc.llama_set_causal_attn(ctx.ptr, True)
 
 
 class Bitmap:

@@ -1,0 +1,164 @@
+"""Media in a prompt, in the engine's terms: embeddings at known positions of the prompt.
+
+A prompt with media is tokenized by libmtmd into text tokens and media chunks, and each
+media chunk encoded to embeddings (once: a per-model cache keeps them by digest). Every
+media position gets a stand-in token id, negative (no vocabulary id is), derived from the
+medium's digest and its place in it: slot prefix reuse and the prompt cache then compare
+media by digest with the token comparisons they make for text. Stand-ins are never sampled
+or detokenized: the scheduler decodes the span's embeddings in their place, in a decode
+call of their own (a llama_batch holds tokens or embeddings, never both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.engine.errors import InvalidInput
+from daemon.engine.native.mtmd import ChunkType, Projector
+
+
+@dataclass(frozen=True)
+class Medium:
+    """One image of a prompt: the encoded file's bytes and their sha256 (hex)."""
+
+    data: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """The embeddings of one media chunk and where they go: prompt indices start.. ."""
+
+    start: int
+    embd: np.ndarray  # (n, n_embd) float32, read only
+    non_causal: bool = False
+
+    @property
+    def end(self) -> int:
+        """The prompt index after the span."""
+        return self.start + len(self.embd)
+
+
+@dataclass(frozen=True)
+class MediaPrompt:
+    """The media spans of one prompt, in prompt order (stand-ins at their indices)."""
+
+    spans: tuple[MediaSpan, ...]
+
+    def span_at(self, index: int) -> MediaSpan:
+        """The span covering prompt index `index` (which holds a stand-in)."""
+        for s in self.spans:
+            if s.start <= index < s.end:
+                return s
+        raise KeyError(index)
+
+
+def stand_in(key: str, i: int) -> int:
+    """The stand-in id of position i of media chunk `key`: in [-2**31, -2] (-1 means no
+    token in the scheduler), equal for equal media, distinct otherwise but by 2**-31."""
+    h = hashlib.blake2b(f"{key}/{i}".encode(), digest_size=4).digest()
+    return -2 - int.from_bytes(h, "little") % (2**31 - 1)
+
+
+def is_stand_in(token: int) -> bool:
+    """Whether a prompt token stands for a media position."""
+    return token < 0
+
+
+class EmbeddingCache:
+    """Media embeddings by chunk key, least recently used out first, bounded by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The embeddings of `key`, if kept."""
+        embd = self._entries.get(key)
+        if embd is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return embd
+
+    def put(self, key: str, embd: np.ndarray) -> None:
+        """Keep `embd` under `key`, evicting the oldest past the bound."""
+        if key in self._entries or embd.nbytes > self.max_bytes:
+            return
+        self._entries[key] = embd
+        self.bytes += embd.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= old.nbytes
+
+
+class MediaEncoder:
+    """A model's projector used one thread at a time: media prompts tokenized and encoded."""
+
+    def __init__(self, projector: Projector, cache_bytes: int = 64 << 20) -> None:
+        self.projector = projector
+        self.cache = EmbeddingCache(cache_bytes)
+        # libmtmd keeps one output buffer per projector; requests come from many threads.
+        self._lock = threading.Lock()
+
+    def prompt(
+        self,
+        text: str,
+        media: Sequence[Medium],
+        *,
+        add_special: bool,
+        max_pixels: int | None = None,
+    ) -> tuple[list[int], MediaPrompt]:
+        """Tokens (stand-ins at media positions) and media spans of `text`, which holds the
+        projector's marker once per medium, in order. Blocks: call it off the event loop."""
+        p = self.projector
+        if p.uses_mrope:
+            raise InvalidInput(
+                f"{p.path.name} positions images on a 2-D grid (M-RoPE), not served yet",
+                subject="image",
+            )
+        with self._lock:
+            bitmaps = []
+            try:
+                for m in media:
+                    bitmaps.append(p.bitmap_file_bytes(m.data, m.digest, max_pixels=max_pixels))
+                with p.tokenize(text, bitmaps, add_special=add_special) as chunks:
+                    tokens: list[int] = []
+                    spans: list[MediaSpan] = []
+                    seen: Counter[str] = Counter()
+                    for chunk in chunks:
+                        if chunk.type == ChunkType.TEXT:
+                            tokens.extend(chunk.text_tokens())
+                            continue
+                        if chunk.n_pos != chunk.n_tokens:
+                            raise InvalidInput("media with fewer positions than tokens")
+                        # One image may become several chunks (Idefics3: two): each its own key.
+                        digest = chunk.id or ""
+                        key = f"{digest}#{seen[digest]}"
+                        seen[digest] += 1
+                        embd = self.cache.get(key)
+                        if embd is None:
+                            embd = p.encode(chunk)
+                            embd.setflags(write=False)
+                            self.cache.put(key, embd)
+                        spans.append(MediaSpan(len(tokens), embd, p.non_causal(chunk)))
+                        tokens.extend(stand_in(key, i) for i in range(chunk.n_tokens))
+            finally:
+                for b in bitmaps:
+                    b.close()
+        if tokens and is_stand_in(tokens[-1]):
+            # The last prompt position must yield logits; embedding rows do not.
+            raise InvalidInput("a prompt must not end with an image", subject="image")
+        return tokens, MediaPrompt(tuple(spans))
+
+    def close(self) -> None:
+        """Free the projector (before its text model)."""
+        with self._lock:
+            self.projector.close()
