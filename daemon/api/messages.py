@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from daemon.api.fields import ProtocolModel
-from daemon.core.request import CallIn, FunctionSpec, Message
+from daemon.core.media import image_from_url
+from daemon.core.request import MEDIA_MARKER, CallIn, FunctionSpec, ImagePart, Message
 from daemon.errors import InvalidRequest
 
 
@@ -17,6 +18,28 @@ class TextPart(ProtocolModel):
 
     type: Literal["text"]
     text: str
+
+
+class ImageUrl(ProtocolModel):
+    """Where an image is: a data URL (base64); `detail` is accepted and has no effect."""
+
+    url: str
+    detail: str | None = None
+
+
+class ImageUrlPart(ProtocolModel):
+    """An image part of a message (`image_url`, as a URL object or, as some clients send
+    it, the URL itself)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart, Field(discriminator="type")]
 
 
 class FunctionCall(ProtocolModel):
@@ -38,7 +61,7 @@ class ChatMessage(ProtocolModel):
     """A conversation turn."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
@@ -46,12 +69,20 @@ class ChatMessage(ProtocolModel):
     reasoning_content: str | None = None
 
     def text(self) -> str:
-        """The content as one string."""
+        """The content as one string, an image as the media marker where it goes."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text if isinstance(p, TextPart) else MEDIA_MARKER for p in self.content)
+
+    def images(self, param: str = "messages") -> tuple[ImagePart, ...]:
+        """The content's images, decoded (400s name `param`)."""
+        if not isinstance(self.content, list):
+            return ()
+        return tuple(
+            image_from_url(p.url, param) for p in self.content if not isinstance(p, TextPart)
+        )
 
 
 class FunctionDef(ProtocolModel):
@@ -80,6 +111,7 @@ def core_message(m: ChatMessage) -> Message:
         calls=calls,
         call_id=m.tool_call_id,
         reasoning=m.reasoning_content,
+        media=m.images(),
     )
 
 

@@ -7,12 +7,14 @@ prompt, the safety model's look at the input, the submission) happens here, in t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from daemon.core import tools
 from daemon.core.choices import Policy, submit_choices
 from daemon.core.errors import to_api
+from daemon.core.media import check_media
 from daemon.core.prompt import ChatPrompt, build_chat
 from daemon.core.request import ChatRequest
 from daemon.core.safety import Guard, Verdict
@@ -56,8 +58,18 @@ async def start_chat(
 ) -> ChatRun:
     """Check, lease, render, screen the input, submit `gen.n` choices."""
     tools.check_request(req)  # a malformed tool list is a 400 before any model loads
+    check_media(req, policy)  # so are images over the limits
     lm = await leased(registry, gen.model, gen.keep_alive)
-    prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)
+    if req.media:
+        # Decoding, tokenizing and encoding images blocks: off the event loop.
+        try:
+            prompt = await asyncio.to_thread(
+                build_chat, lm, req, gen.logprobs, gen.prompt_logprobs, policy.max_image_pixels
+            )
+        except EdgedError as exc:
+            raise to_api(exc, {"image": "messages", **gen.names}) from exc
+    else:
+        prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)
     guard = None
     if gen.safety_model is not None:
         guard = await Guard.open(registry, gen.safety_model, policy)

@@ -13,6 +13,7 @@ from daemon.core.sampling import Sampling
 from daemon.core.watch import request_owner, request_owner_limit
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.media import MediaPrompt
 from daemon.engine.types import GenerationRequest, SamplingParams, SavedSequence
 from daemon.errors import InvalidRequest
 
@@ -25,6 +26,9 @@ class Policy:
     max_tokens: int = 32768
     max_batch: int = 64
     max_beams: int = 8
+    max_images: int = 8
+    max_image_bytes: int = 8 << 20
+    max_image_pixels: int = 4096 * 4096
     price_input: float = 0.0  # per million prompt tokens
     price_output: float = 0.0  # per million completion tokens
 
@@ -36,6 +40,9 @@ def policy_of(settings: Settings) -> Policy:
         max_tokens=settings.max_tokens_cap,
         max_batch=settings.max_batch,
         max_beams=settings.max_beams,
+        max_images=settings.max_images,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
         price_input=settings.price_input_per_million,
         price_output=settings.price_output_per_million,
     )
@@ -52,6 +59,8 @@ class Extras:
     # keep this one; n must be 1 for either.
     resume: SavedSequence | None = None
     keep: bool = False
+    # The prompt's images (their embeddings at the prompt's stand-in positions).
+    media: MediaPrompt | None = None
 
 
 _fork_groups = itertools.count()
@@ -131,6 +140,7 @@ def submit_choices(
                 resume=extras.resume,
                 keep=extras.keep,
                 lora=lora,
+                media=extras.media,
             )
             for j in range(n)
         )

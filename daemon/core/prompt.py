@@ -14,6 +14,7 @@ from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking, template_vars
 from daemon.core.request import ChatRequest
 from daemon.engine.loading.loaded import LoadedModel
+from daemon.engine.media import Medium
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,14 @@ def build_chat(
     req: ChatRequest,
     logprobs: int | None = None,
     prompt_logprobs: bool = False,
+    max_pixels: int | None = None,
 ) -> ChatPrompt:
     """Render `req.messages` (with its tools) through the model's template and tokenize it.
 
     Everything that needs only the request and the template's text is decided first (the
     tool plan, the grammar, the template's variables); the model renders and tokenizes last.
+    Images stand in the text as media markers; the model's projector tokenizes and encodes
+    them (which blocks: with images, call this off the event loop).
     """
     source = lm.template.source
     plan = tools.plan_tools(req, source)
@@ -50,11 +54,16 @@ def build_chat(
     if plan is not None and plan.grammar is not None:
         grammar, constrained = plan.grammar, True
     rendered = lm.render_chat(messages, **extra, **tool_vars)
-    tokens = lm.tokenize(rendered)
+    media = None
+    if req.media:
+        images = [Medium(p.data, p.digest) for p in req.media]
+        tokens, media = lm.media_prompt(rendered, images, max_pixels)
+    else:
+        tokens = lm.tokenize(rendered)
     think = Thinking.of(source, rendered)
     if think is not None and constrained:
         # A schema or a required call constrains the answer from the first token: the
         # output is the answer even when the prompt opened a thinking block.
         think = think.answer_only()
-    extras = Extras(grammar, logprobs, prompt_logprobs)
+    extras = Extras(grammar, logprobs, prompt_logprobs, media=media)
     return ChatPrompt(plan, rendered, tokens, extras, think)

@@ -38,9 +38,26 @@ class CallIn:
             return self.arguments
 
 
+# Where an image goes in a message's text: libmtmd's default media marker, which the
+# projector finds in the rendered prompt (tests check the two agree).
+MEDIA_MARKER = "<__media__>"
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image of a message: the file's bytes (decoded from base64), their sha256 (hex),
+    which identifies it to the caches, and the MIME type the client declared."""
+
+    data: bytes
+    digest: str
+    mime: str | None = None
+
+
 @dataclass(frozen=True)
 class Message:
-    """One conversation turn, in the roles chat templates know."""
+    """One conversation turn, in the roles chat templates know.
+
+    An image is one MEDIA_MARKER in `content` and one entry of `media`, in the same order."""
 
     role: Role
     content: str = ""
@@ -48,6 +65,7 @@ class Message:
     calls: tuple[CallIn, ...] = ()
     call_id: str | None = None  # the call a `tool` turn answers
     reasoning: str | None = None  # an earlier assistant turn's thinking
+    media: tuple[ImagePart, ...] = ()
 
     def for_template(self) -> dict[str, Any]:
         """The message as chat templates expect it."""
@@ -140,6 +158,11 @@ class ChatRequest:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     legacy_calls: bool = False  # OpenAI's `functions`: one call, answered as `function_call`
     format_param: str = "response_format"
+
+    @property
+    def media(self) -> tuple[ImagePart, ...]:
+        """Every image of the conversation, in prompt order."""
+        return tuple(p for m in self.messages for p in m.media)
 
     def __post_init__(self) -> None:
         if not self.messages:

@@ -84,7 +84,7 @@ async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependenc
         "chat_template": lm.template.source,
         "bos_token": m.special_text(m.bos),
         "eos_token": m.special_text(m.eos),
-        "modalities": {"vision": False, "audio": False},
+        "modalities": {"vision": lm.vision, "audio": False},
         "infill": m.fim.usable,
         # edged's own: bit-exact reuse (--exact) or the fast default, and what it runs.
         "decoding": lm.mode.as_dict(),

@@ -46,20 +46,24 @@ async def embeddings(
     return await create_embeddings(registry, data)
 
 
-def _model_object(e: ModelEntry) -> dict[str, Any]:
+def _model_object(e: ModelEntry, registry: ModelRegistry) -> dict[str, Any]:
+    # llama-server's word for a model with a projector (it lists `multimodal` among its
+    # capabilities); a text model's object stays OpenAI's own.
+    sees = registry.projector_of(e.alias_of or e.name, e.path) is not None
     return {
         "id": e.name,
         "object": "model",
         "created": int(e.path.stat().st_mtime) if e.path.exists() else 0,
         "owned_by": "edged",
         **({"alias_of": e.alias_of} if e.alias_of else {}),
+        **({"capabilities": ["completion", "multimodal"]} if sees else {}),
     }
 
 
 @get("/models")
 async def list_models(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
     """Every servable model and alias."""
-    return {"object": "list", "data": [_model_object(e) for e in registry.entries()]}
+    return {"object": "list", "data": [_model_object(e, registry) for e in registry.entries()]}
 
 
 @get("/models/{model_id:path}")
@@ -70,7 +74,7 @@ async def retrieve_model(
     name = model_id.lstrip("/")
     if not registry.knows(name):
         raise ModelNotFound(f"The model `{name}` does not exist", param="model")
-    return _model_object(registry.resolve(name))
+    return _model_object(registry.resolve(name), registry)
 
 
 _HANDLERS = [chat_completions, completions, embeddings, list_models, retrieve_model]

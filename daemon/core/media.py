@@ -1,0 +1,92 @@
+"""Images as every dialect sends them (a data URL, base64 with a MIME type) into the core's
+ImagePart, and the limits a request's images must keep; all refusals are 400s naming the
+dialect's field, before any model loads or any decoder runs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+
+from daemon.core.choices import Policy
+from daemon.core.request import ChatRequest, ImagePart
+from daemon.engine.mediainfo import sniff
+from daemon.errors import InvalidRequest
+
+# MIME types of the image formats libmtmd decodes (stb_image), by the format sniff names.
+IMAGE_MIMES = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+}
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
+_B64_CHARS = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def image_from_url(url: str, param: str) -> ImagePart:
+    """An image given as a URL: data URLs (base64) only. The daemon fetches nothing for its
+    callers (a server that does is an SSRF tool)."""
+    m = _DATA_URL.match(url)
+    if m is None:
+        if url[:8].lower().startswith(("http://", "https://")):
+            raise InvalidRequest(
+                "remote image URLs are not fetched: send the image inline as a "
+                "data:image/...;base64 URL (fetching, --allow-remote-media, is not implemented)",
+                param=param,
+            )
+        raise InvalidRequest("an image URL must be a data:image/...;base64,... URL", param=param)
+    return image_from_base64(url[m.end() :], m["mime"], param)
+
+
+def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
+    """An image given as base64 text with the MIME type the client declared (None: none
+    declared); the bytes must be a PNG, JPEG, GIF or BMP of that type."""
+    raw = data.strip().encode("ascii", "replace")
+    raw = re.sub(rb"\s+", b"", raw)  # wrapped base64 (MIME's 76-column lines) is common
+    if not raw or len(raw) % 4 or not _B64_CHARS.match(raw):
+        raise InvalidRequest("the image is not valid base64", param=param)
+    try:
+        blob = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("the image is not valid base64", param=param) from None
+    header = sniff(blob)
+    if header is None or header.kind != "image":
+        raise InvalidRequest("the image is not a PNG, JPEG, GIF or BMP file", param=param)
+    if mime is not None:
+        declared = IMAGE_MIMES.get(mime.lower())
+        if declared is None:
+            raise InvalidRequest(f"unsupported image type {mime[:40]!r}", param=param)
+        if declared != header.format:
+            raise InvalidRequest(
+                f"the image is declared {mime[:40]} but is a {header.format.upper()} file",
+                param=param,
+            )
+    return ImagePart(blob, hashlib.sha256(blob).hexdigest(), mime)
+
+
+def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> None:
+    """The request's images within the policy's count, bytes and declared pixels."""
+    media = req.media
+    if len(media) > policy.max_images:
+        raise InvalidRequest(
+            f"{len(media)} images; a request may carry at most {policy.max_images}", param=param
+        )
+    for part in media:
+        if len(part.data) > policy.max_image_bytes:
+            raise InvalidRequest(
+                f"an image of {len(part.data)} bytes is over the {policy.max_image_bytes}-byte "
+                "limit",
+                param=param,
+            )
+        header = sniff(part.data)
+        pixels = header.pixels if header is not None else None
+        if pixels is not None and pixels > policy.max_image_pixels:
+            assert header is not None
+            raise InvalidRequest(
+                f"a {header.width}×{header.height} image is over the "
+                f"{policy.max_image_pixels}-pixel limit",
+                param=param,
+            )

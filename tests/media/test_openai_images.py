@@ -1,0 +1,279 @@
+"""Images over HTTP through the official openai SDK: a daemon serving the tiny VLM (--model,
+--mmproj) answers a chat with an `image_url` data URL with the greedy tokens of a reference
+computed in-process (libmtmd's eval_chunks and a plain decode loop); a returning turn with
+the same image reuses its KV; text streams keep going beside an image; bad images are 400s
+in OpenAI's error shape, never 5xx."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.core.request import MEDIA_MARKER
+from daemon.engine.loading.loaded import chat_template
+from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.native.mtmd import Projector, ProjectorOptions, default_marker
+from tests.conftest import Server, start_server, stop_server
+from tests.media.tiny_vlm import png_bytes, sample_image
+
+CTX, PARALLEL, N_BATCH = 512, 2, 512
+STEPS = 12
+QUESTION = "What is in this picture?"
+ARGS = (
+    "--exact",
+    "--threads",
+    "1",
+    "--ctx-size",
+    str(CTX),
+    "--parallel",
+    str(PARALLEL),
+    "--batch-size",
+    str(N_BATCH),
+)
+
+
+def data_url(blob: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(blob).decode()}"
+
+
+def image_message(url: str, text: str = QUESTION) -> dict:
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": url}},
+        ],
+    }
+
+
+PNG = png_bytes(sample_image())
+
+
+@pytest.fixture(scope="module")
+def vlm_server(
+    vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("vlm_http"),
+        "--model",
+        str(vlm_lm_path),
+        "--mmproj",
+        str(mmproj["f32"]),
+        *ARGS,
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def client(vlm_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vlm_server.url}/v1", api_key="none", max_retries=0)
+
+
+def reference_tokens(lm_path: Path, mmproj: Path, text: str, steps: int) -> list[int]:
+    """Greedy tokens after the prompt, computed without the daemon: the model's template,
+    libmtmd's own eval_chunks, a plain one-token decode loop (flash attention off)."""
+    model = Model(lm_path)
+    try:
+        proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
+        opts = ContextOptions(
+            n_ctx=CTX * PARALLEL,
+            n_batch=N_BATCH,
+            n_ubatch=N_BATCH,
+            n_seq_max=PARALLEL,
+            n_threads=1,
+            n_threads_batch=1,
+        )
+        ctx, batch = Context(model, opts), Batch(1)
+        try:
+            rendered = chat_template(model).render(
+                [{"role": "user", "content": text}], add_generation_prompt=True
+            )
+            bos = model.special_text(model.bos) if model.add_bos else ""
+            add_special = model.add_bos and not (bos and rendered.startswith(bos))
+            with (
+                proj.bitmap_file_bytes(PNG) as bitmap,
+                proj.tokenize(rendered, [bitmap], add_special=add_special) as chunks,
+            ):
+                n_past = proj.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
+            row, out = -1, []
+            for _ in range(steps):
+                tok = int(np.argmax(ctx.logits_np(row)))
+                if model.is_eog(tok):
+                    break
+                out.append(tok)
+                batch.clear()
+                batch.add(tok, n_past, 0, True)
+                assert ctx.decode(batch) == 0
+                n_past, row = n_past + 1, 0
+            return out
+        finally:
+            batch.close()
+            ctx.close()
+            proj.close()
+    finally:
+        model.close()
+
+
+def test_marker_is_libmtmds_default() -> None:
+    assert default_marker() == MEDIA_MARKER
+
+
+def test_greedy_tokens_equal_the_in_process_reference(
+    client: openai.OpenAI, vlm_server: Server, vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    resp = client.chat.completions.create(
+        model="lm",
+        messages=[image_message(data_url(PNG))],
+        max_tokens=STEPS,
+        temperature=0,
+    )
+    text = resp.choices[0].message.content or ""
+    want = reference_tokens(vlm_lm_path, mmproj["f32"], QUESTION + MEDIA_MARKER, STEPS)
+    assert want, "the reference generated nothing to compare"
+    expected = httpx.post(f"{vlm_server.url}/detokenize", json={"tokens": want}, timeout=30).json()[
+        "content"
+    ]
+    assert text == expected
+    assert resp.usage is not None and resp.usage.completion_tokens == len(want)
+    # The image's positions count as prompt tokens (two chunks of the tiny projector).
+    assert resp.usage is not None and resp.usage.prompt_tokens > len(QUESTION.split())
+
+
+def test_a_returning_turn_reuses_the_image(client: openai.OpenAI) -> None:
+    first = [image_message(data_url(PNG), "Describe the colours.")]
+    one = client.chat.completions.create(model="lm", messages=first, max_tokens=4, temperature=0)
+    assert one.usage is not None
+    turn = [
+        *first,
+        {"role": "assistant", "content": one.choices[0].message.content or ""},
+        {"role": "user", "content": "And the shapes?"},
+    ]
+    two = client.chat.completions.create(model="lm", messages=turn, max_tokens=4, temperature=0)
+    assert two.usage is not None and two.usage.prompt_tokens_details is not None
+    # Everything of the first prompt but the last tokens (the assistant header, which the
+    # template closes differently in a history) came from the slot, the image included.
+    cached = two.usage.prompt_tokens_details.cached_tokens or 0
+    assert cached >= one.usage.prompt_tokens - 8, (cached, one.usage.prompt_tokens)
+
+
+def test_a_text_stream_completes_beside_an_image(client: openai.OpenAI) -> None:
+    texts: list[str] = []
+
+    def stream() -> None:
+        chunks = client.chat.completions.create(
+            model="lm",
+            messages=[{"role": "user", "content": "Count to twenty."}],
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+        )
+        texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    other = png_bytes(sample_image(seed=5))
+    resp = client.chat.completions.create(
+        model="lm", messages=[image_message(data_url(other))], max_tokens=8, temperature=0
+    )
+    t.join(120)
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert texts and texts[0]
+
+
+def test_props_and_models_say_vision(vlm_server: Server) -> None:
+    props = httpx.get(f"{vlm_server.url}/props", timeout=30).json()
+    assert props["modalities"]["vision"] is True
+    models = httpx.get(f"{vlm_server.url}/v1/models", timeout=30).json()["data"]
+    assert any("multimodal" in m.get("capabilities", []) for m in models)
+
+
+def _bad(client: openai.OpenAI, url: str) -> openai.BadRequestError:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="lm", messages=[image_message(url)], max_tokens=2, temperature=0
+        )
+    body = info.value.body
+    assert isinstance(body, dict) and body.get("message"), body  # OpenAI's error object
+    return info.value
+
+
+def _huge_png() -> bytes:
+    """A PNG whose header declares 100000×100000 pixels (its data is one tiny row)."""
+    blob = bytearray(PNG)
+    blob[16:24] = (100000).to_bytes(4, "big") * 2
+    return bytes(blob)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("data:image/png;base64,not*base64!", "base64"),
+        (data_url(PNG, "image/jpeg"), "declared"),
+        (data_url(b"GIF89a" + b"\0" * 20, "image/png"), "declared"),
+        (data_url(PNG[: len(PNG) // 2]), "decoded"),
+        (data_url(_huge_png()), "pixel"),
+        (data_url(b"plain text, not an image", "text/plain"), "PNG, JPEG"),
+        ("https://example.com/cat.png", "allow-remote-media"),
+        ("file:///etc/passwd", "data:"),
+    ],
+)
+def test_bad_images_are_400s(client: openai.OpenAI, url: str, says: str) -> None:
+    err = _bad(client, url)
+    assert says in str(err.body), err.body
+
+
+def test_too_many_images_is_a_400(client: openai.OpenAI) -> None:
+    parts = [{"type": "image_url", "image_url": {"url": data_url(PNG)}}] * 9
+    with pytest.raises(openai.BadRequestError, match="at most"):
+        client.chat.completions.create(
+            model="lm", messages=[{"role": "user", "content": parts}], max_tokens=1
+        )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    blob=st.one_of(
+        st.binary(max_size=64),
+        st.binary(max_size=64).map(lambda b: PNG[:33] + b),
+        st.integers(0, len(PNG)).map(lambda n: PNG[:n]),
+    ),
+    mime=st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp", "x/y"]),
+)
+def test_fuzzed_image_parts_never_5xx(vlm_server: Server, blob: bytes, mime: str) -> None:
+    r = httpx.post(
+        f"{vlm_server.url}/v1/chat/completions",
+        json={
+            "model": "lm",
+            "max_tokens": 1,
+            "messages": [image_message(data_url(blob, mime))],
+        },
+        timeout=120,
+    )
+    assert r.status_code < 500, r.text
+    if r.status_code != 200:
+        assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
+def test_an_image_to_a_text_model_is_a_400(text_server: Server) -> None:
+    client = openai.OpenAI(base_url=f"{text_server.url}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="does not take images"):
+        client.chat.completions.create(
+            model="lm", messages=[image_message(data_url(PNG))], max_tokens=1
+        )
+
+
+@pytest.fixture(scope="module")
+def text_server(vlm_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("text_http"), "--model", str(vlm_lm_path), *ARGS)
+    yield srv
+    stop_server(srv)
