@@ -66,7 +66,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "drain_timeout": ("--drain-timeout", duration, "seconds SIGTERM waits for running streams"),
     "keep_alive": ("--keep-alive", duration, "idle time (300, 5m, 1h) before a model unloads"),
     "max_loaded_models": ("--max-loaded-models", int, "models kept in memory at once"),
-    "max_models_memory": ("--max-models-memory", int, "bytes of weights + KV for all models"),
+    "max_models_memory": (
+        "--max-models-memory",
+        int,
+        "bytes of system memory for all models (GPUs count per device)",
+    ),
     "rpc": ("--rpc", str, "RPC workers host:port,... to split the model over (edged rpc-worker)"),
     "draft_model": ("--draft-model", Path, "draft GGUF for speculative decoding (same vocab)"),
     "draft_max": ("--draft-max", int, "most draft tokens verified per step (default 8)"),

@@ -157,7 +157,10 @@ class Settings(BaseSettings):
     keep_alive: Seconds = Field(300.0, ge=0, description="idle seconds before a model unloads")
     max_loaded_models: int = Field(2, ge=1, description="models in memory at once")
     max_models_memory: int | None = Field(
-        None, ge=1, description="bytes of weights + KV + prompt caches all loaded models may use"
+        None,
+        ge=1,
+        description="bytes of system memory (weights, KV, prompt caches) all loaded models may "
+        "use; what runs on a GPU counts against that device's own memory",
     )
     log_json: bool = Field(False, description="access log as one JSON object per line")
     # Off: with one generation model, a request naming an unknown model gets that one.

@@ -68,6 +68,8 @@ def ps(registry: NamedDependency[ModelRegistry]) -> dict[str, Any]:
                 "slots": lm.worker.n_slots,
                 "busy_slots": lm.worker.busy_slots,
                 "memory_bytes": lm.memory_bytes,
+                # What --max-models-memory counts (system memory; GPUs are per device).
+                "host_bytes": lm.host_bytes + lm.cache_bytes,
                 # The GPU fit (n_gpu_layers auto): layers on GPUs, their estimated device
                 # memory per device, and why.
                 "gpu_layers": lm.offload.offloaded,

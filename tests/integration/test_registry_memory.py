@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.errors import ModelUnavailable
+from daemon.engine.errors import ModelUnavailable, NeverFits
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import GenerationRequest, SamplingParams
@@ -95,5 +95,50 @@ def test_prompt_caches_share_what_the_cap_leaves(tmp_path: Path, model_path: Pat
         assert alpha.cache_bytes > share  # room again
         assert reg.memory_bytes() <= cap
         reg.close()
+
+    asyncio.run(main())
+
+
+def test_memory_cap_counts_system_memory_and_gpus_per_device(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """Issue 26: --max-models-memory bounds system memory; what the GPU fit puts on a device
+    is that device's, bounded by its free memory. On a (made-up) device with room for all,
+    three models fit under a cap that holds one and a half on the CPU; on a device with no
+    room the same cap refuses a second model beside the default, as on a CPU. llama.cpp here
+    has no GPU: the layers run on the CPU all the same, the accounting is what is tested."""
+    from dataclasses import replace
+
+    from daemon.engine.loading.fit import DeviceMemory
+    from daemon.engine.native.llama import ModelOptions
+
+    d = models(tmp_path, model_path)
+    shutil.copy(model_path, d / "gamma.gguf")
+
+    def on(free: int) -> EngineOptions:
+        return replace(
+            OPTIONS,
+            model=ModelOptions(n_gpu_layers=None),
+            devices=lambda: [DeviceMemory("FAKE0", free, 1 << 40)],
+        )
+
+    async def main() -> None:
+        probe = ModelRegistry(d / "alpha.gguf", OPTIONS, models_dir=d)
+        one = (await probe.get("alpha")).host_bytes
+        probe.close()
+        cap = int(one * 1.5)
+        roomy = ModelRegistry(d / "alpha.gguf", on(1 << 40), models_dir=d, max_memory=cap)
+        for name in ("alpha", "beta", "gamma"):
+            lm = await roomy.get(name)
+            assert lm.offload.layers == -1 and lm.offload.per_device["FAKE0"] > 0
+            assert lm.host_bytes < lm.static_bytes
+        assert sorted(m.name for m in roomy.loaded()) == ["alpha", "beta", "gamma"]
+        assert roomy._host_bytes() <= cap
+        roomy.close()
+        full = ModelRegistry(d / "alpha.gguf", on(0), models_dir=d, max_memory=cap)
+        assert (await full.get("alpha")).offload.offloaded == 0  # no room on the device
+        with pytest.raises(NeverFits):  # the default stays, and two exceed the cap
+            await full.get("beta")
+        full.close()
 
     asyncio.run(main())

@@ -69,7 +69,8 @@ class ModelRegistry:
         # Zero-config (llama-server's rule): with one generation model, unknown names get it.
         self.strict_names = strict_names
         self._sole: ModelEntry | None = None
-        # ... and keep the loaded models' weights + KV under `max_memory` bytes (None = no cap).
+        # ... and keep the loaded models' weights + KV in system memory, with their prompt
+        # caches, under `max_memory` bytes (None = no cap; GPUs are bounded per device).
         self.max_memory = max_memory
         # Lifecycle of non-default models: unload after `keep_alive` idle seconds (None = never),
         # and keep at most `max_loaded` models, evicting the least recently used idle one.
@@ -240,8 +241,8 @@ class ModelRegistry:
                 file_key = _file_key(entry.path)
                 if self.before_load is not None:
                     await self.before_load()
-                incoming = self._file_size(entry.path)
                 await self._make_gpu_room(entry.path, mine)
+                incoming = await self._incoming_host_bytes(entry.path)
                 await self._make_room(incoming, mine)
                 await self._share_caches(incoming, 1)
                 log.info("loading %s from %s", key, entry.path)
@@ -345,14 +346,17 @@ class ModelRegistry:
         replaced ones still finishing their requests included."""
         return sum(lm.memory_bytes for lm in [*self._loaded.values(), *self._stale])
 
-    def _static_bytes(self) -> int:
-        return sum(lm.static_bytes for lm in [*self._loaded.values(), *self._stale])
+    def _host_bytes(self) -> int:
+        """Weights and KV in system memory, the loaded models together: the memory cap
+        counts these (and the prompt caches, kept in system memory); device memory is
+        counted per device by the GPU fit, which never plans past a device's free memory."""
+        return sum(lm.host_bytes for lm in [*self._loaded.values(), *self._stale])
 
     def _over(self, incoming: int) -> bool:
         if self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
             return True
         # Prompt caches give way (`_share_caches`): only weights and KV decide evictions.
-        return self.max_memory is not None and self._static_bytes() + incoming > self.max_memory
+        return self.max_memory is not None and self._host_bytes() + incoming > self.max_memory
 
     async def _share_caches(self, incoming: int = 0, newcomers: int = 0) -> None:
         """Under a memory cap, bound every loaded model's prompt cache to an equal share of
@@ -363,7 +367,7 @@ class ModelRegistry:
         n = len(self._loaded) + newcomers
         if n == 0:
             return
-        share = max(self.max_memory - self._static_bytes() - incoming, 0) // n
+        share = max(self.max_memory - self._host_bytes() - incoming, 0) // n
         # Off the event loop: evicted entries may be written to the spill directory.
         for lm in list(self._loaded.values()):
             await asyncio.to_thread(lm.limit_cache, share)
@@ -380,6 +384,20 @@ class ModelRegistry:
                     retry_after=5,
                 )
             await self.unload(min(idle, key=lambda n: self._last_used.get(n, 0.0)))
+
+    async def _incoming_host_bytes(self, path: Path) -> int:
+        """What a model about to load will take of system memory, before it loads: its file,
+        less what the GPU fit would put on devices (the loaded model's own figure replaces
+        this estimate once it is in)."""
+        size = self._file_size(path)
+        o = self.options
+        if o.model.n_gpu_layers is not None:  # set by hand: no estimate of where it goes
+            return size
+        found = (o.devices or local_devices)()
+        if not found:
+            return size
+        plan = await asyncio.to_thread(gpu_plan, path, o, found)
+        return max(size - plan.gpu_bytes, 0)
 
     async def _make_gpu_room(self, path: Path, mine: frozenset[str]) -> None:
         """With GPU layers fitted (`auto`), unload least recently used idle models that hold
@@ -421,7 +439,7 @@ class ModelRegistry:
                 f"{self.max_loaded}: raise it",
                 subject="model",
             )
-        held = sum(self._loaded[n].static_bytes for n in stuck)
+        held = sum(self._loaded[n].host_bytes for n in stuck)
         if self.max_memory is not None and held + incoming > self.max_memory:
             raise NeverFits(
                 f"this request needs about {(held + incoming) >> 20} MiB of models at once "
@@ -434,10 +452,10 @@ class ModelRegistry:
         """After a load, evict idle others while over the memory cap; refuse a model too big."""
         if self.max_memory is None:
             return
-        while self._static_bytes() > self.max_memory:
+        while self._host_bytes() > self.max_memory:
             idle = [n for n in self._loaded if n != key and self._idle(n)]
             if not idle:
-                need = self._loaded[key].static_bytes
+                need = self._loaded[key].host_bytes
                 await self.unload(key)
                 raise ModelUnavailable(
                     f"`{key}` needs about {need >> 20} MiB; with the models in use that exceeds "
