@@ -329,7 +329,7 @@ def test_version(osrv: Server) -> None:
             "/api/chat",
             {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
             400,
-            "images",
+            "not a PNG",
         ),
         ("/api/generate", {"prompt": "x", "images": ["aGk="]}, 400, "images"),
         ("/api/generate", {"prompt": "x", "template": "{{ .Prompt }}"}, 400, "template"),

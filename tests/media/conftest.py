@@ -13,6 +13,7 @@ from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metada
 from daemon.engine.native.llama import Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from quantize.mmproj import convert_mmproj
+from tests.conftest import Server, start_server, stop_server
 from tests.media.tiny_vlm import write_checkpoint
 
 # libmtmd frames an Idefics3 image with "<fake_token_around_image>" and "<global-img>", which
@@ -84,3 +85,36 @@ def projector(vlm_lm: Model, mmproj: dict[str, Path]) -> Iterator[Projector]:
     """The F32 projector against the language model."""
     with Projector(vlm_lm, mmproj["f32"], OPTIONS) as p:
         yield p
+
+
+# The HTTP tests' daemon: bit-exact (--exact), one thread, two slots, a context and batch
+# the in-process references copy.
+CTX, PARALLEL, N_BATCH = 512, 2, 512
+ARGS = (
+    "--exact",
+    "--threads",
+    "1",
+    "--ctx-size",
+    str(CTX),
+    "--parallel",
+    str(PARALLEL),
+    "--batch-size",
+    str(N_BATCH),
+)
+
+
+@pytest.fixture(scope="session")
+def vlm_server(
+    vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A daemon serving the tiny VLM (its F32 projector through --mmproj)."""
+    srv = start_server(
+        tmp_path_factory.mktemp("vlm_http"),
+        "--model",
+        str(vlm_lm_path),
+        "--mmproj",
+        str(mmproj["f32"]),
+        *ARGS,
+    )
+    yield srv
+    stop_server(srv)

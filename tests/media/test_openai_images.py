@@ -23,22 +23,11 @@ from daemon.engine.loading.loaded import chat_template
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions, default_marker
 from tests.conftest import Server, start_server, stop_server
+from tests.media.conftest import ARGS, CTX, N_BATCH, PARALLEL
 from tests.media.tiny_vlm import png_bytes, sample_image
 
-CTX, PARALLEL, N_BATCH = 512, 2, 512
 STEPS = 12
 QUESTION = "What is in this picture?"
-ARGS = (
-    "--exact",
-    "--threads",
-    "1",
-    "--ctx-size",
-    str(CTX),
-    "--parallel",
-    str(PARALLEL),
-    "--batch-size",
-    str(N_BATCH),
-)
 
 
 def data_url(blob: bytes, mime: str = "image/png") -> str:
@@ -56,22 +45,6 @@ def image_message(url: str, text: str = QUESTION) -> dict:
 
 
 PNG = png_bytes(sample_image())
-
-
-@pytest.fixture(scope="module")
-def vlm_server(
-    vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("vlm_http"),
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
-        *ARGS,
-    )
-    yield srv
-    stop_server(srv)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,15 @@ from daemon.api.keepalive import KeepAlive
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
+class ImageSource(ProtocolModel):
+    """Where an image block's image is: `base64` data with its `media_type`, or a `url`."""
+
+    type: str
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
 class Block(ProtocolModel):
     """One content block; which members matter depends on `type` (checked when translated)."""
 
@@ -29,6 +38,8 @@ class Block(ProtocolModel):
     thinking: str | None = None
     signature: str | None = None
     data: str | None = None
+    # image
+    source: ImageSource | None = None
 
 
 Block.model_rebuild()  # `content` nests blocks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -14,6 +15,7 @@ from daemon.api.anthropic.errors import error_event
 from daemon.api.anthropic.protocol import (
     Block,
     CountTokensRequest,
+    ImageSource,
     MessagesRequest,
     _Conversation,
 )
@@ -22,12 +24,16 @@ from daemon.api.streams import Named, named_sse
 from daemon.core.calls import ToolCall
 from daemon.core.chat import Generation, start_chat
 from daemon.core.choices import Policy
+from daemon.core.errors import to_api
+from daemon.core.media import image_from_base64, image_from_url
 from daemon.core.prompt import build_chat
 from daemon.core.reasoning import Thinking
 from daemon.core.request import (
+    MEDIA_MARKER,
     CallIn,
     ChatRequest,
     FunctionSpec,
+    ImagePart,
     JsonFormat,
     Message,
     NamedTool,
@@ -40,7 +46,7 @@ from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
-from daemon.errors import InvalidRequest
+from daemon.errors import EdgedError, InvalidRequest
 
 _TEXT_ONLY = "edged's models read text only"
 
@@ -65,9 +71,33 @@ def _result_text(block: Block, where: str) -> str:
     return f"Error: {text}" if block.is_error else text
 
 
+def _join(pieces: list[str]) -> str:
+    """Text blocks apart by a blank line, an image's marker against its neighbours (as the
+    OpenAI and Ollama dialects place it: the same image and text make the same prompt)."""
+    out = ""
+    for i, piece in enumerate(pieces):
+        if i and piece != MEDIA_MARKER and pieces[i - 1] != MEDIA_MARKER:
+            out += "\n\n"
+        out += piece
+    return out
+
+
+def _image(source: ImageSource, where: str) -> ImagePart:
+    """An image block's source: base64 with its media type, or a URL (refused unless data:)."""
+    if source.type == "base64" and source.data is not None:
+        return image_from_base64(source.data, source.media_type or "", f"{where}.source")
+    if source.type == "url" and source.url is not None:
+        return image_from_url(source.url, f"{where}.source")
+    raise InvalidRequest(
+        f"{where}.source: give type base64 with data and media_type, or type url",
+        param="messages",
+    )
+
+
 def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
     """One Anthropic message as chat messages: tool results first, then the turn itself."""
     texts: list[str] = []
+    images: list[ImagePart] = []
     thoughts: list[str] = []
     calls: list[CallIn] = []
     results: list[Message] = []
@@ -84,11 +114,21 @@ def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
             calls.append(CallIn(b.name, b.input if b.input is not None else {}, b.id))
         elif b.type == "tool_result" and role == "user" and b.tool_use_id:
             results.append(Message("tool", _result_text(b, where), call_id=b.tool_use_id))
-        elif b.type in ("image", "document"):
+        elif b.type == "image" and role == "user" and b.source is not None:
+            images.append(_image(b.source, where))
+            texts.append(MEDIA_MARKER)
+        elif b.type == "document":
             raise InvalidRequest(
                 f"{where}: {b.type} blocks are not supported; {_TEXT_ONLY}", param="messages"
             )
-        elif b.type in ("text", "tool_use", "tool_result", "thinking", "redacted_thinking"):
+        elif b.type in (
+            "text",
+            "tool_use",
+            "tool_result",
+            "thinking",
+            "redacted_thinking",
+            "image",
+        ):
             raise InvalidRequest(
                 f"{where}: a {b.type} block is missing members or is in a {role} turn",
                 param="messages",
@@ -100,7 +140,11 @@ def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
     out = results
     if texts or calls or thoughts or not results:
         reasoning = "\n\n".join(thoughts) if thoughts else None
-        out = [*out, Message(role, "\n\n".join(texts), calls=tuple(calls), reasoning=reasoning)]
+        text = _join(texts)
+        out = [
+            *out,
+            Message(role, text, calls=tuple(calls), reasoning=reasoning, media=tuple(images)),
+        ]
     return out
 
 
@@ -312,5 +356,12 @@ async def create_message(
 async def count_tokens(registry: ModelRegistry, req: CountTokensRequest) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's tokens as the model would see them."""
     lm = await leased(registry, req.model)
-    chat = build_chat(lm, to_chat(req))
+    conversation = to_chat(req)
+    if conversation.media:  # images are decoded and encoded to be counted: off the loop
+        try:
+            chat = await asyncio.to_thread(build_chat, lm, conversation)
+        except EdgedError as exc:
+            raise to_api(exc, {"image": "messages"}) from exc
+    else:
+        chat = build_chat(lm, conversation)
     return {"input_tokens": len(chat.tokens)}

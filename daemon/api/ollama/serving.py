@@ -6,6 +6,7 @@ sampling through the core's one mapping (llama.cpp's names), embeddings through 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,8 +32,10 @@ from daemon.core import embeddings as vectors_of
 from daemon.core import request as core
 from daemon.core.calls import ToolCall, parse_message
 from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.errors import to_api
 from daemon.core.formats import request_grammar
 from daemon.core.infill import infill_tokens
+from daemon.core.media import check_media, image_from_base64
 from daemon.core.prompt import build_chat
 from daemon.core.reasoning import ReasoningSplitter, Thinking, detect
 from daemon.core.sampling import LLAMA_CPP, sampling_of
@@ -44,8 +47,9 @@ from daemon.engine.errors import UnknownModel
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.media import MediaPrompt
 from daemon.engine.types import Chunk, FinishReason
-from daemon.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest, ModelNotFound
 
 Body = dict[str, Any]
 
@@ -145,7 +149,13 @@ def format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
     return request_grammar(_format(fmt), None, "format")
 
 
-def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy) -> RequestHandle:
+def _submit(
+    lm: LoadedModel,
+    prompt: list[int],
+    req: _Generating,
+    policy: Policy,
+    media: MediaPrompt | None = None,
+) -> RequestHandle:
     """One engine request under the options' sampling and context bounds.
 
     `num_ctx` above the model's context is clamped to it; below it, it bounds prompt plus
@@ -163,9 +173,8 @@ def _submit(lm: LoadedModel, prompt: list[int], req: _Generating, policy: Policy
     limit = min(room, policy.max_tokens) if unbounded else opts.num_predict
     grammar = format_grammar(req.format)
     sampling = sampling_of(opts, LLAMA_CPP, n_ctx=n_ctx, lora=req.lora)
-    (handle,) = submit_choices(
-        lm, [prompt], min(limit, room), sampling, 1, policy, Extras(grammar=grammar)
-    )
+    extras = Extras(grammar=grammar, media=media)
+    (handle,) = submit_choices(lm, [prompt], min(limit, room), sampling, 1, policy, extras)
     return handle
 
 
@@ -201,12 +210,13 @@ async def _load_only(
 
 def _core_message(m: Message) -> core.Message:
     thinking = m.thinking if m.role == "assistant" and m.thinking else None
-    if m.images:
-        raise InvalidRequest("images are not supported: edged serves text models", param="images")
     calls = tuple(core.CallIn(c.function.name, c.function.arguments) for c in m.tool_calls or [])
+    # Ollama's images are base64 files without a type, placed before the message's text.
+    media = tuple(image_from_base64(b, None, "images") for b in m.images or ())
     return core.Message(
         role=m.role,
-        content=m.content,
+        content=core.MEDIA_MARKER * len(media) + m.content,
+        media=media,
         name=m.tool_name if m.role == "tool" else None,
         calls=calls,
         reasoning=thinking,
@@ -238,10 +248,19 @@ async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Bod
         template_kwargs=think_vars,
         format_param="format",
     )
-    chat = build_chat(lm, chat_req)
+    if chat_req.media:
+        check_media(chat_req, policy, "images")
+        try:  # decoding and encoding images block: off the event loop
+            chat = await asyncio.to_thread(
+                build_chat, lm, chat_req, max_pixels=policy.max_image_pixels
+            )
+        except EdgedError as exc:
+            raise to_api(exc, {"image": "images"}) from exc
+    else:
+        chat = build_chat(lm, chat_req)
     # `think: false` leaves the text as the model wrote it, thinking tags and all.
     plan, think = chat.plan, None if req.think is False else chat.think
-    handle = _submit(lm, chat.tokens, req, policy)
+    handle = _submit(lm, chat.tokens, req, policy, chat.extras.media)
     if req.stream:
         return ndjson(_chat_events(handle, plan, name, clock, think), [handle], errors.SHAPE.wire)
     (r,) = await collect_all([handle])
@@ -311,7 +330,9 @@ def _generate_prompt(
 ) -> tuple[list[int], str]:
     """The prompt tokens, and the rendered text ("" for raw prompts, which never split)."""
     if req.images:
-        raise InvalidRequest("images are not supported: edged serves text models", param="images")
+        raise InvalidRequest(
+            "images are served on /api/chat, not yet on /api/generate", param="images"
+        )
     if req.template:
         raise InvalidRequest(
             "a per-request template is not supported; edged renders the model's own",

@@ -1,0 +1,123 @@
+"""One image, three dialects: the same image and question through the official openai,
+anthropic and ollama SDKs make the same prompt and the same greedy answer; each dialect
+words a bad image as its own 400."""
+
+from __future__ import annotations
+
+import base64
+
+import anthropic
+import ollama
+import openai
+import pytest
+
+from tests.conftest import Server
+from tests.media.tiny_vlm import png_bytes, sample_image
+
+PNG = png_bytes(sample_image(seed=3))
+B64 = base64.b64encode(PNG).decode()
+QUESTION = "Which colour is the largest?"
+MAX = 10
+
+
+def _openai(url: str) -> tuple[str, int]:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    resp = client.chat.completions.create(
+        model="lm",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}},
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ],
+        max_tokens=MAX,
+        temperature=0,
+    )
+    assert resp.usage is not None
+    return resp.choices[0].message.content or "", resp.usage.prompt_tokens
+
+
+def _anthropic(url: str) -> tuple[str, int]:
+    client = anthropic.Anthropic(base_url=url, api_key="none", max_retries=0)
+    msg = client.messages.create(
+        model="lm",
+        max_tokens=MAX,
+        extra_body={"temperature": 0},  # the SDK leaves sampling knobs to extra_body
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": B64},
+                    },
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ],
+    )
+    text = "".join(b.text for b in msg.content if b.type == "text")
+    return text, msg.usage.input_tokens
+
+
+def _ollama(url: str) -> tuple[str, int]:
+    resp = ollama.Client(host=url).chat(
+        model="lm",
+        messages=[{"role": "user", "content": QUESTION, "images": [B64]}],
+        # Ollama's repeat_penalty defaults to 1.1: off, as on the other dialects.
+        options={"temperature": 0, "repeat_penalty": 1.0, "num_predict": MAX},
+    )
+    return resp.message.content or "", resp.prompt_eval_count or 0
+
+
+def test_the_same_image_gives_the_same_answer_on_every_dialect(vlm_server: Server) -> None:
+    want = _openai(vlm_server.url)
+    assert want[0]
+    assert _anthropic(vlm_server.url) == want
+    # Ollama's prompt_eval_count counts only what it evaluated (the rest came from the slot).
+    assert _ollama(vlm_server.url)[0] == want[0]
+
+
+def test_anthropic_counts_an_images_tokens(vlm_server: Server) -> None:
+    client = anthropic.Anthropic(base_url=vlm_server.url, api_key="none", max_retries=0)
+    content = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}},
+        {"type": "text", "text": QUESTION},
+    ]
+    with_image = client.messages.count_tokens(
+        model="lm", messages=[{"role": "user", "content": content}]
+    ).input_tokens
+    text_only = client.messages.count_tokens(
+        model="lm", messages=[{"role": "user", "content": QUESTION}]
+    ).input_tokens
+    assert with_image > text_only
+
+
+def test_each_dialect_words_a_bad_image_as_a_400(vlm_server: Server) -> None:
+    bad = base64.b64encode(PNG[:40]).decode()  # a PNG cut inside its first chunk
+    client = anthropic.Anthropic(base_url=vlm_server.url, api_key="none", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="lm",
+            max_tokens=2,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": bad},
+                        }
+                    ],
+                }
+            ],
+        )
+    assert info.value.body["type"] == "error"  # type: ignore[index]
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama.Client(host=vlm_server.url).chat(
+            model="lm", messages=[{"role": "user", "content": "hi", "images": [bad]}]
+        )
+    assert err.value.status_code == 400
