@@ -23,7 +23,7 @@ from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.errors import EdgedError
+from daemon.errors import EdgedError, InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ async def start_chat(
     """Check, lease, render, screen the input, submit `gen.n` choices."""
     tools.check_request(req)  # a malformed tool list is a 400 before any model loads
     check_media(req, policy)  # so are images over the limits
+    if req.media and gen.prompt_logprobs:
+        raise InvalidRequest(
+            "prompt log-probabilities (echo) cannot score an image's positions", param="echo"
+        )
     lm = await leased(registry, gen.model, gen.keep_alive)
     if req.media:
         # Decoding, tokenizing and encoding images blocks: off the event loop.

@@ -250,3 +250,14 @@ def text_server(vlm_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     srv = start_server(tmp_path_factory.mktemp("text_http"), "--model", str(vlm_lm_path), *ARGS)
     yield srv
     stop_server(srv)
+
+
+def test_prompt_logprobs_of_an_image_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.chat.completions.create(
+            model="lm",
+            messages=[image_message(data_url(PNG))],
+            max_tokens=1,
+            logprobs=True,
+            extra_body={"echo": True},
+        )
