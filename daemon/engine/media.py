@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.engine.errors import InvalidInput
+from daemon.engine.errors import InvalidInput, ModelUnavailable
 from daemon.engine.native.mtmd import ChunkType, Projector
 
 
@@ -125,6 +125,8 @@ class MediaEncoder:
                 subject="image",
             )
         with self._lock:
+            if not p.ptr:  # the model was unloaded while this request waited for the lock
+                raise ModelUnavailable("the model was unloaded; retry", retry_after=1)
             bitmaps = []
             try:
                 for m in media:

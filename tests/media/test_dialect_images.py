@@ -121,3 +121,8 @@ def test_each_dialect_words_a_bad_image_as_a_400(vlm_server: Server) -> None:
             model="lm", messages=[{"role": "user", "content": "hi", "images": [bad]}]
         )
     assert err.value.status_code == 400
+
+
+def test_ollama_show_says_vision(vlm_server: Server) -> None:
+    caps = ollama.Client(host=vlm_server.url).show("lm").capabilities or []
+    assert "vision" in caps and "completion" in caps

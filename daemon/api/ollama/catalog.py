@@ -125,6 +125,11 @@ def capabilities(meta: dict[str, Any]) -> list[str]:
     return caps
 
 
+def _vision(registry: ModelRegistry, e: ModelEntry) -> list[str]:
+    """["vision"] for a model served with a projector (Ollama's word for it)."""
+    return ["vision"] if registry.projector_of(e.alias_of or e.name, e.path) else []
+
+
 def _entry_body(e: ModelEntry) -> Body:
     meta = header(e.path)
     try:
@@ -167,7 +172,7 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
         "template": template,
         "details": details(meta),
         "model_info": info,
-        "capabilities": capabilities(meta),
+        "capabilities": capabilities(meta) + _vision(registry, entry),
         "modified_at": _entry_body(entry)["modified_at"],
     }
 
