@@ -5,8 +5,65 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.core.request import JsonFormat
-from daemon.engine.decode.grammar import json_grammar, unenforceable_keywords
+from daemon.engine.native.sampler import json_grammar
 from daemon.errors import InvalidRequest
+
+# JSON-schema keywords the grammar converter does not turn into constraints. A schema using
+# them is refused: accepting it would break the promise that output always validates.
+UNENFORCEABLE = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "minContains",
+        "maxContains",
+        "propertyNames",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def unenforceable_keywords(schema: Any) -> set[str]:
+    """Keywords anywhere in `schema` that constrained decoding cannot guarantee."""
+    found: set[str] = set()
+    if not isinstance(schema, dict):
+        return found
+    found |= UNENFORCEABLE & schema.keys()
+    for key in _SCHEMA_MAPS:
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            for v in sub.values():
+                found |= unenforceable_keywords(v)
+    for key in _SCHEMA_LISTS:
+        sub = schema.get(key)
+        if isinstance(sub, list):
+            for v in sub:
+                found |= unenforceable_keywords(v)
+    for key in ("items", "additionalProperties"):
+        found |= unenforceable_keywords(schema.get(key))
+    return found
+
+
+def gbnf(schema: dict[str, Any] | None) -> str:
+    """llama.cpp's conversion of `schema` to GBNF (None: any JSON object); the one place the
+    chat core reaches the converter. Raises whatever the converter raises."""
+    return json_grammar(schema)
 
 
 def schema_grammar(schema: dict[str, Any] | None, param: str) -> str:
@@ -23,7 +80,7 @@ def schema_grammar(schema: dict[str, Any] | None, param: str) -> str:
             param=param,
         )
     try:
-        return json_grammar(schema)
+        return gbnf(schema)
     except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
         raise InvalidRequest(f"unusable JSON schema: {exc}", param=param) from exc
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from daemon.core.formats import gbnf, unenforceable_keywords
 from daemon.core.request import ChatRequest, FunctionSpec, Message, NamedTool
-from daemon.engine.decode.grammar import json_grammar, unenforceable_keywords
 from daemon.errors import InvalidRequest
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -94,7 +94,7 @@ def _check_parameters(name: str, params: dict[str, Any]) -> None:
                 f"`{d}` in the parameters of `{name}` must be an object", param="tools"
             )
     try:
-        json_grammar(params)
+        gbnf(params)
     except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
         raise InvalidRequest(
             f"the parameters schema of `{name}` is unusable: {exc}", param="tools"
@@ -222,6 +222,8 @@ def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[
 
 def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) -> str:
     """GBNF for output that is exactly one (or, if parallel, several) calls in `fmt`."""
+    key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
+    schema = calls_schema(functions, key)
     for f in functions:
         unsupported = unenforceable_keywords(f.parameters)
         if unsupported:
@@ -230,9 +232,8 @@ def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) 
                 f"in the parameters of `{f.name}`; remove them or use tool_choice `auto`",
                 param="tools",
             )
-    key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
     try:
-        body = json_grammar(calls_schema(functions, key))
+        body = gbnf(schema)
     except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
         raise InvalidRequest(
             f"the tool parameter schemas are unusable: {exc}", param="tools"

@@ -75,7 +75,8 @@ async def chat_completion(
     req = req.with_legacy_functions()
     try:
         chat_req = translate.chat(req)
-        run = await start_chat(registry, chat_req, translate.generation(req), policy)
+        gen = translate.generation(req)
+        run = await start_chat(registry, chat_req, gen, policy)
     except InvalidRequest as exc:
         if legacy:  # name the fields the client sent
             exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
@@ -100,14 +101,14 @@ async def _answer(
     count = req.logprob_count
     shape = _ChatLogprobs(lm, req.together_logprobs) if count is not None else None
     if req.stream:
-        if guard is not None:
+        if guard is None:
+            events = _chat_events(
+                chunk_meta, handles, req.include_usage, shape, policy, plan, think
+            )
+        else:
             # The output check needs whole answers: generate, judge, then send each at once.
             events = _screened_events(
                 chunk_meta, handles, req, chat_req, shape, policy, plan, guard, think
-            )
-        else:
-            events = _chat_events(
-                chunk_meta, handles, req.include_usage, shape, policy, plan, think
             )
         return sse(events, handles)
     results = await collect_all(handles)
