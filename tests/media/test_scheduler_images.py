@@ -153,3 +153,22 @@ def test_requests_that_read_prompt_ids_refuse_images(warm: LoadedModel, kw: dict
 
     with pytest.raises(InvalidInput, match="images"):
         asyncio.run(main())
+
+
+def test_the_fast_default_reuses_an_image_beside_speculating_text(
+    vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    """Without --exact (flash attention, n-gram speculation on): an image prompt runs beside
+    a text prompt that drafts, and its returning turn reuses the image from the slot."""
+    opts = _options(exact=False, flash_attn=True, speculate=True, speculate_always=True)
+    lm = LoadedModel("fast", vlm_lm_path, opts, projector=mmproj["f32"])
+    try:
+        req = _request(lm, 4, "What is it?")
+        words = " ".join(["one two three four"] * 20)
+        (first, _), (text, _) = _ask(lm, req, GenerationRequest(lm.tokenize(words), 16, GREEDY))
+        assert first and text
+        ((again, cached),) = _ask(lm, _request(lm, 4, "What is it?"))
+        assert again == first
+        assert req.media is not None and cached >= req.media.spans[-1].end
+    finally:
+        lm.close()
