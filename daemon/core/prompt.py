@@ -13,6 +13,7 @@ from daemon.core.choices import Extras
 from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking, template_vars
 from daemon.core.request import ChatRequest
+from daemon.core.watch import request_owner
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.media import Medium
 
@@ -57,7 +58,8 @@ def build_chat(
     media = None
     if req.media:
         images = [Medium(p.data, p.digest) for p in req.media]
-        tokens, media = lm.media_prompt(rendered, images, max_pixels)
+        # The request's key: embeddings are cached per key (asyncio.to_thread keeps context).
+        tokens, media = lm.media_prompt(rendered, images, max_pixels, request_owner())
     else:
         tokens = lm.tokenize(rendered)
     think = Thinking.of(source, rendered)

@@ -115,9 +115,14 @@ class MediaEncoder:
         *,
         add_special: bool,
         max_pixels: int | None = None,
+        owner: str = "",
     ) -> tuple[list[int], MediaPrompt]:
         """Tokens (stand-ins at media positions) and media spans of `text`, which holds the
-        projector's marker once per medium, in order. Blocks: call it off the event loop."""
+        projector's marker once per medium, in order. Blocks: call it off the event loop.
+
+        Embeddings are cached per `owner` (API key): how fast an image encodes never tells
+        one key that another sent it. Stand-ins are not: the prompt cache's owner rule
+        decides whose KV a key may reuse, as for text."""
         p = self.projector
         if p.uses_mrope:
             raise InvalidInput(
@@ -145,11 +150,11 @@ class MediaEncoder:
                         digest = chunk.id or ""
                         key = f"{digest}#{seen[digest]}"
                         seen[digest] += 1
-                        embd = self.cache.get(key)
+                        embd = self.cache.get(f"{owner}\0{key}")
                         if embd is None:
                             embd = p.encode(chunk)
                             embd.setflags(write=False)
-                            self.cache.put(key, embd)
+                            self.cache.put(f"{owner}\0{key}", embd)
                         spans.append(MediaSpan(len(tokens), embd, p.non_causal(chunk)))
                         tokens.extend(stand_in(key, i) for i in range(chunk.n_tokens))
             finally:

@@ -172,3 +172,17 @@ def test_the_fast_default_reuses_an_image_beside_speculating_text(
         assert req.media is not None and cached >= req.media.spans[-1].end
     finally:
         lm.close()
+
+
+def test_embeddings_are_cached_per_key(warm: LoadedModel) -> None:
+    """Two keys sending one image: the second encodes it again (no timing tells it the
+    first sent it); the first's return is a cache hit for each of its two chunks."""
+    assert warm.media is not None
+    cache = warm.media.cache
+    text = warm.render_chat([{"role": "user", "content": f"{MARKER}Hi"}])
+    warm.media_prompt(text, [_medium(9)], owner="k1")
+    hits = cache.hits
+    warm.media_prompt(text, [_medium(9)], owner="k2")
+    assert cache.hits == hits
+    warm.media_prompt(text, [_medium(9)], owner="k1")
+    assert cache.hits == hits + 2

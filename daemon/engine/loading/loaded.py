@@ -340,7 +340,7 @@ class LoadedModel:
         return self.media is not None and self.media.projector.vision
 
     def media_prompt(
-        self, text: str, media: list[Medium], max_pixels: int | None = None
+        self, text: str, media: list[Medium], max_pixels: int | None = None, owner: str = ""
     ) -> tuple[list[int], MediaPrompt]:
         """A rendered prompt holding one media marker per image, as tokens (stand-ins at
         image positions) and image embeddings. Blocks (decoding, encoding): off the loop."""
@@ -352,7 +352,9 @@ class LoadedModel:
             )
         bos = self.model.special_text(self.model.bos) if self.model.add_bos else ""
         add_special = self.model.add_bos and not (bos and text.startswith(bos))
-        return self.media.prompt(text, media, add_special=add_special, max_pixels=max_pixels)
+        return self.media.prompt(
+            text, media, add_special=add_special, max_pixels=max_pixels, owner=owner
+        )
 
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
         """Reject token ids the vocabulary does not have, and empty prompts (`param`: the
