@@ -186,3 +186,21 @@ def test_embeddings_are_cached_per_key(warm: LoadedModel) -> None:
     assert cache.hits == hits
     warm.media_prompt(text, [_medium(9)], owner="k1")
     assert cache.hits == hits + 2
+
+
+def test_an_image_larger_than_a_batch_is_decoded_over_steps(
+    vlm_lm_path: Path, mmproj: dict[str, Path], cold: LoadedModel
+) -> None:
+    """A batch of 3 rows: each 4-row image chunk takes two steps (its rows resume where the
+    last step stopped), and the answer is the cold run's."""
+    want = _reference(cold, 5, "What is it?")
+    lm = LoadedModel(
+        "small", vlm_lm_path, _options(batch_size=3, ubatch_size=3), projector=mmproj["f32"]
+    )
+    try:
+        req = _request(lm, 5, "What is it?")
+        assert req.media is not None and all(len(s.embd) > 3 for s in req.media.spans)
+        ((got, _),) = _ask(lm, req)
+        assert got == want
+    finally:
+        lm.close()

@@ -154,6 +154,8 @@ class Scheduler(Admission):
         lora = self.lora.serve(self.ctx, (a.handle.request.lora for a in self._active))
         group = [a for a in self._active if a.handle.request.lora == lora]
         self._decode_media(group)
+        if self._retired is not None:  # retired meanwhile: its KV lives on a lost worker
+            return
         # Plan first (decode rows, then prompt chunks first come first served), then lay the
         # rows out in ascending sequence id: llama.cpp splits a batch whose sequences are out
         # of order with one KV stream each into several micro-batches (decode ~25 % slower).
@@ -253,9 +255,10 @@ class Scheduler(Admission):
         a.spec.valid = -1
 
     def _decode_media(self, group: list[Active]) -> None:
-        """Decode the embeddings of one image span whose turn it is (a request whose next
-        prompt position is an image), in llama_decode calls of its own: a batch holds
-        tokens or embeddings, never both. One span per step: text streams keep their pace."""
+        """Decode the embeddings of one image whose turn it is (a request whose next prompt
+        position is an image), in a llama_decode of its own: a batch holds tokens or
+        embeddings, never both. One image per step, at most a batch of its rows: text
+        streams wait no longer than for a prefill chunk."""
         for a in group:
             if not a.pending or not is_stand_in(a.pending[0]) or a.fork.leader is not None:
                 continue
@@ -266,10 +269,24 @@ class Scheduler(Admission):
                 assert media is not None, "stand-ins in a prompt without media"
                 span = media.span_at(pos)
                 rows = span.embd[pos - span.start :]
-                decode_rows(
-                    self.ctx, rows, pos, slot.seq, self.batch.capacity, non_causal=span.non_causal
-                )
+                if not span.non_causal:  # at most a batch per step (a bidirectional image
+                    rows = rows[: self.batch.capacity]  # is attended whole: one decode)
+                self.decode_started = time.monotonic()  # the watchdog's liveness marks
+                try:
+                    decode_rows(
+                        self.ctx,
+                        rows,
+                        pos,
+                        slot.seq,
+                        self.batch.capacity,
+                        non_causal=span.non_causal,
+                    )
+                finally:
+                    self.decode_started = None
+                    self.last_beat = time.monotonic()
             except Exception as exc:  # this request alone; its partial KV goes
+                if self._retired is not None:
+                    return
                 log.exception("decoding image embeddings failed")
                 self.ctx.seq_rm(slot.seq, pos, -1)
                 out: Out = []
