@@ -165,7 +165,7 @@ def convert(
             writer.add_name(_model_name(directory, config))
             writer.add_type(gguf.GGUFType.MODEL)
             for key, value in kvs.items():
-                _add_kv(writer, key, value)
+                add_kv(writer, key, value)
             writer.add_file_type(int(out.file_type))
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             vocab.add_to(writer, directory)
@@ -211,7 +211,8 @@ def _tensor_data(
     return encode(data, t.qtype, t.source.name)
 
 
-def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+def add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    """Write one metadata value under the GGUF type its Python type implies."""
     if isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):

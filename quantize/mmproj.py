@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from quantize.atomic import atomic_output
 from quantize.checkpoint import Checkpoint, TensorRef
-from quantize.convert import read_config
+from quantize.convert import add_kv, read_config
 from quantize.errors import BrokenCheckpoint, UnsupportedArchitecture
 from quantize.outtypes import OutType, encode, nbytes, outtype, tensor_type
 
@@ -271,7 +271,7 @@ def convert_mmproj(
             writer.add_array(K.IMAGE_MEAN, [float(v) for v in preproc["image_mean"]])
             writer.add_array(K.IMAGE_STD, [float(v) for v in preproc["image_std"]])
             for key, value in projector.extra_kvs(config, vision, preproc).items():
-                _add_kv(writer, key, value)
+                add_kv(writer, key, value)
             for t in planned:
                 dtype = np.float16 if t.qtype == Q.F16 else np.float32
                 raw = None if t.qtype in (Q.F32, Q.F16) else t.qtype
@@ -296,14 +296,3 @@ def convert_mmproj(
 def _model_name(directory: Path, config: Config) -> str:
     name = str(config.get("_name_or_path") or directory.name).rstrip("/").split("/")[-1]
     return name or "mmproj"
-
-
-def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
-    if isinstance(value, bool):
-        writer.add_bool(key, value)
-    elif isinstance(value, int):
-        writer.add_uint32(key, value)
-    elif isinstance(value, float):
-        writer.add_float32(key, value)
-    else:
-        writer.add_string(key, str(value))

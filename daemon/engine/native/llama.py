@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
@@ -28,14 +29,23 @@ _init_lock = threading.Lock()
 _initialized = False
 
 
-@lc.llama_log_callback
-def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # llama.cpp is chatty at INFO; keep its lines at DEBUG unless they are problems.
-    py_level = _LEVELS.get(level, logging.DEBUG)
-    if py_level < logging.WARNING:
-        py_level = logging.DEBUG
-    if log.isEnabledFor(py_level):
-        log.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
+def log_callback(logger: logging.Logger) -> Any:
+    """A llama.cpp log callback writing to `logger` (keep a reference: ctypes frees it)."""
+
+    @lc.llama_log_callback
+    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        # llama.cpp is chatty at INFO (clip and mtmd print every hyperparameter): keep its
+        # lines at DEBUG unless they are problems.
+        py_level = _LEVELS.get(level, logging.DEBUG)
+        if py_level < logging.WARNING:
+            py_level = logging.DEBUG
+        if logger.isEnabledFor(py_level):
+            logger.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
+
+    return callback
+
+
+_log_callback = log_callback(log)
 
 
 def init_backend() -> None:

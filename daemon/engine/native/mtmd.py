@@ -22,23 +22,13 @@ import numpy as np
 
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
 from daemon.engine.mediainfo import sniff
-from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
+from daemon.engine.native.llama import Context, Model, init_backend, lc, log_callback, mtmd
 
 log = logging.getLogger("edged.mtmd")
 
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _log_lock = threading.Lock()
 _log_routed = False
-
-
-@lc.llama_log_callback
-def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # clip and mtmd print every hyperparameter at INFO: keep those at DEBUG, problems above.
-    py_level = _LEVELS.get(level, logging.DEBUG)
-    if py_level < logging.WARNING:
-        py_level = logging.DEBUG
-    if log.isEnabledFor(py_level):
-        log.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
+_log_callback = log_callback(log)
 
 
 def _route_logs() -> None:
