@@ -220,6 +220,7 @@ BUDGET_S: dict[str, float] = {
     "gpu": 5,
     "integration": 150,
     "lora": 100,
+    "media": 30,
     "person": 60,
     "quantize": 60,
     "rerank": 20,
