@@ -149,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
             "--speculate",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="speculative decoding by n-gram lookup and --draft-model (default: on, where "
-            "its cost model says it pays; off under --exact)",
+            help="speculative decoding by n-gram lookup (and --draft-model); default off; under "
+            "--exact only where verified rows are bit-identical",
         )
         for which in ("k", "v"):
             sp.add_argument(

@@ -76,7 +76,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         ),
         store_ttl=settings.store_ttl,
         max_per_key=settings.max_concurrency_per_key,
-        speculate=settings.speculate if settings.speculate is not None else not settings.exact,
+        speculate=bool(settings.speculate),  # unset: off (daemon/config.py says why)
         draft_model=settings.draft_model,
         draft_max=settings.draft_max,
         cache_ram=settings.cache_ram,

@@ -201,10 +201,12 @@ class Settings(BaseSettings):
         return value
 
     # ---- speculative decoding (README: Speculative decoding) ----
-    # Unset: on without --exact (a cost model per sequence drafts only where it pays), off
-    # under it.
+    # Off unless asked: on by default, n-gram drafts verified at a long context made decode up
+    # to 3x slower on the benchmark CPU although ~98 % of them were accepted (verifying rows
+    # there costs far more than the per-sequence cost model, learnt on short contexts,
+    # expects; bench/RESULTS.md). Unset = off until that model knows the context's cost.
     speculate: bool | None = Field(
-        None, description="draft by n-gram lookup in prompt and output; unset = on unless exact"
+        None, description="draft by n-gram lookup in prompt and output (and --draft-model)"
     )
     draft_model: Path | None = Field(None, description="GGUF drafting for same-vocabulary models")
     # At most 62: with its sampled token a sequence then verifies fewer than 64 rows, below

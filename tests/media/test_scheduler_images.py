@@ -155,11 +155,12 @@ def test_requests_that_read_prompt_ids_refuse_images(warm: LoadedModel, kw: dict
         asyncio.run(main())
 
 
-def test_the_fast_default_reuses_an_image_beside_speculating_text(
+def test_the_fast_contract_reuses_an_image_beside_speculating_text(
     vlm_lm_path: Path, mmproj: dict[str, Path]
 ) -> None:
-    """Without --exact (flash attention, n-gram speculation on): an image prompt runs beside
-    a text prompt that drafts, and its returning turn reuses the image from the slot."""
+    """Without --exact, with --speculate (flash attention, n-gram speculation on): an image
+    prompt runs beside a text prompt that drafts, and its returning turn reuses the image
+    from the slot."""
     opts = _options(exact=False, flash_attn=True, speculate=True, speculate_always=True)
     lm = LoadedModel("fast", vlm_lm_path, opts, projector=mmproj["f32"])
     try:

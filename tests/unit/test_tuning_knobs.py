@@ -51,10 +51,10 @@ def test_quantized_value_cache_needs_flash_attention() -> None:
 
 
 def test_fast_by_default_exact_on_request() -> None:
-    """Unset, flash attention and speculation are on and every cached token is reused;
-    --exact turns them to the bit-exact contract; explicit flags win either way."""
+    """Unset, flash attention is on and every cached token is reused; --exact turns them to
+    the bit-exact contract; speculation is off unless asked; explicit flags win either way."""
     fast = engine_options(parse())
-    assert (fast.exact, fast.flash_attn, fast.speculate) == (False, True, True)
+    assert (fast.exact, fast.flash_attn, fast.speculate) == (False, True, False)
     exact = engine_options(parse("--exact"))
     # None: on for encoders only (embedding and rerank models keep no KV to reuse).
     assert (exact.exact, exact.flash_attn, exact.speculate) == (True, None, False)
