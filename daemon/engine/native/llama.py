@@ -16,7 +16,12 @@ from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp import mtmd_cpp as mtmd  # noqa: F401 (libmtmd: images and audio, for native/ modules)
+
+try:  # libmtmd (images and audio, for native/ modules); builds may leave it out
+    # (-DLLAVA_BUILD=off, as .ci/run builds the RPC wheel)
+    from llama_cpp import mtmd_cpp as mtmd
+except (ImportError, OSError):  # the binding raises FileNotFoundError for a missing library
+    mtmd = None
 from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for native/sampler.py)
 
 from daemon.engine.errors import LoadFailed

@@ -47,11 +47,12 @@ def default_marker() -> str:
 
 
 class ChunkType(IntEnum):
-    """What one chunk of a tokenized prompt holds."""
+    """What one chunk of a tokenized prompt holds (mtmd_input_chunk_type's values, spelled
+    out so that this module imports where the build has no libmtmd)."""
 
-    TEXT = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
-    IMAGE = mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
-    AUDIO = mtmd.MTMD_INPUT_CHUNK_TYPE_AUDIO
+    TEXT = 0
+    IMAGE = 1
+    AUDIO = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class Projector:
         self, model: Model, path: Path, options: ProjectorOptions = ProjectorOptions()
     ) -> None:
         init_backend()
+        if mtmd is None:
+            raise LoadFailed(
+                "this llama-cpp-python build has no libmtmd (images and audio): rebuild it "
+                "without -DLLAVA_BUILD=off"
+            )
         _route_logs()
         if not path.is_file():
             raise LoadFailed(f"projector file not found: {path.name}")
