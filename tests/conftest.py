@@ -224,7 +224,7 @@ BUDGET_S: dict[str, float] = {
     "person": 95,
     "quantize": 55,
     "rerank": 15,
-    "rpc": 40,
+    "rpc": 65,
     "security": 150,
     "service": 160,
     "spec": 50,
