@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
 import llama_cpp as lc
 import numpy as np
@@ -25,31 +24,13 @@ except (ImportError, OSError):  # the binding raises FileNotFoundError for a mis
 from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for native/sampler.py)
 
 from daemon.engine.errors import LoadFailed
+from daemon.engine.native.logs import log_callback
 from daemon.engine.types import CacheType
 
 log = logging.getLogger("edged.llama")
 
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _init_lock = threading.Lock()
 _initialized = False
-
-
-def log_callback(logger: logging.Logger) -> Any:
-    """A llama.cpp log callback writing to `logger` (keep a reference: ctypes frees it)."""
-
-    @lc.llama_log_callback
-    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        # llama.cpp is chatty at INFO (clip and mtmd print every hyperparameter): keep its
-        # lines at DEBUG unless they are problems.
-        py_level = _LEVELS.get(level, logging.DEBUG)
-        if py_level < logging.WARNING:
-            py_level = logging.DEBUG
-        if logger.isEnabledFor(py_level):
-            logger.log(py_level, "%s", text.decode("utf-8", "replace").rstrip())
-
-    return callback
-
-
 _log_callback = log_callback(log)
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
 from daemon.engine.mediainfo import sniff
-from daemon.engine.native.llama import Context, Model, init_backend, lc, log_callback, mtmd
+from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
+from daemon.engine.native.logs import log_callback
 
 log = logging.getLogger("edged.mtmd")
 
