@@ -11,14 +11,17 @@ import pytest
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
+from tests.integration.modes import MODES
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = ["Once upon a time", "The best way to learn a language is", "def fibonacci(n):"]
 
 
-@pytest.fixture(scope="module")
-def lm(model_path: Path) -> Iterator[LoadedModel]:
-    m = LoadedModel("smol", model_path, EngineOptions(ctx_size=1024, parallel=4))
+@pytest.fixture(scope="module", params=sorted(MODES))
+def lm(model_path: Path, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
+    m = LoadedModel(
+        "smol", model_path, EngineOptions(ctx_size=1024, parallel=4, **MODES[request.param])
+    )
     yield m
     m.close()
 

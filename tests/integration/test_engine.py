@@ -12,13 +12,15 @@ from daemon.engine.errors import QueueFull
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.types import FinishReason, GenerationRequest, SamplingParams
+from tests.integration.modes import MODES
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def lm(model_path: Path) -> Iterator[LoadedModel]:
-    m = LoadedModel("smol", model_path, EngineOptions(ctx_size=1024, parallel=4, max_queue=8))
+@pytest.fixture(scope="module", params=sorted(MODES))
+def lm(model_path: Path, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
+    opts = EngineOptions(ctx_size=1024, parallel=4, max_queue=8, **MODES[request.param])
+    m = LoadedModel("smol", model_path, opts)
     yield m
     m.close()
 

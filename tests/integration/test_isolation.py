@@ -27,14 +27,16 @@ from daemon.engine.types import (
     SavedSequence,
 )
 from daemon.errors import EdgedError, Timeout
+from tests.integration.modes import MODES
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def lm(model_path: Path) -> Iterator[LoadedModel]:
+@pytest.fixture(scope="module", params=sorted(MODES))
+def lm(model_path: Path, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
     # Two slots: other requests reuse the slot a finished request left behind.
-    m = LoadedModel("smol", model_path, EngineOptions(ctx_size=1024, parallel=2, max_queue=16))
+    opts = EngineOptions(ctx_size=1024, parallel=2, max_queue=16, **MODES[request.param])
+    m = LoadedModel("smol", model_path, opts)
     yield m
     m.close()
 
