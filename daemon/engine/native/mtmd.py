@@ -1,5 +1,6 @@
-"""libmtmd (images and audio into a llama.cpp text model): thin owners of a projector, its
-bitmaps and tokenized chunks, released deterministically (close or `with`).
+"""libmtmd (images and audio into a llama.cpp text model): the projector, released
+deterministically (close or `with`). Its bitmaps and chunks are in native/media_chunks.py,
+the decoding of embedding rows in native/embd_batch.py.
 
 llama.cpp stays imported in one module: the bindings come from native/llama.py. A prompt is
 text with a media marker per bitmap; `Projector.tokenize` splits it into chunks (text token
@@ -12,9 +13,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
 
@@ -22,8 +22,10 @@ import numpy as np
 
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
 from daemon.engine.mediainfo import sniff
+from daemon.engine.native.embd_batch import decode_rows
 from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
 from daemon.engine.native.logs import log_callback
+from daemon.engine.native.media_chunks import Bitmap, Chunk, Chunks, ChunkType
 
 log = logging.getLogger("edged.mtmd")
 
@@ -47,15 +49,6 @@ def default_marker() -> str:
     return mtmd.mtmd_default_marker().decode()
 
 
-class ChunkType(IntEnum):
-    """What one chunk of a tokenized prompt holds (mtmd_input_chunk_type's values, spelled
-    out so that this module imports where the build has no libmtmd)."""
-
-    TEXT = 0
-    IMAGE = 1
-    AUDIO = 2
-
-
 @dataclass(frozen=True)
 class ProjectorOptions:
     """How to run a projector: device, threads, attention kernel, warm-up."""
@@ -74,6 +67,8 @@ class ProjectorOptions:
     # ffprobe/ffmpeg from PATH on it: off, request bytes never reach a subprocess.
     video: bool = False
 
+
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
 
 # ffmpeg's tools are looked up in this directory when video is off: nothing can exist under
 # a file, so the spawn fails without running anything.
@@ -330,190 +325,4 @@ class Projector:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
-
-
-_FLOAT_P = ctypes.POINTER(ctypes.c_float)
-
-
-def decode_rows(
-    ctx: Context, embd: np.ndarray, n_past: int, seq: int, n_batch: int, *, non_causal: bool
-) -> None:
-    """Decode embedding rows into sequence `seq` at positions n_past.. in batches of n_batch
-    (no logits kept). Needs no projector: the scheduler decodes cached embeddings with it."""
-    rows = np.ascontiguousarray(embd, dtype=np.float32)
-    if non_causal and n_batch < len(rows):
-        raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one batch")
-    if non_causal:
-        lc.llama_set_causal_attn(ctx.ptr, False)
-    try:
-        with EmbeddingBatch(min(n_batch, len(rows)), rows.shape[1]) as batch:
-            for start in range(0, len(rows), n_batch):
-                batch.fill(rows[start : start + n_batch], n_past + start, seq)
-                rc = lc.llama_decode(ctx.ptr, batch.raw)
-                if rc != 0:
-                    raise GenerationFailed(f"llama_decode of image embeddings returned {rc}")
-    finally:
-        if non_causal:
-            lc.llama_set_causal_attn(ctx.ptr, True)
-
-
-class Bitmap:
-    """One image (RGB) or audio clip (float PCM) for libmtmd, with an optional id (a digest
-    of the decoded media, which names its chunks for KV reuse)."""
-
-    def __init__(self, ptr: int, media_id: str | None = None) -> None:
-        self.ptr: int | None = ptr
-        if media_id is not None:
-            mtmd.mtmd_bitmap_set_id(ptr, media_id.encode())
-        self.width: int = mtmd.mtmd_bitmap_get_nx(ptr)
-        self.height: int = mtmd.mtmd_bitmap_get_ny(ptr)
-        self.is_audio: bool = bool(mtmd.mtmd_bitmap_is_audio(ptr))
-
-    def live(self) -> int:
-        """The raw pointer; refuses a closed bitmap."""
-        if not self.ptr:
-            raise RuntimeError("the bitmap is closed")
-        return self.ptr
-
-    @property
-    def id(self) -> str | None:
-        """The id given at creation, if any."""
-        raw = mtmd.mtmd_bitmap_get_id(self.live())
-        return raw.decode() if raw else None
-
-    def data(self) -> bytes:
-        """A copy of the bitmap's bytes (RGB rows, or float32 samples for audio)."""
-        n = mtmd.mtmd_bitmap_get_n_bytes(self.live())
-        return ctypes.string_at(mtmd.mtmd_bitmap_get_data(self.live()), n)
-
-    def close(self) -> None:
-        """Free the bitmap (chunks tokenized from it keep their own copy)."""
-        if self.ptr:
-            mtmd.mtmd_bitmap_free(self.ptr)
-            self.ptr = None
-
-    def __enter__(self) -> Bitmap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Chunks:
-    """A tokenized prompt: text runs and media chunks, in order."""
-
-    def __init__(self, ptr: int) -> None:
-        if not ptr:
-            raise GenerationFailed("libmtmd could not allocate chunks")
-        self.ptr: int | None = ptr
-
-    def live(self) -> int:
-        """The raw pointer; refuses closed chunks."""
-        if not self.ptr:
-            raise RuntimeError("the chunks are closed")
-        return self.ptr
-
-    def __len__(self) -> int:
-        return mtmd.mtmd_input_chunks_size(self.live())
-
-    def __getitem__(self, i: int) -> Chunk:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(i)
-        return Chunk(self, mtmd.mtmd_input_chunks_get(self.live(), i % n))
-
-    def __iter__(self) -> Iterator[Chunk]:
-        return (self[i] for i in range(len(self)))
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens of every chunk together (text tokens plus media embeddings)."""
-        return mtmd.mtmd_helper_get_n_tokens(self.live())
-
-    @property
-    def n_pos(self) -> int:
-        """KV positions the chunks take (fewer than n_tokens for M-RoPE images)."""
-        return mtmd.mtmd_helper_get_n_pos(self.live())
-
-    def close(self) -> None:
-        """Free every chunk."""
-        if self.ptr:
-            mtmd.mtmd_input_chunks_free(self.ptr)
-            self.ptr = None
-
-    def __enter__(self) -> Chunks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Chunk:
-    """One chunk, a view into its Chunks (valid while they are open)."""
-
-    def __init__(self, owner: Chunks, ptr: int) -> None:
-        self._owner = owner
-        self._ptr = ptr
-        kind = mtmd.mtmd_input_chunk_get_type(ptr)
-        try:
-            self.type = ChunkType(kind)
-        except ValueError:
-            raise GenerationFailed(f"libmtmd made a chunk of unknown type {kind}") from None
-        self.n_tokens: int = mtmd.mtmd_input_chunk_get_n_tokens(ptr)
-        self.n_pos: int = mtmd.mtmd_input_chunk_get_n_pos(ptr)
-
-    def live(self) -> int:
-        """The raw pointer; refuses a chunk whose Chunks are closed."""
-        self._owner.live()
-        return self._ptr
-
-    @property
-    def id(self) -> str | None:
-        """The media id of the bitmap this chunk came from (None for text or no id)."""
-        raw = mtmd.mtmd_input_chunk_get_id(self.live())
-        return raw.decode() if raw else None
-
-    def text_tokens(self) -> list[int]:
-        """The token ids of a text chunk ([] for media)."""
-        chunk = self.live()
-        if self.type != ChunkType.TEXT:
-            return []
-        n = ctypes.c_size_t(0)
-        ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-        return list(ptr[: n.value]) if ptr and n.value else []
-
-
-class EmbeddingBatch:
-    """A llama_batch of embedding rows (no token ids) for one sequence."""
-
-    def __init__(self, capacity: int, n_embd: int) -> None:
-        self.raw = lc.llama_batch_init(capacity, n_embd, 1)
-        self.capacity = capacity
-        self.n_embd = n_embd
-
-    def fill(self, rows: np.ndarray, pos0: int, seq: int) -> None:
-        """Put rows (n, n_embd float32, contiguous) at positions pos0.. of seq; no logits."""
-        n = len(rows)
-        if n > self.capacity:
-            raise IndexError(f"the batch holds at most {self.capacity} rows")
-        raw = self.raw
-        ctypes.memmove(raw.embd, rows.ctypes.data, rows.nbytes)
-        for i in range(n):
-            raw.pos[i] = pos0 + i
-            raw.n_seq_id[i] = 1
-            raw.seq_id[i][0] = seq
-            raw.logits[i] = False
-        raw.n_tokens = n
-
-    def close(self) -> None:
-        """Free the batch arrays."""
-        if self.raw is not None:
-            lc.llama_batch_free(self.raw)
-            self.raw = None
-
-    def __enter__(self) -> EmbeddingBatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
         self.close()
