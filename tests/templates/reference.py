@@ -19,7 +19,7 @@ from transformers.utils import chat_template_utils as hf
 from daemon.engine.loading import chat_template as edged
 
 # The instant `strftime_now` reads in both renderers while a test freezes the clock.
-FROZEN = datetime(2026, 12, 7, 9, 30, 0)
+FROZEN = datetime(2025, 3, 14, 9, 30, 0)
 
 
 class _FrozenDatetime(datetime):
