@@ -6,9 +6,11 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
+from daemon.core.families import GENERIC, PROMPTED, ToolFormat, family_of
+from daemon.core.families.deepseek import tools_prompt as deepseek_tools_prompt
+from daemon.core.families.grammars import family_grammar, json_call_root
 from daemon.core.formats import gbnf, unenforceable_keywords
 from daemon.core.request import ChatRequest, FunctionSpec, Message, NamedTool
 from daemon.errors import InvalidRequest
@@ -17,14 +19,16 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_TAG = "[TOOL_CALLS]"
 _EMPTY_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
 _DEFS = ("$defs", "definitions")
+# Families whose calls are one JSON object each (name inside): `tool-call` from calls_schema.
+_JSON_CALLS = {
+    ToolFormat.HERMES: ("name", "arguments"),
+    ToolFormat.LLAMA3: ("name", "parameters"),
+    ToolFormat.MISTRAL: ("name", "arguments"),
+    ToolFormat.GRANITE: ("name", "arguments"),
+    ToolFormat.COMMAND_R7B: ("tool_name", "parameters"),
+}
 
-
-class ToolFormat(str, Enum):
-    """How a model writes its calls."""
-
-    HERMES = "hermes"  # <tool_call>{"name", "arguments"}</tool_call> blocks (Qwen, Hermes, generic)
-    LLAMA3 = "llama3"  # one bare {"name", "parameters"} object
-    MISTRAL = "mistral"  # [TOOL_CALLS] then a JSON array of {"name", "arguments"}
+__all__ = ["ToolFormat"]  # re-exported: dialects and tests name formats through this module
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class ToolPlan:
     native: bool  # the model's own template lays the tools out
     grammar: str | None  # set when a call is required or named
     legacy: bool = False  # asked with `functions`: answered as `function_call`
+    family: str = GENERIC  # the template's family (docs/families.md)
+
+    def schemas(self) -> dict[str, dict[str, Any]]:
+        """Each function's parameters schema by name (the XML formats type values by it)."""
+        return {f.name: f.parameters for f in self.functions}
 
 
 def template_supports_tools(source: str) -> bool:
@@ -61,14 +70,23 @@ def template_supports_tools(source: str) -> bool:
 
 
 def template_format(source: str) -> ToolFormat:
-    """The call syntax a tool-aware template teaches its model."""
-    if OPEN in source:
-        return ToolFormat.HERMES
-    if MISTRAL_TAG in source:
-        return ToolFormat.MISTRAL
-    if "<|python_tag|>" in source or "ipython" in source:
-        return ToolFormat.LLAMA3
-    return ToolFormat.HERMES
+    """The call syntax a tool-aware template teaches its model (its family's; else Hermes)."""
+    return family_of(source).fmt or ToolFormat.HERMES
+
+
+def _format(source: str) -> tuple[ToolFormat, bool]:
+    """The call syntax for a template, and whether the template lists the tools itself.
+
+    A template that lists tools speaks its family's syntax (Hermes blocks if unknown); one that
+    only renders past calls (DeepSeek) gets the tools listed in its family's words; any other
+    gets edged's generic prompt, whose syntax is Hermes'.
+    """
+    family = family_of(source)
+    if family.lists_tools:
+        return family.fmt or ToolFormat.HERMES, True
+    if family.fmt in PROMPTED:
+        return family.fmt, False
+    return ToolFormat.HERMES, False
 
 
 def _functions(tools: Sequence[FunctionSpec]) -> tuple[Function, ...]:
@@ -120,8 +138,7 @@ def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
         raise InvalidRequest("tool_choice `required` needs tools", param="tool_choice")
     if not functions or choice == "none":
         return None
-    native = template_supports_tools(template_source)
-    fmt = template_format(template_source) if native else ToolFormat.HERMES
+    fmt, native = _format(template_source)
     if isinstance(choice, NamedTool):
         allowed = frozenset({choice.name})
     else:
@@ -139,7 +156,8 @@ def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
         # repeat the call until max_tokens cuts one in half.
         parallel = req.parallel_calls and not isinstance(choice, NamedTool)
         grammar = call_grammar(chosen, fmt, parallel=parallel)
-    return ToolPlan(functions, allowed, fmt, native, grammar, req.legacy_calls)
+    family = family_of(template_source).name
+    return ToolPlan(functions, allowed, fmt, native, grammar, req.legacy_calls, family)
 
 
 def _prefix_refs(node: Any, prefix: str, base: str) -> Any:
@@ -188,8 +206,10 @@ def _moved_ref(ref: str, prefix: str, base: str) -> str:
     return ref
 
 
-def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[str, Any]:
-    """One JSON schema accepting `{"name": NAME, key: ARGS}` for any of the functions.
+def calls_schema(
+    functions: Iterable[Function], key: str = "arguments", name_key: str = "name"
+) -> dict[str, Any]:
+    """One JSON schema accepting `{name_key: NAME, key: ARGS}` for any of the functions.
 
     Each function's `$defs` move to the top level under a per-function prefix, since references
     resolve against the document root.
@@ -207,13 +227,10 @@ def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[
         params = _prefix_refs(f.parameters, prefix, base)
         if _points_into_itself(f.parameters):
             defs[f"f{i}"], params = params, {"$ref": base}
-        alternatives.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": f.name}, key: params},
-                "required": ["name", key],
-            }
-        )
+        props: dict[str, Any] = {name_key: {"const": f.name}, key: params}
+        if name_key == "tool_name":  # Command R7B numbers its calls first
+            props = {"tool_call_id": {"type": "string"}, **props}
+        alternatives.append({"type": "object", "properties": props, "required": list(props)})
     schema: dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     if defs:
         schema = {**schema, "$defs": defs}
@@ -222,8 +239,6 @@ def calls_schema(functions: Iterable[Function], key: str = "arguments") -> dict[
 
 def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) -> str:
     """GBNF for output that is exactly one (or, if parallel, several) calls in `fmt`."""
-    key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
-    schema = calls_schema(functions, key)
     for f in functions:
         unsupported = unenforceable_keywords(f.parameters)
         if unsupported:
@@ -233,21 +248,18 @@ def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) 
                 param="tools",
             )
     try:
-        body = gbnf(schema)
+        if fmt not in _JSON_CALLS:
+            pairs = [(f.name, f.parameters) for f in functions]
+            return family_grammar(fmt, pairs, gbnf, parallel=parallel)
+        name_key, key = _JSON_CALLS[fmt]
+        body = gbnf(calls_schema(functions, key, name_key))
     except Exception as exc:  # the converter raises many kinds on schemas it cannot handle
         raise InvalidRequest(
             f"the tool parameter schemas are unusable: {exc}", param="tools"
         ) from exc
     # The converter names its start rule `root`; ours wraps it in the format's markup.
     body = re.sub(r"^root ::=", "tool-call ::=", body, flags=re.MULTILINE)
-    if fmt is ToolFormat.HERMES:
-        block = r'"<tool_call>\n" tool-call "\n</tool_call>"'
-        root = f'{block} ("\\n" {block})*' if parallel else block
-    elif fmt is ToolFormat.MISTRAL:
-        root = '"[" tool-call ("," " "? tool-call)* "]"' if parallel else '"[" tool-call "]"'
-    else:
-        root = "tool-call"
-    return f"root ::= {root}\n{body}"
+    return f"root ::= {json_call_root(fmt, parallel=parallel)}\n{body}"
 
 
 # ---- the prompt ---------------------------------------------------------------------------
@@ -316,11 +328,23 @@ def prompt_messages(
     if template_supports_tools(template_source):
         extra = {"tools": [f.spec() for f in plan.functions]} if plan else {}
         return msgs, extra
+    fmt = family_of(template_source).fmt
+    if fmt in PROMPTED:
+        # The template renders past calls and results itself, but lists no tools.
+        if plan is not None:
+            section = deepseek_tools_prompt(
+                [f.spec() for f in plan.functions], fmt is ToolFormat.DEEPSEEK_V31
+            )
+            msgs = _with_system(msgs, section)
+        return msgs, {}
     msgs = _generic_messages(msgs)
     if plan is not None:
-        section = generic_system_prompt(plan.functions)
-        if msgs[0]["role"] == "system":
-            msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{section}"}
-        else:
-            msgs.insert(0, {"role": "system", "content": section})
+        msgs = _with_system(msgs, generic_system_prompt(plan.functions))
     return msgs, {}
+
+
+def _with_system(msgs: list[dict[str, Any]], section: str) -> list[dict[str, Any]]:
+    """The messages with `section` appended to the system prompt (or as one)."""
+    if msgs and msgs[0]["role"] == "system" and isinstance(msgs[0].get("content"), str):
+        return [{**msgs[0], "content": f"{msgs[0]['content']}\n\n{section}"}, *msgs[1:]]
+    return [{"role": "system", "content": section}, *msgs]

@@ -131,9 +131,7 @@ async def run_turn(
             async for event in turn_events(handle, plan, think, budget):
                 if isinstance(event, TurnEnd):
                     # Reasoning is None only when the output never opened a thinking block.
-                    saw = think is not None and (
-                        think.started or event.text.lstrip().startswith(think.tags.open)
-                    )
+                    saw = think is not None and think.saw(event.text)
                     reasoning = "".join(thoughts) if saw else None
                     return Turn("".join(parts), calls, event, reasoning)
                 if isinstance(event, Reasoning):

@@ -18,6 +18,7 @@ from daemon.api.messages import core_message
 from daemon.config import Settings
 from daemon.core import tools
 from daemon.core.choices import policy_of
+from daemon.core.families import family_of
 from daemon.core.reasoning import template_vars
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
@@ -82,6 +83,8 @@ async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependenc
         "model_alias": lm.name,
         "model_path": str(lm.path) if caller.admin else lm.path.name,
         "chat_template": lm.template.source,
+        # edged's own: the template's family, its call syntax and reasoning markers.
+        "chat_family": family_of(lm.template.source).wire(),
         "bos_token": m.special_text(m.bos),
         "eos_token": m.special_text(m.eos),
         "modalities": {"vision": lm.vision, "audio": False},

@@ -23,6 +23,7 @@ from daemon import models
 from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
 from daemon.api.ollama.serving import resolve_name
 from daemon.config import Settings
+from daemon.core.families import family_of
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.errors import InvalidRequest
@@ -170,6 +171,8 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
         "modelfile": f"FROM {entry.path if full_paths else entry.path.name}\n",
         "parameters": "",
         "template": template,
+        # edged's own: the template's family, its call syntax and reasoning markers.
+        "chat_family": family_of(template).wire(),
         "details": details(meta),
         "model_info": info,
         "capabilities": capabilities(meta) + _vision(registry, entry),

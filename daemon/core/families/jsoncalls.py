@@ -1,0 +1,139 @@
+"""Families whose calls are JSON: Hermes/Qwen 2.5, Llama 3.x, Mistral, Granite, Command R7B."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from daemon.core.families.base import (
+    CallContext,
+    RawCall,
+    Syntax,
+    after,
+    call_list,
+    json_object,
+    named_call,
+)
+
+TOOL_CALL, END_TOOL_CALL = "<tool_call>", "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"
+TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
+GRANITE_TAG = "<|tool_call|>"
+START_ACTION, END_ACTION = "<|START_ACTION|>", "<|END_ACTION|>"
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+class Hermes(Syntax):
+    """`<tool_call>{"name": .., "arguments": ..}</tool_call>`, any number of blocks."""
+
+    openers = (TOOL_CALL,)
+    closed = True
+
+    def close(self, opener: str, body: str) -> int | None:
+        return after(body, END_TOOL_CALL)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        call = named_call(_json(body.removesuffix(END_TOOL_CALL)), ctx)
+        return None if call is None else [call]
+
+
+# Llama 3.1's builtin tools: `<|python_tag|>brave_search.call(query="...")`.
+_BUILTIN = re.compile(r"\s*([a-z_]+)\.call\((.*)\)\s*", re.DOTALL)
+_KWARG = re.compile(r'\s*(\w+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,]+)\s*(?:,|$)')
+
+
+def _builtin(body: str, ctx: CallContext) -> RawCall | None:
+    m = _BUILTIN.fullmatch(body)
+    if m is None or m.group(1) not in ctx.allowed:
+        return None
+    args: dict[str, object] = {}
+    rest = m.group(2)
+    while rest.strip():
+        k = _KWARG.match(rest)
+        if k is None:
+            return None
+        value = _json(k.group(2).strip())
+        args[k.group(1)] = value if value is not None else k.group(2).strip()
+        rest = rest[k.end() :]
+    return RawCall(m.group(1), args)
+
+
+class Llama3(Syntax):
+    """A bare `{"name": .., "parameters": ..}` answer, or `<|python_tag|>` then a builtin call,
+    a JSON call or code for the `python`/`code_interpreter` tool."""
+
+    openers = (PYTHON_TAG,)
+    leading = ("{",)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        keys = ("parameters", "arguments")
+        if opener == "{":
+            call = named_call(_json(opener + body), ctx, keys=keys)
+            return None if call is None else [call]
+        text = body.strip()
+        call = named_call(_json(text), ctx, keys=keys) if text.startswith("{") else None
+        call = call or _builtin(text, ctx)
+        if call is None and text:
+            name = next((n for n in ("python", "code_interpreter") if n in ctx.allowed), None)
+            call = RawCall(name, {"code": text}) if name else None
+        return None if call is None else [call]
+
+
+class Mistral(Syntax):
+    """`[TOOL_CALLS][{"name": .., "arguments": .., "id"?: ..}, ...]` (Nemo); a leading `[`
+    without the tag counts too (the tag is a control token some outputs lose)."""
+
+    openers = (TOOL_CALLS,)
+    leading = ("[",)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        text = body if opener == TOOL_CALLS else opener + body
+        return call_list(_json(text), ctx)
+
+
+class MistralArgs(Syntax):
+    """`[TOOL_CALLS]NAME[ARGS]{..}` per call, `[CALL_ID]ID` optional before `[ARGS]`
+    (Mistral Small 3.2, Devstral, Magistral)."""
+
+    openers = (TOOL_CALLS,)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        out = []
+        for part in body.split(TOOL_CALLS):
+            head, sep, args = part.partition(ARGS)
+            name, _, call_id = head.partition(CALL_ID)
+            obj = json_object(args)
+            if not sep or obj is None or name.strip() not in ctx.allowed:
+                return None
+            out.append(RawCall(name.strip(), obj, call_id.strip() or None))
+        return out
+
+
+class Granite(Syntax):
+    """`<|tool_call|>[{"name": .., "arguments": ..}, ...]` to the end of the output."""
+
+    openers = (GRANITE_TAG,)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        return call_list(_json(body), ctx)
+
+
+class CommandR7B(Syntax):
+    """`<|START_ACTION|>[{"tool_call_id": .., "tool_name": .., "parameters": ..}]<|END_ACTION|>`."""
+
+    openers = (START_ACTION,)
+
+    def close(self, opener: str, body: str) -> int | None:
+        return after(body, END_ACTION)
+
+    def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
+        items = _json(body.removesuffix(END_ACTION))
+        calls = call_list(items, ctx, name_key="tool_name", keys=("parameters",))
+        # The model numbers its calls itself ("0", "1"): not unique across turns, so not ids.
+        return None if calls is None else [RawCall(c.name, c.arguments) for c in calls]
