@@ -19,6 +19,7 @@ from daemon.engine.decode.slots import common_prefix
 from daemon.engine.errors import LoadFailed
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.speculation.speculate import (
+    CostsByContext,
     NgramIndex,
     Speculation,
     StepCost,
@@ -150,6 +151,8 @@ class Speculator:
         self._room = ctx_options.n_ctx // max(ctx_options.n_seq_max, 1)  # cells of one sequence
         self.off_reason = ""
 
+        # Step costs per context length class; `cost` is the one of the step being planned.
+        self.costs = CostsByContext()
         self.cost = StepCost()
         # Rows per sequence of the step being planned: what `observe` files its time under.
         self.shape = StepShape()
@@ -169,6 +172,11 @@ class Speculator:
         # of KV `holder` filled (None: all); by default nothing crosses a key.
         self.shareable: Callable[[str, str], int | None] = lambda h, o: None if h == o else 0
         self.usable = options.enabled
+        if self.usable and (ctx.model.recurrent or ctx.model.hybrid):
+            # A recurrent state holds only its last position: rejected drafts could never
+            # be removed from it (llama_memory_seq_rm refuses), so nothing is verified.
+            self.usable = False
+            self.off_reason = "recurrent"
         if (
             self.usable
             and not options.inexact
@@ -230,6 +238,8 @@ class Speculator:
         shape = self.shape = StepShape.plain(seqs)
         if any(a.pending for a in actives):
             return 0
+        # The step's time is filed (and its drafts judged) under its longest sequence's class.
+        self.cost = self.costs.at(max((len(a.slot.tokens) for a in actives), default=0))
         used = 0
         room = self._room
         wanting: list[tuple[Active, int]] = []

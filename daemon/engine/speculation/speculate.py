@@ -18,7 +18,9 @@ speculation: greedy output is the same, and sampled output has the target distri
 Why it never costs. Each verification row costs time (on a CPU nearly a token's worth), and
 with one KV stream per sequence llama.cpp splits a step whose sequences bring unequal row
 counts into several micro-batches, each a full pass over the weights (`micro_batches`).
-`StepCost` fits the measured time of decode steps as a·passes + b·rows; each sequence
+`StepCost` fits the measured time of decode steps as a·passes + b·rows, one fit per context
+length class (`CostsByContext`: a row over 1,200 cells costs several times one over 100,
+and on a CPU a lone row over a long context takes a faster kernel than several); each sequence
 estimates its per-token acceptance α; a sequence drafts k tokens only when the expected
 tokens per second of the whole step, (N + E_k) / (T + extra + draft time), beats N / T,
 where T is the step without its drafts, extra what its k rows and any pass they add cost
@@ -231,6 +233,26 @@ class StepCost:
         mean = max(a, 0.0) * passes + max(b, 1e-6) * rows
         var = passes * passes * vaa + 2.0 * passes * rows * vab + rows * rows * vbb
         return mean + 2.0 * max(var, 0.0) ** 0.5
+
+
+def context_bucket(cells: int) -> int:
+    """The KV length class a step's cost is learnt under: 0 below 256 cells, then each
+    doubling (256, 512, 1024 ...). What a verification row costs depends on how many cells
+    its attention reads, and on a CPU with flash attention a lone row over 512 or more cells
+    takes a threaded kernel that several rows do not: a fit learnt on short contexts says
+    nothing of a long one."""
+    return 0 if cells < 256 else 1 << (cells.bit_length() - 1)
+
+
+@dataclass
+class CostsByContext:
+    """One `StepCost` per context bucket (see `context_bucket`), learnt separately."""
+
+    fits: dict[int, StepCost] = field(default_factory=dict)
+
+    def at(self, cells: int) -> StepCost:
+        """The fit for steps whose longest sequence holds `cells` KV cells."""
+        return self.fits.setdefault(context_bucket(cells), StepCost())
 
 
 def expected_accepted(alpha: float, k: int) -> float:
