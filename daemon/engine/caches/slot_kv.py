@@ -4,12 +4,17 @@ The scheduler thread alone calls these. A slot's `tokens` mirror its KV cells ex
 `exact` counts the leading tokens whose KV came from multi-token chunks: under --exact only
 those are reused or cached (only they give a later request the same logits as a fresh
 prefill). Without it every token is, generated ones included, as llama-server reuses them.
+
+Which prefixes can be kept at all is the model's memory's rule (caches/memory.py): a sliding
+window must still hold the cells behind the cut, a recurrent state is kept whole or not at
+all. `reusable` applies both rules; every cut (`trim`) goes through it.
 """
 
 from __future__ import annotations
 
 import logging
 
+from daemon.engine.caches.memory import Memory
 from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
 from daemon.engine.decode.slots import Slot, common_prefix
 from daemon.engine.native.llama import Context
@@ -21,13 +26,24 @@ log = logging.getLogger("edged.scheduler")
 class SlotKV:
     """Keeps slots' KV and their token mirrors in step, with the prompt cache behind them."""
 
-    def __init__(self, ctx: Context, cache: PromptCache) -> None:
+    def __init__(self, ctx: Context, cache: PromptCache, memory: Memory | None = None) -> None:
         self.ctx = ctx
         self.cache = cache
+        self.memory = memory or Memory()
 
-    def reusable(self, slot: Slot) -> int:
-        """Leading tokens of `slot` whose KV a later request may reuse or the cache keep."""
-        return slot.exact if self.cache.exact else len(slot.tokens)
+    def reusable(self, slot: Slot, upto: int | None = None) -> int:
+        """Leading tokens of `slot` (at most `upto`) whose KV a later request may reuse or the
+        cache keep: 0 where the memory cannot be cut back there."""
+        keep = slot.exact if self.cache.exact else len(slot.tokens)
+        if upto is not None:
+            keep = min(keep, upto)
+        return keep if self.resumable(slot, keep) else 0
+
+    def resumable(self, slot: Slot, keep: int) -> bool:
+        """Whether the memory of `slot` can be cut back to its first `keep` tokens."""
+        if self.memory.kind == "kv" or keep <= 0 or keep > len(slot.tokens):
+            return keep <= len(slot.tokens)
+        return self.memory.resumes(keep, self.ctx.seq_pos_min(slot.seq))
 
     def margin(self) -> int:
         """Prompt tokens decoded again however much is cached: the last one yields logits;
@@ -35,9 +51,12 @@ class SlotKV:
         return 2 if self.cache.exact else 1
 
     def trim(self, slot: Slot, keep: int) -> None:
-        """Drop everything after the first `keep` tokens of `slot`."""
+        """Drop everything after the first `keep` tokens of `slot`; everything where its
+        memory cannot be cut back there (a recurrent state, a window already slid)."""
         if keep < len(slot.tokens):
-            self.ctx.seq_rm(slot.seq, keep, -1)
+            if not self.resumable(slot, keep) or not self.ctx.seq_rm(slot.seq, keep, -1):
+                self.ctx.seq_rm(slot.seq)
+                keep = 0
             del slot.tokens[keep:]
         slot.exact = min(slot.exact, keep)
 
@@ -58,10 +77,9 @@ class SlotKV:
 
     def usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
         """Leading prompt tokens whose KV in `slot` a request of `owner` may keep."""
-        keep = min(common_prefix(slot.tokens, prompt), self.reusable(slot))
-        keep = min(keep, len(prompt) - self.margin())
+        keep = min(common_prefix(slot.tokens, prompt), len(prompt) - self.margin())
         cap = self.cache.shareable(slot.owner, owner)
-        return max(0, keep if cap is None else min(keep, cap))
+        return max(0, self.reusable(slot, keep if cap is None else min(keep, cap)))
 
     def vacate(self, slot: Slot, keep: int) -> None:
         """`slot` is refilled keeping `keep` tokens: what else it holds exactly goes to the
@@ -84,7 +102,8 @@ class SlotKV:
         if hit is None:
             return keep
         n = min(hit.tokens, len(prompt) - self.margin())
-        if n <= keep:
+        restored = self.memory.restored_pos_min(len(hit.entry.tokens))
+        if n <= keep or not self.memory.resumes(n, restored):
             return keep
         state = self.cache.load(hit)
         if state is None:
@@ -97,6 +116,10 @@ class SlotKV:
             return 0
         slot.tokens = list(hit.entry.tokens)
         slot.exact = len(slot.tokens)
+        if not self.resumable(slot, n):  # not what restored_pos_min expected: keep nothing
+            self.trim(slot, 0)
+            self.cache.count_miss()
+            return 0
         self.cache.count_hit(n)
         return n
 
@@ -112,6 +135,8 @@ class SlotKV:
         cap = self.cache.shareable(slot.owner, owner)
         if cap is not None:
             keep = min(keep, cap, self.reusable(slot))
+        if not self.resumable(slot, keep):
+            keep = 0
         if keep < len(target) and saved.state is not None:
             self.clear(slot)
             if self.ctx.state_set(slot.seq, saved.state):

@@ -13,6 +13,7 @@ import logging
 import time
 
 from daemon.engine.adapters.lora import Adapters, AdapterSteps
+from daemon.engine.caches.memory import Memory
 from daemon.engine.caches.prompt_cache import PromptCache
 from daemon.engine.caches.slot_kv import SlotKV
 from daemon.engine.decode.active import Active, FairQueue
@@ -61,7 +62,8 @@ class Scheduler(Admission):
         )
         # Below the slots; also the owner rule of slot prefix reuse (off: nothing kept).
         self.cache = prompt_cache if prompt_cache is not None else PromptCache(0)
-        self.kv = SlotKV(self.ctx, self.cache)
+        self.memory = Memory.of(model.n_swa, model.recurrent, model.hybrid)
+        self.kv = SlotKV(self.ctx, self.cache, self.memory)
         self.spec.shareable = self.cache.shareable  # the draft context's KV: the same rule
         self._slots = [Slot(seq=i) for i in range(self.n_slots)]
         self._waiting = FairQueue(max_per_owner)

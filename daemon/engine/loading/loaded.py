@@ -149,10 +149,18 @@ class DecodeMode:
     flash_attn: bool
     # "ngram", "draft", "ngram+draft", or "off: <why>".
     speculation: str
+    # What the model's memory keeps of a sequence and so what reuse can resume (see
+    # caches/memory.py): "kv cache", "sliding window 512 (full cache)", "recurrent state ...".
+    memory: str = "kv cache"
 
     def as_dict(self) -> dict[str, Any]:
         """The mode as JSON fields."""
-        return {"exact": self.exact, "flash_attn": self.flash_attn, "speculation": self.speculation}
+        return {
+            "exact": self.exact,
+            "flash_attn": self.flash_attn,
+            "speculation": self.speculation,
+            "memory": self.memory,
+        }
 
 
 class LoadedModel:
@@ -288,7 +296,12 @@ class LoadedModel:
             ),
             identity=self.identity,
         )
-        self.mode = DecodeMode(options.exact, options.flash_attn is True, self._spec_mode(spec))
+        self.mode = DecodeMode(
+            options.exact,
+            options.flash_attn is True,
+            self._spec_mode(spec),
+            self.scheduler.memory.describe(swa_full=True),
+        )
 
     def _spec_mode(self, spec: SpecOptions) -> str:
         """What speculation this model's scheduler does, or why none."""
@@ -296,7 +309,10 @@ class LoadedModel:
             return "off"
         assert self.scheduler is not None
         if not self.scheduler.spec.usable:
-            return f"off: {self.scheduler.spec.off_reason} (--exact needs bit-identical rows)"
+            why = self.scheduler.spec.off_reason
+            if why == "recurrent":
+                return "off: recurrent state (rejected drafts cannot be removed from it)"
+            return f"off: {why} (--exact needs bit-identical rows)"
         kinds = ["ngram"] if spec.ngram else []
         if self.scheduler.spec.draft_ctx is not None:
             kinds.append("draft")

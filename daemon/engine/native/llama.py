@@ -24,6 +24,7 @@ except (ImportError, OSError):  # the binding raises FileNotFoundError for a mis
 from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for native/sampler.py)
 
 from daemon.engine.errors import LoadFailed
+from daemon.engine.native.libfiles import mapped_copy
 from daemon.engine.native.logs import log_callback
 from daemon.engine.types import CacheType
 
@@ -118,6 +119,9 @@ class ContextOptions:
     flash_attn: bool = False
     type_k: CacheType = "f16"
     type_v: CacheType = "f16"
+    # Sliding-window layers keep every position (llama.cpp's default in these bindings),
+    # not only the window: a slot's prefix stays resumable after the window has slid.
+    swa_full: bool = True
     embeddings: bool = False
     # UNSPECIFIED lets llama.cpp take the pooling the GGUF declares.
     pooling: Pooling = Pooling.UNSPECIFIED
@@ -179,6 +183,11 @@ class Model:
         self.n_layer: int = lc.llama_model_n_layer(ptr)
         self.n_head: int = lc.llama_model_n_head(ptr)
         self.n_head_kv: int = lc.llama_model_n_head_kv(ptr)
+        # What the memory keeps per sequence (caches/memory.py): the sliding window (0:
+        # none), a recurrent state (Mamba, RWKV) alone or beside attention.
+        self.n_swa: int = lc.llama_model_n_swa(ptr)
+        self.recurrent: bool = bool(lc.llama_model_is_recurrent(ptr))
+        self.hybrid: bool = bool(lc.llama_model_is_hybrid(ptr))
         # Fill-in-the-middle tokens from the GGUF (tokenizer.ggml.fim_*_token_id); -1 = none.
         self.fim = FimTokens(
             pre=lc.llama_vocab_fim_pre(self.vocab),
@@ -321,6 +330,7 @@ class Context:
         # One KV stream per sequence: attention cost and cell layout of a sequence do not
         # depend on its neighbours, so batched output equals output computed alone.
         params.kv_unified = False
+        params.swa_full = options.swa_full
         params.type_k = CACHE_TYPES[options.type_k][0]
         params.type_v = CACHE_TYPES[options.type_v][0]
         params.flash_attn_type = (
@@ -394,9 +404,15 @@ class Context:
             return None
         return np.ctypeslib.as_array(ptr, shape=(max(self.model.n_cls_out, 1),)).copy()
 
-    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
-        """Forget positions [p0, p1) of a sequence (-1 = open end)."""
-        lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Forget positions [p0, p1) of a sequence (-1 = open end); False where the memory
+        cannot (a recurrent state is never cut back part of the way)."""
+        return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_pos_min(self, seq: int) -> int:
+        """The oldest position the memory holds of a sequence (-1: empty); above 0 where a
+        sliding window left older cells behind or a recurrent state holds only its last."""
+        return lc.llama_memory_seq_pos_min(self.mem, seq)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Share positions of `src` with `dst` (no copy in a unified cache)."""
@@ -462,19 +478,6 @@ def grammar_is_valid(model: Model, gbnf: str) -> bool:
     return True
 
 
-def _mapped_copy(lib_dir: Path, stem: str) -> Path | None:
-    """The file of `lib{stem}.so*` in lib_dir that this process has already mapped (Linux)."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    for line in maps.splitlines():
-        path = Path(line.split(maxsplit=5)[-1]) if line.count(" ") >= 5 else None
-        if path is not None and path.parent == lib_dir and path.name.startswith(f"lib{stem}.so"):
-            return path
-    return None
-
-
 def ggml_library(stem: str) -> ctypes.CDLL | None:
     """A ggml library shipped next to libllama (`ggml-base`, `ggml-rpc` ...), or None when
     this build lacks it; the backends are initialised first.
@@ -485,7 +488,7 @@ def ggml_library(stem: str) -> ctypes.CDLL | None:
     RPC connections). So the copy libllama already mapped is the one to open."""
     init_backend()
     lib_dir = Path(lc.__file__).parent / "lib"
-    mapped = _mapped_copy(lib_dir, stem)
+    mapped = mapped_copy(lib_dir, stem)
     if mapped is not None:
         return ctypes.CDLL(str(mapped))
     for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
