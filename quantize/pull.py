@@ -42,6 +42,9 @@ class Sidecar:
     # The file as written (a rename keeps both): a reader may trust `sha256` while they match.
     size: int = 0
     mtime_ns: int = 0
+    # The vision projector fetched beside the model (mmproj-<stem>.gguf): the repository's
+    # file name and its sha256; None when the repository has none.
+    projector: dict[str, str] | None = None
 
 
 def default_models_dir() -> Path:
@@ -70,17 +73,51 @@ def type_pattern(qtype: str) -> re.Pattern[str]:
 SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$", re.IGNORECASE)
 
 
+def is_model_gguf(path: str) -> bool:
+    """A GGUF of a model, not a vision projector or an importance matrix (what llama.cpp's
+    `-hf` skips when it picks a repository's model file)."""
+    name = Path(path).name.lower()
+    return name.endswith(".gguf") and "mmproj" not in name and "imatrix" not in name
+
+
 def pick_gguf(files: tuple[str, ...], qtype: str) -> str | None:
-    """The repository GGUF of that type, if any (the shortest name wins among several; of a
-    split model, its first part)."""
+    """The repository's model GGUF of that type, if any (the shortest name wins among
+    several; of a split model, its first part)."""
     matches = [
         f
         for f in files
-        if f.lower().endswith(".gguf")
+        if is_model_gguf(f)
         and type_pattern(qtype).search(Path(f).name)
         and not ((m := SPLIT.match(f)) and int(m["i"]) != 1)
     ]
     return min(matches, key=len) if matches else None
+
+
+def _bits(name: str) -> int:
+    """The bits per weight a file name's type tag says (F32 32, BF16/F16 16, Q8_0 8, IQ4 4),
+    0 when it names none."""
+    m = re.search(r"(?<![A-Za-z0-9])(?:I?Q|B?F)(\d+)", Path(name).name, re.IGNORECASE)
+    return int(m[1]) if m else 0
+
+
+def pick_projector(files: tuple[str, ...], model: str) -> str | None:
+    """The vision projector to fetch with `model` (a repository path), as llama.cpp's `-hf`
+    picks one: a .gguf with "mmproj" in its name in the model's folder or one above it, the
+    deepest such folder first, then the type closest in bits to the model's (the shortest
+    name among equals)."""
+    folder = Path(model).parent.parts
+    bits = _bits(model)
+    best: tuple[int, int, int, str] | None = None
+    for f in files:
+        p = Path(f)
+        if not f.lower().endswith(".gguf") or "mmproj" not in p.name.lower():
+            continue
+        if p.parent.parts != folder[: len(p.parent.parts)]:
+            continue  # another branch of the tree: another model's
+        key = (-len(p.parent.parts), abs(_bits(f) - bits), len(f), f)
+        if best is None or key < best:
+            best = key
+    return best[3] if best else None
 
 
 def split_parts(files: tuple[str, ...], first: str) -> list[str]:
@@ -187,10 +224,20 @@ def pull(
             made.append((work / target.name, target))
             how = "safetensors"
         else:
-            ggufs = [f for f in listing.files if f.lower().endswith(".gguf")]
+            ggufs = [f for f in listing.files if is_model_gguf(f)]
             have = f"GGUF files {', '.join(ggufs)}" if ggufs else "no GGUF or safetensors files"
             raise FetchError(f"{repo_id}: no {qtype} GGUF and nothing to convert ({have})")
 
+        picked = exact or full
+        projector = pick_projector(listing.files, picked) if picked else None
+        projector_sha = None
+        if projector is not None:
+            # Paired by name (mmproj-<stem>.gguf beside <stem>.gguf), as the daemon finds it.
+            src = get([projector]) / projector
+            projector_sha = sha256_file(src)
+            beside = f"mmproj-{target.stem}.gguf"
+            shutil.copyfile(src, work / beside)
+            made.append((work / beside, out_dir / beside))
         sidecar = Sidecar(
             repo=repo_id,
             revision=rev,
@@ -203,6 +250,9 @@ def pull(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             size=made[0][0].stat().st_size,
             mtime_ns=made[0][0].stat().st_mtime_ns,
+            projector={"file": projector, "sha256": projector_sha}
+            if projector is not None and projector_sha is not None
+            else None,
         )
         side = work / target.with_suffix(".json").name
         side.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from daemon.engine.loading.names import PROJECTOR_PREFIX
 from daemon.errors import Conflict, InvalidRequest
 
 # llama.cpp's split files: <prefix>-00001-of-00003.gguf; the first part loads the rest.
@@ -48,9 +49,11 @@ def main_file(folder: Path, name: str) -> Path | None:
 
 def model_files(folder: Path, name: str) -> list[Path]:
     """Every file of model `name` in `folder`: `<name>.gguf`, each `<name>-NNNNN-of-MMMMM.gguf`
-    part, and the pull sidecars (`<name>.json`, `<name>-00001-of-MMMMM.json`)."""
+    part, the pull sidecars (`<name>.json`, `<name>-00001-of-MMMMM.json`) and the vision
+    projector paired with its main file (`mmproj-<main file's stem>.gguf`)."""
     out = []
-    for f in _listdir(folder):
+    listing = _listdir(folder)
+    for f in listing:
         if f in (f"{name}.gguf", f"{name}.json"):
             out.append(folder / f)
             continue
@@ -58,7 +61,15 @@ def model_files(folder: Path, name: str) -> list[Path]:
         m = SPLIT.match(f"{stem}.gguf") if dot and ext in ("gguf", "json") else None
         if m is not None and m["prefix"] == name and (ext == "gguf" or int(m["i"]) == 1):
             out.append(folder / f)
+    main = main_file(folder, name)
+    if main is not None and projector_name(main) in listing:
+        out.append(folder / projector_name(main))
     return out
+
+
+def projector_name(main: Path) -> str:
+    """The file name of the vision projector paired with model file `main`."""
+    return f"{PROJECTOR_PREFIX}{main.stem}.gguf"
 
 
 def sidecar_of(path: Path) -> Path:
@@ -90,14 +101,27 @@ def check_target(folder: Path, name: str, label: str, replace: bool) -> None:
         )
 
 
+def _pulled_projector(target: Path) -> bool:
+    """Whether the pull that wrote `target` fetched a vision projector (its sidecar says)."""
+    try:
+        return bool(json.loads(sidecar_of(target).read_text()).get("projector"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def new_files(target: Path) -> set[Path]:
-    """The files a pull of `target` (a single file or a split model's first part) writes."""
+    """The files a pull of `target` (a single file or a split model's first part) wrote."""
     m = SPLIT.match(target.name)
     if m is None:
-        return {target, sidecar_of(target)}
-    n = int(m["n"])
-    parts = {target.with_name(f"{m['prefix']}-{k:05d}-of-{n:05d}.gguf") for k in range(1, n + 1)}
-    return parts | {sidecar_of(target)}
+        written = {target, sidecar_of(target)}
+    else:
+        n = int(m["n"])
+        written = {
+            target.with_name(f"{m['prefix']}-{k:05d}-of-{n:05d}.gguf") for k in range(1, n + 1)
+        } | {sidecar_of(target)}
+    if _pulled_projector(target):
+        written.add(target.with_name(projector_name(target)))
+    return written
 
 
 def remove(folder: Path, name: str) -> list[Path]:
@@ -160,6 +184,9 @@ def copy_model(src: Path, folder: Path, name: str) -> Path:
     main = pairs[0][1]
     if sidecar_of(src).is_file():
         pairs.append((sidecar_of(src), sidecar_of(main)))
+    projector = src.with_name(projector_name(src))
+    if projector.is_file():  # the copy sees images as the original does
+        pairs.append((projector, main.with_name(projector_name(main))))
     folder.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
     try:
