@@ -11,11 +11,18 @@
   let conversations = load(STORE, []);
   let current = null; // the open conversation
   let controller = null; // AbortController of the answer being streamed
+  let pending = []; // images attached to the next message, as data: URLs
+  let seeing = new Set(); // models whose /v1/models entry says they take images
+  // What the daemon decodes (stb_image); anything else is refused before it is read.
+  const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp"];
 
   function load(key, fallback) {
     try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch { return fallback; }
   }
-  function save() { localStorage.setItem(STORE, JSON.stringify(conversations)); }
+  function save() {
+    try { localStorage.setItem(STORE, JSON.stringify(conversations)); }
+    catch { status("This conversation is too large to keep in the browser (its images): it lasts until the page closes."); }
+  }
 
   function headers() {
     const h = { "Content-Type": "application/json" };
@@ -63,13 +70,62 @@
     const select = $("model");
     const previous = select.value || (current && current.model) || load(SETTINGS, {}).model;
     select.textContent = "";
+    seeing = new Set();
     for (const m of (await resp.json()).data) {
+      if ((m.capabilities || []).includes("multimodal")) seeing.add(m.id);
       const opt = document.createElement("option");
       opt.value = m.id;
       opt.textContent = m.alias_of ? m.id + " → " + m.alias_of : m.id;
       select.appendChild(opt);
     }
     if (previous && [...select.options].some((o) => o.value === previous)) select.value = previous;
+    showAttach();
+  }
+
+  // ---- images: picked, pasted or dropped; shown before sending and in the conversation ----
+  function showAttach() {
+    const sees = seeing.has($("model").value);
+    $("attach-label").hidden = !sees;
+    if (!sees && pending.length) { pending = []; renderPending(); }
+  }
+  function addImages(files) {
+    if (!seeing.has($("model").value)) { status("This model does not take images."); return; }
+    for (const file of files) {
+      if (!IMAGE_TYPES.includes(file.type)) { status(file.name + ": only PNG, JPEG, GIF or BMP images."); continue; }
+      const reader = new FileReader();
+      reader.onload = () => { pending.push(reader.result); renderPending(); };
+      reader.readAsDataURL(file);
+    }
+  }
+  function imageNode(url) {
+    const img = document.createElement("img");
+    // Only data: URLs of images made by FileReader are ever shown (never a remote address).
+    if (typeof url === "string" && url.startsWith("data:image/")) img.src = url;
+    img.alt = "attached image";
+    return img;
+  }
+  function renderPending() {
+    const box = $("attachments");
+    box.textContent = "";
+    pending.forEach((url, i) => {
+      const fig = document.createElement("figure");
+      const img = imageNode(url);
+      img.className = "thumb";
+      const drop = document.createElement("button");
+      drop.type = "button";
+      drop.textContent = "×";
+      drop.setAttribute("aria-label", "Remove image " + (i + 1));
+      drop.addEventListener("click", () => { pending.splice(i, 1); renderPending(); });
+      fig.append(img, drop);
+      box.appendChild(fig);
+    });
+  }
+  // The OpenAI content of a message: its images (first, as in the conversation) and text.
+  function wire(m) {
+    if (!m.images || !m.images.length) return { role: m.role, content: m.content };
+    const parts = m.images.map((url) => ({ type: "image_url", image_url: { url } }));
+    if (m.content) parts.push({ type: "text", text: m.content });
+    return { role: m.role, content: parts };
   }
 
   function settings() {
@@ -129,6 +185,12 @@
   }
   function fill(div, msg) {
     const content = div.querySelector(".content");
+    if (msg.images && msg.images.length && !div.querySelector(".images")) {
+      const strip = document.createElement("div");
+      strip.className = "images";
+      for (const url of msg.images) strip.appendChild(imageNode(url));
+      div.insertBefore(strip, content);
+    }
     if (msg.role === "user") content.textContent = msg.content;
     else content.innerHTML = window.EdgedMarkdown.render(msg.content); // escaped by the renderer
     let stats = div.querySelector(".stats");
@@ -185,15 +247,19 @@
   async function send(text) {
     const model = $("model").value;
     if (!model) { status("No model to talk to (is the API key right?)."); return; }
+    const images = pending;
+    pending = [];
+    renderPending();
     if (!current) {
+      const title = text.slice(0, 60) || (images.length ? "Image" : "New chat");
       current = { id: Date.now().toString(36) + Math.random().toString(36).slice(2, 6),
-                  title: text.slice(0, 60), model, system: $("system").value, messages: [], updated: Date.now() };
+                  title, model, system: $("system").value, messages: [], updated: Date.now() };
       conversations.push(current);
     }
     current.model = model;
     current.system = $("system").value;
     current.updated = Date.now();
-    current.messages.push({ role: "user", content: text });
+    current.messages.push(images.length ? { role: "user", content: text, images } : { role: "user", content: text });
     const reply = { role: "assistant", content: "", model };
     current.messages.push(reply);
     save();
@@ -202,7 +268,7 @@
     const node = $("messages").lastElementChild;
     node.classList.add("streaming");
 
-    const history = current.messages.slice(0, -1).map((m) => ({ role: m.role, content: m.content }));
+    const history = current.messages.slice(0, -1).map(wire);
     if (current.system.trim()) history.unshift({ role: "system", content: current.system });
     const body = { model, messages: history, stream: true, stream_options: { include_usage: true }, ...settings() };
 
@@ -279,11 +345,30 @@
     });
     for (const id of ["temperature", "top_p", "max_tokens", "system", "model"]) $(id).addEventListener("change", saveSettings);
     $("new-chat").addEventListener("click", newConversation);
+    $("model").addEventListener("change", showAttach);
+    $("attach").addEventListener("change", (e) => { addImages(e.target.files); e.target.value = ""; });
+    $("input").addEventListener("paste", (e) => {
+      const files = [...(e.clipboardData ? e.clipboardData.files : [])];
+      if (files.length) { e.preventDefault(); addImages(files); }
+    });
+    const composer = $("composer");
+    composer.addEventListener("dragover", (e) => {
+      if (!seeing.has($("model").value)) return;
+      e.preventDefault();
+      composer.classList.add("dropping");
+    });
+    composer.addEventListener("dragleave", () => composer.classList.remove("dropping"));
+    composer.addEventListener("drop", (e) => {
+      composer.classList.remove("dropping");
+      if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+      e.preventDefault();
+      addImages(e.dataTransfer.files);
+    });
     $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
     $("composer").addEventListener("submit", (e) => {
       e.preventDefault();
       const text = $("input").value.trim();
-      if (!text || controller) return;
+      if ((!text && !pending.length) || controller) return;
       $("input").value = "";
       send(text);
     });

@@ -17,33 +17,18 @@ import pytest
 
 from daemon.config import embedded_model_path
 from tests.conftest import Server, start_server, stop_server
+from tests.person import chromium
 from tests.person.conftest import SMALL
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DEFAULT = embedded_model_path().stem
 
-sync_api = pytest.importorskip("playwright.sync_api")
-if not Path(CHROMIUM).exists():
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
+sync_api = chromium.require()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    with chromium.launched(sync_api) as b:
         yield b
-        b.close()
 
 
 def _artifact(page: object, tmp_path: Path, name: str) -> Path:
