@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as lc
@@ -13,7 +14,16 @@ from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import GenerationRequest, SamplingParams, SavedSequence
 
 GREEDY = SamplingParams(temperature=0.0)
-CTX = 256  # tokens per slot (the engine's ctx_size)
+CTX = 512  # tokens per slot (the engine's ctx_size)
+
+
+@dataclass
+class Run:
+    """What one request gave: its tokens, what it kept, prompt tokens taken from a cache."""
+
+    tokens: list[int]
+    saved: SavedSequence | None
+    cached: int
 
 
 async def _tokens(h: RequestHandle) -> list[int]:
@@ -23,12 +33,13 @@ async def _tokens(h: RequestHandle) -> list[int]:
     return out
 
 
-def generate(lm: LoadedModel, req: GenerationRequest) -> tuple[list[int], SavedSequence | None]:
-    """The tokens a request generates, and what it kept (with `keep`)."""
+def generate(lm: LoadedModel, req: GenerationRequest) -> Run:
+    """One request alone."""
 
-    async def main() -> tuple[list[int], SavedSequence | None]:
+    async def main() -> Run:
         h = lm.submit(req)
-        return await _tokens(h), h.saved
+        tokens = await _tokens(h)
+        return Run(tokens, h.saved, h.usage.cached_tokens)
 
     return asyncio.run(main())
 
@@ -55,13 +66,15 @@ def prompt(lm: LoadedModel, n: int, seed: int = 0) -> list[int]:
 
 
 def flush(lm: LoadedModel, slots: int) -> None:
-    """Every slot takes an unrelated prompt at once: nothing the test left stays in a slot."""
-    together(lm, [greedy(prompt(lm, 12, seed=100 + i), 2, owner="flush") for i in range(slots)])
+    """Every slot takes an unrelated prompt at once (no token in common with `prompt`'s):
+    what the test left in a slot goes to the prompt cache or away."""
+    together(lm, [greedy(lm.tokenize(f"{i}# zq"), 2, owner="flush") for i in range(slots)])
 
 
-def reference(path: Path, tokens: list[int], n: int, *, flash_attn: bool) -> list[int]:
-    """Greedy tokens of a plain llama.cpp loop: one fresh context, the prompt in one batch,
-    then one token per decode (what llama-server does for one request)."""
+def reference(path: Path, feeds: list[list[int]], n: int, *, flash_attn: bool) -> list[int]:
+    """Greedy tokens of a plain llama.cpp loop on one fresh context: each of `feeds` decoded
+    as one batch, in order, then one token per decode (a single feed is what llama-server
+    does for one request; several replay the steps a warm slot took)."""
     lc.llama_backend_init()
     mp = lc.llama_model_default_params()
     model = lc.llama_model_load_from_file(str(path).encode(), mp)
@@ -79,8 +92,9 @@ def reference(path: Path, tokens: list[int], n: int, *, flash_attn: bool) -> lis
     batch = lc.llama_batch_init(512, 0, 1)
     out: list[int] = []
     try:
-        feed, pos = list(tokens), 0
-        for _ in range(n):
+        pending, pos = [list(f) for f in feeds], 0
+        while len(out) < n:
+            feed = pending.pop(0) if pending else [out[-1]]
             batch.n_tokens = len(feed)
             for i, t in enumerate(feed):
                 batch.token[i], batch.pos[i] = t, pos + i
@@ -88,11 +102,11 @@ def reference(path: Path, tokens: list[int], n: int, *, flash_attn: bool) -> lis
                 batch.logits[i] = i == len(feed) - 1
             assert lc.llama_decode(ctx, batch) == 0
             pos += len(feed)
+            if pending:
+                continue
             row = lc.llama_get_logits_ith(ctx, len(feed) - 1)
             logits = ctypes.cast(row, ctypes.POINTER(ctypes.c_float * n_vocab)).contents
-            tok = max(range(n_vocab), key=logits.__getitem__)
-            out.append(tok)
-            feed = [tok]
+            out.append(max(range(n_vocab), key=logits.__getitem__))
     finally:
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)

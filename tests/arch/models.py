@@ -21,8 +21,9 @@ HIDDEN = 64
 N_HEAD, N_HEAD_KV, HEAD_DIM = 4, 2, 16
 N_FF = 128
 CTX_TRAIN = 4096
-# Gemma 2's window: prompts of a few dozen tokens already reach past it.
-WINDOW = 32
+# Gemma 2's window: longer than a prompt-cache block (64), so a prompt inside it can be
+# cached too; prompts of a few hundred tokens reach past it.
+WINDOW = 80
 # Mamba 2's SSM: inner size = heads x head dim; one group.
 SSM_INNER, SSM_STATE, SSM_HEADS, SSM_CONV = 128, 16, 4, 4
 # Qwen3 MoE: 4 experts, 2 used per token.
@@ -143,8 +144,8 @@ ARCHS: dict[str, Arch] = {
         gguf.MODEL_ARCH.QWEN3MOE,
         2,
         _qwen3moe_keys,
-        _attention(norms=True)
-        + [
+        [
+            *_attention(norms=True),
             (T.FFN_GATE_INP, "weight", (N_EXPERT, HIDDEN), "mat"),
             (T.FFN_GATE_EXP, "weight", (N_EXPERT, N_FF_EXP, HIDDEN), "mat"),
             (T.FFN_UP_EXP, "weight", (N_EXPERT, N_FF_EXP, HIDDEN), "mat"),

@@ -185,9 +185,16 @@ class PromptCache:
     # ---- lookup ---------------------------------------------------------------------
 
     @_locked
-    def lookup(self, owner: str, prompt: list[int], lora: AdapterPairs = ()) -> Hit | None:
+    def lookup(
+        self,
+        owner: str,
+        prompt: list[int],
+        lora: AdapterPairs = (),
+        fits: Callable[[int, int], bool] | None = None,
+    ) -> Hit | None:
         """The entry sharing the longest usable prefix with `prompt`, computed under the
-        adapter set `lora` (counted as hit or miss)."""
+        adapter set `lora` (counted as hit or miss); `fits(entry tokens, shared)` says
+        whether the model's memory can resume an entry cut back there (slot_kv.py)."""
         if not self.enabled or len(prompt) < BLOCK:
             return None
         levels: list[dict[int, CacheEntry]] = []
@@ -211,6 +218,8 @@ class PromptCache:
                 cap = self.shareable(e.owner, owner)
                 if cap is not None:
                     n = min(n, cap)
+                if fits is not None and not fits(len(e.tokens), n):
+                    continue
                 if n >= BLOCK and (best is None or n > best.tokens):
                     best = Hit(e, n)
         if best is None:
@@ -254,12 +263,16 @@ class PromptCache:
         tokens: list[int],
         state: Callable[[], bytes],
         lora: AdapterPairs = (),
+        fits: Callable[[int, int], bool] | None = None,
     ) -> bool:
         """Keep `tokens` (all exact KV, computed under adapters `lora`) of `owner` with the
         state `state()` returns.
 
         Nothing is saved when an own entry already holds these tokens; own entries that
-        are a prefix of them are replaced (a conversation keeps one entry, its latest).
+        are a prefix of them are replaced (a conversation keeps one entry, its latest)
+        where `fits(new entry's tokens, old entry's tokens)` says the new one can be cut
+        back to the old one's end (not behind a sliding window or into a recurrent state:
+        then both stay, as llama-server keeps checkpoints).
         """
         if not self.enabled or len(tokens) < BLOCK:
             return False
@@ -282,6 +295,7 @@ class PromptCache:
                     and e.lora == lora
                     and len(e.tokens) < len(key)
                     and key[: len(e.tokens)] == e.tokens
+                    and (fits is None or fits(len(key), len(e.tokens)))
                 ):
                     superseded[e.id] = e
         data = state()

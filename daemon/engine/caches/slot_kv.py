@@ -50,6 +50,10 @@ class SlotKV:
         under --exact two, so that they form a multi-token chunk as in a fresh prefill."""
         return 2 if self.cache.exact else 1
 
+    def fits(self, held: int, keep: int) -> bool:
+        """Whether a saved state of `held` tokens, once restored, can be cut back to `keep`."""
+        return self.memory.resumes(keep, self.memory.restored_pos_min(held))
+
     def trim(self, slot: Slot, keep: int) -> None:
         """Drop everything after the first `keep` tokens of `slot`; everything where its
         memory cannot be cut back there (a recurrent state, a window already slid)."""
@@ -90,7 +94,11 @@ class SlotKV:
         self.trim(slot, held)
         try:
             self.cache.save(
-                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora
+                slot.owner,
+                slot.tokens,
+                lambda: self.ctx.state_get(slot.seq),
+                slot.lora,
+                self.fits,
             )
         except Exception:  # the request goes on without it; the slot is refilled anyway
             log.exception("saving a slot to the prompt cache failed")
@@ -98,12 +106,14 @@ class SlotKV:
     def recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
         """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
         tokens the slot already offers; returns the tokens to keep."""
-        hit = self.cache.lookup(owner, prompt, slot.lora)  # slot.lora: the request's set
+        room = len(prompt) - self.margin()
+        hit = self.cache.lookup(  # slot.lora: the request's set
+            owner, prompt, slot.lora, lambda held, shared: self.fits(held, min(shared, room))
+        )
         if hit is None:
             return keep
-        n = min(hit.tokens, len(prompt) - self.margin())
-        restored = self.memory.restored_pos_min(len(hit.entry.tokens))
-        if n <= keep or not self.memory.resumes(n, restored):
+        n = min(hit.tokens, room)
+        if n <= keep:
             return keep
         state = self.cache.load(hit)
         if state is None:
