@@ -229,7 +229,7 @@ def calls_schema(
             defs[f"f{i}"], params = params, {"$ref": base}
         props: dict[str, Any] = {name_key: {"const": f.name}, key: params}
         if name_key == "tool_name":  # Command R7B numbers its calls first
-            props = {"tool_call_id": {"type": "string"}, **props}
+            props = {"tool_call_id": {"type": "string", "pattern": "^[0-9]{1,3}$"}, **props}
         alternatives.append({"type": "object", "properties": props, "required": list(props)})
     schema: dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     if defs:

@@ -183,3 +183,31 @@ def test_parallel_calls_in_the_family_markup(model: Model) -> None:
         assert accepts(model, plan.grammar, text), name
         _, _, calls = turn(plan, template(name), [text])
         assert [c[0] for c in calls] == ["get_time", "get_weather"], name
+
+
+def test_qwen3_xml_enums_are_bare_and_typed_values_are_json(model: Model) -> None:
+    fn = {
+        "type": "function",
+        "function": {
+            "name": "pick",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "color": {"type": "string", "enum": ["red", "blue"]},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["color", "tags"],
+            },
+        },
+    }
+    plan = tools.plan_tools(request(tools=[fn], tool_choice="required"), template("Qwen3-Coder"))
+    assert plan is not None and plan.grammar is not None
+    text = (
+        "<tool_call>\n<function=pick>\n<parameter=color>\nred\n</parameter>\n"
+        '<parameter=tags>\n["a", "b"]\n</parameter>\n</function>\n</tool_call>'
+    )
+    assert accepts(model, plan.grammar, text)
+    assert not accepts(model, plan.grammar, text.replace("\nred\n", "\ngreen\n"))
+    assert not accepts(model, plan.grammar, text.replace('["a", "b"]', "a, b"))
+    _, _, calls = turn(plan, template("Qwen3-Coder"), [text])
+    assert calls == [("pick", '{"color": "red", "tags": ["a", "b"]}')]

@@ -19,6 +19,7 @@ _WORD = re.compile(r"[A-Za-z0-9_-]+")
 
 # Parameter text in Qwen3-Coder's XML: anything that does not close a tag.
 NL = "\n"
+_SHAPED = {"enum", "const", "pattern", "format", "$ref", "anyOf", "oneOf", "allOf"}
 XML_TEXT = 'xml-text ::= ([^<] | "<" [^/])*'
 
 
@@ -66,11 +67,14 @@ def _xml_params(params: dict[str, Any], prefix: str, convert: Convert) -> tuple[
     defs = {k: params[k] for k in ("$defs", "definitions") if k in params}
     parts, rules = [], []
     for j, (key, schema) in enumerate(props.items()):
-        kind = schema.get("type") if isinstance(schema, dict) else None
-        shaped = {"enum", "const", "pattern", "format", "$ref", "anyOf", "oneOf", "allOf"}
-        if kind in ("string", None) and not shaped & set(schema or {}):
+        schema = schema if isinstance(schema, dict) else {}
+        kind = schema.get("type")
+        choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
+        if kind in ("string", None) and choices and all(isinstance(c, str) for c in choices):
+            value = "(" + " | ".join(lit(c) for c in choices) + ")"  # written bare
+        elif kind in ("string", None) and not _SHAPED & schema.keys():
             value = "xml-text"
-        else:
+        else:  # typed values (and shaped strings, JSON-quoted) follow the schema as JSON
             value = f"{prefix}p{j}-root"
             rules.append(prefixed(convert({**schema, **defs}), f"{prefix}p{j}-"))
         item = f"{lit(f'<parameter={key}>' + NL)} {value} {lit(NL + '</parameter>' + NL)}"

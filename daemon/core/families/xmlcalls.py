@@ -19,6 +19,12 @@ def _value(raw: str, schema: dict[str, Any]) -> Any:
     text = raw.removeprefix("\n").removesuffix("\n")
     kind = schema.get("type")
     if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        if text.startswith('"'):  # a JSON-quoted string (what a grammar for a pattern writes)
+            try:
+                quoted = json.loads(text)
+            except ValueError:
+                return text
+            return quoted if isinstance(quoted, str) else text
         return text
     try:
         return json.loads(text)
