@@ -1,6 +1,7 @@
 """Tiny random-weight GGUFs of the architecture classes whose memory is not a plain KV cache:
-sliding-window attention (Gemma 2), recurrent state (Mamba 2) and mixture of experts (Qwen3
-MoE), written with gguf-py around the embedded SmolLM2's tokenizer.
+sliding-window attention (Gemma 2), recurrent state (Mamba 2), hybrid attention and short
+convolutions (LFM2) and mixture of experts (Qwen3 MoE), written with gguf-py around the
+embedded SmolLM2's tokenizer.
 
 Architecture knowledge is data here: per class, its hyperparameters and a table of tensor
 shapes (numpy order, the reverse of ggml's `ne`), named by gguf-py's own tables.
@@ -9,9 +10,8 @@ shapes (numpy order, the reverse of ggml's `ne`), named by gguf-py's own tables.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
@@ -42,9 +42,9 @@ class Arch:
     arch: gguf.MODEL_ARCH
     n_layer: int
     keys: Callable[[gguf.GGUFWriter], None]
-    layer: list[Row]
+    layer: Callable[[int], list[Row]]  # block index -> its tensors
     tied: bool  # the output matrix is the token embedding
-    extra: dict[str, Any] = field(default_factory=dict)
+    output_norm: T = T.OUTPUT_NORM
 
 
 def _attention(norms: bool) -> list[Row]:
@@ -105,6 +105,31 @@ def _qwen3moe_keys(w: gguf.GGUFWriter) -> None:
     w.add_expert_feed_forward_length(N_FF_EXP)
 
 
+def _lfm2_keys(w: gguf.GGUFWriter) -> None:
+    _attention_keys(w)
+    w.add_head_count_kv([0 if _lfm2_conv(i) else N_HEAD_KV for i in range(4)])
+    w.add_shortconv_l_cache(3)
+
+
+def _lfm2_conv(bid: int) -> bool:
+    """LFM2's blocks: short convolutions, with attention in every other one."""
+    return bid % 2 == 0
+
+
+def _lfm2_layer(bid: int) -> list[Row]:
+    if _lfm2_conv(bid):
+        mixer: list[Row] = [
+            (T.ATTN_NORM, "weight", (HIDDEN,), "norm"),
+            (T.SHORTCONV_CONV, "weight", (HIDDEN, 3), "conv"),
+            (T.SHORTCONV_INPROJ, "weight", (3 * HIDDEN, HIDDEN), "mat"),
+            (T.SHORTCONV_OUTPROJ, "weight", (HIDDEN, HIDDEN), "mat"),
+            (T.FFN_NORM, "weight", (HIDDEN,), "norm"),
+        ]
+    else:
+        mixer = _attention(norms=True)
+    return mixer + _dense_ffn()
+
+
 _CONV_DIM = SSM_INNER + 2 * SSM_STATE
 
 ARCHS: dict[str, Arch] = {
@@ -113,9 +138,9 @@ ARCHS: dict[str, Arch] = {
         gguf.MODEL_ARCH.GEMMA2,
         4,  # layers alternate: sliding window, global
         _gemma2_keys,
-        _attention(norms=False)
-        + _dense_ffn()
-        + [
+        lambda _: [
+            *_attention(norms=False),
+            *_dense_ffn(),
             (T.ATTN_POST_NORM, "weight", (HIDDEN,), "post"),
             (T.FFN_POST_NORM, "weight", (HIDDEN,), "post"),
         ],
@@ -126,7 +151,7 @@ ARCHS: dict[str, Arch] = {
         gguf.MODEL_ARCH.MAMBA2,
         2,
         _mamba2_keys,
-        [
+        lambda _: [
             (T.ATTN_NORM, "weight", (HIDDEN,), "norm"),
             (T.SSM_IN, "weight", (SSM_INNER + _CONV_DIM + SSM_HEADS, HIDDEN), "mat"),
             (T.SSM_CONV1D, "weight", (_CONV_DIM, SSM_CONV), "conv"),
@@ -144,7 +169,7 @@ ARCHS: dict[str, Arch] = {
         gguf.MODEL_ARCH.QWEN3MOE,
         2,
         _qwen3moe_keys,
-        [
+        lambda _: [
             *_attention(norms=True),
             (T.FFN_GATE_INP, "weight", (N_EXPERT, HIDDEN), "mat"),
             (T.FFN_GATE_EXP, "weight", (N_EXPERT, N_FF_EXP, HIDDEN), "mat"),
@@ -152,6 +177,15 @@ ARCHS: dict[str, Arch] = {
             (T.FFN_DOWN_EXP, "weight", (N_EXPERT, HIDDEN, N_FF_EXP), "mat"),
         ],
         tied=False,
+    ),
+    "lfm2": Arch(
+        "lfm2",
+        gguf.MODEL_ARCH.LFM2,
+        4,
+        _lfm2_keys,
+        _lfm2_layer,
+        tied=True,
+        output_norm=T.TOKEN_EMBD_NORM,
     ),
 }
 
@@ -217,9 +251,9 @@ def write_model(kind: str, out: Path, tokenizer_gguf: Path, seed: int = 0) -> Pa
     embd[:17] *= 0.01
     tensors: list[tuple[str, np.ndarray]] = [(_tensor_name(T.TOKEN_EMBD, None, "weight"), embd)]
     for bid in range(a.n_layer):
-        for t, suffix, shape, how in a.layer:
+        for t, suffix, shape, how in a.layer(bid):
             tensors.append((_tensor_name(t, bid, suffix), _values(rng, shape, how)))
-    tensors.append((_tensor_name(T.OUTPUT_NORM, None, "weight"), _values(rng, (HIDDEN,), "norm")))
+    tensors.append((_tensor_name(a.output_norm, None, "weight"), _values(rng, (HIDDEN,), "norm")))
     if not a.tied:
         out_w = _values(rng, (n_vocab, HIDDEN), "mat") * 4.0
         out_w[:17] *= 0.01

@@ -15,6 +15,10 @@ WANT = {
         "recurrent state (resumes whole sequences only)",
         "off: recurrent state (rejected drafts cannot be removed from it)",
     ),
+    "lfm2": (
+        "hybrid attention + recurrent state (resumes whole sequences only)",
+        "off: recurrent state (rejected drafts cannot be removed from it)",
+    ),
     "qwen3moe": ("kv cache", "ngram"),
 }
 
@@ -33,5 +37,6 @@ def test_decoding_names_the_memory_and_what_is_off(arch_models: dict[str, Path],
         }
         assert lm.model.n_swa == (WINDOW if kind == "gemma2" else 0)
         assert lm.model.recurrent == (kind == "mamba2")
+        assert lm.model.hybrid == (kind == "lfm2")
     finally:
         lm.close()

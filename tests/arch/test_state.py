@@ -29,7 +29,7 @@ from tests.integration.modes import MODES
 
 SLOTS = 3
 LENGTHS = {"inside": WINDOW - 10, "beyond": 2 * WINDOW + 40}
-KINDS = ("gemma2", "mamba2", "qwen3moe")
+KINDS = ("gemma2", "mamba2", "lfm2", "qwen3moe")
 
 
 @pytest.fixture(
