@@ -331,7 +331,7 @@ def test_version(osrv: Server) -> None:
             400,
             "not a PNG",
         ),
-        ("/api/generate", {"prompt": "x", "images": ["aGk="]}, 400, "images"),
+        ("/api/generate", {"prompt": "x", "images": ["aGk="]}, 400, "not a PNG"),
         ("/api/generate", {"prompt": "x", "template": "{{ .Prompt }}"}, 400, "template"),
         ("/api/generate", {"prompt": "x", "raw": True, "system": "s"}, 400, "raw"),
         ("/api/generate", {"prompt": "x", "think": True}, 400, "thinking"),

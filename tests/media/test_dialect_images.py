@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 import anthropic
+import httpx
 import ollama
 import openai
 import pytest
@@ -73,12 +74,42 @@ def _ollama(url: str) -> tuple[str, int]:
     return resp.message.content or "", resp.prompt_eval_count or 0
 
 
+def _ollama_generate(url: str, stream: bool = False) -> tuple[str, object]:
+    """/api/generate with `images`: the templated prompt, the image before the text."""
+    options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": MAX}
+    client = ollama.Client(host=url)
+    if stream:
+        parts = list(
+            client.generate(model="lm", prompt=QUESTION, images=[B64], options=options, stream=True)
+        )
+        return "".join(p.response for p in parts), parts[-1].context
+    resp = client.generate(model="lm", prompt=QUESTION, images=[B64], options=options)
+    return resp.response, resp.context
+
+
 def test_the_same_image_gives_the_same_answer_on_every_dialect(vlm_server: Server) -> None:
     want = _openai(vlm_server.url)
     assert want[0]
     assert _anthropic(vlm_server.url) == want
     # Ollama's prompt_eval_count counts only what it evaluated (the rest came from the slot).
     assert _ollama(vlm_server.url)[0] == want[0]
+    # /api/generate too, whole and streamed; its answer carries no `context` (the image's
+    # positions are no token ids a client could send back).
+    assert _ollama_generate(vlm_server.url) == (want[0], None)
+    assert _ollama_generate(vlm_server.url, stream=True) == (want[0], None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"raw": True}, "raw"), ({"suffix": "x"}, "suffix"), ({"context": [1, 2]}, "context")],
+)
+def test_generate_refuses_images_where_no_template_renders_them(
+    vlm_server: Server, extra: dict[str, object], param: str
+) -> None:
+    body = {"model": "lm", "prompt": QUESTION, "images": [B64], "stream": False, **extra}
+    r = httpx.post(f"{vlm_server.url}/api/generate", json=body, timeout=120)
+    assert r.status_code == 400, r.text
+    assert param in r.json()["error"]
 
 
 def test_anthropic_counts_an_images_tokens(vlm_server: Server) -> None:

@@ -329,10 +329,6 @@ def _generate_prompt(
     lm: LoadedModel, req: GenerateRequest, think_vars: dict[str, Any]
 ) -> tuple[list[int], str]:
     """The prompt tokens, and the rendered text ("" for raw prompts, which never split)."""
-    if req.images:
-        raise InvalidRequest(
-            "images are served on /api/chat, not yet on /api/generate", param="images"
-        )
     if req.template:
         raise InvalidRequest(
             "a per-request template is not supported; edged renders the model's own",
@@ -360,6 +356,30 @@ def _generate_prompt(
     return tokens, rendered
 
 
+async def _image_prompt(
+    lm: LoadedModel, req: GenerateRequest, think_vars: dict[str, Any], policy: Policy
+) -> tuple[list[int], str, MediaPrompt | None]:
+    """A templated prompt whose user turn carries `images` (before its text, as on
+    /api/chat): tokens with the images' stand-ins, the rendered text, the embeddings."""
+    for field, given in (("raw", req.raw), ("suffix", req.suffix is not None)):
+        if given:
+            raise InvalidRequest(f"images need the model's template; {field} has none", param=field)
+    if req.context:
+        # The images' positions are no token ids a client could send back.
+        raise InvalidRequest("a context cannot be continued with images", param="context")
+    media = tuple(image_from_base64(b, None, "images") for b in req.images or ())
+    system = (core.Message(role="system", content=req.system),) if req.system else ()
+    text = core.MEDIA_MARKER * len(media) + req.prompt
+    user = core.Message(role="user", content=text, media=media)
+    chat_req = core.ChatRequest(messages=(*system, user), template_kwargs=think_vars)
+    check_media(chat_req, policy, "images")
+    try:  # decoding and encoding images block: off the event loop
+        chat = await asyncio.to_thread(build_chat, lm, chat_req, max_pixels=policy.max_image_pixels)
+    except EdgedError as exc:
+        raise to_api(exc, {"image": "images"}) from exc
+    return chat.tokens, chat.rendered, chat.extras.media
+
+
 async def generate(
     registry: ModelRegistry, req: GenerateRequest, policy: Policy
 ) -> Body | NdjsonStream:
@@ -368,11 +388,18 @@ async def generate(
     think_vars = _thinking(lm, name, req)  # refuses `think` before any prompt is looked at
     if not req.prompt and req.suffix is None and not req.context:
         return await _load_only(registry, lm, name, req, "response")
-    prompt, rendered = _generate_prompt(lm, req, think_vars)
+    media = None
+    if req.images:
+        prompt, rendered, media = await _image_prompt(lm, req, think_vars, policy)
+    else:
+        prompt, rendered = _generate_prompt(lm, req, think_vars)
     think = _split_of(lm, rendered, req) if rendered else None
-    handle = _submit(lm, prompt, req, policy)
+    handle = _submit(lm, prompt, req, policy, media)
+    # An image prompt's context would hold the images' stand-ins, which no later request
+    # may send: it has none (Ollama's clients treat `context` as optional).
+    context = prompt if media is None else None
     if req.stream:
-        events = _generate_events(handle, prompt, name, clock, think)
+        events = _generate_events(handle, context, name, clock, think)
         return ndjson(events, [handle], errors.SHAPE.wire)
     (r,) = await collect_all([handle])
     thinking, text = think.split(r.text) if think is not None else (None, r.text)
@@ -383,14 +410,14 @@ async def generate(
         **({"thinking": thinking} if thinking else {}),
         "done": True,
         "done_reason": _done_reason(r.finish_reason),
-        "context": [*prompt, *r.token_ids],
+        **({"context": [*context, *r.token_ids]} if context is not None else {}),
         **_stats(handle, clock),
     }
 
 
 async def _generate_events(
     handle: RequestHandle,
-    prompt: list[int],
+    prompt: list[int] | None,
     name: str,
     clock: Clock,
     think: Thinking | None = None,
@@ -410,7 +437,7 @@ async def _generate_events(
                 "response": "",
                 "done": True,
                 "done_reason": _done_reason(chunk.finish_reason),
-                "context": [*prompt, *generated],
+                **({"context": [*prompt, *generated]} if prompt is not None else {}),
                 **_stats(handle, clock),
             }
 
