@@ -8,7 +8,8 @@ longer than the sliding window:
   solo runs; a prefix the memory no longer holds (a window that slid, a recurrent state past
   it) is never reused.
 - `--exact`: a returning turn (slot reuse, or prompt-cache restore after eviction) equals a
-  cold run token for token; a recurrent state decoded row by row is not reused at all.
+  cold run token for token, resuming at the end of the first prompt (a recurrent state from
+  the checkpoint taken there: the slot's state, past the reply, cannot be cut back).
 - fast default: a returning turn reuses every held token the memory can resume (the whole
   recurrent state included) and equals a llama.cpp loop replaying the same steps.
 """
@@ -91,8 +92,9 @@ def _check_returning(lm: LoadedModel, p: list[int], out: list[int], turn: list[i
     """The returning turn just ran into a cache filled by `p` and its answer `out`."""
     warm = generate(lm, greedy(turn, 8))
     if lm.mode.exact:
-        # Only KV prefilled in chunks counts; a recurrent state decoded row by row is none.
-        assert warm.cached == (0 if recurrent(lm) else len(p))
+        # Only KV prefilled in chunks counts: the first prompt's (a recurrent model's from
+        # the checkpoint taken when that prompt was in).
+        assert warm.cached == len(p)
         flush(lm, SLOTS)
         lm.generator().cache.clear()
         assert warm.tokens == generate(lm, greedy(turn, 8)).tokens  # cold
@@ -116,7 +118,7 @@ def test_returning_turn_restores_from_prompt_cache(lm: LoadedModel, length: str)
     hits = lm.generator().cache.hits
     flush(lm, SLOTS)  # evicts the first turn's slot into the prompt cache
     _check_returning(lm, p, out, turn)
-    assert lm.generator().cache.hits == hits + (0 if recurrent(lm) and lm.mode.exact else 1)
+    assert lm.generator().cache.hits == hits + 1
 
 
 def test_prefix_the_memory_no_longer_holds_is_not_reused(lm: LoadedModel) -> None:
@@ -149,8 +151,6 @@ def test_cache_prefers_an_entry_the_memory_can_resume(lm: LoadedModel) -> None:
     first = len(p) if lm.mode.exact else len(p) + len(out) - 1
     if not lm.model.n_swa and not recurrent(lm):
         assert warm.cached == common_prefix(turn, edited)  # B cut back: a KV cache can
-    elif recurrent(lm) and lm.mode.exact:
-        assert warm.cached == 0  # no entry: neither state was prefilled as one chunk
     else:
         assert warm.cached == first
     if lm.mode.exact:

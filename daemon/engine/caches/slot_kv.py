@@ -103,6 +103,23 @@ class SlotKV:
         except Exception:  # the request goes on without it; the slot is refilled anyway
             log.exception("saving a slot to the prompt cache failed")
 
+    def checkpoint(self, slot: Slot) -> None:
+        """A prompt was just decoded into `slot`: where its memory cannot be cut back later
+        (a recurrent state), keep this point in the prompt cache now, as llama-server keeps
+        context checkpoints, so that a returning conversation or an edited last message
+        resumes from it instead of prefilling everything again."""
+        if self.memory.rolls_back or not self.cache.enabled:
+            return
+        held = self.reusable(slot)
+        if held < BLOCK or held != len(slot.tokens):
+            return
+        try:
+            self.cache.save(
+                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora, self.fits
+            )
+        except Exception:  # the request goes on without it
+            log.exception("saving a checkpoint to the prompt cache failed")
+
     def recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
         """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
         tokens the slot already offers; returns the tokens to keep."""

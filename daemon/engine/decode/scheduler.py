@@ -214,6 +214,8 @@ class Scheduler(Admission):
         for a in group:  # the others' rows are from earlier steps: not theirs to read now
             if a not in self._active:
                 continue  # ended by a sibling's fork this step
+            if id(a) in chunks and not a.pending:  # its prompt is in: a recurrent state
+                self.kv.checkpoint(a.slot)  # cannot be cut back to here later
             try:
                 self._after_decode(a, out)
             except Exception as exc:  # sampling, grammar, scoring, text: this request alone
