@@ -1,0 +1,118 @@
+"""On a real daemon, through the official openai SDK: the embedded model carrying a family's
+chat template, with a required tool choice, writes its call in the family's own markup (the
+grammar allows nothing else) and the client receives it parsed, whole and streamed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from daemon.core.families import family_of
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.test_reasoning import make_thinking_gguf
+from tests.families.conftest import template
+
+# alias -> the template it carries (each a different call syntax).
+FAMILIES = {
+    "qwen3coder": "Qwen3-Coder",
+    "mistral": "Mistral-Small-3.2-24B-Instruct-2506",
+    "gptoss": "openai-gpt-oss-120b",
+    "deepseek": "deepseek-ai-DeepSeek-V3.1",
+    "commandr": "CohereForAI-c4ai-command-r7b-12-2024-tool_use",
+}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                # An enum keeps the tiny model's arguments short (free text may ramble on).
+                "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+MSGS: list[Any] = [{"role": "user", "content": "What is the weather like in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def family_server(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("families")
+    args: list[str] = []
+    for alias, name in FAMILIES.items():
+        path = make_thinking_gguf(smollm_gguf, tmp / f"{alias}.gguf", template(name))
+        args += ["--alias", f"{alias}={path}"]
+    srv = start_server(tmp, "--parallel", "2", *args)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def client(family_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{family_server.url}/v1", api_key="unused", max_retries=0)
+
+
+def _city(arguments: str) -> str:
+    args = json.loads(arguments)
+    assert set(args) == {"city"} and args["city"] in ("Paris", "London", "Tokyo")
+    return args["city"]
+
+
+@pytest.mark.parametrize("alias", sorted(FAMILIES))
+def test_required_call_in_the_family_format(client: openai.OpenAI, alias: str) -> None:
+    out = client.chat.completions.create(
+        model=alias,
+        messages=MSGS,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call: the grammar then ends the answer after it
+        max_tokens=200,
+        temperature=0,
+    )
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    _city(call.function.arguments)
+    if alias == "mistral":
+        assert len(call.id) == 9 and call.id.isalnum()
+    # Streamed, the same call arrives in deltas.
+    stream = client.chat.completions.create(
+        model=alias,
+        messages=MSGS,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call: the grammar then ends the answer after it
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+    )
+    name, args, content, finish = "", "", "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            name += tc.function.name or "" if tc.function else ""
+            args += tc.function.arguments or "" if tc.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, finish, content) == ("get_weather", "tool_calls", "")
+    assert _city(args) == _city(call.function.arguments)
+
+
+def test_show_and_props_name_the_family(family_server: Server) -> None:
+    for alias, name in FAMILIES.items():
+        r = httpx.post(f"{family_server.url}/api/show", json={"model": alias}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["chat_family"] == family_of(template(name)).wire()
+    props = httpx.get(f"{family_server.url}/props", timeout=120).json()
+    assert props["chat_family"] == family_of(props["chat_template"]).wire()
+    assert props["chat_family"]["family"] == "generic"  # the embedded model's ChatML
