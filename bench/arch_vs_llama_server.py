@@ -10,7 +10,8 @@ beyond it, then that one's returning turn (the prompt, its answer and more), whi
 server serves from what its slot or cache kept. Prints a Markdown table: whether the
 greedy tokens are equal, and the first index where they differ.
 
-    python bench/arch_vs_llama_server.py
+    python bench/arch_vs_llama_server.py                  # llama-server --swa-full
+    python bench/arch_vs_llama_server.py --window-cache   # llama-server's default cache
 """
 
 from __future__ import annotations
@@ -83,7 +84,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=16)
+    p.add_argument(
+        "--window-cache",
+        action="store_true",
+        help="llama-server at its default (`swa_full` off: window layers keep the window)",
+    )
     args = p.parse_args()
+    swa = [] if args.window_cache else ["--swa-full"]
     pairs = (
         ("edged --exact", ["--exact"], "llama-server -fa off", ["-fa", "off"]),
         ("edged", [], "llama-server -fa on", ["-fa", "on"]),
@@ -108,7 +115,7 @@ def main() -> None:
                     args.threads,
                     parallel=1,
                     ctx_size=CTX,
-                    extra_args=["--swa-full", *their_args],
+                    extra_args=[*swa, *their_args],
                 )
                 try:
                     ref = script(f"http://127.0.0.1:{port}", args.tokens)
