@@ -41,10 +41,23 @@ _OFF: dict[str, Any] = {
 }
 
 
+class MediaPromptIn(ProtocolModel):
+    """A prompt with media: the text holds one libmtmd marker (`<__media__>`) per file of
+    `multimodal_data` (base64), which take their places in order (llama-server's form)."""
+
+    prompt_string: str
+    multimodal_data: Annotated[list[str], Field(max_length=64)] | None = None
+
+
+Prompt = str | PromptPiece | MediaPromptIn
+
+
 class CompletionRequest(ProtocolModel):
     """POST /completion."""
 
-    prompt: str | PromptPiece | Annotated[list[str | PromptPiece], Field(max_length=MAX_PROMPTS)]
+    prompt: (
+        Prompt | Annotated[list[str | PromptPiece | MediaPromptIn], Field(max_length=MAX_PROMPTS)]
+    )
     model: str | None = None
     n_predict: Annotated[int, Field(ge=-1, le=1_000_000)] = -1
     temperature: Temperature = 0.8
@@ -84,8 +97,16 @@ class CompletionRequest(ProtocolModel):
         for name, off in _OFF.items():
             if getattr(self, name) != off:
                 raise ValueError(f"{name} is not supported by edged; leave it at {off!r}")
-        if self.image_data or self.multimodal_data:
-            raise ValueError("images are not supported by edged")
+        if self.image_data:
+            raise ValueError(
+                "image_data (the old form) is not supported: send the prompt as "
+                '{"prompt_string": "... <__media__> ...", "multimodal_data": ["<base64>"]}'
+            )
+        if self.multimodal_data:
+            raise ValueError(
+                "multimodal_data goes inside the prompt object: "
+                '{"prompt": {"prompt_string": "...", "multimodal_data": [...]}}'
+            )
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("use either grammar or json_schema, not both")
         return self

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from daemon.api.framing import plain_sse
 from daemon.api.llamacpp.errors import SHAPE
-from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest
+from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest, MediaPromptIn
+from daemon.core import request as core
 from daemon.core.adapters import from_ids
 from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.errors import to_api
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
+from daemon.core.media import check_media, image_from_base64
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
-from daemon.core.watch import leased
+from daemon.core.watch import leased, request_owner
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.media import MediaPrompt, Medium, is_stand_in
 from daemon.engine.types import FinishReason, TokenLogprob
-from daemon.errors import ContextLengthExceeded, InvalidRequest
+from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest
 
 Body = dict[str, Any]
 
@@ -42,16 +48,55 @@ def _plain(lm: LoadedModel, text: str) -> list[int]:
     return lm.model.tokenize(text, add_special=False, parse_special=True)
 
 
-def prompts_of(lm: LoadedModel, req: CompletionRequest) -> list[list[int]]:
-    """One or several prompts: a list holding lists (or only strings) is several prompts."""
+# A prompt's tokens (stand-ins at media positions), and its media's embeddings.
+Prompt = tuple[list[int], MediaPrompt | None]
+
+
+async def _media_prompt(lm: LoadedModel, p: MediaPromptIn, policy: Policy) -> Prompt:
+    """`{"prompt_string", "multimodal_data"}`: one marker per file, which take their places in
+    order; checked against the image limits, then tokenized and encoded off the event loop."""
+    if not p.multimodal_data:
+        return _tokens(lm, p.prompt_string, True), None
+    images = tuple(image_from_base64(b, None, "prompt") for b in p.multimodal_data)
+    marks = p.prompt_string.count(core.MEDIA_MARKER)
+    if marks != len(images):
+        raise InvalidRequest(
+            f"the prompt_string holds {marks} {core.MEDIA_MARKER} markers for "
+            f"{len(images)} multimodal_data files: one marker per file",
+            param="prompt",
+        )
+    check_media(
+        core.ChatRequest(messages=(core.Message("user", p.prompt_string, media=images),)),
+        policy,
+        "prompt",
+    )
+    media = [Medium(i.data, i.digest) for i in images]
+    try:
+        return await asyncio.to_thread(
+            lm.media_prompt, p.prompt_string, media, policy.max_image_pixels, request_owner()
+        )
+    except EdgedError as exc:
+        raise to_api(exc, {"image": "prompt"}) from exc
+
+
+async def prompts_of(lm: LoadedModel, req: CompletionRequest, policy: Policy) -> list[Prompt]:
+    """One or several prompts: a list holding lists, objects (or only strings) is several."""
     p = req.prompt
-    many = isinstance(p, list) and any(isinstance(x, list) for x in p)
+    many = isinstance(p, list) and any(isinstance(x, list | MediaPromptIn) for x in p)
     if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str) for x in p):
         many = True
     items = p if many else [p]
-    prompts = [_tokens(lm, x, True) for x in items]  # type: ignore[arg-type]
-    for tokens in prompts:
-        lm.check_tokens(tokens)
+    if len(items) > policy.max_batch:  # before any image is decoded
+        raise InvalidRequest(f"at most {policy.max_batch} prompts", param="prompt")
+    prompts: list[Prompt] = []
+    for x in items:
+        if isinstance(x, MediaPromptIn):
+            prompts.append(await _media_prompt(lm, x, policy))
+        else:
+            prompts.append((_tokens(lm, x, True), None))  # type: ignore[arg-type]
+    for tokens, media in prompts:
+        if media is None:
+            lm.check_tokens(tokens)
     return prompts
 
 
@@ -72,7 +117,7 @@ def _budget(lm: LoadedModel, prompt: list[int], n_predict: int, cap: int) -> int
 
 
 def submit(
-    lm: LoadedModel, prompts: list[list[int]], req: CompletionRequest, policy: Policy
+    lm: LoadedModel, prompts: list[Prompt], req: CompletionRequest, policy: Policy
 ) -> list[RequestHandle]:
     """Every prompt through `submit_choices`, one choice each, cancelled together on refusal."""
     if len(prompts) > policy.max_batch:
@@ -87,10 +132,10 @@ def submit(
     extras = Extras(grammar=_grammar(req), logprobs=req.n_probs or None)
     handles: list[RequestHandle] = []
     try:
-        for p in prompts:
-            handles += submit_choices(
-                lm, [p], _budget(lm, p, req.n_predict, policy.max_tokens), fields, 1, policy, extras
-            )
+        for p, media in prompts:
+            budget = _budget(lm, p, req.n_predict, policy.max_tokens)
+            own = extras if media is None else replace(extras, media=media)
+            handles += submit_choices(lm, [p], budget, fields, 1, policy, own)
     except BaseException:
         for h in handles:
             h.cancel()
@@ -195,7 +240,7 @@ def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: Complet
         "tokens_evaluated": h.usage.prompt_tokens,
         "tokens_cached": h.usage.prompt_tokens + h.usage.completion_tokens,
         "generation_settings": settings_of(lm, req),
-        "prompt": lm.model.detokenize(h.request.prompt_tokens, special=True),
+        "prompt": _prompt_text(lm, h.request.prompt_tokens),
         "has_new_line": "\n" in r.text,
         "truncated": False,
         **_stop_fields(lm, r, req.stop),
@@ -206,12 +251,30 @@ def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: Complet
     return body
 
 
+def _prompt_text(lm: LoadedModel, tokens: list[int]) -> str:
+    """The prompt as text, each run of media stand-ins shown as the media marker."""
+    out: list[str] = []
+    text: list[int] = []
+    in_media = False
+    for t in tokens:
+        if is_stand_in(t):
+            if not in_media:
+                out += [lm.model.detokenize(text, special=True), core.MEDIA_MARKER]
+                text = []
+            in_media = True
+        else:
+            text.append(t)
+            in_media = False
+    out.append(lm.model.detokenize(text, special=True))
+    return "".join(out)
+
+
 async def complete(
     registry: ModelRegistry, req: CompletionRequest, policy: Policy
 ) -> Body | list[Body] | Any:
     """POST /completion: one result (a list for several prompts), or SSE events."""
     lm = await leased(registry, req.model)
-    return await _serve(lm, prompts_of(lm, req), req, policy)
+    return await _serve(lm, await prompts_of(lm, req, policy), req, policy)
 
 
 async def infill(registry: ModelRegistry, req: InfillRequest, policy: Policy) -> Body | Any:
@@ -219,11 +282,11 @@ async def infill(registry: ModelRegistry, req: InfillRequest, policy: Policy) ->
     lm = await leased(registry, req.model)
     extra = [(f.filename, f.text) for f in req.input_extra]
     prompt = infill_tokens(lm, req.input_prefix, req.input_suffix, extra, req.prompt)
-    return await _serve(lm, [prompt], req, policy)
+    return await _serve(lm, [(prompt, None)], req, policy)
 
 
 async def _serve(
-    lm: LoadedModel, prompts: list[list[int]], req: CompletionRequest, policy: Policy
+    lm: LoadedModel, prompts: list[Prompt], req: CompletionRequest, policy: Policy
 ) -> Body | list[Body] | Any:
     handles = submit(lm, prompts, req, policy)
     if req.stream:
