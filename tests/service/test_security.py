@@ -200,5 +200,6 @@ def test_malicious_chat_template_is_a_400(source: str) -> None:
 
 
 def test_template_cannot_read_internals() -> None:
-    out = ChatTemplate("[{{ ''.__class__.__mro__ }}]").render([])
-    assert out == "[]"
+    # The sandbox refuses the attribute (as transformers' renderer does): a 400, no text.
+    with pytest.raises(InvalidInput, match="chat template refused"):
+        ChatTemplate("[{{ ''.__class__.__mro__ }}]").render([])
