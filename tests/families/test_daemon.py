@@ -17,6 +17,7 @@ from daemon.core.families import family_of
 from tests.conftest import Server, start_server, stop_server
 from tests.e2e.test_reasoning import make_thinking_gguf
 from tests.families.conftest import template
+from tests.families.markers import make_marker_gguf
 
 # alias -> the template it carries (each a different call syntax).
 FAMILIES = {
@@ -51,6 +52,10 @@ def family_server(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -
     for alias, name in FAMILIES.items():
         path = make_thinking_gguf(smollm_gguf, tmp / f"{alias}.gguf", template(name))
         args += ["--alias", f"{alias}={path}"]
+    # Mistral Nemo's template on a vocabulary where `[TOOL_CALLS]` is one control token.
+    nemo = template("mistralai-Mistral-Nemo-Instruct-2407")
+    marked = make_marker_gguf(smollm_gguf, tmp / "nemo-marked.gguf", nemo)
+    args += ["--alias", f"nemo={marked}"]
     srv = start_server(tmp, "--parallel", "2", *args)
     yield srv
     stop_server(srv)
@@ -116,3 +121,62 @@ def test_show_and_props_name_the_family(family_server: Server) -> None:
     props = httpx.get(f"{family_server.url}/props", timeout=120).json()
     assert props["chat_family"] == family_of(props["chat_template"]).wire()
     assert props["chat_family"]["family"] == "generic"  # the embedded model's ChatML
+
+
+def test_a_control_token_marker_reaches_the_parser(client: openai.OpenAI) -> None:
+    """`[TOOL_CALLS]` as the single control token (id 7, pushed by logit_bias where the grammar
+    allows it) renders for the parser: the call arrives parsed, whole and streamed."""
+    kw: dict[str, Any] = {
+        "model": "nemo",
+        "messages": MSGS,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 120,
+        "temperature": 0,
+        "logit_bias": {"7": 100},
+        "logprobs": True,
+    }
+    out = client.chat.completions.create(**kw)
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and len(call.id) == 9
+    _city(call.function.arguments)
+    assert choice.logprobs is not None and choice.logprobs.content
+    # The first token was the control token: log-probabilities render control tokens as ""
+    # (spelled out, the marker would start with "["), yet the parser saw `[TOOL_CALLS]`.
+    first = choice.logprobs.content[0]
+    assert first.token in ("", "[TOOL_CALLS]"), first
+    kw.pop("logprobs")
+    names = [
+        tc.function.name
+        for chunk in client.chat.completions.create(stream=True, **kw)
+        for tc in chunk.choices[0].delta.tool_calls or []
+        if tc.function and tc.function.name
+    ]
+    assert names == ["get_weather"]
+
+
+@pytest.mark.parametrize("alias", ["gptoss", "qwen3coder"])
+def test_anthropic_sdk_gets_the_family_call(family_server: Server, alias: str) -> None:
+    """The same parsing on another dialect: Anthropic's `any` tool choice, a tool_use block."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=family_server.url, api_key="unused", max_retries=0)
+    fn = TOOLS[0]["function"]
+    out = client.messages.create(
+        model=alias,
+        max_tokens=200,
+        extra_body={"temperature": 0},  # this SDK version has no `temperature` argument
+        messages=MSGS,
+        # gpt-oss's template concatenates the description: it must be there.
+        tools=[
+            {"name": fn["name"], "description": fn["description"], "input_schema": fn["parameters"]}
+        ],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
+    assert out.stop_reason == "tool_use", out
+    (use,) = [b for b in out.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and _city(json.dumps(use.input))
+    assert not [b for b in out.content if b.type == "text" and b.text.strip()]
