@@ -69,12 +69,23 @@ class ChatMessage(ProtocolModel):
     reasoning_content: str | None = None
 
     def text(self) -> str:
-        """The content as one string, an image as the media marker where it goes."""
+        """The content as one string, an image as the media marker where it goes. Text parts
+        are joined with a newline, none next to an image (as llama.cpp joins them): the
+        template gets one string whatever its support for content lists."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text if isinstance(p, TextPart) else MEDIA_MARKER for p in self.content)
+        out = ""
+        after_image = False
+        for p in self.content:
+            if isinstance(p, TextPart):
+                out += ("\n" if out and not after_image else "") + p.text
+                after_image = False
+            else:
+                out += MEDIA_MARKER
+                after_image = True
+        return out
 
     def images(self, param: str = "messages") -> tuple[ImagePart, ...]:
         """The content's images, decoded (400s name `param`)."""

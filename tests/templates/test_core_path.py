@@ -247,18 +247,19 @@ def test_call_arguments_reach_templates_as_objects(smol: LoadedModel) -> None:
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_text_parts_reach_templates_joined(smol: LoadedModel, name: str) -> None:
-    """A message's text parts reach the template as one string, joined with nothing between
-    (api/messages.py `ChatMessage.text`): transformers hands the template the list, which
-    Granite 4 joins with newlines, Reka Edge with spaces, and many templates print as a Python
-    list. Through edged every template gets the text."""
+    """A message's text parts reach the template as one string, joined with a newline (none
+    next to an image), as llama.cpp joins them (api/messages.py `ChatMessage.text`):
+    transformers hands the template the list, which Granite 4 joins with newlines, Reka Edge
+    with spaces, and many templates print as a Python list. Through edged every template gets
+    the text."""
     conv = next(c for c in CONVERSATIONS if c.name == "multipart")
     joined = [
         m
         if isinstance(m["content"], str)
-        else {**m, "content": "".join(p["text"] for p in m["content"])}
+        else {**m, "content": "\n".join(p["text"] for p in m["content"])}
         for m in conv.messages
     ]
-    assert joined[1]["content"] == "Describe Zürichin three words."
+    assert joined[1]["content"] == "Describe Zürich\nin three words."
     try:
         expected = hf_render(
             source(name), joined, add_generation_prompt=True, special_tokens=SPECIAL
