@@ -13,7 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.engine.adapters.lora import AdapterSet, split_model_name
+from daemon.engine.adapters.lora import AdapterSet
+from daemon.engine.client import Lease
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.errors import InvalidRequest
 
@@ -51,21 +52,11 @@ class ByName:
 _alias: ContextVar[dict[str, tuple[str, ...]] | None] = ContextVar("edged_lora", default=None)
 
 
-def note_alias(lm: LoadedModel, requested: str | None) -> None:
-    """Remember the adapters of a `BASE+NAME` model name this request resolved to `lm`;
-    an unknown adapter in it is a 400 naming `model`."""
-    if not requested or "+" not in requested or requested == lm.name:
-        return
-    names = tuple(split_model_name(requested)[1])
-    unknown = [n for n in names if n not in lm.adapter_names]
-    if unknown or not all(names):
-        known = ", ".join(lm.adapter_names) or "none are loaded"
-        raise InvalidRequest(
-            f"model {requested!r}: unknown LoRA adapter {unknown[0] if unknown else ''!r} "
-            f"of `{lm.name}` (known: {known})",
-            param="model",
-        )
-    _alias.set({**(_alias.get() or {}), lm.name: names})
+def note_alias(lease: Lease) -> None:
+    """Remember the adapters a `BASE+NAME` model name turned on (the engine resolved and
+    checked them at the lease), for what this request submits to that model."""
+    if lease.adapters:
+        _alias.set({**(_alias.get() or {}), lease.model.name: lease.adapters})
 
 
 def from_ids(lm: LoadedModel, ids: Sequence[AdapterId] | None) -> list[ByName] | None:

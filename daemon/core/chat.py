@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 
 from daemon.core import tools
 from daemon.core.choices import Policy, submit_choices
-from daemon.core.errors import to_api
+from daemon.core.errors import translated
 from daemon.core.media import check_media
 from daemon.core.prompt import ChatPrompt, build_chat
-from daemon.core.request import ChatRequest
+from daemon.core.request import ChatRequest, Message
 from daemon.core.safety import Guard, Verdict
 from daemon.core.sampling import Sampling
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.errors import EdgedError, InvalidRequest
+from daemon.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,21 @@ class Generation:
 
 @dataclass
 class ChatRun:
-    """A started chat: its model, prompt and running choices, or the input's refusal."""
+    """A started chat: its model, prompt and running choices, or the input's refusal; with
+    a safety model, what the answers are judged against."""
 
     lm: LoadedModel
     prompt: ChatPrompt
     handles: list[RequestHandle]
     guard: Guard | None = None
     refusal: Verdict | None = None  # set when the safety model refused the input
+    messages: tuple[Message, ...] = ()  # the conversation the answers reply to
+
+    async def check_answers(self, answers: list[str]) -> list[Verdict]:
+        """The safety model's verdict on each answer (all safe without one)."""
+        if self.guard is None:
+            return [Verdict(True) for _ in answers]
+        return await self.guard.check_outputs(self.messages, answers)
 
 
 async def start_chat(
@@ -63,27 +71,24 @@ async def start_chat(
         raise InvalidRequest(
             "prompt log-probabilities (echo) cannot score an image's positions", param="echo"
         )
-    lm = await leased(registry, gen.model, gen.keep_alive)
-    if req.media:
-        # Decoding, tokenizing and encoding images blocks: off the event loop.
-        try:
+    # The engine's errors name its inputs: a chat's prompt (and its images) are `messages`.
+    names = {"image": "messages", **gen.names} if req.media else gen.names
+    with translated(names):
+        lm = await leased(registry, gen.model, gen.keep_alive)
+        if req.media:
+            # Decoding, tokenizing and encoding images blocks: off the event loop.
             prompt = await asyncio.to_thread(
                 build_chat, lm, req, gen.logprobs, gen.prompt_logprobs, policy.max_image_pixels
             )
-        except EdgedError as exc:
-            raise to_api(exc, {"image": "messages", **gen.names}) from exc
-    else:
-        prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)
-    guard = None
-    if gen.safety_model is not None:
-        guard = await Guard.open(registry, gen.safety_model, policy)
-        verdict = await guard.check_input(req.messages)
-        if not verdict.safe:
-            return ChatRun(lm, prompt, [], guard, verdict)
-    try:
+        else:
+            prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)
+        guard = None
+        if gen.safety_model is not None:
+            guard = await Guard.open(registry, gen.safety_model, policy)
+            verdict = await guard.check_input(req.messages)
+            if not verdict.safe:
+                return ChatRun(lm, prompt, [], guard, verdict, req.messages)
         handles = submit_choices(
             lm, [prompt.tokens], gen.max_tokens, gen.sampling, gen.n, policy, prompt.extras
         )
-    except EdgedError as exc:
-        raise to_api(exc, gen.names) from exc
-    return ChatRun(lm, prompt, handles, guard)
+    return ChatRun(lm, prompt, handles, guard, messages=req.messages)

@@ -6,7 +6,8 @@ on the wire does (daemon/api/errors.py, one shape per dialect).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from daemon.engine import errors as engine
 from daemon.errors import (
@@ -50,3 +51,13 @@ def to_api(exc: EdgedError, names: Mapping[str, str] | None = None) -> EdgedErro
     if isinstance(exc, engine.IdBusy):
         return Conflict(msg, param=param)
     return EngineError(msg)
+
+
+@contextmanager
+def translated(names: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Engine errors raised inside the block come out as API errors (`to_api`), the fields
+    they name in the dialect's words (`names`); API errors pass as they are."""
+    try:
+        yield
+    except engine.EngineError as exc:
+        raise to_api(exc, names) from exc

@@ -1,11 +1,18 @@
-"""JSON schemas as decoding grammars, with the checks every dialect applies."""
+"""JSON schemas as decoding grammars, with the checks every dialect applies.
+
+The conversion itself is llama.cpp's own converter (pure Python, handed on by the one module
+that imports llama.cpp): a function of the schema alone, so the core runs it without asking a
+model, before any model loads where a check needs it.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from daemon.core.request import JsonFormat
-from daemon.engine.native.sampler import json_grammar
+from daemon.engine.native.llama import json_schema_to_gbnf
+from daemon.engine.native.sampler import JSON_OBJECT_GBNF
 from daemon.errors import InvalidRequest
 
 # JSON-schema keywords the grammar converter does not turn into constraints. A schema using
@@ -61,9 +68,11 @@ def unenforceable_keywords(schema: Any) -> set[str]:
 
 
 def gbnf(schema: dict[str, Any] | None) -> str:
-    """llama.cpp's conversion of `schema` to GBNF (None: any JSON object); the one place the
-    chat core reaches the converter. Raises whatever the converter raises."""
-    return json_grammar(schema)
+    """llama.cpp's conversion of `schema` to GBNF (None or empty: any JSON object); the one
+    place the chat core reaches the converter. Raises whatever the converter raises."""
+    if not schema:
+        return JSON_OBJECT_GBNF
+    return json_schema_to_gbnf(json.dumps(schema))
 
 
 def schema_grammar(schema: dict[str, Any] | None, param: str) -> str:

@@ -64,7 +64,8 @@ def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
                 f"the image is declared {mime[:40]} but is a {header.format.upper()} file",
                 param=param,
             )
-    return ImagePart(blob, hashlib.sha256(blob).hexdigest(), mime)
+    digest = hashlib.sha256(blob).hexdigest()
+    return ImagePart(blob, digest, mime, header.width, header.height)
 
 
 def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> None:
@@ -81,12 +82,11 @@ def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> No
                 "limit",
                 param=param,
             )
-        header = sniff(part.data)
-        pixels = header.pixels if header is not None else None
+        # The size the header declares, read when the image was parsed: no decoder has run.
+        pixels = part.pixels
         if pixels is not None and pixels > policy.max_image_pixels:
-            assert header is not None
             raise InvalidRequest(
-                f"a {header.width}×{header.height} image is over the "
+                f"a {part.width}×{part.height} image is over the "
                 f"{policy.max_image_pixels}-pixel limit",
                 param=param,
             )

@@ -46,11 +46,21 @@ MEDIA_MARKER = "<__media__>"
 @dataclass(frozen=True)
 class ImagePart:
     """An image of a message: the file's bytes (decoded from base64), their sha256 (hex),
-    which identifies it to the caches, and the MIME type the client declared."""
+    which identifies it to the caches, the MIME type the client declared, and the size its
+    header declares (read once, when the image is parsed; None where only decoding tells)."""
 
     data: bytes
     digest: str
     mime: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def pixels(self) -> int | None:
+        """Declared width × height (None when the header does not say)."""
+        if self.width is None or self.height is None:
+            return None
+        return self.width * self.height
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.core.choices import Extras, Policy, submit_choices
+from daemon.core.errors import translated
 from daemon.core.request import Message
 from daemon.core.sampling import Sampling
 from daemon.core.streams import collect_all
@@ -167,12 +168,15 @@ class Guard:
         """The verdict on the last turn; a conversation with nothing to judge is safe."""
         if not turns:
             return Verdict(True)
-        tokens = self.lm.tokenize(self.prompt(turns))
-        extras = Extras(grammar=VERDICT_GBNF)
-        handles = submit_choices(
-            self.lm, [tokens], VERDICT_MAX_TOKENS, _GREEDY, 1, self.policy, extras
-        )
-        (result,) = await collect_all(handles)
+        # The guard's own failures keep the engine's names (`prompt`): its prompt is not the
+        # request's messages, whatever the dialect calls those.
+        with translated():
+            tokens = self.lm.tokenize(self.prompt(turns))
+            extras = Extras(grammar=VERDICT_GBNF)
+            handles = submit_choices(
+                self.lm, [tokens], VERDICT_MAX_TOKENS, _GREEDY, 1, self.policy, extras
+            )
+            (result,) = await collect_all(handles)
         return parse_verdict(result.text)
 
     async def check_input(self, messages: Sequence[Message]) -> Verdict:

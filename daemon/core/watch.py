@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from daemon.core.adapters import note_alias
 from daemon.core.errors import to_api
 from daemon.engine.client import EngineClient, LeaseScope
 from daemon.engine.errors import EngineError
@@ -96,17 +97,15 @@ async def leased(
     registry: ModelRegistry, name: str | None, keep_alive: float | str | None = "default"
 ) -> LoadedModel:
     """The loaded model for `name`, held by this HTTP request until its last byte."""
-    from daemon.core.adapters import note_alias
-
     record = current.get()
     try:
-        lm = await EngineClient(registry).acquire(
+        lease = await EngineClient(registry).lease_model(
             name, record.leases if record is not None else None, keep_alive
         )
     except EngineError as exc:  # the boundary: callers see the API's own errors
         raise to_api(exc) from exc
-    note_alias(lm, name)  # BASE+NAME turns adapters on for what this request submits
-    return lm
+    note_alias(lease)  # BASE+NAME turns adapters on for what this request submits
+    return lease.model
 
 
 def _fail(handle: RequestHandle, error: EdgedError) -> None:

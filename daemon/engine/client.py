@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+from daemon.engine.adapters.lora import split_model_name
 from daemon.engine.caches.cache import SequenceStore
+from daemon.engine.errors import InvalidInput
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
@@ -35,6 +38,32 @@ class LeaseScope:
             release()
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A leased model, and the LoRA adapters its requested name turned on (`BASE+NAME`, each
+    at its `--lora` scale; empty for a plain name)."""
+
+    model: LoadedModel
+    adapters: tuple[str, ...] = ()
+
+
+def named_adapters(lm: LoadedModel, requested: str | None) -> tuple[str, ...]:
+    """The adapters a `BASE+NAME` model name asks of `lm`; an adapter `lm` does not have is
+    an InvalidInput on `model`."""
+    if not requested or "+" not in requested or requested == lm.name:
+        return ()
+    names = tuple(split_model_name(requested)[1])
+    unknown = [n for n in names if n not in lm.adapter_names]
+    if unknown or not all(names):
+        known = ", ".join(lm.adapter_names) or "none are loaded"
+        raise InvalidInput(
+            f"model {requested!r}: unknown LoRA adapter {unknown[0] if unknown else ''!r} "
+            f"of `{lm.name}` (known: {known})",
+            subject="model",
+        )
+    return names
+
+
 class EngineClient:
     """Leases, submission, tokenization and the request_id store, over one registry."""
 
@@ -54,6 +83,16 @@ class EngineClient:
         scope.names.add(lm.name)
         scope.add(lambda: self.registry.release(lm))
         return lm
+
+    async def lease_model(
+        self,
+        name: str | None,
+        scope: LeaseScope | None,
+        keep_alive: float | str | None = "default",
+    ) -> Lease:
+        """`acquire`, with the adapters the name turns on checked against the model's own."""
+        lm = await self.acquire(name, scope, keep_alive)
+        return Lease(lm, named_adapters(lm, name))
 
     @asynccontextmanager
     async def lease(

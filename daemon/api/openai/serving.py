@@ -21,7 +21,6 @@ from daemon.core.chat import ChatRun, start_chat
 from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking
-from daemon.core.request import ChatRequest
 from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
@@ -67,12 +66,36 @@ def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
 _LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """How the client asked to be answered (the shape, not the generation): the name it
+    asked for, how many choices, SSE or one body, usage at the end, the prompt echoed,
+    log-probabilities and in whose form."""
+
+    model: str | None
+    n: int
+    stream: bool
+    include_usage: bool
+    echo: bool
+    logprobs: int | None
+    together: bool
+
+
 async def chat_completion(
     registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """POST /v1/chat/completions."""
     legacy = req.legacy_functions
     req = req.with_legacy_functions()
+    reply = _Reply(
+        req.model,
+        req.n,
+        req.stream,
+        req.include_usage,
+        req.echo,
+        req.logprob_count,
+        req.together_logprobs,
+    )
     try:
         chat_req = translate.chat(req)
         gen = translate.generation(req)
@@ -81,42 +104,35 @@ async def chat_completion(
         if legacy:  # name the fields the client sent
             exc.param = _LEGACY_PARAMS.get(exc.param or "", exc.param)
         raise
-    return await _answer(registry, req, chat_req, run, policy)
+    return await _answer(registry, reply, run, policy)
 
 
 async def _answer(
-    registry: ModelRegistry,
-    req: ChatCompletionRequest,
-    chat_req: ChatRequest,
-    run: ChatRun,
-    policy: Policy,
+    registry: ModelRegistry, reply: _Reply, run: ChatRun, policy: Policy
 ) -> dict[str, Any] | ServerSentEvent:
     """A started chat in OpenAI's shapes: one body, or chunks as SSE."""
-    lm, handles, guard = run.lm, run.handles, run.guard
+    lm, handles, screened = run.lm, run.handles, run.guard is not None
     plan, rendered, think = run.prompt.plan, run.prompt.rendered, run.prompt.think
-    meta = _meta("chatcmpl", "chat.completion", registry.answering_name(req.model, lm.name))
+    meta = _meta("chatcmpl", "chat.completion", registry.answering_name(reply.model, lm.name))
     chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     if run.refusal is not None:
-        return _refused(meta, chunk_meta, req, run.refusal)
-    count = req.logprob_count
-    shape = _ChatLogprobs(lm, req.together_logprobs) if count is not None else None
-    if req.stream:
-        if guard is None:
+        return _refused(meta, chunk_meta, reply, run.refusal)
+    shape = _ChatLogprobs(lm, reply.together) if reply.logprobs is not None else None
+    if reply.stream:
+        if not screened:
             events = _chat_events(
-                chunk_meta, handles, req.include_usage, shape, policy, plan, think
+                chunk_meta, handles, reply.include_usage, shape, policy, plan, think
             )
         else:
             # The output check needs whole answers: generate, judge, then send each at once.
-            events = _screened_events(
-                chunk_meta, handles, req, chat_req, shape, policy, plan, guard, think
-            )
+            events = _screened_events(chunk_meta, run, reply, shape, policy)
         return sse(events, handles)
     results = await collect_all(handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
-    if guard is not None:
-        choices = await _screen(guard, chat_req, choices)
+    if screened:
+        choices = await _screen(run, choices)
     body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
-    if req.echo:
+    if reply.echo:
         # Together semantics: the rendered prompt comes back beside the choices.
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
         body["prompt"] = [{"text": rendered, "logprobs": scores}]
@@ -165,12 +181,9 @@ def _refusal_choice(i: int, verdict: safety.Verdict) -> dict[str, Any]:
     }
 
 
-async def _screen(
-    guard: safety.Guard, req: ChatRequest, choices: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+async def _screen(run: ChatRun, choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Replace every answer the safety model flags with a refusal."""
-    answers = [safety.answer_text(c["message"]) for c in choices]
-    verdicts = await guard.check_outputs(req.messages, answers)
+    verdicts = await run.check_answers([safety.answer_text(c["message"]) for c in choices])
     return [
         c if v.safe else _refusal_choice(c["index"], v)
         for c, v in zip(choices, verdicts, strict=True)
@@ -181,12 +194,12 @@ _NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "est
 
 
 def _refused(
-    meta: _Meta, chunk_meta: _Meta, req: ChatCompletionRequest, verdict: safety.Verdict
+    meta: _Meta, chunk_meta: _Meta, reply: _Reply, verdict: safety.Verdict
 ) -> dict[str, Any] | ServerSentEvent:
     """The answer to a conversation the safety model flagged: nothing was generated."""
-    choices = [_refusal_choice(i, verdict) for i in range(req.n)]
-    if req.stream:
-        tail = _NO_USAGE if req.include_usage else None
+    choices = [_refusal_choice(i, verdict) for i in range(reply.n)]
+    if reply.stream:
+        tail = _NO_USAGE if reply.include_usage else None
         return sse(_replay(chunk_meta, choices, tail), [])
     return {**meta.envelope(choices), "usage": _NO_USAGE}
 
@@ -214,20 +227,13 @@ async def _replay(
 
 
 async def _screened_events(
-    meta: _Meta,
-    handles: list[RequestHandle],
-    req: ChatCompletionRequest,
-    chat_req: ChatRequest,
-    shape: _ChatLogprobs | None,
-    policy: Policy,
-    plan: tools.ToolPlan | None,
-    guard: safety.Guard,
-    think: Thinking | None = None,
+    meta: _Meta, run: ChatRun, reply: _Reply, shape: _ChatLogprobs | None, policy: Policy
 ) -> AsyncIterator[dict[str, Any]]:
-    results = await collect_all(handles)
+    plan, think = run.prompt.plan, run.prompt.think
+    results = await collect_all(run.handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
-    choices = await _screen(guard, chat_req, choices)
-    tail = usage(handles, policy) if req.include_usage else None
+    choices = await _screen(run, choices)
+    tail = usage(run.handles, policy) if reply.include_usage else None
     async for event in _replay(meta, choices, tail):
         yield event
 

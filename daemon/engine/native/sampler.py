@@ -1,13 +1,12 @@
-"""Per-request sampler chains and the grammars that constrain them (JSON objects, JSON schemas).
+"""Per-request sampler chains, and the grammar of any JSON object.
 
-llama.cpp's bindings come from native/llama.py, the one module that imports them.
+llama.cpp's bindings come from native/llama.py, the one module that imports them. JSON schemas
+become grammars in the chat core (core/formats.py), before a request reaches a sampler.
 """
 
 from __future__ import annotations
 
-import json
-
-from daemon.engine.native.llama import Context, Model, json_schema_to_gbnf, lc
+from daemon.engine.native.llama import Context, Model, lc
 from daemon.engine.types import SamplingParams
 
 # Any JSON object, whitespace-tolerant (OpenAI's `json_object` mode wants an object).
@@ -20,13 +19,6 @@ string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) 
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})?
 ws     ::= [ \t\n]{0,20}
 """
-
-
-def json_grammar(schema: dict | None) -> str:
-    """GBNF for any JSON object (schema None or empty) or for values of a JSON schema."""
-    if not schema:
-        return JSON_OBJECT_GBNF
-    return json_schema_to_gbnf(json.dumps(schema))
 
 
 class SamplerChain:
