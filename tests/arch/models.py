@@ -26,6 +26,7 @@ CTX_TRAIN = 4096
 WINDOW = 80
 # Mamba 2's SSM: inner size = heads x head dim; one group.
 SSM_INNER, SSM_STATE, SSM_HEADS, SSM_CONV = 128, 16, 4, 4
+LFM2_LAYERS = 4
 # Qwen3 MoE: 4 experts, 2 used per token.
 N_EXPERT, N_EXPERT_USED, N_FF_EXP = 4, 2, 32
 
@@ -107,7 +108,7 @@ def _qwen3moe_keys(w: gguf.GGUFWriter) -> None:
 
 def _lfm2_keys(w: gguf.GGUFWriter) -> None:
     _attention_keys(w)
-    w.add_head_count_kv([0 if _lfm2_conv(i) else N_HEAD_KV for i in range(4)])
+    w.add_head_count_kv([0 if _lfm2_conv(i) else N_HEAD_KV for i in range(LFM2_LAYERS)])
     w.add_shortconv_l_cache(3)
 
 
@@ -181,7 +182,7 @@ ARCHS: dict[str, Arch] = {
     "lfm2": Arch(
         "lfm2",
         gguf.MODEL_ARCH.LFM2,
-        4,
+        LFM2_LAYERS,
         _lfm2_keys,
         _lfm2_layer,
         tied=True,
@@ -243,8 +244,8 @@ def write_model(kind: str, out: Path, tokenizer_gguf: Path, seed: int = 0) -> Pa
     a.keys(w)
     n_vocab = _copy_tokenizer(w, tokenizer_gguf)
     embd = rng.standard_normal((n_vocab, HIDDEN)).astype(np.float32)
-    if a.tied:  # Gemma scales its input by sqrt(HIDDEN): rows of norm ~1 keep the input
-        # from outweighing every block (a greedy step would then repeat its input token)
+    if a.tied:  # a tied head: rows of norm ~1 (Gemma scales its input by sqrt(HIDDEN))
+        # keep the input from outweighing every block, or greedy steps repeat their input
         embd /= np.sqrt(HIDDEN)
     # Control tokens (SmolLM2's first 17 ids: <|im_end|> among them) hardly ever win a
     # greedy step, so generations run their whole length instead of stopping at random.
