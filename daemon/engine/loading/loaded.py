@@ -419,11 +419,17 @@ class LoadedModel:
 
     @property
     def static_bytes(self) -> int:
-        """Weights plus the KV cache allocated for every slot: fixed while it is loaded."""
+        """Weights (the vision projector's included) plus the KV cache allocated for every
+        slot: fixed while it is loaded."""
         worker = self.scheduler or self.embedder or self.ranker
         slots = worker.n_slots if worker is not None else 1
         kv = self.model.kv_bytes(self.ctx_size * slots, *self.kv_types)
-        return self.model.size_bytes + kv
+        return self.model.size_bytes + kv + self.projector_bytes
+
+    @property
+    def projector_bytes(self) -> int:
+        """The vision projector's weights (its file; the encoder's work buffers are small)."""
+        return self.media.projector.size_bytes if self.media is not None else 0
 
     @property
     def host_bytes(self) -> int:
@@ -433,8 +439,9 @@ class LoadedModel:
 
     @property
     def cache_bytes(self) -> int:
-        """Memory its prompt cache holds now."""
-        return self.scheduler.cache.nbytes if self.scheduler is not None else 0
+        """Memory its prompt cache and its image embedding cache hold now."""
+        prompts = self.scheduler.cache.nbytes if self.scheduler is not None else 0
+        return prompts + (self.media.cache.bytes if self.media is not None else 0)
 
     @property
     def memory_bytes(self) -> int:

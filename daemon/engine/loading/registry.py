@@ -209,6 +209,9 @@ class ModelRegistry(Eviction):
                     await self.before_load()
                 await self._make_gpu_room(entry.path, mine)
                 incoming = await self._incoming_host_bytes(entry.path)
+                projector = self.projector_of(key, entry.path)
+                if projector is not None:  # its weights load with it, counted as the model's
+                    incoming += self._file_size(projector)
                 await self._make_room(incoming, mine)
                 await self._share_caches(incoming, 1)
                 log.info("loading %s from %s", key, entry.path)
@@ -220,7 +223,7 @@ class ModelRegistry(Eviction):
                         self.options,
                         self.store(key),
                         self.adapters_of(key),
-                        self.projector_of(key, entry.path),
+                        projector,
                     )
                 except Exception:
                     self.load_failures += 1

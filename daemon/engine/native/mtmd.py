@@ -117,6 +117,7 @@ class Projector:
         self.ptr = ptr
         self.model = model
         self.path = path
+        self.size_bytes: int = path.stat().st_size  # the weights it loaded
         self.n_embd: int = lc.llama_model_n_embd_inp(model.ptr)
         self.vision: bool = bool(mtmd.mtmd_support_vision(ptr))
         self.audio: bool = bool(mtmd.mtmd_support_audio(ptr))
