@@ -23,6 +23,9 @@ from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.types import FinishReason, SavedSequence
 
+# The ends of a turn worth continuing (a cut-off or failed one keeps nothing).
+ENDED = (FinishReason.STOP, FinishReason.LENGTH)
+
 
 def resume(
     lm: LoadedModel, owner: str, prev: StoredResponse, chat: ChatPrompt
@@ -133,9 +136,12 @@ class Job:
             "total_tokens": u.prompt_tokens + u.completion_tokens,
         }
         saved = self.handle.saved
-        if self.req.store and saved is not None:
+        # A turn with images keeps no KV state (see serving.py): its conversation is stored
+        # all the same when it ended normally, and continues by rendering it again.
+        imaged = self.chat.extras.media is not None and end.reason in ENDED
+        if self.req.store and (saved is not None or imaged):
             # What the kept KV state holds, from the engine itself (chunks skip held-back tokens).
-            tokens = list(saved.tokens + saved.pending)
+            tokens = list(saved.tokens + saved.pending) if saved is not None else []
             generated = self.lm.model.detokenize(tokens[len(self.prompt) :], special=True)
             self.store.put(
                 self.owner,

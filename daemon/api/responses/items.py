@@ -8,6 +8,7 @@ from typing import Any
 
 from daemon.api.responses.protocol import ContentPart, InputItem
 from daemon.core.calls import ToolCall
+from daemon.core.request import MEDIA_MARKER
 from daemon.errors import InvalidRequest
 
 _TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
@@ -27,7 +28,8 @@ def _text(parts: str | list[ContentPart] | None, where: str) -> str:
     for k, p in enumerate(parts):
         if p.type in ("input_image", "input_file", "input_audio"):
             raise InvalidRequest(
-                f"{where}[{k}]: {p.type} parts are not supported; edged's models read text only",
+                f"{where}[{k}]: {p.type} parts are not supported here (images go in a user "
+                "message's content)",
                 param="input",
             )
         if p.type == "refusal":
@@ -38,6 +40,25 @@ def _text(parts: str | list[ContentPart] | None, where: str) -> str:
             )
         out.append(p.text)
     return "".join(out)
+
+
+def _user_content(parts: str | list[ContentPart] | None, where: str) -> list[dict[str, Any]]:
+    """A user message's content as item parts: text and images (data URLs), in order."""
+    if not isinstance(parts, list) or not any(p.type == "input_image" for p in parts):
+        return [{"type": "input_text", "text": _text(parts, where)}]
+    out: list[dict[str, Any]] = []
+    for k, p in enumerate(parts):
+        if p.type != "input_image":
+            out.append({"type": "input_text", "text": _text([p], where)})
+            continue
+        if p.image_url is None:
+            why = "file ids are not supported" if p.file_id else "it has no image_url"
+            raise InvalidRequest(
+                f"{where}[{k}]: an input_image needs a data: URL in image_url ({why})",
+                param="input",
+            )
+        out.append({"type": "input_image", "image_url": p.image_url, "detail": p.detail or "auto"})
+    return out
 
 
 def input_items(value: str | list[InputItem]) -> list[dict[str, Any]]:
@@ -53,11 +74,14 @@ def input_items(value: str | list[InputItem]) -> list[dict[str, Any]]:
         if kind == "message":
             if it.role is None:
                 raise InvalidRequest(f"{where}: a message needs a role", param="input")
-            text = _text(it.content, f"{where}.content")
-            part = "output_text" if it.role == "assistant" else "input_text"
-            content = [{"type": part, "text": text}]
-            if part == "output_text":
-                content[0]["annotations"] = []
+            if it.role == "user":
+                content = _user_content(it.content, f"{where}.content")
+            else:
+                text = _text(it.content, f"{where}.content")
+                part = "output_text" if it.role == "assistant" else "input_text"
+                content = [{"type": part, "text": text}]
+                if part == "output_text":
+                    content[0]["annotations"] = []
             items.append(
                 {
                     "id": it.id or new_id("msg"),
@@ -144,6 +168,24 @@ def _arguments(text: str) -> Any:
         return text
 
 
+def _message(item: dict[str, Any]) -> dict[str, Any]:
+    """A message item as a chat message: text parts joined with a newline, an image as the
+    media marker where it stands (none beside it), its data URL under `images`."""
+    text, images, after_image = "", [], False
+    for p in item["content"]:
+        if p["type"] == "input_image":
+            text += MEDIA_MARKER
+            images.append(p["image_url"])
+            after_image = True
+        else:
+            text += ("\n" if text and not after_image else "") + p["text"]
+            after_image = False
+    msg: dict[str, Any] = {"role": item["role"], "content": text}
+    if images:
+        msg["images"] = images
+    return msg
+
+
 def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items as chat messages; calls join the assistant turn before them."""
     out: list[dict[str, Any]] = []
@@ -154,7 +196,7 @@ def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             thought = _thought(it) if thought is None else thought + _thought(it)
             continue
         if kind == "message":
-            out.append({"role": it["role"], "content": it["content"][0]["text"]})
+            out.append(_message(it))
             if it["role"] == "assistant" and thought is not None:
                 out[-1]["reasoning_content"] = thought
         elif kind == "function_call":

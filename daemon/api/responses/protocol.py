@@ -11,10 +11,14 @@ from daemon.api.keepalive import KeepAlive
 
 
 class ContentPart(ProtocolModel):
-    """A part of a message's content: `input_text`, `output_text` (images are refused)."""
+    """A part of a message's content: `input_text`, `output_text`, or `input_image` (a data
+    URL in `image_url`; `detail` is accepted and has no effect)."""
 
     type: Annotated[str, Field(min_length=1)]
     text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
 
 
 class InputItem(ProtocolModel):

@@ -6,6 +6,7 @@ chain, `events.py` words a streamed turn as OpenAI's semantic events.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,8 @@ from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
 from daemon.api.streams import named_sse
 from daemon.core.choices import Policy, submit_choices
+from daemon.core.errors import to_api
+from daemon.core.media import check_media, image_from_url
 from daemon.core.prompt import build_chat
 from daemon.core.request import (
     ChatRequest,
@@ -34,7 +37,7 @@ from daemon.core.turns import run_turn
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
-from daemon.errors import InvalidRequest, NotFound
+from daemon.errors import EdgedError, InvalidRequest, NotFound
 
 _UNSUPPORTED = {
     "background": "background responses are not supported; every response is synchronous",
@@ -94,10 +97,17 @@ def _format(req: ResponsesRequest) -> JsonFormat | None:
     return JsonFormat(fmt.schema_)
 
 
+def _core_message(m: dict[str, Any]) -> Message:
+    """A kept message as the core's, its images (data URLs, see items.py) decoded."""
+    msg = Message.of_template(m)
+    urls = m.get("images") or ()
+    return replace(msg, media=tuple(image_from_url(u, "input") for u in urls)) if urls else msg
+
+
 def _chat_request(req: ResponsesRequest, messages: list[dict[str, Any]]) -> ChatRequest:
     """The turn's whole conversation (kept in the template's dict form) as a chat request."""
     return ChatRequest(
-        messages=tuple(Message.of_template(m) for m in messages),
+        messages=tuple(_core_message(m) for m in messages),
         tools=_tools(req),
         tool_choice=_tool_choice(req),
         parallel_calls=req.parallel_tool_calls,
@@ -128,28 +138,42 @@ async def create_response(
     history = (prev.history if prev else []) + it.to_messages(input_items)
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     chat_req = _chat_request(req, system + history)
+    check_media(chat_req, policy, "input")  # images over the limits: 400s before any load
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    chat = build_chat(lm, chat_req)
+    if chat_req.media:
+        try:  # decoding and encoding images block: off the event loop
+            chat = await asyncio.to_thread(
+                build_chat, lm, chat_req, max_pixels=policy.max_image_pixels
+            )
+        except EdgedError as exc:
+            raise to_api(exc, {"image": "input"}) from exc
+    else:
+        chat = build_chat(lm, chat_req)
     prompt, extras = chat.tokens, chat.extras
+    # A conversation holding images keeps no KV state (an image has no token ids to keep):
+    # its next turn renders it again, and the slot or the prompt cache, which compare
+    # images by digest, give back what they still hold of it.
+    keep_kv = req.store and extras.media is None
     # Resumed only on the very file that computed it: a model replaced under the same name
     # recomputes the chain from its text history (as for a changed LoRA set).
     same = prev is not None and prev.model == lm.name and prev.model_identity == lm.identity
-    resumed = resume(lm, owner, prev, chat) if prev is not None and same else None
+    resumable = prev is not None and same and extras.media is None
+    resumed = resume(lm, owner, prev, chat) if resumable else None
     if resumed is not None:
         prompt = resumed[0]
     resp_id = it.new_id("resp")
     key = kv_key(owner, resp_id)
-    if req.store:
+    if keep_kv:
         lm.store.claim(key)  # a fresh id: nothing to continue, but the key is now ours
     try:
-        extras = replace(extras, resume=resumed[1] if resumed else None, keep=req.store)
+        extras = replace(extras, resume=resumed[1] if resumed else None, keep=keep_kv)
         sampling = sampling_of(req, OPENAI)
         handles = submit_choices(lm, [prompt], req.max_output_tokens, sampling, 1, policy, extras)
     except BaseException:
-        if req.store:
+        if keep_kv:
             lm.store.release(key, None)
         raise
-    if req.store:
+    if keep_kv:
         # Only a turn that ended normally is worth continuing; a cut-off one keeps nothing.
         handles[0].add_done_callback(
             lambda h: lm.store.release(
