@@ -62,6 +62,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_images": ("--max-images", int, "images one request may carry"),
     "max_image_bytes": ("--max-image-bytes", int, "bytes of one image file"),
     "max_image_pixels": ("--max-image-pixels", int, "width × height of one image"),
+    "media_dir": ("--media-dir", Path, "images may be file:// URLs of files under this folder"),
+    "remote_media_timeout": (
+        "--remote-media-timeout",
+        duration,
+        "seconds one remote image may take to arrive (default 10)",
+    ),
     "request_timeout": ("--request-timeout", duration, "seconds (or 5m) before a request is cut"),
     "drain_timeout": ("--drain-timeout", duration, "seconds SIGTERM waits for running streams"),
     "keep_alive": ("--keep-alive", duration, "idle time (300, 5m, 1h) before a model unloads"),
@@ -169,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
         for dest, (flag, help_) in _SWITCHES.items():
             sp.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
         sp.add_argument(
+            "--allow-remote-media",
+            dest="allow_remote_media",
+            action="append",
+            default=None,
+            metavar="HOST",
+            help="fetch http(s) image URLs of HOST (host or host:port; * = any host); "
+            "repeatable; default: none (a server that fetches URLs is an SSRF tool)",
+        )
+        sp.add_argument(
             "--cors-origin",
             dest="cors_origins",
             action="append",
@@ -194,6 +209,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides.update({d: True for d in _SWITCHES if getattr(args, d)})
     if args.cors_origins:
         overrides["cors_origins"] = args.cors_origins
+    if args.allow_remote_media:
+        overrides["allow_remote_media"] = args.allow_remote_media
     for dest in ("flash_attn", "extra_buffers", "speculate"):  # --x / --no-x / unset
         if getattr(args, dest) is not None:
             overrides[dest] = getattr(args, dest)

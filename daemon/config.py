@@ -152,6 +152,16 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="width × height of one image, checked before decoding"
     )
+    media_dir: Path | None = Field(
+        None, description="images may be file:// URLs of files under this folder"
+    )
+    allow_remote_media: list[str] = Field(
+        default_factory=list,
+        description="hosts whose http(s) image URLs are fetched (* = any); none = no fetching",
+    )
+    remote_media_timeout: Seconds = Field(
+        10.0, gt=0, description="seconds one remote image may take to arrive"
+    )
     request_timeout: Seconds = Field(600.0, gt=0, description="seconds before a request is cut")
     drain_timeout: Seconds = Field(30.0, ge=0, description="seconds SIGTERM waits for streams")
     keep_alive: Seconds = Field(300.0, ge=0, description="idle seconds before a model unloads")

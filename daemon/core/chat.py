@@ -15,6 +15,7 @@ from daemon.core import tools
 from daemon.core.choices import Policy, submit_choices
 from daemon.core.errors import translated
 from daemon.core.media import check_media
+from daemon.core.media_sources import resolve_media
 from daemon.core.prompt import ChatPrompt, build_chat
 from daemon.core.request import ChatRequest, Message
 from daemon.core.safety import Guard, Verdict
@@ -66,6 +67,7 @@ async def start_chat(
 ) -> ChatRun:
     """Check, lease, render, screen the input, submit `gen.n` choices."""
     tools.check_request(req)  # a malformed tool list is a 400 before any model loads
+    req = await resolve_media(req, policy, "messages")  # images by URL, where allowed
     check_media(req, policy)  # so are images over the limits
     if req.media and gen.prompt_logprobs:
         raise InvalidRequest(

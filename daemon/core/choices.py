@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
@@ -29,6 +30,10 @@ class Policy:
     max_images: int = 8
     max_image_bytes: int = 8 << 20
     max_image_pixels: int = 4096 * 4096
+    # Where images may come from besides inline data: files under a folder, hosts to fetch.
+    media_dir: Path | None = None
+    remote_media: tuple[str, ...] = ()
+    remote_media_timeout: float = 10.0
     price_input: float = 0.0  # per million prompt tokens
     price_output: float = 0.0  # per million completion tokens
 
@@ -43,6 +48,9 @@ def policy_of(settings: Settings) -> Policy:
         max_images=settings.max_images,
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
+        media_dir=settings.media_dir,
+        remote_media=tuple(settings.allow_remote_media),
+        remote_media_timeout=settings.remote_media_timeout,
         price_input=settings.price_input_per_million,
         price_output=settings.price_output_per_million,
     )

@@ -27,18 +27,18 @@ _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
 
 def image_from_url(url: str, param: str) -> ImagePart:
-    """An image given as a URL: data URLs (base64) only. The daemon fetches nothing for its
-    callers (a server that does is an SSRF tool)."""
+    """An image given as a URL: a data URL (base64) now; a file:// or http(s) URL as a part
+    still to read, which `resolve_media` reads where the daemon's policy allows it."""
     m = _DATA_URL.match(url)
-    if m is None:
-        if url[:8].lower().startswith(("http://", "https://")):
-            raise InvalidRequest(
-                "remote image URLs are not fetched: send the image inline as a "
-                "data:image/...;base64 URL (fetching, --allow-remote-media, is not implemented)",
-                param=param,
-            )
-        raise InvalidRequest("an image URL must be a data:image/...;base64,... URL", param=param)
-    return image_from_base64(url[m.end() :], m["mime"], param)
+    if m is not None:
+        return image_from_base64(url[m.end() :], m["mime"], param)
+    if url[:8].lower().startswith(("http://", "https://", "file://")):
+        return ImagePart(b"", "", source=url)
+    raise InvalidRequest(
+        "an image URL must be a data:image/...;base64,... URL (or file:// under --media-dir, "
+        "http(s) from a host --allow-remote-media names)",
+        param=param,
+    )
 
 
 def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
@@ -52,6 +52,12 @@ def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
         blob = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("the image is not valid base64", param=param) from None
+    return image_from_bytes(blob, mime, param)
+
+
+def image_from_bytes(blob: bytes, mime: str | None, param: str) -> ImagePart:
+    """An image file's bytes with the MIME type the client declared (None: none declared);
+    they must be a PNG, JPEG, GIF or BMP of that type."""
     header = sniff(blob)
     if header is None or header.kind != "image":
         raise InvalidRequest("the image is not a PNG, JPEG, GIF or BMP file", param=param)
@@ -71,6 +77,11 @@ def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
 def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> None:
     """The request's images within the policy's count, bytes and declared pixels."""
     media = req.media
+    if any(part.source is not None for part in media):
+        # A route that does not read image URLs (resolve_media) never passes one on.
+        raise InvalidRequest(
+            "image URLs are not read on this route: send the image inline", param=param
+        )
     if len(media) > policy.max_images:
         raise InvalidRequest(
             f"{len(media)} images; a request may carry at most {policy.max_images}", param=param

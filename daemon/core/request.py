@@ -54,6 +54,9 @@ class ImagePart:
     mime: str | None = None
     width: int | None = None
     height: int | None = None
+    # A file:// or http(s) URL not read yet (data and digest empty until
+    # core/media.py's `resolve_media` reads it, if the daemon's policy allows).
+    source: str | None = None
 
     @property
     def pixels(self) -> int | None:

@@ -29,10 +29,12 @@ async def messages(
 
 @post("/messages/count_tokens", status_code=200)
 async def count_tokens(
-    data: JSONBody[CountTokensRequest], registry: NamedDependency[ModelRegistry]
+    data: JSONBody[CountTokensRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
 ) -> dict[str, Any]:
     """Tokens the conversation (system, tools, messages) takes in the model's prompt."""
-    return await serving.count_tokens(registry, data)
+    return await serving.count_tokens(registry, data, policy_of(settings))
 
 
 router = Router(

@@ -25,7 +25,8 @@ from daemon.core.calls import ToolCall
 from daemon.core.chat import Generation, start_chat
 from daemon.core.choices import Policy
 from daemon.core.errors import to_api
-from daemon.core.media import image_from_base64, image_from_url
+from daemon.core.media import check_media, image_from_base64, image_from_url
+from daemon.core.media_sources import resolve_media
 from daemon.core.prompt import build_chat
 from daemon.core.reasoning import Thinking
 from daemon.core.request import (
@@ -353,13 +354,19 @@ async def create_message(
     return _message(msg_id, req.model, turn, handle)
 
 
-async def count_tokens(registry: ModelRegistry, req: CountTokensRequest) -> dict[str, Any]:
-    """POST /v1/messages/count_tokens: the prompt's tokens as the model would see them."""
+async def count_tokens(
+    registry: ModelRegistry, req: CountTokensRequest, policy: Policy
+) -> dict[str, Any]:
+    """POST /v1/messages/count_tokens: the prompt's tokens as the model would see them (its
+    images read, checked and encoded as a message's would be)."""
+    conversation = await resolve_media(to_chat(req), policy, "messages")
+    check_media(conversation, policy)
     lm = await leased(registry, req.model)
-    conversation = to_chat(req)
     if conversation.media:  # images are decoded and encoded to be counted: off the loop
         try:
-            chat = await asyncio.to_thread(build_chat, lm, conversation)
+            chat = await asyncio.to_thread(
+                build_chat, lm, conversation, max_pixels=policy.max_image_pixels
+            )
         except EdgedError as exc:
             raise to_api(exc, {"image": "messages"}) from exc
     else:

@@ -23,6 +23,7 @@ from daemon.api.streams import named_sse
 from daemon.core.choices import Policy, submit_choices
 from daemon.core.errors import to_api
 from daemon.core.media import check_media, image_from_url
+from daemon.core.media_sources import resolve_media
 from daemon.core.prompt import build_chat
 from daemon.core.request import (
     ChatRequest,
@@ -138,6 +139,7 @@ async def create_response(
     history = (prev.history if prev else []) + it.to_messages(input_items)
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     chat_req = _chat_request(req, system + history)
+    chat_req = await resolve_media(chat_req, policy, "input")  # images by URL, where allowed
     check_media(chat_req, policy, "input")  # images over the limits: 400s before any load
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     if chat_req.media:
