@@ -47,7 +47,7 @@ def build_chat(
     source = lm.template.source
     plan = tools.plan_tools(req, source)
     messages, tool_vars = tools.prompt_messages(req.messages, plan, source)
-    extra = template_vars(req.template_kwargs, req.reasoning_effort)
+    extra = template_vars(req.template_kwargs, req.reasoning_effort, source)
     grammar = request_grammar(req.format, req.grammar, req.format_param)
     # A JSON format or a required call shapes the answer; a raw `grammar` may well write the
     # thinking block itself, so it leaves the split alone.

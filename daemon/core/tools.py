@@ -41,9 +41,11 @@ class Function:
 
     def spec(self) -> dict[str, Any]:
         """The OpenAI tool object, as templates and the generic prompt list it."""
-        fn: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        # OpenAI's key order (name, description, parameters): templates print it with tojson.
+        fn: dict[str, Any] = {"name": self.name}
         if self.description:
             fn["description"] = self.description
+        fn["parameters"] = self.parameters
         return {"type": "function", "function": fn}
 
 

@@ -225,12 +225,6 @@ def test_templates_without_tools_get_edged_s_tool_prompt(smol: LoadedModel, name
     assert rendered == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/tools.py Function.spec writes name, parameters, description; OpenAI's tool "
-    "objects and transformers write name, description, parameters (fix: build `fn` as "
-    "{'name'}, then 'description' when set, then 'parameters'). When fixed, drop this mark.",
-)
 def test_function_keys_in_wire_order() -> None:
     fn = core_tools.Function("f", "does f", {"type": "object", "properties": {}})
     assert list(fn.spec()["function"]) == ["name", "description", "parameters"]

@@ -56,7 +56,7 @@ async def apply_template(
     lm = await leased(registry, data.model)
     turns = [core_message(m) for m in data.messages]
     messages, extra = tools.prompt_messages(turns, None, lm.template.source)
-    extra |= template_vars(data.chat_template_kwargs, data.reasoning_effort)
+    extra |= template_vars(data.chat_template_kwargs, data.reasoning_effort, lm.template.source)
     return {"prompt": lm.render_chat(messages, **extra)}
 
 

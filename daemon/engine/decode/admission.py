@@ -175,7 +175,7 @@ class Admission(Completion):
         else:
             sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed))
         carry = req.resume.tail if req.resume is not None else b""
-        detok = IncrementalDetokenizer(self.model.piece, carry)
+        detok = IncrementalDetokenizer(self.model.piece, carry, self.model.special_piece)
         decode = Decode(sampler, detok, StopMatcher(req.stop))
         active = Active(h, slot, [], decode, len(req.prompt_tokens), 0, beams)
         for s in slots:
