@@ -337,16 +337,30 @@ def prompt_messages(
             section = deepseek_tools_prompt(
                 [f.spec() for f in plan.functions], fmt is ToolFormat.DEEPSEEK_V31
             )
-            msgs = _with_system(msgs, section)
+            msgs = _with_system(msgs, section, template_source)
         return msgs, {}
     msgs = _generic_messages(msgs)
     if plan is not None:
-        msgs = _with_system(msgs, generic_system_prompt(plan.functions))
+        msgs = _with_system(msgs, generic_system_prompt(plan.functions), template_source)
     return msgs, {}
 
 
-def _with_system(msgs: list[dict[str, Any]], section: str) -> list[dict[str, Any]]:
-    """The messages with `section` appended to the system prompt (or as one)."""
+def refuses_system(template_source: str) -> bool:
+    """Whether the template raises on a system turn (Gemma 2: "System role not supported")."""
+    return "System role not supported" in template_source
+
+
+def _with_system(
+    msgs: list[dict[str, Any]], section: str, template_source: str
+) -> list[dict[str, Any]]:
+    """The messages with `section` appended to the system prompt (or as one); where the
+    template refuses system turns and the caller sent none, it opens the first user turn
+    instead (as llama.cpp does for such templates)."""
     if msgs and msgs[0]["role"] == "system" and isinstance(msgs[0].get("content"), str):
         return [{**msgs[0], "content": f"{msgs[0]['content']}\n\n{section}"}, *msgs[1:]]
+    if refuses_system(template_source):
+        for i, m in enumerate(msgs):
+            if m["role"] == "user" and isinstance(m.get("content"), str):
+                first = {**m, "content": f"{section}\n\n{m['content']}"}
+                return [*msgs[:i], first, *msgs[i + 1 :]]
     return [{"role": "system", "content": section}, *msgs]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,8 @@ def test_native_tool_templates_render_as_transformers(
 PROMPTED_RAISES = {
     # Its tools come in a `functions` variable (JSON text) that no dialect sets.
     "fireworks-ai-llama-3-firefunction-v2": "'functions' is undefined",
-    # edged puts its tool section in a system turn; Gemma 2 refuses any system turn, so a
-    # request with tools is a 400 on Gemma 2 (llama.cpp folds the system text into the first
-    # user turn for such templates: the fix belongs in core/tools.py's _with_system).
+    # The conversation has a system turn, which Gemma 2 refuses whatever edged does (as in
+    # transformers); without one the tool section opens the first user turn (test below).
     "google-gemma-2-2b-it": "System role not supported",
 }
 
@@ -223,6 +223,21 @@ def test_templates_without_tools_get_edged_s_tool_prompt(smol: LoadedModel, name
     msgs, variables = core_tools.prompt_messages(req.messages, plan, src)
     expected = hf_render(src, msgs, add_generation_prompt=True, special_tokens=SPECIAL, **variables)
     assert rendered == expected
+
+
+def test_a_template_refusing_system_turns_gets_the_tools_in_the_first_user_turn(
+    smol: LoadedModel,
+) -> None:
+    """Gemma 2 raises on any system turn: with tools and no system turn of the caller's,
+    edged's tool section opens the first user turn (as llama.cpp folds it) instead of a
+    system turn of its own, and the conversation renders."""
+    name = "google-gemma-2-2b-it"
+    conv = next(c for c in CONVERSATIONS if c.name == "tool_call_history")
+    conv = replace(conv, messages=[m for m in conv.messages if m["role"] != "system"])
+    rendered = through_edged(smol, name, conv)
+    first_user = rendered.index("<start_of_turn>user")
+    assert rendered.index("get_weather") > first_user
+    assert "<start_of_turn>system" not in rendered
 
 
 def test_function_keys_in_wire_order() -> None:
