@@ -40,7 +40,7 @@ from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
 from daemon.config import Settings, projector_specs
 from daemon.engine.adapters.lora import AdapterSpec
-from daemon.engine.loading.loaded import EngineOptions
+from daemon.engine.loading.options import EngineOptions
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.native.llama import ModelOptions
 from daemon.rpc.cluster import RpcCluster

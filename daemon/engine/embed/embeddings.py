@@ -32,7 +32,7 @@ from daemon.engine.native.llama import ContextOptions, Model, Pooling
 from daemon.errors import EdgedError
 
 if TYPE_CHECKING:
-    from daemon.engine.loading.loaded import EngineOptions
+    from daemon.engine.loading.options import EngineOptions
 
 log = logging.getLogger("edged.embeddings")
 

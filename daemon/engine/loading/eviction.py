@@ -11,7 +11,8 @@ from pathlib import Path
 
 from daemon.engine.errors import ModelUnavailable, NeverFits
 from daemon.engine.loading.fit import local_devices
-from daemon.engine.loading.loaded import EngineOptions, LoadedModel, gpu_plan
+from daemon.engine.loading.loaded import LoadedModel, gpu_plan
+from daemon.engine.loading.options import EngineOptions
 
 log = logging.getLogger("edged.registry")
 

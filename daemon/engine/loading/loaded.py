@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,71 +27,25 @@ from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.chat_template import ChatTemplate
 from daemon.engine.loading.fit import (
     DeviceMemory,
-    DeviceSource,
     Offload,
     local_devices,
     model_shape,
     plan_for,
 )
 from daemon.engine.loading.identity import file_identity
+from daemon.engine.loading.options import DecodeMode, EngineOptions, projector_options
 from daemon.engine.media import MediaEncoder, MediaPrompt, Medium
 from daemon.engine.native.llama import (
     ContextOptions,
     Model,
-    ModelOptions,
     Pooling,
     grammar_is_valid,
 )
-from daemon.engine.native.mtmd import Projector, ProjectorOptions
+from daemon.engine.native.mtmd import Projector
 from daemon.engine.speculation.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.types import CacheType, GenerationRequest
 
 log = logging.getLogger("edged.engine")
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Per-model engine settings derived from the daemon's Settings."""
-
-    ctx_size: int = 4096
-    parallel: int = 8
-    threads: int = 2
-    threads_batch: int | None = None
-    batch_size: int = 512
-    ubatch_size: int = 512
-    # Bit-exact reuse (--exact): prefix reuse and the prompt cache keep only KV computed in
-    # multi-token chunks, and speculation runs only where verified rows are bit-identical.
-    # Off: every cached token is reused and speculation accepts rounding drift.
-    exact: bool = True
-    # None: off for generation contexts, on for encoder (embedding, rerank) contexts.
-    flash_attn: bool | None = None
-    cache_type_k: CacheType = "f16"
-    cache_type_v: CacheType = "f16"
-    max_queue: int = 64
-    model: ModelOptions = field(default_factory=ModelOptions)
-    store_max_bytes: int = 512 << 20
-    store_dir: Path | None = None
-    # Per API key share of the store (None: the whole bound), and idle expiry in seconds.
-    store_key_max_bytes: int | None = None
-    store_ttl: float | None = None
-    # Requests of one API key running at once on one model (None: no cap).
-    max_per_key: int | None = None
-    # Speculative decoding: n-gram lookup, and a draft GGUF for same-vocabulary models.
-    speculate: bool = False
-    # Draft on every step a draft exists, ignoring the cost model (tests, benchmarks).
-    speculate_always: bool = False
-    draft_model: Path | None = None
-    draft_max: int = 8
-    # The prompt cache below the slots: memory bound (0 = off), spill directory and its
-    # bound, and the leading tokens one key may reuse of another's (0 none, -1 all).
-    cache_ram: int = 8 << 30
-    cache_dir: Path | None = None
-    cache_dir_max_bytes: int = 16 << 30
-    cache_share_tokens: int = 0
-    # With n_gpu_layers auto: whether ctx_size and parallel may shrink so a model fits a GPU,
-    # and where free device memory is read (None: ggml's local devices; tests pass tables).
-    fit_kv: bool = False
-    devices: DeviceSource | None = None
 
 
 def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) -> Offload:
@@ -104,17 +58,6 @@ def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) ->
         may_shrink=options.fit_kv,
         ubatch=options.ubatch_size,
         cache_types=(options.cache_type_k, options.cache_type_v),
-    )
-
-
-def _projector(options: EngineOptions) -> ProjectorOptions:
-    """How a model's projector runs: on the model's device; one thread fewer than decoding,
-    since encoding runs beside the scheduler thread (two ggml pools spinning on two shared
-    cores crawl); its attention in F32 under --exact."""
-    return ProjectorOptions(
-        use_gpu=options.model.n_gpu_layers != 0,
-        n_threads=max(1, options.threads - 1),
-        flash_attn=False if options.exact else None,
     )
 
 
@@ -138,29 +81,6 @@ def prompt_tokens(model: Model, text: str) -> list[int]:
     if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
         tokens = tokens[1:]
     return tokens
-
-
-@dataclass(frozen=True)
-class DecodeMode:
-    """How a loaded model decodes: bit-exact reuse or the fast default (reported by /props
-    and /admin/ps so a client knows which contract it gets)."""
-
-    exact: bool
-    flash_attn: bool
-    # "ngram", "draft", "ngram+draft", or "off: <why>".
-    speculation: str
-    # What the model's memory keeps of a sequence and so what reuse can resume (see
-    # caches/memory.py): "kv cache", "sliding window 512 (full cache)", "recurrent state ...".
-    memory: str = "kv cache"
-
-    def as_dict(self) -> dict[str, Any]:
-        """The mode as JSON fields."""
-        return {
-            "exact": self.exact,
-            "flash_attn": self.flash_attn,
-            "speculation": self.speculation,
-            "memory": self.memory,
-        }
 
 
 class LoadedModel:
@@ -195,7 +115,8 @@ class LoadedModel:
             if adapters:  # LoRA adapters belong to this model and die with it
                 self.adapters = Adapters(self.model, adapters)
             if projector is not None:
-                self.media = MediaEncoder(Projector(self.model, projector, _projector(options)))
+                proj = Projector(self.model, projector, projector_options(options))
+                self.media = MediaEncoder(proj)
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
             if self.media is not None:

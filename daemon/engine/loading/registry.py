@@ -15,8 +15,9 @@ from daemon.engine.adapters.lora import AdapterSpec, split_model_name
 from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.errors import UnknownModel
 from daemon.engine.loading.eviction import Eviction
-from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.names import ModelEntry, projector_beside, scan, sole_generator
+from daemon.engine.loading.options import EngineOptions
 
 __all__ = ["ModelEntry", "ModelRegistry"]
 
