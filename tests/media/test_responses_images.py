@@ -69,6 +69,20 @@ def test_an_image_answers_as_on_chat_completions_and_the_turn_continues(keyed: S
         temperature=0,
     )
     assert second.status == "incomplete" and second.incomplete_details.reason == "max_output_tokens"
+    # Exact (the daemon runs --exact): the continued turn says what the whole conversation
+    # sent at once says.
+    whole = alpha.responses.create(
+        model="lm",
+        input=[
+            {"role": "user", "content": _image_and_question()},
+            {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "And the smallest?"},
+        ],
+        max_output_tokens=4,
+        temperature=0,
+        store=False,
+    )
+    assert second.output_text == whole.output_text
     cached = second.usage.input_tokens_details.cached_tokens
     assert cached >= first.usage.input_tokens - 8, (cached, first.usage.input_tokens)
     items = alpha.responses.input_items.list(first.id).data
