@@ -328,6 +328,8 @@ def prompt_messages(
     """Messages and extra template variables that present the tools and past calls."""
     msgs = [m.for_template() for m in messages]
     if template_supports_tools(template_source):
+        if family_of(template_source).fmt is ToolFormat.FUNCTIONARY_V32:
+            msgs = [_text_arguments(m) for m in msgs]
         extra = {"tools": [f.spec() for f in plan.functions]} if plan else {}
         return msgs, extra
     fmt = family_of(template_source).fmt
@@ -343,6 +345,23 @@ def prompt_messages(
     if plan is not None:
         msgs = _with_system(msgs, generic_system_prompt(plan.functions), template_source)
     return msgs, {}
+
+
+def _text_arguments(msg: dict[str, Any]) -> dict[str, Any]:
+    """A message whose calls carry their arguments as JSON text, as Functionary v3.2's
+    template concatenates them (Hugging Face's convention, an object, fails there)."""
+    calls = msg.get("tool_calls")
+    if not calls:
+        return msg
+    texted = [
+        {**c, "function": {**c["function"], "arguments": _json_text(c["function"]["arguments"])}}
+        for c in calls
+    ]
+    return {**msg, "tool_calls": texted}
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 def refuses_system(template_source: str) -> bool:

@@ -98,15 +98,39 @@ def core_request(conv: Conversation) -> ChatRequest:
     )
 
 
-def hf_convention(conv: Conversation, *, empty_content: bool) -> list[dict[str, Any]]:
-    """The conversation in transformers' convention; with `empty_content`, call-only turns
-    say `content: ""` as edged's core gives them."""
-    if not empty_content:
-        return conv.messages
-    return [
-        {**m, "content": ""} if m.get("tool_calls") and "content" not in m else m
-        for m in conv.messages
+# Templates that take call arguments as JSON text (edged gives them text; transformers'
+# convention, an object, fails there).
+TEXT_ARGUMENTS = frozenset({"meetkai-functionary-medium-v3.2"})
+
+
+def _texted(m: dict[str, Any]) -> dict[str, Any]:
+    if not m.get("tool_calls"):
+        return m
+    calls = [
+        {
+            **c,
+            "function": {
+                **c["function"],
+                "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+            },
+        }
+        for c in m["tool_calls"]
     ]
+    return {**m, "tool_calls": calls}
+
+
+def hf_convention(
+    conv: Conversation, *, empty_content: bool, text_arguments: bool = False
+) -> list[dict[str, Any]]:
+    """The conversation in transformers' convention; with `empty_content`, call-only turns
+    say `content: ""` as edged's core gives them; with `text_arguments`, calls carry their
+    arguments as JSON text."""
+    msgs = conv.messages
+    if text_arguments:
+        msgs = [_texted(m) for m in msgs]
+    if not empty_content:
+        return msgs
+    return [{**m, "content": ""} if m.get("tool_calls") and "content" not in m else m for m in msgs]
 
 
 def in_core_order(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -148,7 +172,7 @@ def _hf(name: str, conv: Conversation, *, empty_content: bool, core_order: bool)
     tools = in_core_order(conv.tools) if core_order else conv.tools
     return hf_render(
         source(name),
-        hf_convention(conv, empty_content=empty_content),
+        hf_convention(conv, empty_content=empty_content, text_arguments=name in TEXT_ARGUMENTS),
         add_generation_prompt=True,
         tools=tools,
         special_tokens=SPECIAL,
