@@ -122,14 +122,18 @@ def _check_parameters(name: str, params: dict[str, Any]) -> None:
 
 
 def check_request(req: ChatRequest) -> None:
-    """Everything about `tools`/`tool_choice` that needs no model; run before anything loads."""
-    plan_tools(req, "")
-
-
-def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
-    """Validate `tools`/`tool_choice`; None when the model is to see no tools."""
-    choice = req.tool_choice
+    """Everything about `tools`/`tool_choice` that needs no model, run before anything loads:
+    each schema converts, the choice names a tool, a forced call's schemas are enforceable.
+    The call grammar itself is built once, in the model's family's markup (`plan_tools`)."""
     functions = _functions(req.tools)
+    for f in _forced(req, functions):
+        _check_enforceable(f)
+
+
+def _forced(req: ChatRequest, functions: tuple[Function, ...]) -> list[Function]:
+    """The functions a required or named `tool_choice` forces a call of (checked against
+    `tools`); [] where the model chooses."""
+    choice = req.tool_choice
     if isinstance(choice, NamedTool):
         if choice.name not in {f.name for f in functions}:
             raise InvalidRequest(
@@ -138,6 +142,23 @@ def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
             )
     elif choice == "required" and not functions:
         raise InvalidRequest("tool_choice `required` needs tools", param="tool_choice")
+    elif choice != "required":
+        return []
+    if req.grammar is not None or req.format is not None:
+        raise InvalidRequest(
+            "a required or named tool_choice cannot be combined with grammar or response_format",
+            param="tool_choice",
+        )
+    if isinstance(choice, NamedTool):
+        return [f for f in functions if f.name == choice.name]
+    return list(functions)
+
+
+def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
+    """Validate `tools`/`tool_choice`; None when the model is to see no tools."""
+    choice = req.tool_choice
+    functions = _functions(req.tools)
+    forced = _forced(req, functions)
     if not functions or choice == "none":
         return None
     fmt, native = _format(template_source)
@@ -146,18 +167,11 @@ def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
     else:
         allowed = frozenset(f.name for f in functions)
     grammar = None
-    if choice == "required" or isinstance(choice, NamedTool):
-        if req.grammar is not None or req.format is not None:
-            raise InvalidRequest(
-                "a required or named tool_choice cannot be combined with grammar or "
-                "response_format",
-                param="tool_choice",
-            )
-        chosen = [f for f in functions if f.name in allowed]
+    if forced:
         # A named function is called once: a grammar that allowed more would let the model
         # repeat the call until max_tokens cuts one in half.
         parallel = req.parallel_calls and not isinstance(choice, NamedTool)
-        grammar = call_grammar(chosen, fmt, parallel=parallel)
+        grammar = call_grammar(forced, fmt, parallel=parallel)
     family = family_of(template_source).name
     return ToolPlan(functions, allowed, fmt, native, grammar, req.legacy_calls, family)
 
@@ -239,16 +253,21 @@ def calls_schema(
     return schema
 
 
+def _check_enforceable(f: Function) -> None:
+    """A forced call's parameters must hold no keyword constrained decoding cannot enforce."""
+    unsupported = unenforceable_keywords(f.parameters)
+    if unsupported:
+        raise InvalidRequest(
+            f"constrained decoding cannot enforce {', '.join(sorted(unsupported))} "
+            f"in the parameters of `{f.name}`; remove them or use tool_choice `auto`",
+            param="tools",
+        )
+
+
 def call_grammar(functions: list[Function], fmt: ToolFormat, *, parallel: bool) -> str:
     """GBNF for output that is exactly one (or, if parallel, several) calls in `fmt`."""
     for f in functions:
-        unsupported = unenforceable_keywords(f.parameters)
-        if unsupported:
-            raise InvalidRequest(
-                f"constrained decoding cannot enforce {', '.join(sorted(unsupported))} "
-                f"in the parameters of `{f.name}`; remove them or use tool_choice `auto`",
-                param="tools",
-            )
+        _check_enforceable(f)
     try:
         if fmt not in _JSON_CALLS:
             pairs = [(f.name, f.parameters) for f in functions]
