@@ -14,6 +14,7 @@ from daemon.engine.native.llama import Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from quantize.mmproj import convert_mmproj
 from tests.conftest import Server, start_server, stop_server
+from tests.media.image_host import PNG, serve_images
 from tests.media.tiny_vlm import write_checkpoint
 
 # libmtmd frames an Idefics3 image with "<fake_token_around_image>" and "<global-img>", which
@@ -115,6 +116,50 @@ def vlm_server(
         "--mmproj",
         str(mmproj["f32"]),
         *ARGS,
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def text_server(vlm_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same language model without a projector."""
+    srv = start_server(tmp_path_factory.mktemp("text_http"), "--model", str(vlm_lm_path), *ARGS)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def images_host() -> Iterator[str]:
+    """host:port of a local HTTP server with test images (tests/media/image_host.py)."""
+    with serve_images() as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def keyed_vlm(
+    vlm_lm_path: Path,
+    mmproj: dict[str, Path],
+    images_host: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """The tiny VLM behind API keys (each test module uses its own keys, so no module finds
+    another's KV), reading images under a media folder (cat.png) and from `images_host`."""
+    tmp = tmp_path_factory.mktemp("vlm_keyed")
+    (tmp / "media").mkdir()
+    (tmp / "media" / "cat.png").write_bytes(PNG)
+    srv = start_server(
+        tmp,
+        "--model",
+        str(vlm_lm_path),
+        "--mmproj",
+        str(mmproj["f32"]),
+        *ARGS,
+        "--media-dir",
+        str(tmp / "media"),
+        "--allow-remote-media",
+        images_host,
+        env={"EDGED_API_KEYS": "alpha,beta,gamma,delta,epsilon"},
     )
     yield srv
     stop_server(srv)

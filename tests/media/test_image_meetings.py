@@ -8,12 +8,10 @@ import base64
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-import pytest
 
 from tests.conftest import Server, start_server, stop_server
 from tests.media.conftest import ARGS
@@ -88,33 +86,16 @@ def test_a_hang_up_while_an_image_encodes_loses_nothing(vlm_server: Server) -> N
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def keyed(
-    vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("vlm_keys"),
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
-        *ARGS,
-        env={"EDGED_API_KEYS": "alpha,beta"},
-    )
-    yield srv
-    stop_server(srv)
-
-
-def test_two_keys_sending_the_same_image_reuse_nothing_of_each_other(keyed: Server) -> None:
-    """alpha's image and prompt are in a slot and the prompt cache; beta sends the very same
-    request and is served from nothing of alpha's (no cached token), with the same answer.
-    alpha's own return is served from its slot."""
+def test_two_keys_sending_the_same_image_reuse_nothing_of_each_other(keyed_vlm: Server) -> None:
+    """gamma's image and prompt are in a slot and the prompt cache; delta sends the very same
+    request and is served from nothing of gamma's (no cached token), with the same answer.
+    gamma's own return is served from its slot. (Keys no other test module uses.)"""
     req = body(41)
-    first, cached = answer(keyed.url, req, "alpha")
+    first, cached = answer(keyed_vlm.url, req, "gamma")
     assert cached == 0
-    again, cached_beta = answer(keyed.url, req, "beta")
-    assert (again, cached_beta) == (first, 0)
-    mine, cached_alpha = answer(keyed.url, req, "alpha")
+    again, cached_other = answer(keyed_vlm.url, req, "delta")
+    assert (again, cached_other) == (first, 0)
+    mine, cached_alpha = answer(keyed_vlm.url, req, "gamma")
     assert mine == first and cached_alpha > 0
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.core.request import MEDIA_MARKER
-from tests.conftest import Server, start_server, stop_server
-from tests.media.conftest import ARGS
+from tests.conftest import Server
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 QUESTION = "What is in this picture?"
@@ -120,15 +117,6 @@ def test_too_many_files_is_a_400(vlm_server: Server) -> None:
     prompt = {"prompt_string": MEDIA_MARKER * 9, "multimodal_data": [B64] * 9}
     r = complete(vlm_server, prompt, n_predict=1)
     assert r.status_code == 400 and "at most" in r.text
-
-
-@pytest.fixture(scope="module")
-def text_server(vlm_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The same language model without a projector."""
-    tmp = tmp_path_factory.mktemp("text_completion")
-    srv = start_server(tmp, "--model", str(vlm_lm_path), *ARGS)
-    yield srv
-    stop_server(srv)
 
 
 def test_media_to_a_text_model_is_a_400(text_server: Server) -> None:

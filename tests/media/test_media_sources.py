@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anthropic
@@ -23,57 +18,10 @@ from daemon.core.media import image_from_url
 from daemon.core.media_sources import resolve_media
 from daemon.core.request import MEDIA_MARKER, ChatRequest, Message
 from daemon.errors import InvalidRequest
-from tests.conftest import Server, start_server, stop_server
-from tests.media.conftest import ARGS
-from tests.media.tiny_vlm import png_bytes, sample_image
+from tests.conftest import Server
+from tests.media.image_host import PNG
 
-PNG = png_bytes(sample_image(seed=81))
 QUESTION = "What is in this picture?"
-
-
-class _Images(BaseHTTPRequestHandler):
-    """/ok.png, /big.png (over a small limit), /missing, /slow, /hop (to /ok.png), /away
-    (to the same server under another host name)."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        port = self.server.server_address[1]
-        if self.path == "/ok.png":
-            self._send(200, PNG)
-        elif self.path == "/big.png":
-            self._send(200, PNG * 8)
-        elif self.path == "/slow":
-            time.sleep(3)
-            self._send(200, PNG)
-        elif self.path == "/hop":
-            self._redirect(f"http://127.0.0.1:{port}/ok.png")
-        elif self.path == "/away":
-            self._redirect(f"http://localhost:{port}/ok.png")
-        else:
-            self._send(404, b"no")
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(body)
-
-    def _redirect(self, to: str) -> None:
-        self.send_response(302)
-        self.send_header("Location", to)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-@pytest.fixture(scope="module")
-def images_host() -> Iterator[str]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
 
 
 @pytest.fixture
@@ -136,35 +84,9 @@ def test_remote_images_from_allowed_hosts_only(images_host: str) -> None:
     refused(f"http://{images_host.replace('127.0.0.1', 'localhost')}/ok.png", policy, "not in")
 
 
-@pytest.fixture(scope="module")
-def sourcing(
-    vlm_lm_path: Path,
-    mmproj: dict[str, Path],
-    images_host: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("vlm_sources")
-    (tmp / "media").mkdir()
-    (tmp / "media" / "cat.png").write_bytes(PNG)
-    srv = start_server(
-        tmp,
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
-        *ARGS,
-        "--media-dir",
-        str(tmp / "media"),
-        "--allow-remote-media",
-        images_host,
-    )
-    yield srv
-    stop_server(srv)
-
-
-def test_every_dialect_reads_an_image_by_reference(sourcing: Server, images_host: str) -> None:
+def test_every_dialect_reads_an_image_by_reference(keyed_vlm: Server, images_host: str) -> None:
     data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    client = openai.OpenAI(base_url=f"{sourcing.url}/v1", api_key="none", max_retries=0)
+    client = openai.OpenAI(base_url=f"{keyed_vlm.url}/v1", api_key="epsilon", max_retries=0)
 
     def chat(url: str) -> str:
         resp = client.chat.completions.create(
@@ -187,7 +109,7 @@ def test_every_dialect_reads_an_image_by_reference(sourcing: Server, images_host
     assert chat("file://cat.png") == want
     assert chat(f"http://{images_host}/ok.png") == want
 
-    claude = anthropic.Anthropic(base_url=sourcing.url, api_key="none", max_retries=0)
+    claude = anthropic.Anthropic(base_url=keyed_vlm.url, api_key="epsilon", max_retries=0)
     msg = claude.messages.create(
         model="lm",
         max_tokens=6,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,8 +21,8 @@ from daemon.core.request import MEDIA_MARKER
 from daemon.engine.loading.loaded import chat_template
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions, default_marker
-from tests.conftest import Server, start_server, stop_server
-from tests.media.conftest import ARGS, CTX, N_BATCH, PARALLEL
+from tests.conftest import Server
+from tests.media.conftest import CTX, N_BATCH, PARALLEL
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 STEPS = 12
@@ -197,7 +196,8 @@ def _huge_png() -> bytes:
         (data_url(_huge_png()), "pixel"),
         (data_url(b"plain text, not an image", "text/plain"), "PNG, JPEG"),
         ("https://example.com/cat.png", "allow-remote-media"),
-        ("file:///etc/passwd", "data:"),
+        ("file:///etc/passwd", "--media-dir"),
+        ("ftp://example.com/cat.png", "data:"),
     ],
 )
 def test_bad_images_are_400s(client: openai.OpenAI, url: str, says: str) -> None:
@@ -243,13 +243,6 @@ def test_an_image_to_a_text_model_is_a_400(text_server: Server) -> None:
         client.chat.completions.create(
             model="lm", messages=[image_message(data_url(PNG))], max_tokens=1
         )
-
-
-@pytest.fixture(scope="module")
-def text_server(vlm_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("text_http"), "--model", str(vlm_lm_path), *ARGS)
-    yield srv
-    stop_server(srv)
 
 
 def test_prompt_logprobs_of_an_image_is_a_400(client: openai.OpenAI) -> None:

@@ -6,14 +6,11 @@ images and file ids are 400s in OpenAI's shape; another key cannot continue it."
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
-from tests.media.conftest import ARGS
+from tests.conftest import Server
 from tests.media.test_dialect_images import B64, MAX, QUESTION, _openai
 
 URL = f"data:image/png;base64,{B64}"
@@ -36,26 +33,9 @@ def _image_and_question() -> list[dict[str, object]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def keyed(
-    vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("vlm_responses"),
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
-        *ARGS,
-        env={"EDGED_API_KEYS": "alpha,beta"},
-    )
-    yield srv
-    stop_server(srv)
-
-
-def test_an_image_answers_as_on_chat_completions_and_the_turn_continues(keyed: Server) -> None:
-    alpha = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="alpha", max_retries=0)
-    want = _openai_keyed(keyed.url, "alpha")
+def test_an_image_answers_as_on_chat_completions_and_the_turn_continues(keyed_vlm: Server) -> None:
+    alpha = openai.OpenAI(base_url=f"{keyed_vlm.url}/v1", api_key="alpha", max_retries=0)
+    want = _openai_keyed(keyed_vlm.url, "alpha")
     first = _ask(alpha, _image_and_question())
     assert first.output_text == want
     assert first.usage.input_tokens > len(QUESTION.split())
@@ -101,7 +81,7 @@ def test_an_image_answers_as_on_chat_completions_and_the_turn_continues(keyed: S
     done = [e for e in events if e.type in ("response.completed", "response.incomplete")]
     assert done and done[0].response.output_text == want
 
-    beta = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="beta", max_retries=0)
+    beta = openai.OpenAI(base_url=f"{keyed_vlm.url}/v1", api_key="beta", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         beta.responses.create(
             model="lm", previous_response_id=first.id, input="Hi", max_output_tokens=2
