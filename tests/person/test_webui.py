@@ -165,7 +165,14 @@ def test_page_without_key_then_with_key(browser: object, tmp_path: Path) -> None
         page.fill("#api-key", KEY)
         page.dispatch_event("#api-key", "change")
         page.wait_for_selector(f"#model option[value='{DEFAULT}']", state="attached")
+        # The page settles (the key's status line gone, the model picked) before the click:
+        # on a loaded machine a click during that re-layout can land beside the button.
+        page.wait_for_function(
+            "document.getElementById('status').textContent === ''"
+            " && document.getElementById('model').value !== ''"
+        )
         page.click("#toggle-settings")
+        page.wait_for_selector("#settings", state="visible")
         page.fill("#max_tokens", "4")
         page.dispatch_event("#max_tokens", "change")
         page.fill("#input", "Say hi.")
