@@ -121,6 +121,18 @@ def fetch(
     return fetch_hub(repo_id, revision, include, endpoint, cache_dir)
 
 
+def hub_cache() -> Path:
+    """The Hugging Face cache as the environment says now (HF_HUB_CACHE, else HF_HOME/hub,
+    else ~/.cache/huggingface/hub). huggingface_hub reads it once, when it is first
+    imported: a process whose HF_HOME changes later (a test, a daemon given another home)
+    would otherwise keep writing to the first one."""
+    explicit = os.environ.get("HF_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return Path(home).expanduser() / "hub"
+
+
 def fetch_hub(
     repo_id: str,
     revision: str | None = None,
@@ -130,6 +142,8 @@ def fetch_hub(
 ) -> Path:
     """`fetch` from the hub only: `repo_id` is never looked up on the local file system."""
     from huggingface_hub import snapshot_download
+
+    cache_dir = cache_dir or hub_cache()
 
     def download(patterns: list[str]) -> Path:
         log.info("fetching %s@%s (%s)", repo_id, revision or "main", ", ".join(patterns))

@@ -116,3 +116,16 @@ def test_pick_gguf_matches_whole_type_tags(
     files: tuple[str, ...], qtype: str, want: str | None
 ) -> None:
     assert pick_gguf(files, qtype) == want
+
+
+def test_fetch_writes_where_hf_home_says_at_the_time(
+    hub: FakeHub, minilm_dir: Path, tmp_path: Path
+) -> None:
+    """huggingface_hub fixes its cache when first imported (here, long before this test);
+    a fetch still goes to the HF_HOME of the moment (the fixture's, under tmp_path), never
+    to the user's cache."""
+    import huggingface_hub  # noqa: F401 - imported first, as the daemon or a test may have
+
+    hub.add("sentence-transformers/all-MiniLM-L6-v2", minilm_dir)
+    path = fetch("sentence-transformers/all-MiniLM-L6-v2", endpoint=hub.url)
+    assert path.is_relative_to(tmp_path / "hf_home" / "hub")
