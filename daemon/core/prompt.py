@@ -6,16 +6,19 @@ renders the same way whatever the API.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from daemon.core import tools
 from daemon.core.choices import Extras
+from daemon.core.errors import to_api
 from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking, template_vars
 from daemon.core.request import ChatRequest
 from daemon.core.watch import request_owner
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.media import Medium
+from daemon.errors import EdgedError
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,17 @@ def build_chat(
         think = think.answer_only()
     extras = Extras(grammar, logprobs, prompt_logprobs, media=media)
     return ChatPrompt(plan, rendered, tokens, extras, think)
+
+
+async def prepare_chat(
+    lm: LoadedModel, req: ChatRequest, max_pixels: int, image_param: str
+) -> ChatPrompt:
+    """`build_chat` for a dialect: a request with images is built off the event loop
+    (decoding and encoding them blocks), and the engine's refusals of an image name the
+    dialect's field for it (`image_param`)."""
+    if not req.media:
+        return build_chat(lm, req)
+    try:
+        return await asyncio.to_thread(build_chat, lm, req, max_pixels=max_pixels)
+    except EdgedError as exc:
+        raise to_api(exc, {"image": image_param}) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import uuid
@@ -24,10 +23,9 @@ from daemon.api.streams import Named, named_sse
 from daemon.core.calls import ToolCall
 from daemon.core.chat import Generation, start_chat
 from daemon.core.choices import Policy
-from daemon.core.errors import to_api
 from daemon.core.media import check_media, image_from_base64, image_from_url
 from daemon.core.media_sources import resolve_media
-from daemon.core.prompt import build_chat
+from daemon.core.prompt import prepare_chat
 from daemon.core.reasoning import Thinking
 from daemon.core.request import (
     MEDIA_MARKER,
@@ -47,7 +45,7 @@ from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
-from daemon.errors import EdgedError, InvalidRequest
+from daemon.errors import InvalidRequest
 
 _TEXT_ONLY = "edged's models read text only"
 
@@ -362,13 +360,5 @@ async def count_tokens(
     conversation = await resolve_media(to_chat(req), policy, "messages")
     check_media(conversation, policy)
     lm = await leased(registry, req.model)
-    if conversation.media:  # images are decoded and encoded to be counted: off the loop
-        try:
-            chat = await asyncio.to_thread(
-                build_chat, lm, conversation, max_pixels=policy.max_image_pixels
-            )
-        except EdgedError as exc:
-            raise to_api(exc, {"image": "messages"}) from exc
-    else:
-        chat = build_chat(lm, conversation)
+    chat = await prepare_chat(lm, conversation, policy.max_image_pixels, "messages")
     return {"input_tokens": len(chat.tokens)}

@@ -6,7 +6,6 @@ sampling through the core's one mapping (llama.cpp's names), embeddings through 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,11 +31,10 @@ from daemon.core import embeddings as vectors_of
 from daemon.core import request as core
 from daemon.core.calls import ToolCall, parse_message
 from daemon.core.choices import Extras, Policy, submit_choices
-from daemon.core.errors import to_api
 from daemon.core.formats import request_grammar
 from daemon.core.infill import infill_tokens
 from daemon.core.media import check_media, image_from_base64
-from daemon.core.prompt import build_chat
+from daemon.core.prompt import prepare_chat
 from daemon.core.reasoning import ReasoningSplitter, Thinking, detect
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import collect_all
@@ -49,7 +47,7 @@ from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.media import MediaPrompt
 from daemon.engine.types import Chunk, FinishReason
-from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest, ModelNotFound
+from daemon.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 
 Body = dict[str, Any]
 
@@ -248,16 +246,8 @@ async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Bod
         template_kwargs=think_vars,
         format_param="format",
     )
-    if chat_req.media:
-        check_media(chat_req, policy, "images")
-        try:  # decoding and encoding images block: off the event loop
-            chat = await asyncio.to_thread(
-                build_chat, lm, chat_req, max_pixels=policy.max_image_pixels
-            )
-        except EdgedError as exc:
-            raise to_api(exc, {"image": "images"}) from exc
-    else:
-        chat = build_chat(lm, chat_req)
+    check_media(chat_req, policy, "images")
+    chat = await prepare_chat(lm, chat_req, policy.max_image_pixels, "images")
     # `think: false` leaves the text as the model wrote it, thinking tags and all.
     plan, think = chat.plan, None if req.think is False else chat.think
     handle = _submit(lm, chat.tokens, req, policy, chat.extras.media)
@@ -373,10 +363,7 @@ async def _image_prompt(
     user = core.Message(role="user", content=text, media=media)
     chat_req = core.ChatRequest(messages=(*system, user), template_kwargs=think_vars)
     check_media(chat_req, policy, "images")
-    try:  # decoding and encoding images block: off the event loop
-        chat = await asyncio.to_thread(build_chat, lm, chat_req, max_pixels=policy.max_image_pixels)
-    except EdgedError as exc:
-        raise to_api(exc, {"image": "images"}) from exc
+    chat = await prepare_chat(lm, chat_req, policy.max_image_pixels, "images")
     return chat.tokens, chat.rendered, chat.extras.media
 
 

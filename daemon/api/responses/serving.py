@@ -6,7 +6,6 @@ chain, `events.py` words a streamed turn as OpenAI's semantic events.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -21,10 +20,9 @@ from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
 from daemon.api.streams import named_sse
 from daemon.core.choices import Policy, submit_choices
-from daemon.core.errors import to_api
 from daemon.core.media import check_media, image_from_url
 from daemon.core.media_sources import resolve_media
-from daemon.core.prompt import build_chat
+from daemon.core.prompt import prepare_chat
 from daemon.core.request import (
     ChatRequest,
     FunctionSpec,
@@ -38,7 +36,7 @@ from daemon.core.turns import run_turn
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
-from daemon.errors import EdgedError, InvalidRequest, NotFound
+from daemon.errors import InvalidRequest, NotFound
 
 _UNSUPPORTED = {
     "background": "background responses are not supported; every response is synchronous",
@@ -142,15 +140,7 @@ async def create_response(
     chat_req = await resolve_media(chat_req, policy, "input")  # images by URL, where allowed
     check_media(chat_req, policy, "input")  # images over the limits: 400s before any load
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    if chat_req.media:
-        try:  # decoding and encoding images block: off the event loop
-            chat = await asyncio.to_thread(
-                build_chat, lm, chat_req, max_pixels=policy.max_image_pixels
-            )
-        except EdgedError as exc:
-            raise to_api(exc, {"image": "input"}) from exc
-    else:
-        chat = build_chat(lm, chat_req)
+    chat = await prepare_chat(lm, chat_req, policy.max_image_pixels, "input")
     prompt, extras = chat.tokens, chat.extras
     # A conversation holding images keeps no KV state (an image has no token ids to keep):
     # its next turn renders it again, and the slot or the prompt cache, which compare
