@@ -61,6 +61,8 @@ class Extras:
     """Per-request engine options beyond sampling fields."""
 
     grammar: str | None = None
+    # The token that starts `grammar` (a lazy call grammar under tool_choice auto), if any.
+    grammar_trigger: int | None = None
     logprobs: int | None = None
     prompt_logprobs: bool = False
     # A kept sequence to continue (the prompt then only has to extend it), and whether to
@@ -94,7 +96,9 @@ def submit_all(lm: LoadedModel, requests: list[GenerationRequest]) -> list[Reque
     return handles
 
 
-def _sampling(lm: LoadedModel, fields: Sampling, grammar: str | None) -> SamplingParams:
+def _sampling(
+    lm: LoadedModel, fields: Sampling, grammar: str | None, trigger: int | None = None
+) -> SamplingParams:
     sampling = fields.params
     n_vocab = lm.model.n_vocab
     if any(not 0 <= t < n_vocab for t, _ in sampling.logit_bias):
@@ -104,7 +108,8 @@ def _sampling(lm: LoadedModel, fields: Sampling, grammar: str | None) -> Samplin
             raise InvalidRequest(
                 "the grammar does not parse (GBNF with a root rule)", param="grammar"
             )
-        sampling = replace(sampling, grammar=grammar)
+        triggers = () if trigger is None else (trigger,)
+        sampling = replace(sampling, grammar=grammar, grammar_triggers=triggers)
     return sampling
 
 
@@ -122,7 +127,7 @@ def submit_choices(
         raise InvalidRequest(f"n must be at most {policy.max_n}", param="n")
     if max_tokens is not None and max_tokens > policy.max_tokens:
         raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
-    sampling = _sampling(lm, fields, extras.grammar)
+    sampling = _sampling(lm, fields, extras.grammar, extras.grammar_trigger)
     lora = request_adapters(lm, fields.lora)
     if extras.resume is not None and extras.resume.lora != lora:
         # The kept KV was computed under other adapters: the prompt (the whole history) is

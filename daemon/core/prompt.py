@@ -55,8 +55,15 @@ def build_chat(
     # A JSON format or a required call shapes the answer; a raw `grammar` may well write the
     # thinking block itself, so it leaves the split alone.
     constrained = req.format is not None
+    trigger = None
     if plan is not None and plan.grammar is not None:
         grammar, constrained = plan.grammar, True
+    elif plan is not None and grammar is None:
+        # The model chooses whether to call; a call it opens is held to the family's grammar.
+        lazy = tools.lazy_grammar(plan, req.parallel_calls, lm.model.control_token)
+        # A schema llama.cpp cannot take leaves the call unconstrained, never refused.
+        if lazy is not None and lm.grammar_ok(lazy[0]):
+            grammar, trigger = lazy
     rendered = lm.render_chat(messages, **extra, **tool_vars)
     media = None
     if req.media:
@@ -70,7 +77,7 @@ def build_chat(
         # A schema or a required call constrains the answer from the first token: the
         # output is the answer even when the prompt opened a thinking block.
         think = think.answer_only()
-    extras = Extras(grammar, logprobs, prompt_logprobs, media=media)
+    extras = Extras(grammar, trigger, logprobs, prompt_logprobs, media=media)
     return ChatPrompt(plan, rendered, tokens, extras, think)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.core.families import GENERIC, PROMPTED, ToolFormat, family_of
+from daemon.core.families import GENERIC, PROMPTED, SYNTAXES, ToolFormat, family_of
 from daemon.core.families.deepseek import tools_prompt as deepseek_tools_prompt
-from daemon.core.families.grammars import family_grammar, json_call_root
+from daemon.core.families.grammars import call_trigger, family_grammar, json_call_root
 from daemon.core.formats import gbnf, unenforceable_keywords
 from daemon.core.request import ChatRequest, FunctionSpec, Message, NamedTool
 from daemon.errors import InvalidRequest
@@ -174,6 +174,27 @@ def plan_tools(req: ChatRequest, template_source: str) -> ToolPlan | None:
         grammar = call_grammar(forced, fmt, parallel=parallel)
     family = family_of(template_source).name
     return ToolPlan(functions, allowed, fmt, native, grammar, req.legacy_calls, family)
+
+
+def lazy_grammar(
+    plan: ToolPlan, parallel: bool, token_of: Callable[[str], int | None]
+) -> tuple[str, int] | None:
+    """For a call the model may choose to make: the family's call grammar and the one token
+    that starts it (`token_of` finds the marker's token in the model's vocabulary), so a call,
+    once the model opens one, is well formed; text before it is free.
+
+    None where the family opens calls with no marker, the vocabulary writes the marker as
+    plain text (prose could then start the grammar), or a schema cannot be enforced: such
+    calls are parsed as written, unconstrained.
+    """
+    marker = call_trigger(plan.fmt)
+    token = token_of(marker) if marker is not None else None
+    if token is None or SYNTAXES[plan.fmt].initial is not None:
+        return None
+    try:
+        return call_grammar(list(plan.functions), plan.fmt, parallel=parallel), token
+    except InvalidRequest:
+        return None
 
 
 def _prefix_refs(node: Any, prefix: str, base: str) -> Any:

@@ -38,6 +38,9 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None
+    # Tokens that start the grammar: with any, it is lazy and constrains nothing until the
+    # model samples one of them (a family's call marker under tool_choice auto).
+    grammar_triggers: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:

@@ -20,12 +20,14 @@ RENAMED = {
 KEPT = 3  # `<repo_name>` stays: a control token that is no family's marker
 
 
-def make_marker_gguf(source: Path, out: Path, template: str | None = None) -> Path:
-    """`source` with RENAMED's tokens renamed (still control tokens), and a chat template."""
+def make_marker_gguf(
+    source: Path, out: Path, template: str | None = None, renamed: dict[int, str] = RENAMED
+) -> Path:
+    """`source` with `renamed`'s tokens renamed (still control tokens), and a chat template."""
     reader = gguf.GGUFReader(source)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     tokens = list(reader.fields[gguf.Keys.Tokenizer.LIST].contents())
-    for i, text in RENAMED.items():
+    for i, text in renamed.items():
         tokens[i] = text
     new = {
         gguf.Keys.Tokenizer.LIST: MetadataDetails(

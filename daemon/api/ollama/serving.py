@@ -152,9 +152,10 @@ def _submit(
     prompt: list[int],
     req: _Generating,
     policy: Policy,
-    media: MediaPrompt | None = None,
+    extras: Extras,
 ) -> RequestHandle:
-    """One engine request under the options' sampling and context bounds.
+    """One engine request under the options' sampling and context bounds, with the prompt's
+    extras (the format's grammar, or a chat's lazy call grammar; its images).
 
     `num_ctx` above the model's context is clamped to it; below it, it bounds prompt plus
     output. `num_predict` -1/-2 (or unset) means: until the context is full (or the cap).
@@ -169,9 +170,7 @@ def _submit(
     # "Until the context is full" is still bounded by the daemon's cap on output tokens.
     unbounded = opts.num_predict is None or opts.num_predict < 0
     limit = min(room, policy.max_tokens) if unbounded else opts.num_predict
-    grammar = format_grammar(req.format)
     sampling = sampling_of(opts, LLAMA_CPP, n_ctx=n_ctx, lora=req.lora)
-    extras = Extras(grammar=grammar, media=media)
     (handle,) = submit_choices(lm, [prompt], min(limit, room), sampling, 1, policy, extras)
     return handle
 
@@ -250,7 +249,7 @@ async def chat(registry: ModelRegistry, req: ChatRequest, policy: Policy) -> Bod
     chat = await prepare_chat(lm, chat_req, policy.max_image_pixels, "images")
     # `think: false` leaves the text as the model wrote it, thinking tags and all.
     plan, think = chat.plan, None if req.think is False else chat.think
-    handle = _submit(lm, chat.tokens, req, policy, chat.extras.media)
+    handle = _submit(lm, chat.tokens, req, policy, chat.extras)
     if req.stream:
         return ndjson(_chat_events(handle, plan, name, clock, think), [handle], errors.SHAPE.wire)
     (r,) = await collect_all([handle])
@@ -381,7 +380,7 @@ async def generate(
     else:
         prompt, rendered = _generate_prompt(lm, req, think_vars)
     think = _split_of(lm, rendered, req) if rendered else None
-    handle = _submit(lm, prompt, req, policy, media)
+    handle = _submit(lm, prompt, req, policy, Extras(format_grammar(req.format), media=media))
     # An image prompt's context would hold the images' stand-ins, which no later request
     # may send: it has none (Ollama's clients treat `context` as optional).
     context = prompt if media is None else None

@@ -153,3 +153,23 @@ def json_call_root(fmt: ToolFormat, *, parallel: bool) -> str:
         )
         return f'"<|START_ACTION|>" {body} "<|END_ACTION|>"'
     return "tool-call"  # Llama 3: one bare object
+
+
+# The marker each family's call grammar begins with, where that marker is how the family opens
+# its calls anywhere in an answer (a lazy grammar waits for it). Llama 3's bare object, harmony's
+# channel header and Functionary's text openers have none: no single token starts their calls.
+_TRIGGERS = {
+    ToolFormat.HERMES: "<tool_call>",
+    ToolFormat.QWEN3_XML: "<tool_call>",
+    ToolFormat.MISTRAL: "[TOOL_CALLS]",
+    ToolFormat.MISTRAL_ARGS: "[TOOL_CALLS]",
+    ToolFormat.GRANITE: "<|tool_call|>",
+    ToolFormat.COMMAND_R7B: "<|START_ACTION|>",
+    ToolFormat.DEEPSEEK_R1: CALLS_BEGIN,
+    ToolFormat.DEEPSEEK_V31: CALLS_BEGIN,
+}
+
+
+def call_trigger(fmt: ToolFormat) -> str | None:
+    """The marker that opens `fmt`'s calls and starts its call grammar, if it has one."""
+    return _TRIGGERS.get(fmt)

@@ -250,6 +250,14 @@ class Model:
             n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
+    def control_token(self, text: str) -> int | None:
+        """The id of the one special token spelled `text` (a family's marker such as
+        `[TOOL_CALLS]`), or None where the vocabulary writes it as ordinary text."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        if len(ids) != 1 or self.tokenize(text, add_special=False, parse_special=False) == ids:
+            return None
+        return ids[0]
+
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
         """Token ids back to text."""
         if special:

@@ -21,6 +21,22 @@ ws     ::= [ \t\n]{0,20}
 """
 
 
+def _grammar(model: Model, gbnf: str, triggers: tuple[int, ...]) -> lc.llama_sampler_p:
+    """A grammar stage; lazy (awaiting one of `triggers`) when any are given.
+
+    Only trigger tokens, never trigger patterns: llama.cpp replays the text from a pattern's
+    match through the grammar and throws (across the C boundary, fatal) when the triggering
+    token carries text the grammar refuses, and it re-runs every pattern over all text so far
+    at each token. A trigger token is accepted alone, as the grammar's first piece.
+    """
+    if not triggers:
+        return lc.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
+    tokens = (lc.llama_token * len(triggers))(*triggers)
+    return lc.llama_sampler_init_grammar_lazy_patterns(
+        model.vocab, gbnf.encode(), b"root", None, 0, tokens, len(triggers)
+    )
+
+
 class SamplerChain:
     """A per-request llama.cpp sampler chain built from SamplingParams."""
 
@@ -48,7 +64,7 @@ class SamplerChain:
                 ),
             )
         if params.grammar is not None:
-            grammar = lc.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            grammar = _grammar(model, params.grammar, params.grammar_triggers)
             if not grammar:
                 lc.llama_sampler_free(chain)
                 self.ptr = None
