@@ -6,7 +6,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.core.families.streamed import CallScan
 
 
 class ToolFormat(str, Enum):
@@ -70,12 +73,15 @@ class Syntax:
     `openers` open a block anywhere in the answer, `leading` ones only at its start (after
     whitespace). `initial` is an opener the generation prompt already wrote (the output starts
     inside its block). A block ends where `close` says, else at the end of the output.
+    A syntax with a `scan` reads its calls while the block streams (see `streamed.py`); `ends`
+    are the markers that end its blocks, which that reader never sees.
     """
 
     openers: tuple[str, ...] = ()
     leading: tuple[str, ...] = ()
     initial: str | None = None
     closed: bool = False  # a block needs its end marker: one cut short is no call
+    ends: tuple[str, ...] = ()
 
     def close(self, opener: str, body: str) -> int | None:
         """Length of `body` the block takes once it is complete; None while it may go on."""
@@ -89,6 +95,21 @@ class Syntax:
     def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
         """The calls of a complete block; None when it is not calls of allowed functions."""
         raise NotImplementedError
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        """A reader of the block's calls while it streams; None: they are read when it ends."""
+        return None
+
+
+def held(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of one of the markers."""
+    best = 0
+    for marker in markers:
+        for n in range(min(len(text), len(marker) - 1), best, -1):
+            if marker.startswith(text[-n:]):
+                best = n
+                break
+    return best
 
 
 def json_object(text: str) -> dict[str, Any] | None:

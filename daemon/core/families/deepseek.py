@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from daemon.core.families.base import CallContext, RawCall, Syntax, after, json_object
+from daemon.core.families.streamed import CallScan, HeadedJson
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -17,6 +19,11 @@ _OPENERS = (
     "<｜tool calls begin｜>",
     "<｜tool\\_calls\\_begin｜>",
 )
+_BEGIN, _END, _SEP = re.escape(CALL_BEGIN), re.escape(CALL_END), re.escape(SEP)
+_R1_HEAD = re.compile(rf"\s*{_BEGIN}\s*function\s*{_SEP}([^\n]*)\n\s*```json\s*(?=\{{)")
+_R1_NEXT = re.compile(rf"\s*```\s*{_END}")
+_V31_HEAD = re.compile(rf"\s*{_BEGIN}([^\n<]*?){_SEP}\s*(?=\{{)")
+_V31_NEXT = re.compile(rf"\s*{_END}")
 
 
 def _r1_call(head: str, rest: str, ctx: CallContext) -> RawCall | None:
@@ -45,6 +52,7 @@ class DeepSeek(Syntax):
     `<｜tool▁calls▁end｜>`; each CALL in R1's or V3.1's form."""
 
     openers = _OPENERS
+    ends = (CALLS_END,)
 
     def __init__(self, v31: bool) -> None:
         self.v31 = v31
@@ -67,6 +75,11 @@ class DeepSeek(Syntax):
                 return None
             out.append(call)
         return out or None
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        if self.v31:
+            return HeadedJson(ctx, _V31_HEAD, _V31_NEXT)
+        return HeadedJson(ctx, _R1_HEAD, _R1_NEXT)
 
 
 def tools_prompt(functions: Iterable[dict[str, Any]], v31: bool) -> str:

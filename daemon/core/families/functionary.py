@@ -6,10 +6,14 @@ starts another.
 
 from __future__ import annotations
 
+import re
+
 from daemon.core.families.base import CallContext, RawCall, Syntax, json_object
+from daemon.core.families.streamed import CallScan, HeadedJson
 
 RECIPIENT = ">>>"
 _TEXT = "all\n"
+_HEAD = re.compile(r"(?!\s*python\s*\n)([^\n]+)\n\s*(?=\{)")  # `python` may be code
 
 
 class FunctionaryV32(Syntax):
@@ -17,6 +21,7 @@ class FunctionaryV32(Syntax):
 
     openers = (RECIPIENT,)
     initial = RECIPIENT
+    ends = (RECIPIENT,)
 
     def close(self, opener: str, body: str) -> int | None:
         at = body.find(RECIPIENT)
@@ -38,3 +43,6 @@ class FunctionaryV32(Syntax):
             return [RawCall(name, obj if obj is not None else {"code": code})] if code else None
         args = json_object(rest)
         return None if args is None else [RawCall(name, args)]
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _HEAD)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from daemon.core.families.base import CallContext, RawCall, Syntax, after, json_object
+from daemon.core.families.streamed import CallScan, HeadedJson
 
 CHANNEL, MESSAGE, START, CONSTRAIN = "<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"
 END, CALL, RETURN = "<|end|>", "<|call|>", "<|return|>"
@@ -22,6 +23,7 @@ _HEADS = (CHANNEL, START)
 _HEADER_MAX = 512  # a header longer than this is not one: the output is plain text
 _CHANNEL_NAME = re.compile(r"<\|channel\|>\s*([A-Za-z_]+)")
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
+_CALL_HEAD = re.compile(r"\s*(?:functions\.)?([^\s<]+)\s*<\|message\|>\s*(?=\{)")
 
 
 def _held(text: str, markers: tuple[str, ...]) -> int:
@@ -133,6 +135,7 @@ class HarmonyCalls(Syntax):
 
     openers = (CALL_OPEN,)
     closed = True
+    ends = (CALL,)
 
     def close(self, opener: str, body: str) -> int | None:
         return after(body, CALL)
@@ -144,3 +147,6 @@ class HarmonyCalls(Syntax):
         if not sep or obj is None or name not in ctx.allowed:
             return None
         return [RawCall(name, obj)]
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _CALL_HEAD)

@@ -14,12 +14,17 @@ from daemon.core.families.base import (
     json_object,
     named_call,
 )
+from daemon.core.families.streamed import CallScan, HeadedJson
 
 TOOL_CALL, END_TOOL_CALL = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 GRANITE_TAG = "<|tool_call|>"
 START_ACTION, END_ACTION = "<|START_ACTION|>", "<|END_ACTION|>"
+# The headers streamed calls start with; each ends where the arguments object starts.
+_HERMES_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"arguments"\s*:\s*(?=\{)')
+_MISTRAL_HEAD = re.compile(r"([^\[\]]*?)(?:\[CALL_ID\]([^\[\]]*?))?\[ARGS\]\s*(?=\{)")
+_MISTRAL_NEXT = re.compile(r"\s*\[TOOL_CALLS\]")
 
 
 def _json(text: str) -> object:
@@ -34,6 +39,7 @@ class Hermes(Syntax):
 
     openers = (TOOL_CALL,)
     closed = True
+    ends = (END_TOOL_CALL,)
 
     def close(self, opener: str, body: str) -> int | None:
         return after(body, END_TOOL_CALL)
@@ -41,6 +47,9 @@ class Hermes(Syntax):
     def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
         call = named_call(_json(body.removesuffix(END_TOOL_CALL)), ctx)
         return None if call is None else [call]
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _HERMES_HEAD)  # `{"name": "F", "arguments": {..}`, in that order
 
 
 # Llama 3.1's builtin tools: `<|python_tag|>brave_search.call(query="...")`.
@@ -113,6 +122,9 @@ class MistralArgs(Syntax):
                 return None
             out.append(RawCall(name.strip(), obj, call_id.strip() or None))
         return out
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _MISTRAL_HEAD, _MISTRAL_NEXT)
 
 
 class Granite(Syntax):

@@ -6,19 +6,29 @@ import json
 import re
 from typing import Any
 
-from daemon.core.families.base import CallContext, RawCall, Syntax, after, json_object
+from daemon.core.families.base import CallContext, RawCall, Syntax, after, held, json_object
 from daemon.core.families.jsoncalls import END_TOOL_CALL, PYTHON_TAG, TOOL_CALL
+from daemon.core.families.streamed import CallScan, HeadedJson, PartialCall
 
 FUNCTION, END_FUNCTION = "<function=", "</function>"
 _XML_CALL = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>\s*", re.DOTALL)
 _PARAM = re.compile(r"\s*<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
+PARAMETER, END_PARAMETER = "<parameter=", "</parameter>"
+_FUNCTION_HEAD = re.compile(r"\s*<function=([^>\n]+)>")
+_PARAM_HEAD = re.compile(r"\s*<parameter=([^>\n]+)>")
+_FUNCTION_END = re.compile(r"\s*</function>")
+_V31_HEAD = re.compile(r"([^>\n]+)>\s*(?=\{)")
+
+
+def _is_string(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "string" or (isinstance(kind, list) and "string" in kind)
 
 
 def _value(raw: str, schema: dict[str, Any]) -> Any:
     """A parameter's text as its schema's type: strings verbatim, anything else as JSON."""
     text = raw.removeprefix("\n").removesuffix("\n")
-    kind = schema.get("type")
-    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+    if _is_string(schema):
         if text.startswith('"'):  # a JSON-quoted string (what a grammar for a pattern writes)
             try:
                 quoted = json.loads(text)
@@ -58,6 +68,7 @@ class Qwen3Xml(Syntax):
 
     openers = (TOOL_CALL,)
     closed = True
+    ends = (END_TOOL_CALL,)
 
     def close(self, opener: str, body: str) -> int | None:
         return after(body, END_TOOL_CALL)
@@ -73,11 +84,15 @@ class Qwen3Xml(Syntax):
                 call = RawCall(name, args)
         return None if call is None else [call]
 
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return XmlScan(ctx)  # the XML form only: a JSON body is read when the block ends
+
 
 class FunctionaryV31(Syntax):
     """`<function=NAME>{..}</function>`, and `<|python_tag|>` code for the `python` tool."""
 
     openers = (FUNCTION, PYTHON_TAG)
+    ends = (END_FUNCTION,)
 
     def close(self, opener: str, body: str) -> int | None:
         return after(body, END_FUNCTION) if opener == FUNCTION else None
@@ -93,3 +108,89 @@ class FunctionaryV31(Syntax):
         if not sep or args is None or name not in ctx.allowed:
             return None
         return [RawCall(name, args)]
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _V31_HEAD) if opener == FUNCTION else None
+
+
+class XmlScan(CallScan):
+    """Qwen3-Coder's calls as JSON built while they arrive: `{` once `<function=NAME>` is
+    complete, each key once its `<parameter=P>` is, a string value's characters as they come
+    (a last newline and what may be `</parameter>` held back), any other value whole at its
+    `</parameter>`, `}` at `</function>`."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._buf = ""
+        self._state = "head"  # head, params, value, stop
+        self._props: dict[str, Any] = {}
+        self._schema: dict[str, Any] = {}
+        self._before = ""  # the arguments' text before the open value
+
+    def feed(self, text: str) -> None:
+        self._buf += text
+        while self._state != "stop" and self._advance():
+            pass
+
+    def _advance(self) -> bool:
+        if self._state == "head":
+            m = _FUNCTION_HEAD.match(self._buf)
+            if m is None:
+                return False
+            name = m.group(1).strip()
+            if name not in self._ctx.allowed:
+                self._state = "stop"
+                return False
+            self._props = (self._ctx.schemas.get(name) or {}).get("properties") or {}
+            self.calls.append(PartialCall(name, None, "{"))
+            self._buf, self._state = self._buf[m.end() :], "params"
+            return True
+        call = self.calls[-1]
+        if self._state == "params":
+            m = _PARAM_HEAD.match(self._buf)
+            if m is not None:
+                key = m.group(1).strip()
+                self._schema = self._props.get(key) or {}
+                sep = "" if call.args == "{" else ", "
+                call.args += sep + json.dumps(key, ensure_ascii=False) + ": "
+                self._before = call.args
+                self._buf, self._state = self._buf[m.end() :], "value"
+                return True
+            m = _FUNCTION_END.match(self._buf)
+            if m is not None:
+                call.args, call.done, self._state = call.args + "}", True, "stop"
+                return False
+            head = self._buf.lstrip()
+            maybe = PARAMETER.startswith(head) or END_FUNCTION.startswith(head)
+            if not maybe and not (head.startswith(PARAMETER) and not set(head) & {">", "\n"}):
+                self._state = "stop"  # text that is not this format: the call ends here
+            return False
+        at = self._buf.find(END_PARAMETER)
+        if at < 0:
+            call.args = self._before + self._streamed(self._buf)
+            return False
+        call.args = self._before + self._whole(self._buf[:at])
+        self._buf, self._state = self._buf[at + len(END_PARAMETER) :], "params"
+        return True
+
+    def _whole(self, raw: str) -> str:
+        return json.dumps(_value(raw, self._schema), ensure_ascii=False)
+
+    def _streamed(self, raw: str) -> str:
+        """The certain start of a value still being written: a string's (not JSON-quoted) text
+        so far, short of what may yet be its end; nothing for other values."""
+        body = raw.removeprefix("\n")
+        if not _is_string(self._schema) or not body or body.startswith('"'):
+            return ""
+        visible = raw[: len(raw) - held(raw, (END_PARAMETER,))].removeprefix("\n")
+        visible = visible.removesuffix("\n")  # perhaps the newline before </parameter>
+        return '"' + json.dumps(visible, ensure_ascii=False)[1:-1]
+
+    def finish(self) -> None:
+        if not self.calls or self.calls[-1].done:
+            return
+        call = self.calls[-1]
+        if self._state == "value":  # cut short inside a value: what was written is the value
+            call.args = self._before + self._whole(self._buf)
+        call.args, call.done = call.args + "}", True
