@@ -20,15 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.engine.errors import InvalidInput, ModelUnavailable
+from daemon.engine.mediainfo import MediaKind
 from daemon.engine.native.mtmd import ChunkType, Projector
 
 
 @dataclass(frozen=True)
 class Medium:
-    """One image of a prompt: the encoded file's bytes and their sha256 (hex)."""
+    """One image or audio clip of a prompt: the encoded file's bytes, their sha256 (hex),
+    which names the clip to the caches, and what the caller took it for."""
 
     data: bytes
     digest: str
+    kind: MediaKind = "image"
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,12 @@ class MediaEncoder:
         *,
         add_special: bool,
         max_pixels: int | None = None,
+        max_seconds: float | None = None,
         owner: str = "",
     ) -> tuple[list[int], MediaPrompt]:
         """Tokens (stand-ins at media positions) and media spans of `text`, which holds the
         projector's marker once per medium, in order. Blocks: call it off the event loop.
+        `max_seconds` bounds the prompt's audio, all clips together, as decoded.
 
         Embeddings are cached per `owner` (API key): how fast an image encodes never tells
         one key that another sent it. Stand-ins are not: the prompt cache's owner rule
@@ -134,8 +139,15 @@ class MediaEncoder:
                 raise ModelUnavailable("the model was unloaded; retry", retry_after=1)
             bitmaps = []
             try:
+                seconds = 0.0
                 for m in media:
-                    bitmaps.append(p.bitmap_file_bytes(m.data, m.digest, max_pixels=max_pixels))
+                    left = None if max_seconds is None else max_seconds - seconds
+                    bitmap = p.bitmap_file_bytes(
+                        m.data, m.digest, max_pixels=max_pixels, max_seconds=left
+                    )
+                    bitmaps.append(bitmap)
+                    if bitmap.is_audio:
+                        seconds += bitmap.width / p.audio_sample_rate
                 with p.tokenize(text, bitmaps, add_special=add_special) as chunks:
                     tokens: list[int] = []
                     spans: list[MediaSpan] = []
@@ -162,7 +174,7 @@ class MediaEncoder:
                     b.close()
         if tokens and is_stand_in(tokens[-1]):
             # The last prompt position must yield logits; embedding rows do not.
-            raise InvalidInput("a prompt must not end with an image", subject="image")
+            raise InvalidInput("a prompt must not end with an image or audio", subject="image")
         return tokens, MediaPrompt(tuple(spans))
 
     def close(self) -> None:

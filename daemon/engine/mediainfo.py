@@ -1,6 +1,11 @@
-"""What an encoded media file is, from its first bytes: kind, format and, for images, the
-declared size. Read before decoding, so that limits (pixels) hold before a decoder allocates
-and bytes of no supported format never reach libmtmd's fallbacks."""
+"""What an encoded media file is, from its first bytes: kind, format and the size its header
+declares (an image's width and height, a WAV's or FLAC's duration). Read before decoding, so
+that limits (pixels, seconds) hold before a decoder allocates and bytes of no supported
+format never reach libmtmd's fallbacks.
+
+MP3 declares no length (a frame's bitrate says nothing of the next): its duration is known
+only once decoded, and its bytes bound it meanwhile (at least 1,000 bytes a second: 8 kbit/s,
+MPEG-2.5's lowest bitrate)."""
 
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ MediaKind = Literal["image", "audio"]
 
 @dataclass(frozen=True)
 class MediaHeader:
-    """A recognised file: its kind and format, and an image's declared width and height."""
+    """A recognised file: its kind and format, an image's declared width and height, audio's
+    declared duration, and why the header cannot be true (`flaw`: refuse the file)."""
 
     kind: MediaKind
     format: str
     width: int | None = None
     height: int | None = None
+    seconds: float | None = None  # None: the header does not say (MP3, a streamed WAV)
+    flaw: str | None = None
 
     @property
     def pixels(self) -> int | None:
@@ -47,9 +55,9 @@ def sniff(data: bytes) -> MediaHeader | None:
         width, height = struct.unpack("<ii", data[18:26])
         return MediaHeader("image", "bmp", abs(width), abs(height))  # negative: top-down rows
     if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
-        return MediaHeader("audio", "wav")
+        return _wav(data)
     if data.startswith(b"fLaC"):
-        return MediaHeader("audio", "flac")
+        return _flac(data)
     if data.startswith(b"ID3") or (len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
         return MediaHeader("audio", "mp3")
     return None
@@ -76,3 +84,67 @@ def _jpeg(data: bytes) -> MediaHeader:
             break
         i += 2 + length
     return MediaHeader("image", "jpeg")  # a size the decoder alone will find (or not)
+
+
+# WAV format tags whose frames are fixed-size PCM (integer, IEEE float, A-law, mu-law) or
+# say so in the extensible header: byte rate = sample rate × block align must hold.
+_PCM_TAGS = frozenset({1, 3, 6, 7, 0xFFFE})
+# A chunk size a streaming writer leaves when it cannot seek back: "until the end".
+_UNKNOWN_SIZE = frozenset({0, 0xFFFFFFFF})
+
+
+def _wav(data: bytes) -> MediaHeader:
+    """Walk the RIFF chunks to `fmt ` and `data`: the duration is the data's bytes over the
+    byte rate, and a data chunk longer than the file, or a byte rate its fields contradict,
+    is a header that lies."""
+    fmt: tuple[int, ...] | None = None
+    i = 12
+    while i + 8 <= len(data):
+        kind, size = data[i : i + 4], struct.unpack("<I", data[i + 4 : i + 8])[0]
+        body = i + 8
+        if kind == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                return MediaHeader("audio", "wav", flaw="the WAV file's fmt chunk is truncated")
+            fmt = struct.unpack("<HHIIHH", data[body : body + 16])
+        elif kind == b"data":
+            if fmt is None:
+                return MediaHeader("audio", "wav", flaw="the WAV file has no fmt chunk")
+            tag, channels, rate, byte_rate, align, bits = fmt
+            if not channels or not rate or not byte_rate or not align:
+                return MediaHeader(
+                    "audio", "wav", flaw="the WAV header declares no channels, rate or frame"
+                )
+            if tag in _PCM_TAGS and (
+                byte_rate != rate * align or align != channels * ((bits + 7) // 8)
+            ):
+                return MediaHeader(
+                    "audio",
+                    "wav",
+                    flaw=f"the WAV header is inconsistent (byte rate {byte_rate}, {rate} Hz, "
+                    f"{channels} channels of {bits} bits in {align}-byte frames)",
+                )
+            present = len(data) - body
+            if size in _UNKNOWN_SIZE and present > 0:
+                size = present  # streamed: the data runs to the end of the file
+            elif size > present:
+                return MediaHeader(
+                    "audio",
+                    "wav",
+                    flaw=f"the WAV file is truncated ({present} of the {size} data bytes "
+                    "its header declares)",
+                )
+            return MediaHeader("audio", "wav", seconds=size / byte_rate)
+        i = body + size + (size & 1)  # chunks are padded to even sizes
+    return MediaHeader("audio", "wav", flaw="the WAV file has no data chunk (truncated?)")
+
+
+def _flac(data: bytes) -> MediaHeader:
+    """STREAMINFO (the first metadata block): sample rate and total samples (0: unknown)."""
+    if len(data) < 8 + 34 or data[4] & 0x7F != 0:
+        return MediaHeader("audio", "flac", flaw="the FLAC file's STREAMINFO is missing")
+    info = int.from_bytes(data[8 + 10 : 8 + 18], "big")  # rate 20, channels 3, bps 5, total 36
+    rate = info >> 44
+    total = info & ((1 << 36) - 1)
+    if rate == 0:
+        return MediaHeader("audio", "flac", flaw="the FLAC file declares a sample rate of 0")
+    return MediaHeader("audio", "flac", seconds=total / rate if total else None)

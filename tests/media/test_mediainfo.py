@@ -37,8 +37,16 @@ def _jpeg_header(width: int, height: int) -> bytes:
             b"BM" + b"\x00" * 16 + struct.pack("<ii", 5, -6) + b"\x00" * 8,
             MediaHeader("image", "bmp", 5, 6),
         ),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt ", MediaHeader("audio", "wav")),
-        (b"fLaC\x00\x00\x00\x22", MediaHeader("audio", "flac")),
+        # Recognised, and cut before the header says how long they are (tests/media/test_audio.py
+        # reads whole ones).
+        (
+            b"RIFF\x24\x00\x00\x00WAVEfmt ",
+            MediaHeader("audio", "wav", flaw="the WAV file has no data chunk (truncated?)"),
+        ),
+        (
+            b"fLaC\x00\x00\x00\x22",
+            MediaHeader("audio", "flac", flaw="the FLAC file's STREAMINFO is missing"),
+        ),
         (b"ID3\x04\x00\x00", MediaHeader("audio", "mp3")),
         (b"\xff\xfb\x90\x64", MediaHeader("audio", "mp3")),
     ],

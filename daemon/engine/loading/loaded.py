@@ -276,21 +276,42 @@ class LoadedModel:
         """Whether the model sees images (a projector with vision was loaded with it)."""
         return self.media is not None and self.media.projector.vision
 
+    @property
+    def hears(self) -> bool:
+        """Whether the model hears audio (a projector with an audio encoder was loaded)."""
+        return self.media is not None and self.media.projector.audio
+
     def media_prompt(
-        self, text: str, media: list[Medium], max_pixels: int | None = None, owner: str = ""
+        self,
+        text: str,
+        media: list[Medium],
+        max_pixels: int | None = None,
+        owner: str = "",
+        max_seconds: float | None = None,
     ) -> tuple[list[int], MediaPrompt]:
-        """A rendered prompt holding one media marker per image, as tokens (stand-ins at
-        image positions) and image embeddings. Blocks (decoding, encoding): off the loop."""
+        """A rendered prompt holding one media marker per image or audio clip, as tokens
+        (stand-ins at media positions) and media embeddings. Blocks (decoding, encoding):
+        off the loop."""
         self._check_open()
-        if self.media is None or not self.media.projector.vision:
+        if any(m.kind == "image" for m in media) and not self.vision:
             raise InvalidInput(
                 f"`{self.name}` does not take images (no vision projector, --mmproj)",
                 subject="image",
             )
+        if any(m.kind == "audio" for m in media) and not self.hears:
+            why = "its projector has no audio encoder" if self.media else "no projector, --mmproj"
+            raise InvalidInput(f"`{self.name}` does not take audio ({why})", subject="audio")
+        if self.media is None:  # no media at all, and no projector to tokenize with
+            raise InvalidInput(f"`{self.name}` has no projector (--mmproj)", subject="image")
         bos = self.model.special_text(self.model.bos) if self.model.add_bos else ""
         add_special = self.model.add_bos and not (bos and text.startswith(bos))
         return self.media.prompt(
-            text, media, add_special=add_special, max_pixels=max_pixels, owner=owner
+            text,
+            media,
+            add_special=add_special,
+            max_pixels=max_pixels,
+            max_seconds=max_seconds,
+            owner=owner,
         )
 
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:

@@ -18,6 +18,7 @@ from daemon.engine.loading.eviction import Eviction
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.names import ModelEntry, projector_beside, scan, sole_generator
 from daemon.engine.loading.options import EngineOptions
+from daemon.engine.native.ggufmeta import projector_senses
 
 __all__ = ["ModelEntry", "ModelRegistry"]
 
@@ -275,6 +276,12 @@ class ModelRegistry(Eviction):
             if owner == key:
                 return proj
         return projector_beside(path)
+
+    def senses_of(self, e: ModelEntry) -> tuple[bool, bool] | None:
+        """Whether the model of entry `e` sees images and hears audio, from its projector's
+        header (None: it has no projector), without loading anything."""
+        proj = self.projector_of(e.alias_of or e.name, e.path)
+        return None if proj is None else projector_senses(proj)
 
     def adapters_of(self, key: str) -> tuple[AdapterSpec, ...]:
         """The --lora adapters of a model (by file stem; a spec may name it by an alias)."""

@@ -38,3 +38,25 @@ def is_embedding_file(path: Path) -> bool:
     except (OSError, ValueError, KeyError, IndexError) as exc:  # truncated or not a GGUF
         log.debug("cannot read the header of %s: %s", path, exc)
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _senses(path: Path, mtime_ns: int, size: int) -> tuple[bool, bool]:
+    reader = gguf.GGUFReader(path)
+
+    def flag(key: str) -> bool:
+        field = reader.get_field(key)
+        return bool(field.contents()) if field is not None else False
+
+    return flag("clip.has_vision_encoder"), flag("clip.has_audio_encoder")
+
+
+def projector_senses(path: Path) -> tuple[bool, bool]:
+    """Whether the mmproj GGUF at `path` has a vision encoder and an audio encoder, from its
+    header (clip.has_vision_encoder, clip.has_audio_encoder); (False, False) when unreadable."""
+    try:
+        st = path.stat()
+        return _senses(path, st.st_mtime_ns, st.st_size)
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        log.debug("cannot read the header of %s: %s", path, exc)
+        return False, False

@@ -75,6 +75,16 @@ _FLOAT_P = ctypes.POINTER(ctypes.c_float)
 _NO_FFMPEG_DIR = b"/dev/null"
 
 
+def _check_seconds(seconds: float, max_seconds: float | None) -> None:
+    """Audio of `seconds`: not empty, and within the limit (None: no limit)."""
+    if seconds <= 0:
+        raise InvalidInput("the audio is empty", subject="audio")
+    if max_seconds is not None and seconds > max_seconds:
+        raise InvalidInput(
+            f"{seconds:.1f} s of audio is over the {max_seconds:g}-second limit", subject="audio"
+        )
+
+
 class Projector:
     """An mmproj GGUF loaded against one text model (close it before the model).
 
@@ -164,11 +174,17 @@ class Projector:
         return Bitmap(ptr, media_id)
 
     def bitmap_file_bytes(
-        self, data: bytes, media_id: str | None = None, *, max_pixels: int | None = None
+        self,
+        data: bytes,
+        media_id: str | None = None,
+        *,
+        max_pixels: int | None = None,
+        max_seconds: float | None = None,
     ) -> Bitmap:
         """A bitmap decoded from an encoded file in memory: an image (PNG, JPEG, GIF, BMP,
         through stb_image) or audio (WAV, MP3, FLAC). The format is read from the first bytes
-        and the declared size checked against max_pixels before anything is decoded."""
+        and the declared size checked against max_pixels or max_seconds before anything is
+        decoded; the decoded size is checked again (headers may not say, or may lie)."""
         ptr = self._live()
         header = sniff(data)
         if header is None:
@@ -180,6 +196,10 @@ class Projector:
             raise InvalidInput("this model does not take audio", subject="audio")
         if header.kind == "image" and not self.vision:
             raise InvalidInput("this model does not take images", subject="image")
+        if header.flaw is not None:
+            raise InvalidInput(header.flaw, subject=header.kind)
+        if header.seconds is not None:
+            _check_seconds(header.seconds, max_seconds)
         declared = header.pixels
         if max_pixels is not None and declared is not None and declared > max_pixels:
             raise InvalidInput(
@@ -194,6 +214,12 @@ class Projector:
         if header.kind == "image" and max_pixels and bitmap.width * bitmap.height > max_pixels:
             bitmap.close()  # a size only the decoder found (a JPEG without a readable frame)
             raise InvalidInput(f"the image is over the {max_pixels}-pixel limit", subject="image")
+        if bitmap.is_audio:
+            try:
+                _check_seconds(bitmap.width / self.audio_sample_rate, max_seconds)
+            except InvalidInput:
+                bitmap.close()
+                raise
         return bitmap
 
     def tokenize(
