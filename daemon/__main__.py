@@ -59,9 +59,14 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_n": ("--max-n", int, "largest n (choices) per request"),
     "max_batch": ("--max-batch", int, "most prompts in one batch request"),
     "max_beams": ("--max-beams", int, "largest num_beams"),
-    "max_images": ("--max-images", int, "images one request may carry"),
-    "max_image_bytes": ("--max-image-bytes", int, "bytes of one image file"),
+    "max_images": ("--max-images", int, "images and audio clips one request may carry"),
+    "max_image_bytes": ("--max-image-bytes", int, "bytes of one image or audio file"),
     "max_image_pixels": ("--max-image-pixels", int, "width × height of one image"),
+    "max_audio_seconds": (
+        "--max-audio-seconds",
+        duration,
+        "seconds (or 5m) of audio one request may carry, all clips together (default 300)",
+    ),
     "media_dir": ("--media-dir", Path, "images may be file:// URLs of files under this folder"),
     "remote_media_timeout": (
         "--remote-media-timeout",

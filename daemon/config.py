@@ -147,10 +147,20 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n (choices per request)")
     max_batch: int = Field(64, ge=1, description="most prompts in one batch request")
     max_beams: int = Field(8, ge=1, description="largest num_beams")
-    max_images: int = Field(8, ge=0, description="images one request may carry")
-    max_image_bytes: int = Field(8 << 20, ge=1, description="bytes of one image file")
+    max_images: int = Field(
+        8, ge=0, description="images and audio clips one request may carry (together)"
+    )
+    max_image_bytes: int = Field(
+        8 << 20, ge=1, description="bytes of one image or audio file (MP3's length is its bytes')"
+    )
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="width × height of one image, checked before decoding"
+    )
+    max_audio_seconds: Seconds = Field(
+        300.0,
+        gt=0,
+        description="seconds of audio one request may carry (all clips), checked before and "
+        "after decoding",
     )
     media_dir: Path | None = Field(
         None, description="images may be file:// URLs of files under this folder"

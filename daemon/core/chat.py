@@ -16,7 +16,7 @@ from daemon.core.choices import Policy, submit_choices
 from daemon.core.errors import translated
 from daemon.core.media import check_media
 from daemon.core.media_sources import resolve_media
-from daemon.core.prompt import ChatPrompt, build_chat
+from daemon.core.prompt import ChatPrompt, build_chat, media_names
 from daemon.core.request import ChatRequest, Message
 from daemon.core.safety import Guard, Verdict
 from daemon.core.sampling import Sampling
@@ -71,16 +71,23 @@ async def start_chat(
     check_media(req, policy)  # so are images over the limits
     if req.media and gen.prompt_logprobs:
         raise InvalidRequest(
-            "prompt log-probabilities (echo) cannot score an image's positions", param="echo"
+            "prompt log-probabilities (echo) cannot score an image's or audio's positions",
+            param="echo",
         )
-    # The engine's errors name its inputs: a chat's prompt (and its images) are `messages`.
-    names = {"image": "messages", **gen.names} if req.media else gen.names
+    # The engine's errors name its inputs: a chat's prompt (and its media) are `messages`.
+    names = {**media_names("messages"), **gen.names} if req.media else gen.names
     with translated(names):
         lm = await leased(registry, gen.model, gen.keep_alive)
         if req.media:
-            # Decoding, tokenizing and encoding images blocks: off the event loop.
+            # Decoding, tokenizing and encoding media blocks: off the event loop.
             prompt = await asyncio.to_thread(
-                build_chat, lm, req, gen.logprobs, gen.prompt_logprobs, policy.max_image_pixels
+                build_chat,
+                lm,
+                req,
+                gen.logprobs,
+                gen.prompt_logprobs,
+                policy.max_image_pixels,
+                policy.max_audio_seconds,
             )
         else:
             prompt = build_chat(lm, req, gen.logprobs, gen.prompt_logprobs)

@@ -30,6 +30,7 @@ class Policy:
     max_images: int = 8
     max_image_bytes: int = 8 << 20
     max_image_pixels: int = 4096 * 4096
+    max_audio_seconds: float = 300.0
     # Where images may come from besides inline data: files under a folder, hosts to fetch.
     media_dir: Path | None = None
     remote_media: tuple[str, ...] = ()
@@ -48,6 +49,7 @@ def policy_of(settings: Settings) -> Policy:
         max_images=settings.max_images,
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
+        max_audio_seconds=settings.max_audio_seconds,
         media_dir=settings.media_dir,
         remote_media=tuple(settings.allow_remote_media),
         remote_media_timeout=settings.remote_media_timeout,

@@ -1,6 +1,6 @@
-"""Images as every dialect sends them (a data URL, base64 with a MIME type) into the core's
-ImagePart, and the limits a request's images must keep; all refusals are 400s naming the
-dialect's field, before any model loads or any decoder runs."""
+"""Images and audio as every dialect sends them (a data URL, base64 with a MIME type or an
+audio format) into the core's MediaPart, and the limits a request's media must keep; all
+refusals are 400s naming the dialect's field, before any model loads or any decoder runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import re
 
 from daemon.core.choices import Policy
-from daemon.core.request import ChatRequest, ImagePart
+from daemon.core.request import ChatRequest, MediaPart
 from daemon.engine.mediainfo import sniff
 from daemon.errors import InvalidRequest
 
@@ -22,18 +22,21 @@ IMAGE_MIMES = {
     "image/gif": "gif",
     "image/bmp": "bmp",
 }
+# The audio formats libmtmd's helper decodes (miniaudio), as OpenAI's `input_audio.format`
+# names them.
+AUDIO_FORMATS = frozenset({"wav", "mp3", "flac"})
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
 
-def image_from_url(url: str, param: str) -> ImagePart:
+def image_from_url(url: str, param: str) -> MediaPart:
     """An image given as a URL: a data URL (base64) now; a file:// or http(s) URL as a part
     still to read, which `resolve_media` reads where the daemon's policy allows it."""
     m = _DATA_URL.match(url)
     if m is not None:
         return image_from_base64(url[m.end() :], m["mime"], param)
     if url[:8].lower().startswith(("http://", "https://", "file://")):
-        return ImagePart(b"", "", source=url)
+        return MediaPart(b"", "", source=url)
     raise InvalidRequest(
         "an image URL must be a data:image/...;base64,... URL (or file:// under --media-dir, "
         "http(s) from a host --allow-remote-media names)",
@@ -41,21 +44,63 @@ def image_from_url(url: str, param: str) -> ImagePart:
     )
 
 
-def image_from_base64(data: str, mime: str | None, param: str) -> ImagePart:
+def image_from_base64(data: str, mime: str | None, param: str) -> MediaPart:
     """An image given as base64 text with the MIME type the client declared (None: none
     declared); the bytes must be a PNG, JPEG, GIF or BMP of that type."""
+    return image_from_bytes(_unbase64(data, "image", param), mime, param)
+
+
+def _unbase64(data: str, what: str, param: str) -> bytes:
     raw = data.strip().encode("ascii", "replace")
     raw = re.sub(rb"\s+", b"", raw)  # wrapped base64 (MIME's 76-column lines) is common
     if not raw or len(raw) % 4 or not _B64_CHARS.match(raw):
-        raise InvalidRequest("the image is not valid base64", param=param)
+        raise InvalidRequest(f"the {what} is not valid base64", param=param)
     try:
-        blob = base64.b64decode(raw, validate=True)
+        return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest("the image is not valid base64", param=param) from None
-    return image_from_bytes(blob, mime, param)
+        raise InvalidRequest(f"the {what} is not valid base64", param=param) from None
 
 
-def image_from_bytes(blob: bytes, mime: str | None, param: str) -> ImagePart:
+def audio_from_base64(data: str, fmt: str | None, param: str) -> MediaPart:
+    """Audio given as base64 text in the format the client declared (None: none declared):
+    the bytes must be a WAV, MP3 or FLAC file of that format, whose header is consistent."""
+    return audio_from_bytes(_unbase64(data, "audio", param), fmt, param)
+
+
+def audio_from_bytes(blob: bytes, fmt: str | None, param: str) -> MediaPart:
+    """An audio file's bytes in the format the client declared (None: none declared)."""
+    header = sniff(blob)
+    if header is None or header.kind != "audio":
+        raise InvalidRequest("the audio is not a WAV, MP3 or FLAC file", param=param)
+    if fmt is not None:
+        if fmt.lower() not in AUDIO_FORMATS:
+            raise InvalidRequest(
+                f"unsupported audio format {fmt[:40]!r} (wav, mp3 or flac)", param=param
+            )
+        if fmt.lower() != header.format:
+            raise InvalidRequest(
+                f"the audio is declared {fmt[:40]} but is a {header.format.upper()} file",
+                param=param,
+            )
+    if header.flaw is not None:
+        raise InvalidRequest(header.flaw, param=param)
+    if header.seconds == 0:
+        raise InvalidRequest("the audio is empty", param=param)
+    digest = hashlib.sha256(blob).hexdigest()
+    return MediaPart(blob, digest, fmt, kind="audio", seconds=header.seconds)
+
+
+def media_from_base64(data: str, param: str) -> MediaPart:
+    """An image or audio file given as base64 text with no declared type: its first bytes
+    say which (as llama-server's `multimodal_data` is read)."""
+    blob = _unbase64(data, "file", param)
+    header = sniff(blob)
+    if header is not None and header.kind == "audio":
+        return audio_from_bytes(blob, None, param)
+    return image_from_bytes(blob, None, param)
+
+
+def image_from_bytes(blob: bytes, mime: str | None, param: str) -> MediaPart:
     """An image file's bytes with the MIME type the client declared (None: none declared);
     they must be a PNG, JPEG, GIF or BMP of that type."""
     header = sniff(blob)
@@ -71,11 +116,12 @@ def image_from_bytes(blob: bytes, mime: str | None, param: str) -> ImagePart:
                 param=param,
             )
     digest = hashlib.sha256(blob).hexdigest()
-    return ImagePart(blob, digest, mime, header.width, header.height)
+    return MediaPart(blob, digest, mime, header.width, header.height)
 
 
 def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> None:
-    """The request's images within the policy's count, bytes and declared pixels."""
+    """The request's images and audio within the policy's count and bytes, the pixels and
+    seconds their headers declare (the engine checks the decoded sizes again)."""
     media = req.media
     if any(part.source is not None for part in media):
         # A route that does not read image URLs (resolve_media) never passes one on.
@@ -84,13 +130,20 @@ def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> No
         )
     if len(media) > policy.max_images:
         raise InvalidRequest(
-            f"{len(media)} images; a request may carry at most {policy.max_images}", param=param
+            f"{len(media)} images and audio clips; a request may carry at most {policy.max_images}",
+            param=param,
+        )
+    seconds = sum(p.seconds or 0.0 for p in media if p.kind == "audio")
+    if seconds > policy.max_audio_seconds:
+        raise InvalidRequest(
+            f"{seconds:.1f} s of audio is over the {policy.max_audio_seconds:g}-second limit",
+            param=param,
         )
     for part in media:
         if len(part.data) > policy.max_image_bytes:
             raise InvalidRequest(
-                f"an image of {len(part.data)} bytes is over the {policy.max_image_bytes}-byte "
-                "limit",
+                f"an {'audio file' if part.kind == 'audio' else 'image'} of {len(part.data)} "
+                f"bytes is over the {policy.max_image_bytes}-byte limit",
                 param=param,
             )
         # The size the header declares, read when the image was parsed: no decoder has run.

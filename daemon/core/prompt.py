@@ -39,13 +39,14 @@ def build_chat(
     logprobs: int | None = None,
     prompt_logprobs: bool = False,
     max_pixels: int | None = None,
+    max_seconds: float | None = None,
 ) -> ChatPrompt:
     """Render `req.messages` (with its tools) through the model's template and tokenize it.
 
     Everything that needs only the request and the template's text is decided first (the
     tool plan, the grammar, the template's variables); the model renders and tokenizes last.
-    Images stand in the text as media markers; the model's projector tokenizes and encodes
-    them (which blocks: with images, call this off the event loop).
+    Images and audio stand in the text as media markers; the model's projector tokenizes and
+    encodes them (which blocks: with media, call this off the event loop).
     """
     source = lm.template.source
     plan = tools.plan_tools(req, source)
@@ -67,9 +68,11 @@ def build_chat(
     rendered = lm.render_chat(messages, **extra, **tool_vars)
     media = None
     if req.media:
-        images = [Medium(p.data, p.digest) for p in req.media]
+        parts = [Medium(p.data, p.digest, p.kind) for p in req.media]
         # The request's key: embeddings are cached per key (asyncio.to_thread keeps context).
-        tokens, media = lm.media_prompt(rendered, images, max_pixels, request_owner())
+        tokens, media = lm.media_prompt(
+            rendered, parts, max_pixels, request_owner(), max_seconds=max_seconds
+        )
     else:
         tokens = lm.tokenize(rendered)
     think = Thinking.of(source, rendered)
@@ -82,14 +85,25 @@ def build_chat(
 
 
 async def prepare_chat(
-    lm: LoadedModel, req: ChatRequest, max_pixels: int, image_param: str
+    lm: LoadedModel,
+    req: ChatRequest,
+    max_pixels: int,
+    image_param: str,
+    max_seconds: float | None = None,
 ) -> ChatPrompt:
-    """`build_chat` for a dialect: a request with images is built off the event loop
-    (decoding and encoding them blocks), and the engine's refusals of an image name the
-    dialect's field for it (`image_param`)."""
+    """`build_chat` for a dialect: a request with media is built off the event loop
+    (decoding and encoding them blocks), and the engine's refusals of an image or audio clip
+    name the dialect's field for it (`image_param`)."""
     if not req.media:
         return build_chat(lm, req)
     try:
-        return await asyncio.to_thread(build_chat, lm, req, max_pixels=max_pixels)
+        return await asyncio.to_thread(
+            build_chat, lm, req, max_pixels=max_pixels, max_seconds=max_seconds
+        )
     except EdgedError as exc:
-        raise to_api(exc, {"image": image_param}) from exc
+        raise to_api(exc, media_names(image_param)) from exc
+
+
+def media_names(param: str) -> dict[str, str]:
+    """The engine's names for media inputs, all as the dialect's field `param`."""
+    return {"image": param, "audio": param, "media": param}

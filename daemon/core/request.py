@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from daemon.engine.mediainfo import MediaKind
 from daemon.errors import InvalidRequest
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -38,16 +39,17 @@ class CallIn:
             return self.arguments
 
 
-# Where an image goes in a message's text: libmtmd's default media marker, which the
-# projector finds in the rendered prompt (tests check the two agree).
+# Where an image or audio clip goes in a message's text: libmtmd's default media marker,
+# which the projector finds in the rendered prompt (tests check the two agree).
 MEDIA_MARKER = "<__media__>"
 
 
 @dataclass(frozen=True)
-class ImagePart:
-    """An image of a message: the file's bytes (decoded from base64), their sha256 (hex),
-    which identifies it to the caches, the MIME type the client declared, and the size its
-    header declares (read once, when the image is parsed; None where only decoding tells)."""
+class MediaPart:
+    """An image or audio clip of a message: the file's bytes (decoded from base64), their
+    sha256 (hex), which identifies it to the caches, the type the client declared (a MIME
+    type, or an audio format), and the size its header declares (read once, when the part is
+    parsed; None where only decoding tells): an image's width and height, audio's seconds."""
 
     data: bytes
     digest: str
@@ -57,6 +59,8 @@ class ImagePart:
     # A file:// or http(s) URL not read yet (data and digest empty until
     # core/media.py's `resolve_media` reads it, if the daemon's policy allows).
     source: str | None = None
+    kind: MediaKind = "image"
+    seconds: float | None = None
 
     @property
     def pixels(self) -> int | None:
@@ -66,11 +70,16 @@ class ImagePart:
         return self.width * self.height
 
 
+# The name Anthropic's translation still imports (its images are media parts of kind image).
+ImagePart = MediaPart
+
+
 @dataclass(frozen=True)
 class Message:
     """One conversation turn, in the roles chat templates know.
 
-    An image is one MEDIA_MARKER in `content` and one entry of `media`, in the same order."""
+    An image or audio clip is one MEDIA_MARKER in `content` and one entry of `media`, in the
+    same order."""
 
     role: Role
     content: str = ""
@@ -78,7 +87,7 @@ class Message:
     calls: tuple[CallIn, ...] = ()
     call_id: str | None = None  # the call a `tool` turn answers
     reasoning: str | None = None  # an earlier assistant turn's thinking
-    media: tuple[ImagePart, ...] = ()
+    media: tuple[MediaPart, ...] = ()
 
     def for_template(self) -> dict[str, Any]:
         """The message as chat templates expect it."""
@@ -173,8 +182,8 @@ class ChatRequest:
     format_param: str = "response_format"
 
     @property
-    def media(self) -> tuple[ImagePart, ...]:
-        """Every image of the conversation, in prompt order."""
+    def media(self) -> tuple[MediaPart, ...]:
+        """Every image and audio clip of the conversation, in prompt order."""
         return tuple(p for m in self.messages for p in m.media)
 
     def __post_init__(self) -> None:
