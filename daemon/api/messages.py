@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from daemon.api.fields import ProtocolModel
-from daemon.core.media import image_from_url
-from daemon.core.request import MEDIA_MARKER, CallIn, FunctionSpec, ImagePart, Message
+from daemon.core.media import audio_from_base64, image_from_url
+from daemon.core.request import MEDIA_MARKER, CallIn, FunctionSpec, MediaPart, Message
 from daemon.errors import InvalidRequest
 
 
@@ -39,7 +39,22 @@ class ImageUrlPart(ProtocolModel):
         return self.image_url if isinstance(self.image_url, str) else self.image_url.url
 
 
-ContentPart = Annotated[TextPart | ImageUrlPart, Field(discriminator="type")]
+class InputAudio(ProtocolModel):
+    """Audio as base64 text and the format it is in (`wav`, `mp3` or `flac`), checked
+    against the bytes."""
+
+    data: str
+    format: str
+
+
+class InputAudioPart(ProtocolModel):
+    """An audio part of a message (`input_audio`)."""
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart | InputAudioPart, Field(discriminator="type")]
 
 
 class FunctionCall(ProtocolModel):
@@ -69,9 +84,9 @@ class ChatMessage(ProtocolModel):
     reasoning_content: str | None = None
 
     def text(self) -> str:
-        """The content as one string, an image as the media marker where it goes. Text parts
-        are joined with a newline, none next to an image (as llama.cpp joins them): the
-        template gets one string whatever its support for content lists."""
+        """The content as one string, an image or audio clip as the media marker where it
+        goes. Text parts are joined with a newline, none next to media (as llama.cpp joins
+        them): the template gets one string whatever its support for content lists."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
@@ -87,13 +102,17 @@ class ChatMessage(ProtocolModel):
                 after_image = True
         return out
 
-    def images(self, param: str = "messages") -> tuple[ImagePart, ...]:
-        """The content's images, decoded (400s name `param`)."""
+    def media(self, param: str = "messages") -> tuple[MediaPart, ...]:
+        """The content's images and audio, decoded (400s name `param`)."""
         if not isinstance(self.content, list):
             return ()
-        return tuple(
-            image_from_url(p.url, param) for p in self.content if not isinstance(p, TextPart)
-        )
+        out: list[MediaPart] = []
+        for p in self.content:
+            if isinstance(p, ImageUrlPart):
+                out.append(image_from_url(p.url, param))
+            elif isinstance(p, InputAudioPart):
+                out.append(audio_from_base64(p.input_audio.data, p.input_audio.format, param))
+        return tuple(out)
 
 
 class FunctionDef(ProtocolModel):
@@ -122,7 +141,7 @@ def core_message(m: ChatMessage) -> Message:
         calls=calls,
         call_id=m.tool_call_id,
         reasoning=m.reasoning_content,
-        media=m.images(),
+        media=m.media(),
     )
 
 

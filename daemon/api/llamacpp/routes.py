@@ -87,7 +87,7 @@ async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependenc
         "chat_family": family_of(lm.template.source).wire(),
         "bos_token": m.special_text(m.bos),
         "eos_token": m.special_text(m.eos),
-        "modalities": {"vision": lm.vision, "audio": False},
+        "modalities": {"vision": lm.vision, "audio": lm.hears},
         "infill": m.fim.usable,
         # edged's own: bit-exact reuse (--exact) or the fast default, and what it runs.
         "decoding": lm.mode.as_dict(),

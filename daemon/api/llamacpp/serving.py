@@ -17,7 +17,8 @@ from daemon.core.choices import Extras, Policy, submit_choices
 from daemon.core.errors import to_api
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
-from daemon.core.media import check_media, image_from_base64
+from daemon.core.media import check_media, media_from_base64
+from daemon.core.prompt import media_names
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.watch import leased, request_owner
@@ -57,26 +58,32 @@ async def _media_prompt(lm: LoadedModel, p: MediaPromptIn, policy: Policy) -> Pr
     order; checked against the image limits, then tokenized and encoded off the event loop."""
     if not p.multimodal_data:
         return _tokens(lm, p.prompt_string, True), None
-    images = tuple(image_from_base64(b, None, "prompt") for b in p.multimodal_data)
+    # Image or audio, as the bytes say (llama-server reads multimodal_data the same way).
+    parts = tuple(media_from_base64(b, "prompt") for b in p.multimodal_data)
     marks = p.prompt_string.count(core.MEDIA_MARKER)
-    if marks != len(images):
+    if marks != len(parts):
         raise InvalidRequest(
             f"the prompt_string holds {marks} {core.MEDIA_MARKER} markers for "
-            f"{len(images)} multimodal_data files: one marker per file",
+            f"{len(parts)} multimodal_data files: one marker per file",
             param="prompt",
         )
     check_media(
-        core.ChatRequest(messages=(core.Message("user", p.prompt_string, media=images),)),
+        core.ChatRequest(messages=(core.Message("user", p.prompt_string, media=parts),)),
         policy,
         "prompt",
     )
-    media = [Medium(i.data, i.digest) for i in images]
+    media = [Medium(i.data, i.digest, i.kind) for i in parts]
     try:
         return await asyncio.to_thread(
-            lm.media_prompt, p.prompt_string, media, policy.max_image_pixels, request_owner()
+            lm.media_prompt,
+            p.prompt_string,
+            media,
+            policy.max_image_pixels,
+            request_owner(),
+            policy.max_audio_seconds,
         )
     except EdgedError as exc:
-        raise to_api(exc, {"image": "prompt"}) from exc
+        raise to_api(exc, media_names("prompt")) from exc
 
 
 async def prompts_of(lm: LoadedModel, req: CompletionRequest, policy: Policy) -> list[Prompt]:

@@ -126,9 +126,13 @@ def capabilities(meta: dict[str, Any]) -> list[str]:
     return caps
 
 
-def _vision(registry: ModelRegistry, e: ModelEntry) -> list[str]:
-    """["vision"] for a model served with a projector (Ollama's word for it)."""
-    return ["vision"] if registry.projector_of(e.alias_of or e.name, e.path) else []
+def _senses(registry: ModelRegistry, e: ModelEntry) -> list[str]:
+    """Ollama's "vision" and "audio" for what the model's projector takes."""
+    senses = registry.senses_of(e)
+    if senses is None:
+        return []
+    vision, audio = senses
+    return ["vision"] * vision + ["audio"] * audio
 
 
 def _entry_body(e: ModelEntry) -> Body:
@@ -175,7 +179,7 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
         "chat_family": family_of(template).wire(),
         "details": details(meta),
         "model_info": info,
-        "capabilities": capabilities(meta) + _vision(registry, entry),
+        "capabilities": capabilities(meta) + _senses(registry, entry),
         "modified_at": _entry_body(entry)["modified_at"],
     }
 

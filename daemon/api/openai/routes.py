@@ -48,15 +48,23 @@ async def embeddings(
 
 def _model_object(e: ModelEntry, registry: ModelRegistry) -> dict[str, Any]:
     # llama-server's word for a model with a projector (it lists `multimodal` among its
-    # capabilities); a text model's object stays OpenAI's own.
-    sees = registry.projector_of(e.alias_of or e.name, e.path) is not None
+    # capabilities), and edged's own `modalities` as /props words them; a text model's
+    # object stays OpenAI's own.
+    proj = registry.senses_of(e)
+    senses: dict[str, Any] = {}
+    if proj is not None:
+        vision, audio = proj
+        senses = {
+            "capabilities": ["completion", "multimodal"],
+            "modalities": {"vision": vision, "audio": audio},
+        }
     return {
         "id": e.name,
         "object": "model",
         "created": int(e.path.stat().st_mtime) if e.path.exists() else 0,
         "owned_by": "edged",
         **({"alias_of": e.alias_of} if e.alias_of else {}),
-        **({"capabilities": ["completion", "multimodal"]} if sees else {}),
+        **senses,
     }
 
 
