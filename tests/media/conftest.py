@@ -1,5 +1,6 @@
 """A vision model made in the test: the embedded SmolLM2 as the language model and a tiny
-random SmolVLM (Idefics3) projector converted by quantize/mmproj.py."""
+random SmolVLM (Idefics3) projector converted by quantize/mmproj.py; and a model that hears:
+the same language model with a tiny random Ultravox audio projector (tests/media/tiny_audio.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from quantize.mmproj import convert_mmproj
 from tests.conftest import Server, start_server, stop_server
 from tests.media.image_host import PNG, serve_images
+from tests.media.tiny_audio import write_mmproj as write_audio_mmproj
 from tests.media.tiny_vlm import write_checkpoint
 
 # libmtmd frames an Idefics3 image with "<fake_token_around_image>" and "<global-img>", which
@@ -160,6 +162,41 @@ def keyed_vlm(
         "--allow-remote-media",
         images_host,
         env={"EDGED_API_KEYS": "alpha,beta,gamma,delta,epsilon"},
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def audio_mmproj(text_hidden: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Ultravox audio projector (F32, convolutions F16)."""
+    return write_audio_mmproj(tmp_path_factory.mktemp("audio_mmproj") / "mmproj.gguf", text_hidden)
+
+
+@pytest.fixture(scope="session")
+def audio_projector(vlm_lm: Model, audio_mmproj: Path) -> Iterator[Projector]:
+    """The audio projector against the language model, in process."""
+    with Projector(vlm_lm, audio_mmproj, OPTIONS) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def audio_server(
+    vlm_lm_path: Path, audio_mmproj: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A daemon serving the language model with the audio projector (--mmproj), behind API
+    keys (each test module uses its own, so no module finds another's KV), taking at most
+    5 s of audio a request (so that the limit's tests send small files)."""
+    srv = start_server(
+        tmp_path_factory.mktemp("audio_http"),
+        "--model",
+        str(vlm_lm_path),
+        "--mmproj",
+        str(audio_mmproj),
+        *ARGS,
+        "--max-audio-seconds",
+        "5",
+        env={"EDGED_API_KEYS": "hear1,hear2,hear3,hear4"},
     )
     yield srv
     stop_server(srv)
