@@ -281,3 +281,17 @@ def test_audio_to_a_model_that_does_not_hear_is_a_400(
     prompt = {"prompt_string": f"{MEDIA_MARKER} Hi", "multimodal_data": [b64(WAV)]}
     r = httpx.post(f"{srv.url}/completion", json={"prompt": prompt, "n_predict": 1}, timeout=60)
     assert r.status_code == 400 and "does not take audio" in r.text, r.text
+
+
+def test_responses_take_no_audio(hearing: Server) -> None:
+    """Responses' input content has no audio part: a 400 in OpenAI's shape saying where."""
+    part = audio_message(WAV)["content"][0]
+    r = httpx.post(
+        f"{hearing.url}/v1/responses",
+        json={"model": "lm", "input": [{"role": "user", "content": [part]}]},
+        headers=auth(),
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "input" and "/v1/chat/completions" in err["message"], err

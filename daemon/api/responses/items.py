@@ -26,7 +26,14 @@ def _text(parts: str | list[ContentPart] | None, where: str) -> str:
         return parts
     out = []
     for k, p in enumerate(parts):
-        if p.type in ("input_image", "input_file", "input_audio"):
+        if p.type == "input_audio":
+            # Responses' input content has no audio part (the SDK's input_audio is evals').
+            raise InvalidRequest(
+                f"{where}[{k}]: the Responses API takes no audio; send input_audio parts to "
+                "/v1/chat/completions",
+                param="input",
+            )
+        if p.type in ("input_image", "input_file"):
             raise InvalidRequest(
                 f"{where}[{k}]: {p.type} parts are not supported here (images go in a user "
                 "message's content)",

@@ -161,10 +161,10 @@ class Admission(Completion):
             req.beams is not None or req.keep or req.resume is not None or req.prompt_logprobs
         ):
             # Beams penalize, kept sequences store and prompt scores read prompt token ids:
-            # an image has none.
+            # an image or audio clip has none.
             raise InvalidInput(
-                "a prompt with images cannot use beam search, prompt log-probabilities or "
-                "a kept sequence (request_id)",
+                "a prompt with images or audio cannot use beam search, prompt log-probabilities "
+                "or a kept sequence (request_id)",
                 subject="image",
             )
         # Sampler and search first: if they refuse the request, no slot was touched yet.
