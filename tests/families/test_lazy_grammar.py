@@ -19,14 +19,19 @@ from typing import Any
 import openai
 import pytest
 
+from daemon.core import tools
 from daemon.core.calls import parse_message
+from daemon.core.families.grammars import call_trigger
 from daemon.core.prompt import ChatPrompt, build_chat
 from daemon.core.request import ChatRequest, FunctionSpec, Message
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.native.llama import Model
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server, start_server, stop_server
 from tests.families.conftest import template
 from tests.families.markers import RENAMED, make_marker_gguf
+from tests.families.test_grammars import CALLS, accepts
+from tests.families.test_grammars import request as two_tools
 
 # Two more of SmolLM2's unused control tokens become Hermes' call markers.
 HERMES_MARKED = {**RENAMED, 10: "<tool_call>", 13: "</tool_call>"}
@@ -51,6 +56,13 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -> dict[s
         # The same template where `<tool_call>` is plain text: prose could spell the marker.
         "plain": make_marker_gguf(smollm_gguf, tmp / "plain.gguf", qwen, {}),
     }
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_gguf: Path) -> Iterator[Model]:
+    m = Model(smollm_gguf)
+    yield m
+    m.close()
 
 
 def _options(**kw: Any) -> EngineOptions:
@@ -80,6 +92,22 @@ def _lazy(chat: ChatPrompt, base: SamplingParams) -> SamplingParams:
     trigger = chat.extras.grammar_trigger
     assert chat.extras.grammar is not None and trigger is not None
     return replace(base, grammar=chat.extras.grammar, grammar_triggers=(trigger,))
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_the_trigger_opens_the_familys_documented_call(smollm: Model, name: str) -> None:
+    """llama.cpp accepts the trigger token as the grammar's first piece, so the grammar must
+    begin with the marker: each family's documented call (which its grammar accepts,
+    test_grammars.py) starts with its trigger, and the auto plan's grammar with it too."""
+    plan = tools.plan_tools(two_tools(), template(name))
+    assert plan is not None
+    marker = call_trigger(plan.fmt)
+    if marker is None:
+        pytest.skip(f"{plan.fmt.value}: no single marker opens its calls")
+    assert CALLS[name].startswith(marker)
+    lazy = tools.lazy_grammar(plan, True, lambda text: 5 if text == marker else None)
+    assert lazy is not None and lazy[1] == 5
+    assert accepts(smollm, lazy[0], CALLS[name])
 
 
 def test_auto_gets_a_lazy_grammar_only_where_the_marker_is_one_token(
