@@ -14,6 +14,7 @@ import pytest
 
 from daemon.core.media import audio_from_base64, media_from_base64
 from daemon.engine.errors import InvalidInput
+from daemon.engine.media import MediaEncoder, Medium, is_stand_in
 from daemon.engine.mediainfo import sniff
 from daemon.engine.native.mtmd import ChunkType, Projector
 from daemon.errors import InvalidRequest
@@ -151,3 +152,42 @@ def test_bad_input_audio_is_refused_naming_the_field(data: str, fmt: str, says: 
     with pytest.raises(InvalidRequest, match=says) as info:
         audio_from_base64(data, fmt, "messages[0].content[1]")
     assert info.value.param == "messages[0].content[1]"
+
+
+def test_a_long_clip_is_one_span_per_window_keyed_by_its_digest(
+    audio_projector: Projector,
+) -> None:
+    """31 s are two 30 s windows: two media chunks of TOKENS_PER_WINDOW positions each, with
+    stand-ins of their own, the same for the same bytes and others for other bytes."""
+    enc = MediaEncoder(audio_projector)  # not closed: the session's projector stays open
+    clip = wav_bytes(tone(440.0, 31.0))
+    text = f"Listen: {audio_projector.marker} Done."
+    tokens, media = enc.prompt(text, [Medium(clip, "d" * 64, "audio")], add_special=True)
+    assert [len(s.embd) for s in media.spans] == [TOKENS_PER_WINDOW] * 2
+    first, second = media.spans
+    assert second.start == first.end  # the windows follow each other
+    held = [t for t in tokens if is_stand_in(t)]
+    assert len(held) == 2 * TOKENS_PER_WINDOW == len(set(held))
+    again, _ = enc.prompt(text, [Medium(clip, "d" * 64, "audio")], add_special=True)
+    other, _ = enc.prompt(text, [Medium(clip, "e" * 64, "audio")], add_special=True)
+    assert again == tokens
+    assert not set(held) & {t for t in other if is_stand_in(t)}
+    assert enc.cache.hits >= 2  # the second prompt's windows were not encoded again
+    with pytest.raises(InvalidInput, match="over the 30-second limit"):
+        enc.prompt(text, [Medium(clip, "d" * 64, "audio")], add_special=True, max_seconds=30)
+
+
+def flac_declaring(seconds: float) -> bytes:
+    """A short FLAC whose STREAMINFO declares `seconds` of samples."""
+    out = bytearray(flac_bytes(tone(440.0, 0.3)))
+    info = int.from_bytes(out[18:26], "big")
+    total = int(seconds * SAMPLE_RATE)
+    out[18:26] = ((info >> 36 << 36) | total).to_bytes(8, "big")
+    return bytes(out)
+
+
+def test_a_flac_declaring_an_hour_is_refused_from_its_header(audio_projector: Projector) -> None:
+    flac = flac_declaring(3600.0)
+    assert sniff(flac).seconds == pytest.approx(3600.0)  # type: ignore[union-attr]
+    with pytest.raises(InvalidInput, match=r"3600\.0 s of audio is over the 300-second limit"):
+        audio_projector.bitmap_file_bytes(flac, max_seconds=300)

@@ -26,6 +26,7 @@ from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from tests.conftest import Server
 from tests.media.conftest import CTX, N_BATCH, PARALLEL
 from tests.media.tiny_audio import TOKENS_PER_WINDOW, adpcm_wav, flac_bytes, tone, wav_bytes
+from tests.media.tiny_vlm import png_bytes, sample_image
 
 KEY = "hear1"  # this module's API key on audio_server (others use their own)
 STEPS = 10
@@ -255,13 +256,6 @@ def test_fuzzed_input_audio_never_5xx(hearing: Server, data: str, fmt: str) -> N
         assert r.status_code == 400 and r.json()["error"]["message"], r.text
 
 
-def test_the_daemon_still_answers_after_the_fuzz(client: openai.OpenAI) -> None:
-    resp = client.chat.completions.create(
-        model="lm", messages=[audio_message(WAV)], max_tokens=2, temperature=0
-    )
-    assert resp.choices[0].finish_reason in ("stop", "length")
-
-
 def test_multimodal_data_bad_audio_is_a_llama_server_400(hearing: Server) -> None:
     prompt = {"prompt_string": f"{MEDIA_MARKER} Hi", "multimodal_data": [b64(WAV[:60])]}
     r = httpx.post(
@@ -295,3 +289,42 @@ def test_responses_take_no_audio(hearing: Server) -> None:
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == "input" and "/v1/chat/completions" in err["message"], err
+
+
+def test_an_image_to_a_model_that_only_hears_is_a_400(client: openai.OpenAI) -> None:
+    url = "data:image/png;base64," + b64(png_bytes(sample_image()))
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    with pytest.raises(openai.BadRequestError, match="does not take images"):
+        client.chat.completions.create(model="lm", messages=[image], max_tokens=1)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    blob=st.one_of(
+        st.binary(max_size=48),
+        st.integers(0, len(WAV)).map(lambda n: WAV[:n]),
+        st.integers(0, 200).map(lambda n: flac_bytes(tone())[:n]),
+        st.binary(max_size=32).map(lambda b: WAV[:20] + b + WAV[20 + len(b) :]),
+    ),
+    markers=st.integers(0, 2),
+)
+def test_fuzzed_multimodal_data_never_5xx(hearing: Server, blob: bytes, markers: int) -> None:
+    prompt = {"prompt_string": f"{MEDIA_MARKER * markers} Hi", "multimodal_data": [b64(blob)]}
+    r = httpx.post(
+        f"{hearing.url}/completion",
+        json={"prompt": prompt, "n_predict": 1},
+        headers=auth("hear2"),
+        timeout=120,
+    )
+    assert r.status_code < 500, r.text
+    if r.status_code != 200:
+        assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
+def test_the_daemon_still_answers_after_the_fuzz(client: openai.OpenAI) -> None:
+    """Last in the module: after every refusal and fuzzed input above, a clip is heard."""
+    resp = client.chat.completions.create(
+        model="lm", messages=[audio_message(WAV)], max_tokens=2, temperature=0
+    )
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage is not None and resp.usage.prompt_tokens > TOKENS_PER_WINDOW
