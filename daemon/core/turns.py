@@ -31,7 +31,8 @@ class Reasoning:
 
 
 class TurnParser:
-    """One choice's output text as reasoning, answer text and tool calls, piece by piece.
+    """One choice's output text as reasoning, answer text and tool calls (each begun, its
+    arguments' pieces, ended), piece by piece.
 
     Thinking is split off first; tool calls are parsed in the answer only (call markup
     written while thinking is reasoning text, not a call). `budget` caps the thinking
@@ -83,7 +84,7 @@ async def turn_events(
     think: Thinking | None = None,
     budget: int | None = None,
 ) -> AsyncIterator[Reasoning | Event | TurnEnd]:
-    """One handle's output as reasoning, content text and tool calls, then a TurnEnd.
+    """One handle's output as reasoning, content text and tool calls' events, then a TurnEnd.
 
     A turn still thinking past `budget` tokens is cut there and ends as LENGTH.
     """
@@ -138,7 +139,7 @@ async def run_turn(
                     thoughts.append(event.text)
                 elif isinstance(event, str):
                     parts.append(event)
-                else:
+                elif isinstance(event, ToolCall):  # a call's end: the whole call
                     calls.append(event)
     finally:
         handle.cancel()

@@ -1,11 +1,26 @@
-"""Shared helpers of the family tests: the copied templates, every chunking of a text."""
+"""Shared helpers of the family tests: the copied templates, every chunking of a text, and
+one daemon serving the embedded model under several families' templates."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+from tests.e2e.test_reasoning import make_thinking_gguf
+from tests.families.markers import make_marker_gguf
+
 TEMPLATES = Path(__file__).parent / "templates"
+# alias -> the template it carries (each a different call syntax).
+FAMILIES = {
+    "qwen3coder": "Qwen3-Coder",
+    "mistral": "Mistral-Small-3.2-24B-Instruct-2506",
+    "gptoss": "openai-gpt-oss-120b",
+    "deepseek": "deepseek-ai-DeepSeek-V3.1",
+    "commandr": "CohereForAI-c4ai-command-r7b-12-2024-tool_use",
+}
 
 
 def template(name: str) -> str:
@@ -38,3 +53,20 @@ def turn(
     content = "".join(e for e in events if isinstance(e, str))
     calls = [(e.name, e.arguments) for e in events if isinstance(e, ToolCall)]
     return reasoning, content, calls
+
+
+@pytest.fixture(scope="package")
+def family_server(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -> Iterator[Server]:
+    """The daemon with each family's alias (and Mistral Nemo's on a vocabulary where
+    `[TOOL_CALLS]` is one control token), shared by the family tests that need one."""
+    tmp = tmp_path_factory.mktemp("families")
+    args: list[str] = []
+    for alias, name in FAMILIES.items():
+        path = make_thinking_gguf(smollm_gguf, tmp / f"{alias}.gguf", template(name))
+        args += ["--alias", f"{alias}={path}"]
+    nemo = template("mistralai-Mistral-Nemo-Instruct-2407")
+    marked = make_marker_gguf(smollm_gguf, tmp / "nemo-marked.gguf", nemo)
+    args += ["--alias", f"nemo={marked}"]
+    srv = start_server(tmp, "--parallel", "2", *args)
+    yield srv
+    stop_server(srv)

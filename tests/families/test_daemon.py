@@ -5,8 +5,6 @@ grammar allows nothing else) and the client receives it parsed, whole and stream
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,19 +12,9 @@ import openai
 import pytest
 
 from daemon.core.families import family_of
-from tests.conftest import Server, start_server, stop_server
-from tests.e2e.test_reasoning import make_thinking_gguf
-from tests.families.conftest import template
-from tests.families.markers import make_marker_gguf
+from tests.conftest import Server
+from tests.families.conftest import FAMILIES, template
 
-# alias -> the template it carries (each a different call syntax).
-FAMILIES = {
-    "qwen3coder": "Qwen3-Coder",
-    "mistral": "Mistral-Small-3.2-24B-Instruct-2506",
-    "gptoss": "openai-gpt-oss-120b",
-    "deepseek": "deepseek-ai-DeepSeek-V3.1",
-    "commandr": "CohereForAI-c4ai-command-r7b-12-2024-tool_use",
-}
 TOOLS: list[Any] = [
     {
         "type": "function",
@@ -43,22 +31,6 @@ TOOLS: list[Any] = [
     }
 ]
 MSGS: list[Any] = [{"role": "user", "content": "What is the weather like in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def family_server(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("families")
-    args: list[str] = []
-    for alias, name in FAMILIES.items():
-        path = make_thinking_gguf(smollm_gguf, tmp / f"{alias}.gguf", template(name))
-        args += ["--alias", f"{alias}={path}"]
-    # Mistral Nemo's template on a vocabulary where `[TOOL_CALLS]` is one control token.
-    nemo = template("mistralai-Mistral-Nemo-Instruct-2407")
-    marked = make_marker_gguf(smollm_gguf, tmp / "nemo-marked.gguf", nemo)
-    args += ["--alias", f"nemo={marked}"]
-    srv = start_server(tmp, "--parallel", "2", *args)
-    yield srv
-    stop_server(srv)
 
 
 @pytest.fixture(scope="module")

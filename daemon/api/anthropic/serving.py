@@ -20,7 +20,7 @@ from daemon.api.anthropic.protocol import (
 )
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import Named, named_sse
-from daemon.core.calls import ToolCall
+from daemon.core.calls import CallArgs, CallStart, ToolCall
 from daemon.core.chat import Generation, start_chat
 from daemon.core.choices import Policy
 from daemon.core.media import check_media, image_from_base64, image_from_url
@@ -211,12 +211,12 @@ def _stop_reason(end: TurnEnd) -> str:
     return "stop_sequence" if end.stop_sequence is not None else "end_turn"
 
 
-def _tool_use(call: ToolCall) -> dict[str, Any]:
+def _tool_use(call_id: str, name: str, arguments: str = "{}") -> dict[str, Any]:
     return {
         "type": "tool_use",
-        "id": "toolu_" + call.id.removeprefix("call_"),
-        "name": call.name,
-        "input": json.loads(call.arguments),
+        "id": "toolu_" + call_id.removeprefix("call_"),
+        "name": name,
+        "input": json.loads(arguments),
     }
 
 
@@ -240,7 +240,7 @@ def _message(msg_id: str, model: str, turn: Turn, handle: RequestHandle) -> dict
         content.append(_thinking(turn.reasoning))
     if turn.content or not turn.calls:
         content.append({"type": "text", "text": turn.content})
-    content += [_tool_use(c) for c in turn.calls]
+    content += [_tool_use(c.id, c.name, c.arguments) for c in turn.calls]
     return {
         **_head(msg_id, model),
         "content": content,
@@ -302,14 +302,16 @@ async def _events(
                 block = {"type": "text", "text": ""}
                 yield "content_block_start", _start(index, block)
             yield "content_block_delta", _delta(index, {"type": "text_delta", "text": ev})
-        elif isinstance(ev, ToolCall):
+        elif isinstance(ev, CallStart):
             if text_open:
                 yield stop()
                 text_open = False
             index += 1
-            yield "content_block_start", _start(index, {**_tool_use(ev), "input": {}})
-            partial = {"type": "input_json_delta", "partial_json": ev.arguments}
+            yield "content_block_start", _start(index, _tool_use(ev.id, ev.name))
+        elif isinstance(ev, CallArgs):  # the arguments as they are written
+            partial = {"type": "input_json_delta", "partial_json": ev.text}
             yield "content_block_delta", _delta(index, partial)
+        elif isinstance(ev, ToolCall):
             yield stop()
         else:
             if text_open or not ev.calls:

@@ -16,7 +16,7 @@ from daemon.api.openai import translate
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
 from daemon.api.streams import sse
 from daemon.core import safety, tools
-from daemon.core.calls import CallParser, Event, ToolCall, parse_message
+from daemon.core.calls import CallArgs, CallParser, CallStart, Event, parse_message
 from daemon.core.chat import ChatRun, start_chat
 from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.core.formats import request_grammar
@@ -250,20 +250,23 @@ class _ChatLogprobs:
         return lp.together(entries, piece) if self.together else lp.chat_content(entries, piece)
 
 
-def _deltas(event: Event, k: int, legacy: bool = False) -> list[dict[str, Any]]:
-    """Content, or a call as OpenAI streams it: id and name first, then the arguments."""
+def _deltas(event: Event, legacy: bool = False) -> list[dict[str, Any]]:
+    """Content, or a call as OpenAI streams it: id and name first, then the arguments piece by
+    piece; a call's end sends nothing more."""
     if isinstance(event, str):
         return [{"content": event}]
-    if legacy:
-        return [
-            {"function_call": {"name": event.name, "arguments": ""}},
-            {"function_call": {"arguments": event.arguments}},
-        ]
-    head = {"index": k, "id": event.id, "type": "function"}
-    return [
-        {"tool_calls": [{**head, "function": {"name": event.name, "arguments": ""}}]},
-        {"tool_calls": [{"index": k, "function": {"arguments": event.arguments}}]},
-    ]
+    if legacy:  # `function_call` carries the first call only, as the whole reply does
+        if isinstance(event, CallStart) and event.index == 0:
+            return [{"function_call": {"name": event.name, "arguments": ""}}]
+        if isinstance(event, CallArgs) and event.index == 0:
+            return [{"function_call": {"arguments": event.text}}]
+        return []
+    if isinstance(event, CallStart):
+        head = {"index": event.index, "id": event.id, "type": "function"}
+        return [{"tool_calls": [{**head, "function": {"name": event.name, "arguments": ""}}]}]
+    if isinstance(event, CallArgs):
+        return [{"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}]
+    return []
 
 
 async def _chat_events(
@@ -282,8 +285,8 @@ async def _chat_events(
             for i in range(len(handles))
         ]
     )
-    # One parser per choice: calls are sent when their block closes, text outside them as it
-    # comes, minus anything that may still turn out to be call markup.
+    # One parser per choice: a call is sent as it is read (its arguments piece by piece), text
+    # outside calls as it comes, minus anything that may still turn out to be call markup.
     parsers = [CallParser(plan) for _ in handles]
     # Reasoning is split off first; tool calls are parsed in the answer only.
     splitters = [think.splitter() if think is not None else None for _ in handles]
@@ -300,10 +303,8 @@ async def _chat_events(
         if chunk.finish_reason is not None:
             events += parser.finish()
         deltas: list[dict[str, Any]] = [{"reasoning_content": reasoning}] if reasoning else []
-        calls_before = parser.calls - sum(isinstance(e, ToolCall) for e in events)
         for e in events:
-            deltas += _deltas(e, calls_before, legacy)
-            calls_before += isinstance(e, ToolCall)
+            deltas += _deltas(e, legacy)
         if logprobs and not deltas:
             deltas = [{}]
         for n, delta in enumerate(deltas):

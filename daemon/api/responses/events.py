@@ -10,7 +10,7 @@ from daemon.api.errors import OPENAI as OPENAI_SHAPE
 from daemon.api.responses import items as it
 from daemon.api.responses.chain import Job
 from daemon.api.streams import Named
-from daemon.core.calls import ToolCall
+from daemon.core.calls import CallArgs, CallStart, ToolCall
 from daemon.core.turns import Reasoning, turn_events
 from daemon.errors import EdgedError
 
@@ -93,6 +93,7 @@ async def stream_events(job: Job) -> AsyncIterator[Named]:
         rs = None
         return out
 
+    call_item_id = ""  # the function_call item whose arguments are streaming
     yield event("response.created", response=job.body("in_progress", []))
     yield event("response.in_progress", response=job.body("in_progress", []))
     async for ev in turn_events(job.handle, job.chat.plan, job.chat.think):
@@ -126,11 +127,22 @@ async def stream_events(job: Job) -> AsyncIterator[Named]:
                 delta=ev,
                 logprobs=[],
             )
-        elif isinstance(ev, ToolCall):
+        elif isinstance(ev, CallStart):
             if msg is not None:
                 for e in close_message():
                     yield e
-            for e in _call_events(event, ev, len(output)):
+            started = it.call_item(ToolCall(ev.name, "", ev.id), status="in_progress")
+            call_item_id = started["id"]
+            yield event("response.output_item.added", output_index=len(output), item=started)
+        elif isinstance(ev, CallArgs):  # the arguments as they are written
+            yield event(
+                "response.function_call_arguments.delta",
+                item_id=call_item_id,
+                output_index=len(output),
+                delta=ev.text,
+            )
+        elif isinstance(ev, ToolCall):
+            for e in _call_done(event, ev, len(output)):
                 yield e
             output.append(it.call_item(ev))
         else:
@@ -145,12 +157,9 @@ async def stream_events(job: Job) -> AsyncIterator[Named]:
             yield event(kind, response=final)
 
 
-def _call_events(event: Any, call: ToolCall, index: int) -> list[Named]:
-    started = it.call_item(call, status="in_progress")
-    where = {"item_id": started["id"], "output_index": index}
+def _call_done(event: Any, call: ToolCall, index: int) -> list[Named]:
+    where = {"item_id": it.call_item(call)["id"], "output_index": index}
     return [
-        event("response.output_item.added", output_index=index, item=started),
-        event("response.function_call_arguments.delta", **where, delta=call.arguments),
         event(
             "response.function_call_arguments.done",
             **where,
