@@ -79,7 +79,7 @@ def audio_from_bytes(blob: bytes, fmt: str | None, param: str) -> MediaPart:
             )
         if fmt.lower() != header.format:
             raise InvalidRequest(
-                f"the audio is declared {fmt[:40]} but is a {header.format.upper()} file",
+                f"the audio is declared {fmt[:40]} but the file is {header.format.upper()}",
                 param=param,
             )
     if header.flaw is not None:

@@ -3,9 +3,10 @@ declares (an image's width and height, a WAV's or FLAC's duration). Read before 
 that limits (pixels, seconds) hold before a decoder allocates and bytes of no supported
 format never reach libmtmd's fallbacks.
 
-MP3 declares no length (a frame's bitrate says nothing of the next): its duration is known
-only once decoded, and its bytes bound it meanwhile (at least 1,000 bytes a second: 8 kbit/s,
-MPEG-2.5's lowest bitrate)."""
+MP3 declares no length (a frame's bitrate says nothing of the next): its duration is read
+by walking its frame headers, and is unknown where the walk does not account for every byte
+(junk between frames, a free-format bitrate); then only decoding tells, and its bytes bound
+it meanwhile (at least 1,000 bytes a second: 8 kbit/s, MPEG-2.5's lowest bitrate)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def sniff(data: bytes) -> MediaHeader | None:
     if data.startswith(b"fLaC"):
         return _flac(data)
     if data.startswith(b"ID3") or (len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        return MediaHeader("audio", "mp3")
+        return MediaHeader("audio", "mp3", seconds=_mp3_seconds(data))
     return None
 
 
@@ -148,3 +149,50 @@ def _flac(data: bytes) -> MediaHeader:
     if rate == 0:
         return MediaHeader("audio", "flac", flaw="the FLAC file declares a sample rate of 0")
     return MediaHeader("audio", "flac", seconds=total / rate if total else None)
+
+
+# MPEG audio bitrates in kbit/s by (MPEG-1?, layer) and the header's 4-bit index (0: free
+# format, 15: invalid); sample rates by version (MPEG-1, 2, 2.5) and 2-bit index.
+_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mp3_seconds(data: bytes) -> float | None:
+    """An MP3's duration from its frame headers, skipping an ID3v2 tag before them and an
+    ID3v1 tag after; None unless the frames account for every byte between."""
+    i = 0
+    if data.startswith(b"ID3"):
+        if len(data) < 10:
+            return None
+        size = 0
+        for b in data[6:10]:  # syncsafe: 7 bits a byte
+            size = size << 7 | (b & 0x7F)
+        i = 10 + size + (10 if data[5] & 0x10 else 0)  # a footer repeats the header
+    end = len(data) - 128 if data[-128:-125] == b"TAG" else len(data)
+    seconds = 0.0
+    while i < end:
+        if end - i < 4 or data[i] != 0xFF or data[i + 1] & 0xE0 != 0xE0:
+            return None
+        version, layer = (data[i + 1] >> 3) & 3, 4 - ((data[i + 1] >> 1) & 3)
+        bitrate, rate_index = data[i + 2] >> 4, (data[i + 2] >> 2) & 3
+        if version == 1 or layer == 4 or bitrate in (0, 15) or rate_index == 3:
+            return None  # reserved values, or a free-format bitrate no header gives
+        mpeg1 = version == 3
+        kbps, rate = _KBPS[(mpeg1, layer)][bitrate], _MPEG_RATES[version][rate_index]
+        pad = (data[i + 2] >> 1) & 1
+        if layer == 1:
+            length, samples = (12 * kbps * 1000 // rate + pad) * 4, 384
+        elif layer == 3 and not mpeg1:
+            length, samples = 72 * kbps * 1000 // rate + pad, 576
+        else:
+            length, samples = 144 * kbps * 1000 // rate + pad, 1152
+        seconds += samples / rate
+        i += length  # a last frame cut short still counts whole: an upper bound
+    return seconds

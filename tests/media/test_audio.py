@@ -23,6 +23,7 @@ from tests.media.tiny_audio import (
     TOKENS_PER_WINDOW,
     adpcm_wav,
     flac_bytes,
+    mp3_silence,
     tone,
     wav_bytes,
 )
@@ -130,6 +131,7 @@ def test_input_audio_parts() -> None:
     part = audio_from_base64(_b64(WAV), "wav", "messages")
     assert part.kind == "audio" and part.seconds == pytest.approx(0.3) and len(part.digest) == 64
     assert audio_from_base64(_b64(flac_bytes(tone())), "FLAC", "m").seconds == pytest.approx(0.3)
+    assert audio_from_base64(_b64(mp3_silence(1.0)), "mp3", "m").kind == "audio"
     # /completion's multimodal_data: the bytes say which kind a file is.
     assert media_from_base64(_b64(WAV), "prompt").kind == "audio"
     assert media_from_base64(_b64(png_bytes(sample_image())), "prompt").kind == "image"
@@ -140,7 +142,7 @@ def test_input_audio_parts() -> None:
     [
         ("not*base64!", "wav", "base64"),
         ("", "wav", "base64"),
-        (_b64(WAV), "mp3", "declared mp3 but is a WAV"),
+        (_b64(WAV), "mp3", "declared mp3 but the file is WAV"),
         (_b64(WAV), "ogg", "unsupported audio format"),
         (_b64(b"just some text, no audio"), "wav", "not a WAV, MP3 or FLAC"),
         (_b64(png_bytes(sample_image())), "wav", "not a WAV, MP3 or FLAC"),
@@ -191,3 +193,30 @@ def test_a_flac_declaring_an_hour_is_refused_from_its_header(audio_projector: Pr
     assert sniff(flac).seconds == pytest.approx(3600.0)  # type: ignore[union-attr]
     with pytest.raises(InvalidInput, match=r"3600\.0 s of audio is over the 300-second limit"):
         audio_projector.bitmap_file_bytes(flac, max_seconds=300)
+
+
+def test_an_mp3s_length_is_walked_from_its_frame_headers(audio_projector: Projector) -> None:
+    mp3 = mp3_silence(0.5)
+    header = sniff(mp3)
+    assert header is not None and header.format == "mp3"
+    assert header.seconds == pytest.approx(0.5, abs=0.04)
+    with audio_projector.bitmap_file_bytes(mp3) as bitmap:
+        assert bitmap.width / SAMPLE_RATE == pytest.approx(header.seconds, abs=1e-3)
+    # An ID3v2 tag before the frames is skipped.
+    tagged = b"ID3\x04\x00\x00\x00\x00\x00\x05" + bytes(5) + mp3
+    assert sniff(tagged).seconds == header.seconds  # type: ignore[union-attr]
+    # Over the limit from the frame headers alone: refused before decoding.
+    with pytest.raises(InvalidInput, match="over the 2-second limit"):
+        audio_projector.bitmap_file_bytes(mp3_silence(3.0), max_seconds=2)
+
+
+def test_an_mp3_the_walk_cannot_account_for_is_bounded_once_decoded(
+    audio_projector: Projector,
+) -> None:
+    """Stray bytes between frames: the length is unknown until decoded, then checked."""
+    mp3 = mp3_silence(3.0, junk_at=20)
+    assert sniff(mp3).seconds is None  # type: ignore[union-attr]
+    with pytest.raises(InvalidInput, match="over the 2-second limit"):
+        audio_projector.bitmap_file_bytes(mp3, max_seconds=2)
+    with audio_projector.bitmap_file_bytes(mp3, max_seconds=4) as bitmap:
+        assert bitmap.width > 2 * SAMPLE_RATE

@@ -25,7 +25,14 @@ from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from tests.conftest import Server
 from tests.media.conftest import CTX, N_BATCH, PARALLEL
-from tests.media.tiny_audio import TOKENS_PER_WINDOW, adpcm_wav, flac_bytes, tone, wav_bytes
+from tests.media.tiny_audio import (
+    TOKENS_PER_WINDOW,
+    adpcm_wav,
+    flac_bytes,
+    mp3_silence,
+    tone,
+    wav_bytes,
+)
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 KEY = "hear1"  # this module's API key on audio_server (others use their own)
@@ -206,14 +213,17 @@ def _huge_declared() -> bytes:
     [
         (_raw_part("not*base64!", "wav"), "base64"),
         (_raw_part("", "wav"), "base64"),
-        (audio_message(WAV, "mp3"), "declared mp3 but is a WAV"),
-        (audio_message(flac_bytes(tone()), "wav"), "declared wav but is a FLAC"),
+        (audio_message(WAV, "mp3"), "declared mp3 but the file is WAV"),
+        (audio_message(flac_bytes(tone()), "wav"), "declared wav but the file is FLAC"),
         (audio_message(WAV, "ogg"), "unsupported audio format"),
         (audio_message(WAV[: len(WAV) // 2]), "truncated"),
         (audio_message(wav_bytes(tone(seconds=0.0))), "empty"),
         (audio_message(_huge_declared()), "5-second limit"),
         (audio_message(wav_bytes(tone(seconds=MAX_SECONDS + 1))), "5-second limit"),
         (audio_message(adpcm_wav(MAX_SECONDS + 1, byte_rate=1_000_000)), "5-second limit"),
+        (audio_message(mp3_silence(MAX_SECONDS + 1), "mp3"), "5-second limit"),
+        (audio_message(mp3_silence(MAX_SECONDS + 1, junk_at=9), "mp3"), "5-second limit"),
+        (audio_message(mp3_silence(1.0), "wav"), "declared wav but the file is MP3"),
         (audio_message(b"RIFF\0\0\0\0WAVEjunk"), "no data chunk"),
         (audio_message(flac_bytes(tone(), declare_total=False), "flac"), "cannot be decoded"),
     ],
@@ -319,6 +329,16 @@ def test_fuzzed_multimodal_data_never_5xx(hearing: Server, blob: bytes, markers:
     assert r.status_code < 500, r.text
     if r.status_code != 200:
         assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize(
+    ("blob", "fmt"), [(mp3_silence(0.5), "mp3"), (flac_bytes(tone(440.0, 0.4)), "flac")]
+)
+def test_mp3_and_flac_clips_are_heard(client: openai.OpenAI, blob: bytes, fmt: str) -> None:
+    resp = client.chat.completions.create(
+        model="lm", messages=[audio_message(blob, fmt)], max_tokens=2, temperature=0
+    )
+    assert resp.usage is not None and resp.usage.prompt_tokens > TOKENS_PER_WINDOW
 
 
 def test_the_daemon_still_answers_after_the_fuzz(client: openai.OpenAI) -> None:

@@ -48,7 +48,8 @@ def _jpeg_header(width: int, height: int) -> bytes:
             MediaHeader("audio", "flac", flaw="the FLAC file's STREAMINFO is missing"),
         ),
         (b"ID3\x04\x00\x00", MediaHeader("audio", "mp3")),
-        (b"\xff\xfb\x90\x64", MediaHeader("audio", "mp3")),
+        # One frame header (MPEG-1 Layer III, 128 kbit/s, 44.1 kHz), counted as a whole frame.
+        (b"\xff\xfb\x90\x64", MediaHeader("audio", "mp3", seconds=1152 / 44100)),
     ],
 )
 def test_recognised(data: bytes, expected: MediaHeader) -> None:

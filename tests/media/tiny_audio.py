@@ -168,3 +168,16 @@ def adpcm_wav(seconds: float, byte_rate: int, rate: int = SAMPLE_RATE) -> bytes:
     body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
     body += b"data" + struct.pack("<I", len(data)) + data
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def mp3_silence(seconds: float, *, junk_at: int | None = None) -> bytes:
+    """An MP3 of silence: MPEG-1 Layer III frames at 32 kHz, 32 kbit/s, mono (144 bytes
+    each, 1152 samples), whose side information and main data are all zero, so a decoder
+    reads no spectrum. `junk_at` puts 7 stray bytes after that many frames."""
+    header = bytes([0xFF, 0xFB, 0x18, 0xC0])
+    frame = header + bytes(144 - len(header))
+    n = max(1, round(seconds * 32000 / 1152))
+    frames = [frame] * n
+    if junk_at is not None:
+        frames.insert(junk_at, b"garbage")
+    return b"".join(frames)
