@@ -68,8 +68,11 @@ def audio_from_base64(data: str, fmt: str | None, param: str) -> MediaPart:
 
 
 def audio_from_bytes(blob: bytes, fmt: str | None, param: str) -> MediaPart:
-    """An audio file's bytes in the format the client declared (None: none declared)."""
-    header = sniff(blob)
+    """An audio file's bytes in the format the client declared (None: none declared).
+
+    Runs on the event loop: an MP3's length, which takes a walk over every frame, is left to
+    the engine (checked there before decoding); a WAV's or FLAC's is read here."""
+    header = sniff(blob, walk_mp3=False)
     if header is None or header.kind != "audio":
         raise InvalidRequest("the audio is not a WAV, MP3 or FLAC file", param=param)
     if fmt is not None:
@@ -94,7 +97,7 @@ def media_from_base64(data: str, param: str) -> MediaPart:
     """An image or audio file given as base64 text with no declared type: its first bytes
     say which (as llama-server's `multimodal_data` is read)."""
     blob = _unbase64(data, "file", param)
-    header = sniff(blob)
+    header = sniff(blob, walk_mp3=False)
     if header is not None and header.kind == "audio":
         return audio_from_bytes(blob, None, param)
     return image_from_bytes(blob, None, param)
