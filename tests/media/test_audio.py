@@ -97,6 +97,7 @@ def _with_fmt(blob: bytes, offset: int, fmt: str, value: int) -> bytes:
         (_with_fmt(WAV, 2, "<H", 2), "inconsistent"),  # channels, frames still 2 bytes
         (_with_fmt(WAV, 4, "<I", 0), "no channels, rate"),  # sample rate
         (b"fLaC" + bytes(10), "STREAMINFO"),
+        (WAV[:12] + b"JUNK\0\0\0\0" * 100 + WAV[12:], "over 64 chunks"),
     ],
 )
 def test_lying_or_truncated_headers_are_flawed(blob: bytes, says: str) -> None:
