@@ -47,6 +47,11 @@ def _chat_text(base_url: str, messages: list[dict[str, Any]], max_tokens: int) -
     return str(r.json()["choices"][0]["message"]["content"])
 
 
+def _prompt(usage: Any) -> int:
+    """The whole prompt's tokens: computed (`input_tokens`) plus read from the cache."""
+    return int(usage.input_tokens + (usage.cache_read_input_tokens or 0))
+
+
 def test_message_plain(client: anthropic.Anthropic, base_url: str) -> None:
     m = client.messages.create(
         model=MODEL,
@@ -64,7 +69,7 @@ def test_message_plain(client: anthropic.Anthropic, base_url: str) -> None:
     assert m.content[0].text == _chat_text(base_url, system + PARIS, 24)
     assert m.stop_reason in ("end_turn", "max_tokens")
     assert m.stop_sequence is None
-    assert m.usage.input_tokens > 10 and 0 < m.usage.output_tokens <= 24
+    assert _prompt(m.usage) > 10 and 0 < m.usage.output_tokens <= 24
 
 
 def test_max_tokens_and_stop_sequence(client: anthropic.Anthropic) -> None:
@@ -163,7 +168,7 @@ def test_tool_round_trip(client: anthropic.Anthropic, stream: bool) -> None:
         ],
     )
     assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
-    assert answer.usage.input_tokens > m.usage.input_tokens
+    assert _prompt(answer.usage) > _prompt(m.usage)
 
 
 def test_tool_choice_none_and_any(client: anthropic.Anthropic) -> None:
@@ -210,11 +215,28 @@ def test_count_tokens_matches_usage(client: anthropic.Anthropic) -> None:
     system = "You are terse."
     counted = client.messages.count_tokens(model=MODEL, system=system, messages=PARIS)
     m = client.messages.create(model=MODEL, max_tokens=1, system=system, messages=PARIS)
-    assert counted.input_tokens == m.usage.input_tokens > 0
+    assert counted.input_tokens == _prompt(m.usage) > 0
     with_tools = client.messages.count_tokens(
         model=MODEL, system=system, messages=PARIS, tools=[WEATHER]
     )
     assert with_tools.input_tokens > counted.input_tokens
+
+
+def test_a_returning_prompt_is_read_from_the_cache(client: anthropic.Anthropic) -> None:
+    """As Anthropic (and llama-server) count: the tokens the prompt cache gave are
+    `cache_read_input_tokens`, not `input_tokens`; the sum is the prompt, streamed or not."""
+    system = "You answer about capitals in one word; this system text is this test's own."
+    counted = client.messages.count_tokens(model=MODEL, system=system, messages=PARIS)
+    first = client.messages.create(model=MODEL, max_tokens=4, system=system, messages=PARIS)
+    again = client.messages.create(model=MODEL, max_tokens=4, system=system, messages=PARIS)
+    with client.messages.stream(model=MODEL, max_tokens=4, system=system, messages=PARIS) as stream:
+        streamed = stream.get_final_message()
+    assert first.usage.cache_creation_input_tokens == 0
+    for m in (first, again, streamed):
+        assert _prompt(m.usage) == counted.input_tokens
+    assert again.usage.cache_read_input_tokens > 0
+    assert again.usage.input_tokens < first.usage.input_tokens
+    assert streamed.usage.cache_read_input_tokens > 0
 
 
 def test_sdk_errors(client: anthropic.Anthropic) -> None:

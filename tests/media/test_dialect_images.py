@@ -61,7 +61,8 @@ def _anthropic(url: str) -> tuple[str, int]:
         ],
     )
     text = "".join(b.text for b in msg.content if b.type == "text")
-    return text, msg.usage.input_tokens
+    # Anthropic counts the prompt as computed plus read from the cache.
+    return text, msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0)
 
 
 def _ollama(url: str) -> tuple[str, int]:

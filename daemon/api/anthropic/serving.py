@@ -246,10 +246,21 @@ def _message(msg_id: str, model: str, turn: Turn, handle: RequestHandle) -> dict
         "content": content,
         "stop_reason": _stop_reason(turn.end),
         "stop_sequence": turn.end.stop_sequence,
-        "usage": {
-            "input_tokens": handle.usage.prompt_tokens,
-            "output_tokens": handle.usage.completion_tokens,
-        },
+        "usage": _usage(handle, handle.usage.completion_tokens),
+    }
+
+
+def _usage(handle: RequestHandle, output_tokens: int) -> dict[str, int]:
+    """Usage as Anthropic counts it (and llama-server): `input_tokens` are the prompt tokens
+    computed for this request, `cache_read_input_tokens` those its key's cached prefix gave
+    (the total prompt is their sum, what count_tokens answers). edged's prompt cache is
+    automatic: no tokens are written to a cache a client asks for."""
+    cached = handle.usage.cached_tokens
+    return {
+        "input_tokens": handle.usage.prompt_tokens - cached,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": output_tokens,
     }
 
 
@@ -266,7 +277,7 @@ async def _events(
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": handle.usage.prompt_tokens, "output_tokens": 0},
+        "usage": _usage(handle, 0),
     }
     yield "message_start", {"type": "message_start", "message": start}
     yield "ping", {"type": "ping"}
@@ -320,7 +331,7 @@ async def _events(
                     yield "content_block_start", _start(index, {"type": "text", "text": ""})
                 yield stop()
             delta = {"stop_reason": _stop_reason(ev), "stop_sequence": ev.stop_sequence}
-            tail = {"output_tokens": handle.usage.completion_tokens}
+            tail = _usage(handle, handle.usage.completion_tokens)
             yield "message_delta", {"type": "message_delta", "delta": delta, "usage": tail}
             yield "message_stop", {"type": "message_stop"}
 
