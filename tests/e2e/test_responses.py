@@ -305,3 +305,23 @@ def test_not_found_paths(base_url: str) -> None:
     assert assert_error(r, 404)["param"] == "previous_response_id"
     r = httpx.post(f"{base_url}/v1/responses", json={"model": "nope", "input": "x"}, timeout=30)
     assert_error(r, 404, "model_not_found")
+
+
+def test_the_routes_answer_at_the_root_too(client: openai.OpenAI, base_url: str) -> None:
+    """`/responses` as llama-server serves it: the same store, the same errors."""
+    root = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {"model": MODEL, "input": "Say hi.", "max_output_tokens": 4}
+    made = root.responses.create(**ask, temperature=0)
+    assert made.id.startswith("resp_")
+    assert client.responses.retrieve(made.id).output_text == made.output_text
+    assert root.responses.retrieve(made.id).id == made.id
+    assert [i.type for i in root.responses.input_items.list(made.id).data] == ["message"]
+    versioned = client.responses.create(**ask, temperature=0)
+    assert versioned.output_text == made.output_text
+    bad = {**ask, "temperature": 9}
+    err = assert_error(httpx.post(f"{base_url}/responses", json=bad, timeout=30), 400)
+    assert err == assert_error(httpx.post(f"{base_url}/v1/responses", json=bad, timeout=30), 400)
+    assert err["param"] == "temperature"
+    root.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)

@@ -71,10 +71,15 @@ async def input_items(
 
 
 def router(store: ResponseStore | None = None) -> Router:
-    """The /v1/responses routes over one response store (one per app)."""
+    """The /v1/responses routes over one response store (one per app), also at the root
+    (`/responses`), where llama-server serves them too."""
     kept = store if store is not None else ResponseStore()
+    handlers = [create, retrieve, remove, input_items]
     return Router(
-        path="/v1",
-        route_handlers=[create, retrieve, remove, input_items],
+        path="/",
+        route_handlers=[
+            Router(path="/v1", route_handlers=handlers),
+            Router(path="/", route_handlers=handlers),
+        ],
         dependencies={"responses": Provide(lambda: kept, sync_to_thread=False)},
     )
