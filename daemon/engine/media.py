@@ -141,9 +141,12 @@ class MediaEncoder:
             try:
                 seconds = 0.0
                 for m in media:
-                    left = None if max_seconds is None else max_seconds - seconds
                     bitmap = p.bitmap_file_bytes(
-                        m.data, m.digest, max_pixels=max_pixels, max_seconds=left
+                        m.data,
+                        m.digest,
+                        max_pixels=max_pixels,
+                        max_seconds=max_seconds,
+                        seconds_before=seconds,
                     )
                     bitmaps.append(bitmap)
                     if bitmap.is_audio:

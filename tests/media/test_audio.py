@@ -221,3 +221,14 @@ def test_an_mp3_the_walk_cannot_account_for_is_bounded_once_decoded(
         audio_projector.bitmap_file_bytes(mp3, max_seconds=2)
     with audio_projector.bitmap_file_bytes(mp3, max_seconds=4) as bitmap:
         assert bitmap.width > 2 * SAMPLE_RATE
+
+
+def test_a_prompts_clips_are_limited_together(audio_projector: Projector) -> None:
+    enc = MediaEncoder(audio_projector)  # not closed: the session's projector stays open
+    three = wav_bytes(tone(440.0, 3.0))
+    text = f"{audio_projector.marker} and {audio_projector.marker}?"
+    clips = [Medium(three, "a" * 64, "audio"), Medium(three, "b" * 64, "audio")]
+    with pytest.raises(InvalidInput, match=r"6\.0 s of audio is over the 5-second limit"):
+        enc.prompt(text, clips, add_special=True, max_seconds=5)
+    _, media = enc.prompt(text, clips, add_special=True, max_seconds=6)
+    assert len(media.spans) == 2

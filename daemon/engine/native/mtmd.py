@@ -75,13 +75,15 @@ _FLOAT_P = ctypes.POINTER(ctypes.c_float)
 _NO_FFMPEG_DIR = b"/dev/null"
 
 
-def _check_seconds(seconds: float, max_seconds: float | None) -> None:
-    """Audio of `seconds`: not empty, and within the limit (None: no limit)."""
+def _check_seconds(seconds: float, before: float, max_seconds: float | None) -> None:
+    """A clip of `seconds` after `before` seconds of the same prompt's audio: not empty, and
+    all of it within the limit (None: no limit)."""
     if seconds <= 0:
         raise InvalidInput("the audio is empty", subject="audio")
-    if max_seconds is not None and seconds > max_seconds:
+    if max_seconds is not None and before + seconds > max_seconds:
         raise InvalidInput(
-            f"{seconds:.1f} s of audio is over the {max_seconds:g}-second limit", subject="audio"
+            f"{before + seconds:.1f} s of audio is over the {max_seconds:g}-second limit",
+            subject="audio",
         )
 
 
@@ -180,11 +182,13 @@ class Projector:
         *,
         max_pixels: int | None = None,
         max_seconds: float | None = None,
+        seconds_before: float = 0.0,
     ) -> Bitmap:
         """A bitmap decoded from an encoded file in memory: an image (PNG, JPEG, GIF, BMP,
         through stb_image) or audio (WAV, MP3, FLAC). The format is read from the first bytes
-        and the declared size checked against max_pixels or max_seconds before anything is
-        decoded; the decoded size is checked again (headers may not say, or may lie)."""
+        and the declared size checked against max_pixels, or max_seconds for the prompt's
+        audio (`seconds_before` of it in earlier clips), before anything is decoded; the
+        decoded size is checked again (headers may not say, or may lie)."""
         ptr = self._live()
         header = sniff(data)
         if header is None:
@@ -199,7 +203,7 @@ class Projector:
         if header.flaw is not None:
             raise InvalidInput(header.flaw, subject=header.kind)
         if header.seconds is not None:
-            _check_seconds(header.seconds, max_seconds)
+            _check_seconds(header.seconds, seconds_before, max_seconds)
         declared = header.pixels
         if max_pixels is not None and declared is not None and declared > max_pixels:
             raise InvalidInput(
@@ -216,7 +220,8 @@ class Projector:
             raise InvalidInput(f"the image is over the {max_pixels}-pixel limit", subject="image")
         if bitmap.is_audio:
             try:
-                _check_seconds(bitmap.width / self.audio_sample_rate, max_seconds)
+                seconds = bitmap.width / self.audio_sample_rate
+                _check_seconds(seconds, seconds_before, max_seconds)
             except InvalidInput:
                 bitmap.close()
                 raise
