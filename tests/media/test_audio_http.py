@@ -234,6 +234,20 @@ def test_bad_audio_is_a_400_naming_messages(
     assert says in _bad(client, [message])
 
 
+@pytest.mark.parametrize(
+    "audio", [{"data": "AAAA"}, {"format": "wav"}, "AAAA", {"data": 3, "format": "wav"}]
+)
+def test_malformed_input_audio_parts_are_400s(hearing: Server, audio: Any) -> None:
+    part = {"type": "input_audio", "input_audio": audio}
+    r = httpx.post(
+        f"{hearing.url}/v1/chat/completions",
+        json={"model": "lm", "messages": [{"role": "user", "content": [part]}]},
+        headers=auth(),
+        timeout=60,
+    )
+    assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
 def test_too_much_audio_together_is_a_400(client: openai.OpenAI) -> None:
     three = wav_bytes(tone(seconds=3.0))
     two_clips = {"role": "user", "content": [audio_message(three)["content"][0]] * 2}
