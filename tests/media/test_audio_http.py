@@ -177,7 +177,8 @@ def test_props_models_and_show_say_the_model_hears(hearing: Server, vlm_server: 
     for srv, hears, sees in ((hearing, True, False), (vlm_server, False, True)):
         headers = auth() if srv is hearing else {}
         props = httpx.get(f"{srv.url}/props", headers=headers, timeout=30).json()
-        assert props["modalities"] == {"vision": sees, "audio": hears}
+        assert props["modalities"] == {"vision": sees, "video": False, "audio": hears}
+        assert props["media_marker"] == MEDIA_MARKER  # llama-server's key for it
         models = httpx.get(f"{srv.url}/v1/models", headers=headers, timeout=30).json()["data"]
         assert models[0]["modalities"] == {"vision": sees, "audio": hears}
         show = httpx.post(

@@ -20,6 +20,7 @@ from daemon.core import tools
 from daemon.core.choices import policy_of
 from daemon.core.families import family_of
 from daemon.core.reasoning import template_vars
+from daemon.core.request import MEDIA_MARKER
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 
@@ -87,7 +88,10 @@ async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependenc
         "chat_family": family_of(lm.template.source).wire(),
         "bos_token": m.special_text(m.bos),
         "eos_token": m.special_text(m.eos),
-        "modalities": {"vision": lm.vision, "audio": lm.hears},
+        "modalities": {"vision": lm.vision, "video": False, "audio": lm.hears},
+        # What stands for a file in a prompt_string: llama-server's is random per process
+        # (LLAMA_MEDIA_MARKER pins it), edged's is libmtmd's default, always the same.
+        "media_marker": MEDIA_MARKER,
         "infill": m.fim.usable,
         # edged's own: bit-exact reuse (--exact) or the fast default, and what it runs.
         "decoding": lm.mode.as_dict(),
