@@ -21,8 +21,19 @@ PYTHON_TAG = "<|python_tag|>"
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 GRANITE_TAG = "<|tool_call|>"
 START_ACTION, END_ACTION = "<|START_ACTION|>", "<|END_ACTION|>"
-# The headers streamed calls start with; each ends where the arguments object starts.
-_HERMES_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"arguments"\s*:\s*(?=\{)')
+# The headers streamed calls start with (the name before the arguments); each ends where the
+# arguments object starts.
+_NAME = r'"name"\s*:\s*"([^"\\]*)"\s*,\s*'
+_HERMES_HEAD = re.compile(r"\s*\{\s*" + _NAME + r'"arguments"\s*:\s*(?=\{)')
+_LLAMA_KEYS = r'"(?:parameters|arguments)"\s*:\s*(?=\{)'
+_LLAMA_HEAD = re.compile(r"\s*" + _NAME + _LLAMA_KEYS)  # after the answer's leading `{`
+_LLAMA_TAG_HEAD = re.compile(r"\s*\{\s*" + _NAME + _LLAMA_KEYS)
+_LIST_HEAD = re.compile(r"\s*\[?\s*\{\s*" + _NAME + r'"arguments"\s*:\s*(?=\{)')
+_LIST_NEXT = re.compile(r"\s*\}\s*,")
+_R7B_HEAD = re.compile(
+    r'\s*\[?\s*\{\s*(?:"tool_call_id"\s*:\s*"[^"\\]*"\s*,\s*)?"tool_name"\s*:\s*"([^"\\]*)"\s*,'
+    r'\s*"parameters"\s*:\s*(?=\{)'
+)
 _MISTRAL_HEAD = re.compile(r"([^\[\]]*?)(?:\[CALL_ID\]([^\[\]]*?))?\[ARGS\]\s*(?=\{)")
 _MISTRAL_NEXT = re.compile(r"\s*\[TOOL_CALLS\]")
 
@@ -93,6 +104,9 @@ class Llama3(Syntax):
             call = RawCall(name, {"code": text}) if name else None
         return None if call is None else [call]
 
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _LLAMA_HEAD if opener == "{" else _LLAMA_TAG_HEAD)
+
 
 class Mistral(Syntax):
     """`[TOOL_CALLS][{"name": .., "arguments": .., "id"?: ..}, ...]` (Nemo); a leading `[`
@@ -135,11 +149,15 @@ class Granite(Syntax):
     def parse(self, opener: str, body: str, ctx: CallContext) -> list[RawCall] | None:
         return call_list(_json(body), ctx)
 
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _LIST_HEAD, _LIST_NEXT)
+
 
 class CommandR7B(Syntax):
     """`<|START_ACTION|>[{"tool_call_id": .., "tool_name": .., "parameters": ..}]<|END_ACTION|>`."""
 
     openers = (START_ACTION,)
+    ends = (END_ACTION,)
 
     def close(self, opener: str, body: str) -> int | None:
         return after(body, END_ACTION)
@@ -149,3 +167,6 @@ class CommandR7B(Syntax):
         calls = call_list(items, ctx, name_key="tool_name", keys=("parameters",))
         # The model numbers its calls itself ("0", "1"): not unique across turns, so not ids.
         return None if calls is None else [RawCall(c.name, c.arguments) for c in calls]
+
+    def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
+        return HeadedJson(ctx, _R7B_HEAD, _LIST_NEXT)
