@@ -143,6 +143,7 @@ BEGUN = [
     (HERMES, H + '{"k', '{"k": null}'),
     (QWEN3, XML + "<parameter=city>\nParis\n</tool_call>", '{"city": "Paris"}'),
     (QWEN3, XML + "<parameter=days>\n3", '{"days": 3}'),
+    (QWEN3, XML + "<parameter=city>\nRome\n</param", '{"city": "Rome"}'),
     (QWEN3, XML + "stray text\n</function></tool_call>", "{}"),
     ("meetkai-functionary-medium-v3.1", "<function=get_weather>{bad</function>", "{}"),
     ("deepseek-ai-DeepSeek-V3.1", V31 + '{"a": "b\\', '{"a": "b"}'),

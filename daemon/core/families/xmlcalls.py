@@ -192,5 +192,6 @@ class XmlScan(CallScan):
             return
         call = self.calls[-1]
         if self._state == "value":  # cut short inside a value: what was written is the value
-            call.args = self._before + self._whole(self._buf)
+            raw = self._buf[: len(self._buf) - held(self._buf, (END_PARAMETER,))]
+            call.args = self._before + self._whole(raw)
         call.args, call.done = call.args + "}", True
