@@ -24,7 +24,7 @@ START_ACTION, END_ACTION = "<|START_ACTION|>", "<|END_ACTION|>"
 # The headers streamed calls start with (the name before the arguments); each ends where the
 # arguments object starts.
 _NAME = r'"name"\s*:\s*"([^"\\]*)"\s*,\s*'
-_HERMES_HEAD = re.compile(r"\s*\{\s*" + _NAME + r'"arguments"\s*:\s*(?=\{)')
+HERMES_HEAD = re.compile(r"\s*\{\s*" + _NAME + r'"arguments"\s*:\s*(?=\{)')
 _LLAMA_KEYS = r'"(?:parameters|arguments)"\s*:\s*(?=\{)'
 _LLAMA_HEAD = re.compile(r"\s*" + _NAME + _LLAMA_KEYS)  # after the answer's leading `{`
 _LLAMA_TAG_HEAD = re.compile(r"\s*\{\s*" + _NAME + _LLAMA_KEYS)
@@ -60,7 +60,7 @@ class Hermes(Syntax):
         return None if call is None else [call]
 
     def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
-        return HeadedJson(ctx, _HERMES_HEAD)  # `{"name": "F", "arguments": {..}`, in that order
+        return HeadedJson(ctx, HERMES_HEAD)  # `{"name": "F", "arguments": {..}`, in that order
 
 
 # Llama 3.1's builtin tools: `<|python_tag|>brave_search.call(query="...")`.

@@ -269,3 +269,23 @@ class HeadedJson(CallScan):
         if self.calls and not self.calls[-1].done:
             self.calls[-1].args = self._json.final()
             self.calls[-1].done = True
+
+
+class EitherScan(CallScan):
+    """Readers of a block's alternative forms: the first to begin a call reads the block."""
+
+    def __init__(self, *scans: CallScan) -> None:
+        super().__init__()
+        self._scans = list(scans)
+
+    def feed(self, text: str) -> None:
+        for scan in self._scans:
+            scan.feed(text)
+        begun = [s for s in self._scans if s.calls]
+        if begun:
+            self._scans = begun[:1]
+            self.calls = begun[0].calls
+
+    def finish(self) -> None:
+        for scan in self._scans:
+            scan.finish()

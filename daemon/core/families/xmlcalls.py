@@ -7,8 +7,8 @@ import re
 from typing import Any
 
 from daemon.core.families.base import CallContext, RawCall, Syntax, after, held, json_object
-from daemon.core.families.jsoncalls import END_TOOL_CALL, PYTHON_TAG, TOOL_CALL
-from daemon.core.families.streamed import CallScan, HeadedJson, PartialCall
+from daemon.core.families.jsoncalls import END_TOOL_CALL, HERMES_HEAD, PYTHON_TAG, TOOL_CALL
+from daemon.core.families.streamed import CallScan, EitherScan, HeadedJson, PartialCall
 
 FUNCTION, END_FUNCTION = "<function=", "</function>"
 _XML_CALL = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>\s*", re.DOTALL)
@@ -85,7 +85,7 @@ class Qwen3Xml(Syntax):
         return None if call is None else [call]
 
     def scan(self, opener: str, ctx: CallContext) -> CallScan | None:
-        return XmlScan(ctx)  # the XML form only: a JSON body is read when the block ends
+        return EitherScan(XmlScan(ctx), HeadedJson(ctx, HERMES_HEAD))
 
 
 class FunctionaryV31(Syntax):
