@@ -148,6 +148,14 @@ def _parser() -> argparse.ArgumentParser:
             "repeatable",
         )
         sp.add_argument(
+            "--chat-template-file",
+            action="append",
+            default=[],
+            metavar="[NAME=]PATH",
+            help="a Jinja chat template replacing the model's own, for NAME (default: the "
+            "default model), as llama-server's --chat-template-file; repeatable",
+        )
+        sp.add_argument(
             "--tensor-split", type=str, default=None, help="comma-separated GPU proportions"
         )
         sp.add_argument(
@@ -228,6 +236,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["lora"] = args.lora
     if args.mmproj:
         overrides["mmproj"] = args.mmproj
+    if args.chat_template_file:
+        overrides["chat_template_file"] = args.chat_template_file
     base = Settings(**overrides)
     if args.alias:
         aliases = dict(base.aliases)

@@ -38,7 +38,7 @@ from daemon.api.ops import health
 from daemon.api.rerank.routes import handlers as rerank_handlers
 from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
-from daemon.config import Settings, projector_specs
+from daemon.config import Settings, model_specs
 from daemon.engine.adapters.lora import AdapterSpec
 from daemon.engine.loading.options import EngineOptions
 from daemon.engine.loading.registry import ModelRegistry
@@ -115,7 +115,8 @@ def build_registry(settings: Settings) -> ModelRegistry:
         max_memory=settings.max_models_memory,
         strict_names=settings.strict_model_names,
         adapters=tuple(AdapterSpec.parse(spec) for spec in settings.lora),
-        projectors=projector_specs(settings.mmproj),
+        projectors=model_specs(settings.mmproj, "--mmproj"),
+        templates=model_specs(settings.chat_template_file, "--chat-template-file"),
     )
 
 

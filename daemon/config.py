@@ -196,11 +196,28 @@ class Settings(BaseSettings):
         "NAME=PATH; mmproj-STEM.gguf beside STEM.gguf pairs without it",
     )
 
+    chat_template_file: list[str] = Field(
+        default_factory=list,
+        description="Jinja chat templates replacing a model's own, each PATH (the default "
+        "model's) or NAME=PATH",
+    )
+
     @field_validator("mmproj")
     @classmethod
     def _mmproj_specs(cls, value: list[str]) -> list[str]:
-        if len(projector_specs(value)) != len(value):
+        if len(model_specs(value, "--mmproj")) != len(value):
             raise ValueError("a model is given two projectors (--mmproj)")
+        return value
+
+    @field_validator("chat_template_file")
+    @classmethod
+    def _template_specs(cls, value: list[str]) -> list[str]:
+        specs = model_specs(value, "--chat-template-file")
+        if len(specs) != len(value):
+            raise ValueError("a model is given two chat templates (--chat-template-file)")
+        for path in specs.values():
+            if not path.is_file():
+                raise ValueError(f"--chat-template-file: no file {str(path)!r}")
         return value
 
     @field_validator("n_gpu_layers")
@@ -274,14 +291,15 @@ class Settings(BaseSettings):
         return self.model if self.model is not None else embedded_model_path()
 
 
-def projector_specs(specs: list[str]) -> dict[str | None, Path]:
-    """`--mmproj` values by model: NAME=PATH, or PATH for the default model (key None)."""
+def model_specs(specs: list[str], flag: str) -> dict[str | None, Path]:
+    """A per-model file flag's values (`--mmproj`, `--chat-template-file`) by model:
+    NAME=PATH, or PATH for the default model (key None)."""
     out: dict[str | None, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "", spec
         if not path:
-            raise ValueError(f"--mmproj {spec!r}: give PATH or NAME=PATH")
+            raise ValueError(f"{flag} {spec!r}: give PATH or NAME=PATH")
         out[name or None] = Path(path).expanduser()
     return out

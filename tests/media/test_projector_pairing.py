@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Settings, projector_specs
+from daemon.config import Settings, model_specs
 from daemon.engine.loading.loaded import EngineOptions
 from daemon.engine.loading.registry import ModelRegistry
 
@@ -17,7 +17,7 @@ def _registry(folder: Path, specs: tuple[str, ...] = (), **kw: object) -> ModelR
         folder / "default.gguf",
         EngineOptions(),
         models_dir=folder,
-        projectors=projector_specs(list(specs)),
+        projectors=model_specs(list(specs), "--mmproj"),
         **kw,  # type: ignore[arg-type]
     )
 

@@ -69,10 +69,15 @@ def _build() -> str:
 
 
 @get("/props")
-async def props(registry: NamedDependency[ModelRegistry], caller: NamedDependency[Caller]) -> Body:
-    """The default model's context, slots, template and special tokens (`model_path` is the
-    file name unless the caller is an admin)."""
-    lm = await leased(registry, None)
+async def props(
+    registry: NamedDependency[ModelRegistry],
+    caller: NamedDependency[Caller],
+    model: str | None = None,
+) -> Body:
+    """The model's context, slots, template and special tokens: the default model's, or
+    `?model=NAME`'s as llama-server's router answers (`model_path` is the file name unless
+    the caller is an admin)."""
+    lm = await leased(registry, model)
     m = lm.model
     return {
         "default_generation_settings": {

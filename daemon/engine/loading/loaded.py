@@ -61,14 +61,18 @@ def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) ->
     )
 
 
-def chat_template(model: Model, name: str = "") -> ChatTemplate:
-    """The model's own chat template, or ChatML when it has none or an unusable one."""
+def chat_template(model: Model, name: str = "", override: str | None = None) -> ChatTemplate:
+    """The model's own chat template, or ChatML when it has none or an unusable one; an
+    operator's `override` (--chat-template-file) replaces it, and one that does not compile
+    fails the load."""
+    bos, eos = model.special_text(model.bos), model.special_text(model.eos)
+    if override is not None:
+        try:
+            return ChatTemplate(override, bos_token=bos, eos_token=eos)
+        except jinja2.TemplateError as exc:
+            raise LoadFailed(f"{name}: its --chat-template-file does not compile ({exc})") from exc
     try:
-        return ChatTemplate(
-            model.chat_template(),
-            bos_token=model.special_text(model.bos),
-            eos_token=model.special_text(model.eos),
-        )
+        return ChatTemplate(model.chat_template(), bos_token=bos, eos_token=eos)
     except jinja2.TemplateError as exc:
         log.warning("%s: unusable chat template (%s); using ChatML", name, exc)
         return ChatTemplate(None)
@@ -94,6 +98,7 @@ class LoadedModel:
         store: SequenceStore | None = None,
         adapters: tuple[AdapterSpec, ...] = (),
         projector: Path | None = None,
+        template: str | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -117,6 +122,7 @@ class LoadedModel:
             if projector is not None:
                 proj = Projector(self.model, projector, projector_options(options))
                 self.media = MediaEncoder(proj)
+            self.template = chat_template(self.model, name, template)
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
             if self.media is not None:
@@ -164,7 +170,6 @@ class LoadedModel:
 
     def _start(self, options: EngineOptions) -> None:
         name = self.name
-        self.template = chat_template(self.model, name)
         train = self.model.n_ctx_train
         self.ctx_size = min(options.ctx_size, train) if train > 0 else options.ctx_size
         self.kv_types: tuple[CacheType, CacheType] = (options.cache_type_k, options.cache_type_v)

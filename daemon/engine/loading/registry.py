@@ -13,7 +13,7 @@ from pathlib import Path
 
 from daemon.engine.adapters.lora import AdapterSpec, split_model_name
 from daemon.engine.caches.cache import SequenceStore
-from daemon.engine.errors import UnknownModel
+from daemon.engine.errors import LoadFailed, UnknownModel
 from daemon.engine.loading.eviction import Eviction
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.names import ModelEntry, projector_beside, scan, sole_generator
@@ -50,10 +50,13 @@ class ModelRegistry(Eviction):
         strict_names: bool = False,
         adapters: tuple[AdapterSpec, ...] = (),
         projectors: dict[str | None, Path] | None = None,
+        templates: dict[str | None, Path] | None = None,
     ) -> None:
         self.options = options
-        # --mmproj projectors by model name (None: the default model's).
+        # --mmproj projectors and --chat-template-file templates by model name (None: the
+        # default model's).
         self.projector_specs = dict(projectors or {})
+        self.template_specs = dict(templates or {})
         # --lora adapters; each belongs to its `base` model (None: the default one).
         self.adapter_specs = adapters
         # Zero-config (llama-server's rule): with one generation model, unknown names get it.
@@ -226,6 +229,7 @@ class ModelRegistry(Eviction):
                         self.store(key),
                         self.adapters_of(key),
                         projector,
+                        self.template_of(key),
                     )
                 except Exception:
                     self.load_failures += 1
@@ -265,8 +269,22 @@ class ModelRegistry(Eviction):
         """The vision projector of model `key` (file `path`): its --mmproj, else
         `mmproj-<stem>.gguf` beside the file (llama-server's and LM Studio's `mmproj-`
         prefix, tied to one model by its stem), else none."""
-        specs = self.projector_specs
-        for name, proj in specs.items():
+        own = self._spec_of(self.projector_specs, key)
+        return own if own is not None else projector_beside(path)
+
+    def template_of(self, key: str) -> str | None:
+        """The text of model `key`'s --chat-template-file, read now (None: its own)."""
+        path = self._spec_of(self.template_specs, key)
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:  # moved or rewritten since the daemon started
+            raise LoadFailed(f"{key}: its --chat-template-file cannot be read ({exc})") from exc
+
+    def _spec_of(self, specs: dict[str | None, Path], key: str) -> Path | None:
+        """Model `key`'s file in a per-model flag's specs, which may name it by an alias."""
+        for name, path in specs.items():
             entry = self._entries.get(name) if name is not None else None
             owner = (
                 self.default_name
@@ -274,8 +292,8 @@ class ModelRegistry(Eviction):
                 else ((entry.alias_of or entry.name) if entry is not None else name)
             )
             if owner == key:
-                return proj
-        return projector_beside(path)
+                return path
+        return None
 
     def senses_of(self, e: ModelEntry) -> tuple[bool, bool] | None:
         """Whether the model of entry `e` sees images and hears audio, from its projector's
