@@ -12,7 +12,8 @@ from tests.conftest import Server, start_server, stop_server
 from tests.e2e.test_reasoning import make_thinking_gguf
 from tests.families.markers import make_marker_gguf
 
-TEMPLATES = Path(__file__).parent / "templates"
+# The published templates (sources and licences: tests/templates/corpus/README.md).
+TEMPLATES = Path(__file__).parent.parent / "templates" / "corpus"
 # alias -> the template it carries (each a different call syntax).
 FAMILIES = {
     "qwen3coder": "Qwen3-Coder",
@@ -24,7 +25,7 @@ FAMILIES = {
 
 
 def template(name: str) -> str:
-    """A copied chat template's text (tests/families/templates/NAME.jinja)."""
+    """A published chat template's text (tests/templates/corpus/NAME.jinja)."""
     return (TEMPLATES / f"{name}.jinja").read_text()
 
 

@@ -41,8 +41,10 @@ EXPECTED: dict[str, tuple[str, ToolFormat | None, str | None]] = {
 }
 
 
-def test_every_copied_template_is_covered() -> None:
-    assert {p.stem for p in TEMPLATES.glob("*.jinja")} == set(EXPECTED)
+def test_every_family_is_told_from_a_template_of_the_corpus() -> None:
+    assert set(EXPECTED) <= {p.stem for p in TEMPLATES.glob("*.jinja")}
+    # ... and every call syntax edged reads is some published template's.
+    assert {fmt for _, fmt, _ in EXPECTED.values() if fmt is not None} == set(ToolFormat)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
