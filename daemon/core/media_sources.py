@@ -18,7 +18,7 @@ import httpx
 
 from daemon.core.choices import Policy
 from daemon.core.media import image_from_bytes
-from daemon.core.request import ChatRequest, ImagePart
+from daemon.core.request import ChatRequest, MediaPart
 from daemon.errors import InvalidRequest
 
 MAX_REDIRECTS = 3
@@ -37,7 +37,7 @@ async def resolve_media(req: ChatRequest, policy: Policy, param: str) -> ChatReq
     return replace(req, messages=tuple(messages))
 
 
-async def _read(part: ImagePart, policy: Policy, param: str) -> ImagePart:
+async def _read(part: MediaPart, policy: Policy, param: str) -> MediaPart:
     if part.source is None:
         return part
     if part.source[:7].lower() == "file://":
