@@ -66,10 +66,18 @@ def sniff(data: bytes, *, walk_mp3: bool = True) -> MediaHeader | None:
     return None
 
 
+# Markers and fill bytes walked before a JPEG's start-of-frame (real files have a dozen or so:
+# APPn, DQT, DHT, ...). The walk runs on the event loop, and megabytes of fill bytes or empty
+# segments must not hold it; a frame hidden behind more is refused, not decoded unmeasured.
+_MAX_JPEG_STEPS = 512
+
+
 def _jpeg(data: bytes) -> MediaHeader:
     """Walk the marker segments to the first start-of-frame (its size is the image's)."""
     i = 2
-    while i + 4 <= len(data):
+    for _ in range(_MAX_JPEG_STEPS):
+        if i + 4 > len(data):
+            break
         if data[i] != 0xFF:
             break
         marker = data[i + 1]
@@ -86,6 +94,12 @@ def _jpeg(data: bytes) -> MediaHeader:
         if length < 2:
             break
         i += 2 + length
+    else:
+        return MediaHeader(
+            "image",
+            "jpeg",
+            flaw=f"the JPEG has over {_MAX_JPEG_STEPS} markers before its frame header",
+        )
     return MediaHeader("image", "jpeg")  # a size the decoder alone will find (or not)
 
 

@@ -76,3 +76,15 @@ def test_the_limit_is_inclusive(projector: Projector) -> None:
         projector.bitmap_file_bytes(png, max_pixels=1023)
     with projector.bitmap_file_bytes(png, max_pixels=1024) as bitmap:
         assert (bitmap.width, bitmap.height) == (32, 32)
+
+
+def test_a_jpeg_frame_hidden_behind_too_many_markers_is_refused_quickly() -> None:
+    """The walk runs on the event loop: megabytes of fill bytes or empty segments end it after
+    a bounded number of steps, as a flaw (never a size left for the decoder to find)."""
+    empty_app = b"\xff\xe1\x00\x02"  # an APP1 segment holding nothing
+    frame = _jpeg_header(640, 480)[2:]
+    real = b"\xff\xd8" + empty_app * 20 + frame
+    assert sniff(real) == MediaHeader("image", "jpeg", 640, 480)
+    for padding in (empty_app * 2_000_000, b"\xff" * 8_000_000):
+        header = sniff(b"\xff\xd8" + padding + frame)
+        assert header is not None and header.flaw is not None and "markers" in header.flaw
