@@ -70,10 +70,6 @@ class MediaPart:
         return self.width * self.height
 
 
-# The name Anthropic's translation still imports (its images are media parts of kind image).
-ImagePart = MediaPart
-
-
 @dataclass(frozen=True)
 class Message:
     """One conversation turn, in the roles chat templates know.

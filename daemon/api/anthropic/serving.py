@@ -32,8 +32,8 @@ from daemon.core.request import (
     CallIn,
     ChatRequest,
     FunctionSpec,
-    ImagePart,
     JsonFormat,
+    MediaPart,
     Message,
     NamedTool,
     Role,
@@ -81,7 +81,7 @@ def _join(pieces: list[str]) -> str:
     return out
 
 
-def _image(source: ImageSource, where: str) -> ImagePart:
+def _image(source: ImageSource, where: str) -> MediaPart:
     """An image block's source: base64 with its media type, or a URL (refused unless data:)."""
     if source.type == "base64" and source.data is not None:
         return image_from_base64(source.data, source.media_type or "", f"{where}.source")
@@ -96,7 +96,7 @@ def _image(source: ImageSource, where: str) -> ImagePart:
 def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
     """One Anthropic message as chat messages: tool results first, then the turn itself."""
     texts: list[str] = []
-    images: list[ImagePart] = []
+    images: list[MediaPart] = []
     thoughts: list[str] = []
     calls: list[CallIn] = []
     results: list[Message] = []
