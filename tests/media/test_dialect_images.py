@@ -158,3 +158,34 @@ def test_each_dialect_words_a_bad_image_as_a_400(vlm_server: Server) -> None:
 def test_ollama_show_says_vision(vlm_server: Server) -> None:
     caps = ollama.Client(host=vlm_server.url).show("lm").capabilities or []
     assert "vision" in caps and "completion" in caps
+
+
+def test_anthropic_tool_results_may_hold_images(vlm_server: Server, text_server: Server) -> None:
+    """A tool_result's image blocks are part of the prompt where they stand (a screenshot a
+    tool returned); a model that does not see answers a 400, never a 5xx."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64}}
+    use = {"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}
+    tool = {"name": "screenshot", "input_schema": {"type": "object", "properties": {}}}
+
+    def messages(result: list[dict[str, object]]) -> list[dict[str, object]]:
+        block = {"type": "tool_result", "tool_use_id": "toolu_1", "content": result}
+        return [
+            {"role": "user", "content": "Take a screenshot."},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [block, {"type": "text", "text": QUESTION}]},
+        ]
+
+    client = anthropic.Anthropic(base_url=vlm_server.url, api_key="none", max_retries=0)
+    seen = messages([{"type": "text", "text": "Here:"}, image])
+    with_image = client.messages.count_tokens(model="lm", messages=seen, tools=[tool])
+    text_only = client.messages.count_tokens(
+        model="lm", messages=messages([{"type": "text", "text": "Here:"}]), tools=[tool]
+    )
+    assert with_image.input_tokens > text_only.input_tokens
+    answer = client.messages.create(model="lm", max_tokens=4, messages=seen, tools=[tool])
+    assert answer.usage.input_tokens + (answer.usage.cache_read_input_tokens or 0) == (
+        with_image.input_tokens
+    )
+    blind = anthropic.Anthropic(base_url=text_server.url, api_key="none", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        blind.messages.create(model="lm", max_tokens=4, messages=seen, tools=[tool])

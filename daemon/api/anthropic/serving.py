@@ -47,27 +47,32 @@ from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
 from daemon.errors import InvalidRequest
 
-_TEXT_ONLY = "edged's models read text only"
 
-
-def _result_text(block: Block, where: str) -> str:
-    """A tool_result's content as text (an error result says so)."""
+def _result(block: Block, where: str) -> Message:
+    """A tool_result as the chat's tool message: its text and images (an error result says
+    so), each image a media marker in the text where it stands."""
     content = block.content
+    images: list[MediaPart] = []
     if content is None:
         text = ""
     elif isinstance(content, str):
         text = content
     else:
         parts = []
-        for b in content:
-            if b.type != "text" or b.text is None:
+        for j, b in enumerate(content):
+            if b.type == "text" and b.text is not None:
+                parts.append(b.text)
+            elif b.type == "image" and b.source is not None:
+                images.append(_image(b.source, f"{where}.content[{j}]"))
+                parts.append(MEDIA_MARKER)
+            else:
                 raise InvalidRequest(
-                    f"{where}: tool_result content may hold text blocks only; {_TEXT_ONLY}",
+                    f"{where}: tool_result content may hold text and image blocks only",
                     param="messages",
                 )
-            parts.append(b.text)
-        text = "\n\n".join(parts)
-    return f"Error: {text}" if block.is_error else text
+        text = _join(parts)
+    text = f"Error: {text}" if block.is_error else text
+    return Message("tool", text, call_id=block.tool_use_id, media=tuple(images))
 
 
 def _join(pieces: list[str]) -> str:
@@ -112,13 +117,14 @@ def _turn(role: Role, blocks: list[Block], i: int) -> list[Message]:
         elif b.type == "tool_use" and role == "assistant" and b.id and b.name:
             calls.append(CallIn(b.name, b.input if b.input is not None else {}, b.id))
         elif b.type == "tool_result" and role == "user" and b.tool_use_id:
-            results.append(Message("tool", _result_text(b, where), call_id=b.tool_use_id))
+            results.append(_result(b, where))
         elif b.type == "image" and role == "user" and b.source is not None:
             images.append(_image(b.source, where))
             texts.append(MEDIA_MARKER)
         elif b.type == "document":
             raise InvalidRequest(
-                f"{where}: {b.type} blocks are not supported; {_TEXT_ONLY}", param="messages"
+                f"{where}: {b.type} blocks are not supported (text, images and tool blocks are)",
+                param="messages",
             )
         elif b.type in (
             "text",
