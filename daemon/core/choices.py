@@ -73,6 +73,8 @@ class Extras:
     keep: bool = False
     # The prompt's images (their embeddings at the prompt's stand-in positions).
     media: MediaPrompt | None = None
+    # Report the prompt's progress as it goes in (llama-server's `return_progress`).
+    progress: bool = False
 
 
 _fork_groups = itertools.count()
@@ -156,6 +158,7 @@ def submit_choices(
                 keep=extras.keep,
                 lora=lora,
                 media=extras.media,
+                progress=extras.progress,
             )
             for j in range(n)
         )

@@ -124,4 +124,5 @@ def _join(a: Chunk, b: Chunk) -> Chunk:
         b.finish_reason,
         a.logprobs + b.logprobs,
         a.prompt_logprobs + b.prompt_logprobs,
+        b.progress if b.progress is not None else a.progress,
     )

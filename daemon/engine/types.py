@@ -124,6 +124,9 @@ class GenerationRequest:
     # Images of the prompt: their embeddings, decoded where prompt_tokens holds stand-ins
     # (negative ids, see daemon.engine.media).
     media: MediaPrompt | None = None
+    # Report the prompt's progress (Chunk.progress) when it takes its slot and after each of
+    # its chunks is decoded (llama-server's `return_progress`).
+    progress: bool = False
 
     @property
     def n_slots(self) -> int:
@@ -158,6 +161,29 @@ class Chunk:
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    # How far the prompt is in, for a request that asked (`progress`); the latest report.
+    progress: PromptProgress | None = None
+
+
+@dataclass(frozen=True)
+class PromptProgress:
+    """A prompt's progress as llama-server's `prompt_progress` reports it: of `total` prompt
+    tokens, `cache` came from a slot or the prompt cache and `processed` are in the KV now
+    (`cache` included), `time_ms` after the request took its slot."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: float
+
+    def wire(self) -> dict[str, int | float]:
+        """The JSON object llama-server sends."""
+        return {
+            "total": self.total,
+            "cache": self.cache,
+            "processed": self.processed,
+            "time_ms": self.time_ms,
+        }
 
 
 @dataclass

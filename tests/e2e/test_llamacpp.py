@@ -277,3 +277,33 @@ def test_errors_in_llama_server_shape(
     err = r.json()["error"]
     assert err["code"] == status and isinstance(err["type"], str)
     assert needle.lower() in err["message"].lower()
+
+
+def test_return_progress_and_timings_per_token(base_url: str) -> None:
+    """llama-server's streamed telemetry: `prompt_progress` when the prompt takes its slot
+    (processed == cache) and after each chunk of it, monotone to processed == total before
+    the first token; `timings` on every event; the text is the same as without them."""
+    words = " ".join(f"w{i}" for i in range(200))  # ~660 tokens: two 512-token batches
+    body = {"prompt": f"Progress test {words}. Then:", "stream": True, **GREEDY}
+    asked = {**body, "return_progress": True, "timings_per_token": True}
+
+    def reports(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert all("timings" in e for e in events)
+        got = [e["prompt_progress"] for e in events if "prompt_progress" in e]
+        start, end = got[0], got[-1]
+        assert start["processed"] == start["cache"] and end["processed"] == end["total"]
+        assert all(r["total"] == end["total"] and r["cache"] == start["cache"] for r in got)
+        assert [r["processed"] for r in got] == sorted({r["processed"] for r in got})
+        at = next(i for i, e in enumerate(events) if e["content"])
+        assert all("prompt_progress" not in e for e in events[at + 1 :])
+        return got
+
+    cold = reports(_events(_post(base_url, "/completion", asked)))
+    assert cold[0]["cache"] < 50 and len(cold) >= 3  # the first report, then two chunks
+    # Now the prompt is in a slot: a plain stream and a reporting one find the same prefix.
+    plain = _events(_post(base_url, "/completion", body))
+    assert all("prompt_progress" not in e and "timings" not in e for e in plain[:-1])
+    events = _events(_post(base_url, "/completion", asked))
+    warm = reports(events)
+    assert warm[0]["cache"] > warm[0]["total"] - 10 and len(warm) <= 2
+    assert "".join(e["content"] for e in events) == "".join(e["content"] for e in plain)

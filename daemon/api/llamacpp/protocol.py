@@ -77,6 +77,9 @@ class CompletionRequest(ProtocolModel):
     stream: bool = False
     cache_prompt: bool = True
     return_tokens: bool = False
+    # Streamed: `prompt_progress` events while the prompt goes in, and `timings` on every event.
+    return_progress: bool = False
+    timings_per_token: bool = False
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
     id_slot: int = -1

@@ -136,7 +136,11 @@ def submit(
         logit_bias=req.bias_map(lm.model.eog_tokens) or None,
         lora=from_ids(lm, req.lora),
     )
-    extras = Extras(grammar=_grammar(req), logprobs=req.n_probs or None)
+    extras = Extras(
+        grammar=_grammar(req),
+        logprobs=req.n_probs or None,
+        progress=req.stream and req.return_progress,
+    )
     handles: list[RequestHandle] = []
     try:
         for p, media in prompts:
@@ -316,7 +320,7 @@ async def _events(
         c.token_ids.extend(chunk.token_ids)
         c.logprobs.extend(chunk.logprobs)
         h = handles[i]
-        if chunk.text or chunk.token_ids:
+        if chunk.text or chunk.token_ids or chunk.progress is not None:
             event: Body = {
                 "index": i,
                 "content": chunk.text,
@@ -326,7 +330,11 @@ async def _events(
                 "tokens_predicted": h.usage.completion_tokens,
                 "tokens_evaluated": h.usage.prompt_tokens,
             }
-            if req.n_probs:
+            if req.timings_per_token:
+                event["timings"] = timings(h)
+            if chunk.progress is not None:
+                event["prompt_progress"] = chunk.progress.wire()
+            if req.n_probs and (chunk.text or chunk.token_ids):
                 event["completion_probabilities"] = probabilities(lm, chunk.logprobs)
             yield event
         if chunk.finish_reason is not None:

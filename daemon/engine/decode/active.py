@@ -8,6 +8,7 @@ search over several slots). Each part is empty or None when the request does not
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.handle import RequestHandle
 from daemon.engine.native.sampler import SamplerChain
 from daemon.engine.speculation.speculate import Speculation
-from daemon.engine.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
+from daemon.engine.types import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    PromptProgress,
+    TokenLogprob,
+)
 
 
 @dataclass(eq=False)
@@ -96,6 +103,19 @@ class Active:
     row: int = -1
     # Speculative decoding (None: this request never drafts, e.g. beams).
     spec: Speculation | None = None
+    # When it took its slot (the clock of its prompt progress reports).
+    admitted_at: float = field(default_factory=time.monotonic)
+
+    def progress(self) -> Chunk:
+        """A chunk reporting how far the prompt is in (only requests that asked get one)."""
+        done = len(self.slot.tokens)
+        report = PromptProgress(
+            done + len(self.pending),
+            self.handle.usage.cached_tokens,
+            done,
+            (time.monotonic() - self.admitted_at) * 1000,
+        )
+        return Chunk("", progress=report)
 
     def chunk(self, text: str, tokens: tuple[int, ...], reason: FinishReason | None) -> Chunk:
         """A chunk carrying the log-probabilities and held tokens gathered since the last."""

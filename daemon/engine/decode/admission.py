@@ -223,4 +223,6 @@ class Admission(Completion):
         if req.max_tokens == 0 and not req.prompt_logprobs:
             self._finish(active, FinishReason.LENGTH, "", out)
             return None
+        if req.progress:  # the first report: what the slot and the prompt cache gave
+            out.append((h, active.progress()))
         return active

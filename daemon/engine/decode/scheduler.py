@@ -216,6 +216,8 @@ class Scheduler(Admission):
                 continue  # ended by a sibling's fork this step
             if id(a) in chunks and not a.pending:  # its prompt is in: a recurrent state
                 self.kv.checkpoint(a.slot)  # cannot be cut back to here later
+            if id(a) in chunks and a.handle.request.progress:
+                out.append((a.handle, a.progress()))
             try:
                 self._after_decode(a, out)
             except Exception as exc:  # sampling, grammar, scoring, text: this request alone
@@ -303,6 +305,8 @@ class Scheduler(Admission):
             slot.tokens.extend(a.pending[:n])
             del a.pending[:n]
             self.prefill_tokens += n
+            if a.handle.request.progress:
+                deliver([(a.handle, a.progress())])
             return
 
     def _add_chunk(self, a: Active, n: int) -> None:
