@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from daemon.core import tools
 from daemon.core.choices import Policy, submit_choices
@@ -39,6 +39,8 @@ class Generation:
     logprobs: int | None = None  # alternatives per token; None: no log-probabilities
     prompt_logprobs: bool = False
     safety_model: str | None = None
+    # Report the prompt's progress as it goes in (Chunk.progress; a streamed answer's).
+    progress: bool = False
     # The dialect's names for engine inputs, for errors (a chat's prompt is its `messages`).
     names: Mapping[str, str] = field(default_factory=dict)
 
@@ -97,7 +99,8 @@ async def start_chat(
             verdict = await guard.check_input(req.messages)
             if not verdict.safe:
                 return ChatRun(lm, prompt, [], guard, verdict, req.messages)
+        extras = replace(prompt.extras, progress=gen.progress)
         handles = submit_choices(
-            lm, [prompt.tokens], gen.max_tokens, gen.sampling, gen.n, policy, prompt.extras
+            lm, [prompt.tokens], gen.max_tokens, gen.sampling, gen.n, policy, extras
         )
     return ChatRun(lm, prompt, handles, guard, messages=req.messages)

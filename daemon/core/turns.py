@@ -10,7 +10,7 @@ from daemon.core.calls import CallParser, Event, ToolCall
 from daemon.core.reasoning import Thinking
 from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
-from daemon.engine.types import FinishReason
+from daemon.engine.types import FinishReason, PromptProgress
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,17 @@ async def turn_events(
     plan: tools.ToolPlan | None,
     think: Thinking | None = None,
     budget: int | None = None,
-) -> AsyncIterator[Reasoning | Event | TurnEnd]:
-    """One handle's output as reasoning, content text and tool calls' events, then a TurnEnd.
+) -> AsyncIterator[Reasoning | Event | PromptProgress | TurnEnd]:
+    """One handle's output as reasoning, content text and tool calls' events, then a TurnEnd
+    (and the prompt's progress first, where the request asked for it).
 
     A turn still thinking past `budget` tokens is cut there and ends as LENGTH.
     """
     parser = TurnParser(plan, think, budget)
     parts: list[str] = []
     async for chunk in handle.chunks():
+        if chunk.progress is not None:
+            yield chunk.progress
         parts.append(chunk.text)
         for event in parser.push(chunk.text, len(chunk.token_ids)):
             yield event

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import openai
 import pytest
 
 from daemon.config import embedded_model_path
@@ -17,6 +18,7 @@ from tests.e2e.fim_model import write_fim_copy
 FIM = "smollm-fim"
 GREEDY: dict[str, Any] = {"temperature": 0, "n_predict": 8}
 COUNT = "Count from 1 to 20: 1, 2, 3,"
+MODEL = embedded_model_path().stem
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,56 @@ def test_return_progress_and_timings_per_token(base_url: str) -> None:
     warm = reports(events)
     assert warm[0]["cache"] > warm[0]["total"] - 10 and len(warm) <= 2
     assert "".join(e["content"] for e in events) == "".join(e["content"] for e in plain)
+
+
+def test_openai_streams_report_progress_through_the_sdk(base_url: str) -> None:
+    """llama-server's extension on its OpenAI routes, as its web UI asks for it: chat and
+    text completion chunks with `prompt_progress` (extra fields the SDK keeps), `timings` on
+    each chunk with `timings_per_token`; neither changes the text."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    words = " ".join(f"v{i}" for i in range(200))  # two batches
+    extra = {"return_progress": True, "timings_per_token": True}
+    ask: dict[str, Any] = {"max_tokens": 6, "temperature": 0}
+    msgs: list[Any] = [{"role": "user", "content": f"Chat progress {words}"}]
+    for kind in ("chat", "text"):
+        if kind == "chat":
+            stream = client.chat.completions.create(
+                model=MODEL, messages=msgs, stream=True, extra_body=extra, **ask
+            )
+        else:
+            stream = client.completions.create(
+                model=MODEL, prompt=f"Text progress {words}", stream=True, extra_body=extra, **ask
+            )
+        chunks = list(stream)
+        extras = [c.model_extra or {} for c in chunks]
+        reports = [x["prompt_progress"] for x in extras if "prompt_progress" in x]
+        assert len(reports) >= 3 and reports[0]["processed"] == reports[0]["cache"]
+        assert reports[-1]["processed"] == reports[-1]["total"] > 200
+        assert all("timings" in x for x in extras)
+
+
+def test_responses_stream_with_llama_telemetry(base_url: str) -> None:
+    """llama-server's Responses telemetry: response.in_progress events carrying
+    `prompt_progress`, `timings` on every event (the deltas and response.completed too)."""
+    words = " ".join(f"r{i}" for i in range(200))
+    body = {
+        "model": MODEL,
+        "input": f"Responses progress {words}",
+        "max_output_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "timings_per_token": True,
+        "return_progress": True,
+    }
+    r = _post(base_url, "/responses", body)
+    assert r.status_code == 200, r.text
+    events = [json.loads(x[5:]) for x in r.text.splitlines() if x.startswith("data:")]
+    assert all("timings" in e for e in events)
+    progress = [e for e in events if "prompt_progress" in e]
+    assert len(progress) >= 3 and all(e["type"] == "response.in_progress" for e in progress)
+    last = progress[-1]["prompt_progress"]
+    assert last["processed"] == last["total"] > 200
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" in kinds
+    assert kinds[-1] in ("response.completed", "response.incomplete")  # max_output_tokens
+    assert kinds.index("response.output_text.delta") > kinds.index("response.in_progress")

@@ -68,6 +68,9 @@ class _Common(SamplingFields):
     echo: bool = False
     response_format: ResponseFormat | None = None
     grammar: Annotated[str, Field(min_length=1)] | None = None
+    # llama-server's streamed telemetry: `prompt_progress` chunks, `timings` on every chunk.
+    return_progress: bool = False
+    timings_per_token: bool = False
 
     @property
     def include_usage(self) -> bool:

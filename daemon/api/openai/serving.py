@@ -60,7 +60,8 @@ def _finish(reason: FinishReason | None) -> str | None:
 def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
     fmt = translate.json_format(req.response_format)
     grammar = request_grammar(fmt, req.grammar, "response_format")
-    return Extras(grammar=grammar, logprobs=count, prompt_logprobs=echo_scores)
+    progress = req.stream and req.return_progress
+    return Extras(grammar=grammar, logprobs=count, prompt_logprobs=echo_scores, progress=progress)
 
 
 _LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
@@ -79,6 +80,7 @@ class _Reply:
     echo: bool
     logprobs: int | None
     together: bool
+    timings_per_token: bool = False
 
 
 async def chat_completion(
@@ -95,6 +97,7 @@ async def chat_completion(
         req.echo,
         req.logprob_count,
         req.together_logprobs,
+        req.timings_per_token,
     )
     try:
         chat_req = translate.chat(req)
@@ -126,7 +129,7 @@ async def _answer(
         else:
             # The output check needs whole answers: generate, judge, then send each at once.
             events = _screened_events(chunk_meta, run, reply, shape, policy)
-        return sse(events, handles)
+        return sse(_timed(events, handles) if reply.timings_per_token else events, handles)
     results = await collect_all(handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     if screened:
@@ -293,6 +296,8 @@ async def _chat_events(
     finished = 0
     legacy = plan is not None and plan.legacy
     async for i, chunk in merge(handles):
+        if chunk.progress is not None:
+            yield _progress(meta.envelope(_no_delta(i)), chunk)
         parser, splitter = parsers[i], splitters[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
         reasoning, text = splitter.feed(chunk.text) if splitter else ("", chunk.text)
@@ -338,6 +343,24 @@ async def _chat_events(
             )
     if include_usage:
         yield {**meta.envelope([]), "usage": usage(handles, policy)}
+
+
+def _no_delta(i: int) -> list[dict[str, Any]]:
+    return [{"index": i, "delta": {}, "logprobs": None, "finish_reason": None}]
+
+
+def _progress(event: dict[str, Any], chunk: Chunk) -> dict[str, Any]:
+    """A chunk carrying llama-server's `prompt_progress` (asked with `return_progress`)."""
+    assert chunk.progress is not None
+    return {**event, "prompt_progress": chunk.progress.wire()}
+
+
+async def _timed(
+    events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]
+) -> AsyncIterator[dict[str, Any]]:
+    """`timings_per_token`: every chunk carries the timings so far, as llama-server's."""
+    async for event in events:
+        yield event if "timings" in event else {**event, "timings": timings(handles)}
 
 
 def _with_timings(
@@ -431,7 +454,8 @@ async def completion(
     meta = _meta("cmpl", "text_completion", registry.answering_name(req.model, lm.name))
     echo = _Echo(lm, prompts, k) if req.echo else None
     if req.stream:
-        return sse(_completion_events(meta, handles, req, lm, echo, policy), handles)
+        events = _completion_events(meta, handles, req, lm, echo, policy)
+        return sse(_timed(events, handles) if req.timings_per_token else events, handles)
     results = await collect_all(handles)
     picked = _best(results, k, req.n) if k > req.n else list(range(len(results)))
     choices = [
@@ -469,6 +493,9 @@ async def _completion_events(
     finished = 0
     async for i, chunk in merge(handles):
         finished += chunk.finish_reason is not None
+        if chunk.progress is not None:
+            empty = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
+            yield _progress(meta.envelope([empty]), chunk)
         if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
             event = meta.envelope([_stream_choice(i, chunk, count, piece)])
             yield _with_timings(event, handles, finished) if chunk.finish_reason else event

@@ -74,5 +74,6 @@ def generation(req: ChatCompletionRequest) -> Generation:
         logprobs=count,
         prompt_logprobs=req.echo and count is not None,
         safety_model=req.safety_model,
+        progress=req.stream and req.return_progress,
         names={"prompt": "messages"},
     )

@@ -11,7 +11,10 @@ from daemon.api.responses import items as it
 from daemon.api.responses.chain import Job
 from daemon.api.streams import Named
 from daemon.core.calls import CallArgs, CallStart, ToolCall
+from daemon.core.choices import timings
 from daemon.core.turns import Reasoning, turn_events
+from daemon.engine.handle import RequestHandle
+from daemon.engine.types import PromptProgress
 from daemon.errors import EdgedError
 
 
@@ -24,6 +27,12 @@ def error_event(exc: EdgedError) -> Named:
         "message": err["message"],
         "param": err["param"],
     }
+
+
+async def timed(events: AsyncIterator[Named], handles: list[RequestHandle]) -> AsyncIterator[Named]:
+    """llama-server's `timings_per_token`: every event carries the timings so far."""
+    async for name, data in events:
+        yield name, {**data, "timings": timings(handles)}
 
 
 async def stream_events(job: Job) -> AsyncIterator[Named]:
@@ -145,6 +154,12 @@ async def stream_events(job: Job) -> AsyncIterator[Named]:
             for e in _call_done(event, ev, len(output)):
                 yield e
             output.append(it.call_item(ev))
+        elif isinstance(ev, PromptProgress):  # asked with llama-server's return_progress
+            yield event(
+                "response.in_progress",
+                response=job.body("in_progress", []),
+                prompt_progress=ev.wire(),
+            )
         else:
             if msg is None and not any(o["type"] != "reasoning" for o in output):
                 for e in open_message():  # an empty answer is still one (empty) message

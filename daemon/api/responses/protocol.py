@@ -108,6 +108,10 @@ class ResponsesRequest(SamplingFields):
     user: str | None = None
     truncation: Literal["disabled", "auto"] | None = None
     reasoning: ReasoningConfig | None = None
+    # llama-server's streamed telemetry: `prompt_progress` on response.in_progress events,
+    # `timings` on every event.
+    return_progress: bool = False
+    timings_per_token: bool = False
     # Fields edged cannot honour: accepted by the schema so the refusal can name them.
     background: bool | None = None
     include: list[str] | None = None

@@ -15,7 +15,7 @@ from litestar.response import ServerSentEvent
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.responses import items as it
 from daemon.api.responses.chain import Job, resume
-from daemon.api.responses.events import error_event, stream_events
+from daemon.api.responses.events import error_event, stream_events, timed
 from daemon.api.responses.protocol import ResponsesRequest
 from daemon.api.responses.store import ResponseStore, StoredResponse, kv_key
 from daemon.api.streams import named_sse
@@ -158,7 +158,12 @@ async def create_response(
     if keep_kv:
         lm.store.claim(key)  # a fresh id: nothing to continue, but the key is now ours
     try:
-        extras = replace(extras, resume=resumed[1] if resumed else None, keep=keep_kv)
+        extras = replace(
+            extras,
+            resume=resumed[1] if resumed else None,
+            keep=keep_kv,
+            progress=req.stream and req.return_progress,
+        )
         sampling = sampling_of(req, OPENAI)
         handles = submit_choices(lm, [prompt], req.max_output_tokens, sampling, 1, policy, extras)
     except BaseException:
@@ -188,7 +193,10 @@ async def create_response(
         store,
     )
     if req.stream:
-        return named_sse(stream_events(job), handles, error_event)
+        events = stream_events(job)
+        return named_sse(
+            timed(events, handles) if req.timings_per_token else events, handles, error_event
+        )
     turn = await run_turn(handles[0], chat.plan, chat.think)
     output: list[dict[str, Any]] = []
     if turn.reasoning is not None:
