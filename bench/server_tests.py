@@ -68,7 +68,7 @@ FLAGS: dict[str, str | None] = {
     "--n-predict": None,  # a default max tokens: edged bounds by context and --max-tokens-cap
     "--reasoning-format": None,
     "--chat-template": None,
-    "--chat-template-file": None,
+    "--chat-template-file": "--chat-template-file",
     "--api-key": None,  # handled below: edged reads keys from its environment
     "--model": None,
     "--hf-repo": None,
@@ -96,7 +96,11 @@ MODEL = {model!r}
 WHICH = {which!r}
 FLAGS = {flags!r}
 TAKES = {{"--hf-repo", "--hf-file", "--model-url", "--model", "-m"}}
+SUITE = {suite!r}  # the suite's own folder: its relative paths (templates) are from there
 args = sys.argv[1:]
+for i, a in enumerate(args[:-1]):
+    if a == "--chat-template-file" and not os.path.isabs(args[i + 1]):
+        args[i + 1] = os.path.normpath(os.path.join(SUITE, args[i + 1]))
 out, dropped, i, key = [], [], 0, None
 while i < len(args):
     a = args[i]
@@ -180,6 +184,7 @@ def launcher(work: Path, which: str, model: Path) -> Path:
             model=str(model),
             flags=FLAGS,
             server=str(llama_server_binary()),
+            suite=str(suite_dir()),
         )
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
