@@ -101,17 +101,9 @@ _SWITCHES: dict[str, tuple[str, str]] = {
 
 def _version() -> str:
     """The installed package's version, and llama-cpp-python's (what the engine runs)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from daemon.version import bindings_version, edged_version
 
-    try:
-        own = version("edged")
-    except PackageNotFoundError:
-        own = "unknown"
-    try:
-        llama = version("llama-cpp-python")
-    except PackageNotFoundError:
-        llama = "missing"
-    return f"{own} (llama-cpp-python {llama})"
+    return f"{edged_version()} (llama-cpp-python {bindings_version()})"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
+
+from daemon.version import fingerprint
 
 PARIS_PROMPT = "Q: The capital of France is?\nA:"
 
@@ -275,3 +278,23 @@ def test_n_choices_are_distinct_and_counted(client: openai.OpenAI) -> None:
         seed=5,
     )
     assert single.choices[0].message.content == texts[0]
+
+
+def test_system_fingerprint_names_the_build(client: openai.OpenAI, base_url: str) -> None:
+    """OpenAI's `system_fingerprint` on every completion body and chunk, llama-server's way
+    (`b` + the build): the bindings' version, which pins llama.cpp, and edged's."""
+    msgs: list[Any] = [{"role": "user", "content": "Hi"}]
+    chat = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=2
+    )
+    text = client.completions.create(model="SmolLM2-135M-Instruct.Q4_1", prompt="Hi", max_tokens=2)
+    chunks = list(
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=2, stream=True
+        )
+    )
+    assert fingerprint().startswith("b") and "edged" in fingerprint()
+    assert chat.system_fingerprint == text.system_fingerprint == fingerprint()
+    assert {c.system_fingerprint for c in chunks} == {fingerprint()}
+    props = httpx.get(f"{base_url}/props", timeout=30).json()
+    assert props["build_info"] == fingerprint()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from litestar import Router, get, post
@@ -23,6 +22,7 @@ from daemon.core.reasoning import template_vars
 from daemon.core.request import MEDIA_MARKER
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.version import fingerprint
 
 log = logging.getLogger("edged.api")
 
@@ -61,13 +61,6 @@ async def apply_template(
     return {"prompt": lm.render_chat(messages, **extra)}
 
 
-def _build() -> str:
-    try:
-        return f"edged {version('edged')}"
-    except PackageNotFoundError:
-        return "edged"
-
-
 @get("/props")
 async def props(
     registry: NamedDependency[ModelRegistry],
@@ -100,7 +93,7 @@ async def props(
         "infill": m.fim.usable,
         # edged's own: bit-exact reuse (--exact) or the fast default, and what it runs.
         "decoding": lm.mode.as_dict(),
-        "build_info": _build(),
+        "build_info": fingerprint(),
     }
 
 

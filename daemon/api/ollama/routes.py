@@ -23,6 +23,7 @@ from daemon.api.ollama.protocol import (
 from daemon.config import Settings
 from daemon.core.choices import policy_of
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.version import edged_version
 
 Body = dict[str, Any]
 
@@ -76,14 +77,7 @@ async def ps(registry: NamedDependency[ModelRegistry]) -> Body:
 @get("/version")
 async def version() -> Body:
     """The Ollama API level served (and edged's own version)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
-    try:
-        own = package_version("edged")
-    except PackageNotFoundError:
-        own = "unknown"
-    return {"version": catalog.OLLAMA_API_VERSION, "edged": own}
+    return {"version": catalog.OLLAMA_API_VERSION, "edged": edged_version()}
 
 
 @post("/pull", status_code=200, opt={"scope": ADMIN})

@@ -28,6 +28,7 @@ from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import InvalidRequest
+from daemon.version import fingerprint
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class _Meta:
             "object": self.object,
             "created": self.created,
             "model": self.model,
+            "system_fingerprint": fingerprint(),
             "choices": choices,
         }
 
