@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.core import tools
 from daemon.core.choices import Extras
@@ -18,7 +19,7 @@ from daemon.core.request import ChatRequest
 from daemon.core.watch import request_owner
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.media import Medium
-from daemon.errors import EdgedError
+from daemon.errors import EdgedError, InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def build_chat(
         # A schema llama.cpp cannot take leaves the call unconstrained, never refused.
         if lazy is not None and lm.grammar_ok(lazy[0]):
             grammar, trigger = lazy
-    rendered = lm.render_chat(messages, **extra, **tool_vars)
+    rendered = render(lm, req, messages, {**extra, **tool_vars})
     media = None
     if req.media:
         parts = [Medium(p.data, p.digest, p.kind) for p in req.media]
@@ -82,6 +83,29 @@ def build_chat(
         think = think.answer_only()
     extras = Extras(grammar, trigger, logprobs, prompt_logprobs, media=media)
     return ChatPrompt(plan, rendered, tokens, extras, think)
+
+
+def render(
+    lm: LoadedModel, req: ChatRequest, messages: list[dict[str, Any]], extra: dict[str, Any]
+) -> str:
+    """The conversation through the template: answered in a new assistant turn, or, for a
+    prefill, continued from the final message's last character (transformers' rule for
+    `continue_final_message`: render it as a finished turn, cut after its content)."""
+    if not req.prefill:
+        return lm.render_chat(messages, generation_prompt=req.generation_prompt, **extra)
+    rendered = lm.render_chat(messages, generation_prompt=False, **extra)
+    final = str(messages[-1].get("content") or "")
+    at = rendered.rfind(final.strip())
+    if at >= 0:
+        return rendered[: at + len(final.lstrip())]
+    if req.continue_final:
+        raise InvalidRequest(
+            "the final message cannot be continued: the chat template does not render its "
+            "text as sent",
+            param="messages",
+        )
+    # The template rewrote the message (trimmed it, dropped a part): answer it instead.
+    return lm.render_chat(messages, generation_prompt=True, **extra)
 
 
 async def prepare_chat(

@@ -176,6 +176,20 @@ class ChatRequest:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     legacy_calls: bool = False  # OpenAI's `functions`: one call, answered as `function_call`
     format_param: str = "response_format"
+    # A final assistant message is continued (a prefill: the answer goes on from its last
+    # character) rather than closed and answered: True or False as the client says; None
+    # continues one that holds text and no calls (Anthropic's rule, llama-server's default).
+    continue_final: bool | None = None
+    # False: the prompt ends where the conversation ends, no assistant turn opened (vLLM's and
+    # transformers' `add_generation_prompt`); a final message continued never opens one.
+    generation_prompt: bool = True
+
+    @property
+    def prefill(self) -> bool:
+        """Whether the answer continues the final (assistant) message."""
+        last = self.messages[-1]
+        can = last.role == "assistant" and not last.calls and bool(last.content.strip())
+        return can if self.continue_final is None else self.continue_final and can
 
     @property
     def media(self) -> tuple[MediaPart, ...]:
@@ -185,6 +199,12 @@ class ChatRequest:
     def __post_init__(self) -> None:
         if not self.messages:
             raise InvalidRequest("messages must not be empty", param="messages")
+        if self.continue_final and self.generation_prompt and self.continue_final is not None:
+            raise InvalidRequest(
+                "continue_final_message and add_generation_prompt cannot both be true: the "
+                "final message is either continued or closed and answered",
+                param="continue_final_message",
+            )
         seen: set[str] = set()
         for f in self.tools:
             if not _NAME.match(f.name):

@@ -167,3 +167,6 @@ class ApplyTemplateRequest(ProtocolModel):
     # As on /chat/completions: passed to the template (daemon/core/reasoning.py).
     reasoning_effort: ReasoningEffort | None = None
     chat_template_kwargs: TemplateKwargs | None = None
+    # As on /chat/completions: a final assistant message continued (a prefill), or no turn.
+    continue_final_message: bool | None = None
+    add_generation_prompt: bool = True

@@ -18,8 +18,9 @@ from daemon.config import Settings
 from daemon.core import tools
 from daemon.core.choices import policy_of
 from daemon.core.families import family_of
+from daemon.core.prompt import render
 from daemon.core.reasoning import template_vars
-from daemon.core.request import MEDIA_MARKER
+from daemon.core.request import MEDIA_MARKER, ChatRequest
 from daemon.core.watch import leased
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.version import fingerprint
@@ -55,10 +56,14 @@ async def apply_template(
 ) -> Body:
     """The conversation rendered by the model's chat template, ready for /completion."""
     lm = await leased(registry, data.model)
-    turns = [core_message(m) for m in data.messages]
-    messages, extra = tools.prompt_messages(turns, None, lm.template.source)
+    req = ChatRequest(
+        messages=tuple(core_message(m) for m in data.messages),
+        continue_final=data.continue_final_message,
+        generation_prompt=data.add_generation_prompt,
+    )
+    messages, extra = tools.prompt_messages(req.messages, None, lm.template.source)
     extra |= template_vars(data.chat_template_kwargs, data.reasoning_effort, lm.template.source)
-    return {"prompt": lm.render_chat(messages, **extra)}
+    return {"prompt": render(lm, req, messages, extra)}
 
 
 @get("/props")

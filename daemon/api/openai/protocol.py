@@ -93,6 +93,12 @@ class ChatCompletionRequest(_Common):
     # Reasoning models (daemon/core/reasoning.py): passed to the chat template.
     reasoning_effort: ReasoningEffort | None = None
     chat_template_kwargs: TemplateKwargs | None = None
+    # vLLM's and transformers' prompt switches: continue a final assistant message (a
+    # prefill; unset, one holding text is continued, as llama-server does), open no turn.
+    continue_final_message: bool | None = None
+    add_generation_prompt: bool = True
+    # llama-server's extension: a JSON schema the answer follows (as response_format's).
+    json_schema: dict[str, Any] | None = None
     # OpenAI's deprecated spelling of tools/tool_choice: one call at most, answered as
     # `message.function_call` (see `with_legacy_functions`).
     functions: Annotated[list[FunctionDef], Field(min_length=1)] | None = None

@@ -44,16 +44,26 @@ def json_format(fmt: ResponseFormat | None, param: str = "response_format") -> J
 
 def chat(req: ChatCompletionRequest) -> ChatRequest:
     """The body as the core's chat request (legacy `functions` already turned into tools)."""
+    fmt, param = json_format(req.response_format), "response_format"
+    if req.json_schema is not None:
+        if fmt is not None:
+            raise InvalidRequest(
+                "give response_format or json_schema, not both", param="json_schema"
+            )
+        fmt, param = JsonFormat(req.json_schema), "json_schema"
     return ChatRequest(
         messages=tuple(core_message(m) for m in req.messages),
         tools=core_functions(req.tools),
         tool_choice=tool_choice(req.tool_choice),
         parallel_calls=req.parallel_tool_calls,
-        format=json_format(req.response_format),
+        format=fmt,
         grammar=req.grammar,
         reasoning_effort=req.reasoning_effort,
         template_kwargs=dict(req.chat_template_kwargs or {}),
         legacy_calls=req.legacy_functions,
+        format_param=param,
+        continue_final=req.continue_final_message,
+        generation_prompt=req.add_generation_prompt,
     )
 
 

@@ -263,9 +263,12 @@ class LoadedModel:
             inexact=not options.exact,
         )
 
-    def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> str:
-        """The conversation as the model's template lays it out, ending in the assistant turn."""
-        return self.template.render(messages, add_generation_prompt=True, **extra)
+    def render_chat(
+        self, messages: list[dict[str, Any]], *, generation_prompt: bool = True, **extra: Any
+    ) -> str:
+        """The conversation as the model's template lays it out, ending in the assistant turn
+        (without `generation_prompt`: ending where the last message ends)."""
+        return self.template.render(messages, add_generation_prompt=generation_prompt, **extra)
 
     def _check_open(self) -> None:
         if self.closed:
