@@ -204,6 +204,9 @@ responses_body = st.fixed_dictionaries(
         "background": junk,
         "include": junk,
         "truncation": junk,
+        # llama-server's streamed telemetry (prompt_progress events, timings on each event).
+        "return_progress": maybe(st.booleans()),
+        "timings_per_token": maybe(st.booleans()),
     },
 )
 
