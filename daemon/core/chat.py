@@ -16,7 +16,7 @@ from daemon.core.choices import Policy, submit_choices
 from daemon.core.errors import translated
 from daemon.core.media import check_media
 from daemon.core.media_sources import resolve_media
-from daemon.core.prompt import ChatPrompt, build_chat, media_names
+from daemon.core.prompt import ChatPrompt, build_chat, media_names, prepare_chat
 from daemon.core.request import ChatRequest, Message
 from daemon.core.safety import Guard, Verdict
 from daemon.core.sampling import Sampling
@@ -104,3 +104,19 @@ async def start_chat(
             lm, [prompt.tokens], gen.max_tokens, gen.sampling, gen.n, policy, extras
         )
     return ChatRun(lm, prompt, handles, guard, messages=req.messages)
+
+
+async def count_prompt(
+    registry: ModelRegistry, req: ChatRequest, model: str | None, policy: Policy
+) -> int:
+    """The prompt's tokens as `model` would see them, nothing generated (Anthropic's
+    count_tokens, llama-server's /chat/completions/input_tokens): its tools checked, its
+    media read, checked and encoded as a chat's would be."""
+    tools.check_request(req)
+    req = await resolve_media(req, policy, "messages")
+    check_media(req, policy)
+    lm = await leased(registry, model)
+    prompt = await prepare_chat(
+        lm, req, policy.max_image_pixels, "messages", policy.max_audio_seconds
+    )
+    return len(prompt.tokens)

@@ -298,3 +298,20 @@ def test_system_fingerprint_names_the_build(client: openai.OpenAI, base_url: str
     assert {c.system_fingerprint for c in chunks} == {fingerprint()}
     props = httpx.get(f"{base_url}/props", timeout=30).json()
     assert props["build_info"] == fingerprint()
+
+
+def test_chat_input_tokens_counts_the_prompt(client: openai.OpenAI, base_url: str) -> None:
+    """llama-server's /chat/completions/input_tokens: the tokens the same chat's prompt has,
+    nothing generated; the body is validated as the chat's (a bad tool is a 400)."""
+    body: dict[str, Any] = {
+        "model": "SmolLM2-135M-Instruct.Q4_1",
+        "messages": [{"role": "user", "content": "Count the tokens of this prompt, please."}],
+    }
+    chat = client.chat.completions.create(**body, max_tokens=1)
+    for path in ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"):
+        r = httpx.post(f"{base_url}{path}", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert chat.usage is not None and r.json() == {"input_tokens": chat.usage.prompt_tokens}
+    bad = {**body, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}
+    r = httpx.post(f"{base_url}/v1/chat/completions/input_tokens", json=bad, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"

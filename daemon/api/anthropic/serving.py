@@ -21,11 +21,9 @@ from daemon.api.anthropic.protocol import (
 from daemon.api.keepalive import keep_alive_arg
 from daemon.api.streams import Named, named_sse
 from daemon.core.calls import CallArgs, CallStart, ToolCall
-from daemon.core.chat import Generation, start_chat
+from daemon.core.chat import Generation, count_prompt, start_chat
 from daemon.core.choices import Policy
-from daemon.core.media import check_media, image_from_base64, image_from_url
-from daemon.core.media_sources import resolve_media
-from daemon.core.prompt import prepare_chat
+from daemon.core.media import image_from_base64, image_from_url
 from daemon.core.reasoning import Thinking
 from daemon.core.request import (
     MEDIA_MARKER,
@@ -41,7 +39,6 @@ from daemon.core.request import (
 )
 from daemon.core.sampling import ANTHROPIC, sampling_of
 from daemon.core.turns import Reasoning, Turn, TurnEnd, run_turn, turn_events
-from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.registry import ModelRegistry
 from daemon.engine.types import FinishReason
@@ -376,8 +373,4 @@ async def count_tokens(
 ) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's tokens as the model would see them (its
     images read, checked and encoded as a message's would be)."""
-    conversation = await resolve_media(to_chat(req), policy, "messages")
-    check_media(conversation, policy)
-    lm = await leased(registry, req.model)
-    chat = await prepare_chat(lm, conversation, policy.max_image_pixels, "messages")
-    return {"input_tokens": len(chat.tokens)}
+    return {"input_tokens": await count_prompt(registry, to_chat(req), req.model, policy)}

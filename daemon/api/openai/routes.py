@@ -28,6 +28,16 @@ async def chat_completions(
     return await serving.chat_completion(registry, data, policy_of(settings))
 
 
+@post("/chat/completions/input_tokens", status_code=200)
+async def chat_input_tokens(
+    data: JSONBody[ChatCompletionRequest],
+    registry: NamedDependency[ModelRegistry],
+    settings: NamedDependency[Settings],
+) -> dict[str, Any]:
+    """How many tokens the chat's prompt is, nothing generated (llama-server's route)."""
+    return await serving.chat_input_tokens(registry, data, policy_of(settings))
+
+
 @post("/completions", status_code=200)
 async def completions(
     data: JSONBody[CompletionRequest],
@@ -85,11 +95,19 @@ async def retrieve_model(
     return _model_object(registry.resolve(name), registry)
 
 
-_HANDLERS = [chat_completions, completions, embeddings, list_models, retrieve_model]
+_HANDLERS = [
+    chat_completions,
+    chat_input_tokens,
+    completions,
+    embeddings,
+    list_models,
+    retrieve_model,
+]
 router = Router(path="/v1", route_handlers=_HANDLERS)
 # DeepInfra's base URL (seed 003's curl): its requests work with only the host changed.
 deepinfra_router = Router(path="/v1/openai", route_handlers=_HANDLERS)
 # llama-server also serves these routes at the root: the same handlers, a second path.
 unversioned = Router(
-    path="/", route_handlers=[chat_completions, completions, embeddings, list_models]
+    path="/",
+    route_handlers=[chat_completions, chat_input_tokens, completions, embeddings, list_models],
 )

@@ -17,7 +17,7 @@ from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest,
 from daemon.api.streams import sse
 from daemon.core import safety, tools
 from daemon.core.calls import CallArgs, CallParser, CallStart, Event, parse_message
-from daemon.core.chat import ChatRun, start_chat
+from daemon.core.chat import ChatRun, count_prompt, start_chat
 from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.core.formats import request_grammar
 from daemon.core.reasoning import Thinking
@@ -83,6 +83,14 @@ class _Reply:
     logprobs: int | None
     together: bool
     timings_per_token: bool = False
+
+
+async def chat_input_tokens(
+    registry: ModelRegistry, req: ChatCompletionRequest, policy: Policy
+) -> dict[str, Any]:
+    """POST /v1/chat/completions/input_tokens (llama-server's): the prompt's tokens."""
+    chat_req = translate.chat(req.with_legacy_functions())
+    return {"input_tokens": await count_prompt(registry, chat_req, req.model, policy)}
 
 
 async def chat_completion(
