@@ -20,11 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.core.request import MEDIA_MARKER
-from daemon.engine.loading.loaded import chat_template
-from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
-from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from tests.conftest import Server
-from tests.media.conftest import CTX, N_BATCH, PARALLEL
+from tests.media.reference import reference_tokens
 from tests.media.tiny_audio import (
     TOKENS_PER_WINDOW,
     adpcm_wav,
@@ -71,58 +68,13 @@ def auth(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def reference_tokens(lm_path: Path, mmproj: Path, content: str, steps: int) -> list[int]:
-    """Greedy tokens after the prompt computed without the daemon: the model's template,
-    libmtmd's own eval_chunks, a plain one-token decode loop (flash attention off)."""
-    model = Model(lm_path)
-    try:
-        proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
-        opts = ContextOptions(
-            n_ctx=CTX * PARALLEL,
-            n_batch=N_BATCH,
-            n_ubatch=N_BATCH,
-            n_seq_max=PARALLEL,
-            n_threads=1,
-            n_threads_batch=1,
-        )
-        ctx, batch = Context(model, opts), Batch(1)
-        try:
-            rendered = chat_template(model).render(
-                [{"role": "user", "content": content}], add_generation_prompt=True
-            )
-            bos = model.special_text(model.bos) if model.add_bos else ""
-            add_special = model.add_bos and not (bos and rendered.startswith(bos))
-            with (
-                proj.bitmap_file_bytes(WAV) as bitmap,
-                proj.tokenize(rendered, [bitmap], add_special=add_special) as chunks,
-            ):
-                n_past = proj.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
-            row, out = -1, []
-            for _ in range(steps):
-                tok = int(np.argmax(ctx.logits_np(row)))
-                if model.is_eog(tok):
-                    break
-                out.append(tok)
-                batch.clear()
-                batch.add(tok, n_past, 0, True)
-                assert ctx.decode(batch) == 0
-                n_past, row = n_past + 1, 0
-            return out
-        finally:
-            batch.close()
-            ctx.close()
-            proj.close()
-    finally:
-        model.close()
-
-
 def test_an_input_audio_chat_answers_as_the_in_process_reference(
     client: openai.OpenAI, hearing: Server, vlm_lm_path: Path, audio_mmproj: Path
 ) -> None:
     resp = client.chat.completions.create(
         model="lm", messages=[audio_message(WAV)], max_tokens=STEPS, temperature=0
     )
-    want = reference_tokens(vlm_lm_path, audio_mmproj, MEDIA_MARKER + QUESTION, STEPS)
+    want = reference_tokens(vlm_lm_path, audio_mmproj, MEDIA_MARKER + QUESTION, WAV, STEPS)
     assert want, "the reference generated nothing to compare"
     r = httpx.post(f"{hearing.url}/detokenize", json={"tokens": want}, headers=auth(), timeout=30)
     assert resp.choices[0].message.content == r.json()["content"]

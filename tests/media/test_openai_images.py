@@ -11,18 +11,15 @@ import threading
 from pathlib import Path
 
 import httpx
-import numpy as np
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.core.request import MEDIA_MARKER
-from daemon.engine.loading.loaded import chat_template
-from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
-from daemon.engine.native.mtmd import Projector, ProjectorOptions, default_marker
+from daemon.engine.native.mtmd import default_marker
 from tests.conftest import Server
-from tests.media.conftest import CTX, N_BATCH, PARALLEL
+from tests.media.reference import reference_tokens
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 STEPS = 12
@@ -51,51 +48,6 @@ def client(vlm_server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{vlm_server.url}/v1", api_key="none", max_retries=0)
 
 
-def reference_tokens(lm_path: Path, mmproj: Path, text: str, steps: int) -> list[int]:
-    """Greedy tokens after the prompt, computed without the daemon: the model's template,
-    libmtmd's own eval_chunks, a plain one-token decode loop (flash attention off)."""
-    model = Model(lm_path)
-    try:
-        proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
-        opts = ContextOptions(
-            n_ctx=CTX * PARALLEL,
-            n_batch=N_BATCH,
-            n_ubatch=N_BATCH,
-            n_seq_max=PARALLEL,
-            n_threads=1,
-            n_threads_batch=1,
-        )
-        ctx, batch = Context(model, opts), Batch(1)
-        try:
-            rendered = chat_template(model).render(
-                [{"role": "user", "content": text}], add_generation_prompt=True
-            )
-            bos = model.special_text(model.bos) if model.add_bos else ""
-            add_special = model.add_bos and not (bos and rendered.startswith(bos))
-            with (
-                proj.bitmap_file_bytes(PNG) as bitmap,
-                proj.tokenize(rendered, [bitmap], add_special=add_special) as chunks,
-            ):
-                n_past = proj.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
-            row, out = -1, []
-            for _ in range(steps):
-                tok = int(np.argmax(ctx.logits_np(row)))
-                if model.is_eog(tok):
-                    break
-                out.append(tok)
-                batch.clear()
-                batch.add(tok, n_past, 0, True)
-                assert ctx.decode(batch) == 0
-                n_past, row = n_past + 1, 0
-            return out
-        finally:
-            batch.close()
-            ctx.close()
-            proj.close()
-    finally:
-        model.close()
-
-
 def test_marker_is_libmtmds_default() -> None:
     assert default_marker() == MEDIA_MARKER
 
@@ -110,7 +62,7 @@ def test_greedy_tokens_equal_the_in_process_reference(
         temperature=0,
     )
     text = resp.choices[0].message.content or ""
-    want = reference_tokens(vlm_lm_path, mmproj["f32"], QUESTION + MEDIA_MARKER, STEPS)
+    want = reference_tokens(vlm_lm_path, mmproj["f32"], QUESTION + MEDIA_MARKER, PNG, STEPS)
     assert want, "the reference generated nothing to compare"
     expected = httpx.post(f"{vlm_server.url}/detokenize", json={"tokens": want}, timeout=30).json()[
         "content"
