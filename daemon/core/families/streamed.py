@@ -213,7 +213,41 @@ class JsonScan:
         return i + 1
 
 
-class HeadedJson(CallScan):
+class BufferedScan(CallScan):
+    """A reader that keeps the body's unread text and steps over it (`_advance`) until it
+    needs more text or finds the block is not its format (state `stop`); it starts at a
+    call's header (state `head`)."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._buf = ""
+        self._state = "head"
+
+    def feed(self, text: str) -> None:
+        self._buf += text
+        while self._state != "stop" and self._advance():
+            pass
+
+    def _advance(self) -> bool:
+        """One step; False when more text is needed (or the block is not a call)."""
+        raise NotImplementedError
+
+    def _begin(self, m: re.Match[str] | None) -> str | None:
+        """The function a complete header (`m`, group 1 the name) names, its text consumed;
+        None while the header is incomplete, or when it names no allowed function (then
+        nothing in this block is a call)."""
+        if m is None:
+            return None
+        name = m.group(1).strip()
+        if name not in self._ctx.allowed:
+            self._state = "stop"
+            return None
+        self._buf = self._buf[m.end() :]
+        return name
+
+
+class HeadedJson(BufferedScan):
     """Calls written as a header naming the function, then a JSON object of arguments: `head`
     matches one header (group 1 the name, group 2 the model's id if any) and ends where the
     object starts; `between` matches what separates one call from the next header (None: one
@@ -222,29 +256,21 @@ class HeadedJson(CallScan):
     def __init__(
         self, ctx: CallContext, head: re.Pattern[str], between: re.Pattern[str] | None = None
     ) -> None:
-        super().__init__()
-        self._ctx, self._head, self._between = ctx, head, between
-        self._buf = ""
-        self._state = "head"
+        super().__init__(ctx)
+        self._head, self._between = head, between
         self._json = JsonScan()
 
-    def feed(self, text: str) -> None:
-        self._buf += text
-        while self._buf and self._state != "stop" and self._advance():
-            pass
-
     def _advance(self) -> bool:
+        if not self._buf:  # `between` may match nothing: wait for what follows a call
+            return False
         if self._state == "head":
             m = self._head.match(self._buf)
-            if m is None:
-                return False
-            name = m.group(1).strip()
-            if name not in self._ctx.allowed:
-                self._state = "stop"
+            name = self._begin(m)
+            if m is None or name is None:
                 return False
             own = m.group(2) if m.re.groups >= 2 else None
             self.calls.append(PartialCall(name, own.strip() if own else None))
-            self._buf, self._state, self._json = self._buf[m.end() :], "args", JsonScan()
+            self._state, self._json = "args", JsonScan()
             return True
         if self._state == "args":
             used = self._json.feed(self._buf)

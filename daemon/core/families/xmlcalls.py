@@ -8,7 +8,13 @@ from typing import Any
 
 from daemon.core.families.base import CallContext, RawCall, Syntax, after, held, json_object
 from daemon.core.families.jsoncalls import END_TOOL_CALL, HERMES_HEAD, PYTHON_TAG, TOOL_CALL
-from daemon.core.families.streamed import CallScan, EitherScan, HeadedJson, PartialCall
+from daemon.core.families.streamed import (
+    BufferedScan,
+    CallScan,
+    EitherScan,
+    HeadedJson,
+    PartialCall,
+)
 
 FUNCTION, END_FUNCTION = "<function=", "</function>"
 _XML_CALL = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>\s*", re.DOTALL)
@@ -113,38 +119,26 @@ class FunctionaryV31(Syntax):
         return HeadedJson(ctx, _V31_HEAD) if opener == FUNCTION else None
 
 
-class XmlScan(CallScan):
+class XmlScan(BufferedScan):
     """Qwen3-Coder's calls as JSON built while they arrive: `{` once `<function=NAME>` is
     complete, each key once its `<parameter=P>` is, a string value's characters as they come
     (a last newline and what may be `</parameter>` held back), any other value whole at its
     `</parameter>`, `}` at `</function>`."""
 
     def __init__(self, ctx: CallContext) -> None:
-        super().__init__()
-        self._ctx = ctx
-        self._buf = ""
-        self._state = "head"  # head, params, value, stop
+        super().__init__(ctx)  # states: head, params, value, stop
         self._props: dict[str, Any] = {}
         self._schema: dict[str, Any] = {}
         self._before = ""  # the arguments' text before the open value
 
-    def feed(self, text: str) -> None:
-        self._buf += text
-        while self._state != "stop" and self._advance():
-            pass
-
     def _advance(self) -> bool:
         if self._state == "head":
-            m = _FUNCTION_HEAD.match(self._buf)
-            if m is None:
-                return False
-            name = m.group(1).strip()
-            if name not in self._ctx.allowed:
-                self._state = "stop"
+            name = self._begin(_FUNCTION_HEAD.match(self._buf))
+            if name is None:
                 return False
             self._props = (self._ctx.schemas.get(name) or {}).get("properties") or {}
             self.calls.append(PartialCall(name, None, "{"))
-            self._buf, self._state = self._buf[m.end() :], "params"
+            self._state = "params"
             return True
         call = self.calls[-1]
         if self._state == "params":
