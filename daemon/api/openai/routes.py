@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 
+from daemon.api.openai import completions as text_completions
 from daemon.api.openai import serving
 from daemon.api.openai.embeddings import EmbeddingRequest, create_embeddings
 from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -45,7 +46,7 @@ async def completions(
     settings: NamedDependency[Settings],
 ) -> dict[str, Any] | ServerSentEvent:
     """Text completion, streamed as SSE when `stream` is true."""
-    return await serving.completion(registry, data, policy_of(settings))
+    return await text_completions.completion(registry, data, policy_of(settings))
 
 
 @post("/embeddings", status_code=200)

@@ -1,70 +1,30 @@
-"""OpenAI chat and text completions: translate to engine requests and back."""
+"""OpenAI chat completions: translate to engine requests and back (text completions are
+completions.py, the fields every body and chunk carries envelope.py)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from litestar.response import ServerSentEvent
 
-from daemon.api.keepalive import keep_alive_arg
 from daemon.api.openai import logprobs as lp
 from daemon.api.openai import translate
-from daemon.api.openai.protocol import ChatCompletionRequest, CompletionRequest, _Common
+from daemon.api.openai.envelope import Meta, finish_reason, new_meta, progress, timed, with_timings
+from daemon.api.openai.protocol import ChatCompletionRequest
 from daemon.api.streams import sse
 from daemon.core import safety, tools
 from daemon.core.calls import CallArgs, CallParser, CallStart, Event, parse_message
 from daemon.core.chat import ChatRun, count_prompt, start_chat
-from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
-from daemon.core.formats import request_grammar
+from daemon.core.choices import Policy, timings, usage
 from daemon.core.reasoning import Thinking
 from daemon.core.streams import Collected, collect_all, merge
-from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.engine.types import Chunk, FinishReason
+from daemon.engine.types import FinishReason
 from daemon.errors import InvalidRequest
-from daemon.version import fingerprint
-
-
-@dataclass(frozen=True)
-class _Meta:
-    """Identity fields repeated in every response object and chunk."""
-
-    id: str
-    created: int
-    model: str
-    object: str
-
-    def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": fingerprint(),
-            "choices": choices,
-        }
-
-
-def _meta(prefix: str, obj: str, model: str) -> _Meta:
-    return _Meta(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model, obj)
-
-
-def _finish(reason: FinishReason | None) -> str | None:
-    return None if reason is None else reason.value
-
-
-def _extras(req: _Common, count: int | None, echo_scores: bool) -> Extras:
-    fmt = translate.json_format(req.response_format)
-    grammar = request_grammar(fmt, req.grammar, "response_format")
-    progress = req.stream and req.return_progress
-    return Extras(grammar=grammar, logprobs=count, prompt_logprobs=echo_scores, progress=progress)
-
 
 _LEGACY_PARAMS = {"tools": "functions", "tool_choice": "function_call"}
 
@@ -126,8 +86,8 @@ async def _answer(
     """A started chat in OpenAI's shapes: one body, or chunks as SSE."""
     lm, handles, screened = run.lm, run.handles, run.guard is not None
     plan, rendered, think = run.prompt.plan, run.prompt.rendered, run.prompt.think
-    meta = _meta("chatcmpl", "chat.completion", registry.answering_name(reply.model, lm.name))
-    chunk_meta = _Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
+    meta = new_meta("chatcmpl", "chat.completion", registry.answering_name(reply.model, lm.name))
+    chunk_meta = Meta(meta.id, meta.created, meta.model, "chat.completion.chunk")
     if run.refusal is not None:
         return _refused(meta, chunk_meta, reply, run.refusal)
     shape = _ChatLogprobs(lm, reply.together) if reply.logprobs is not None else None
@@ -139,7 +99,7 @@ async def _answer(
         else:
             # The output check needs whole answers: generate, judge, then send each at once.
             events = _screened_events(chunk_meta, run, reply, shape, policy)
-        return sse(_timed(events, handles) if reply.timings_per_token else events, handles)
+        return sse(timed(events, handles) if reply.timings_per_token else events, handles)
     results = await collect_all(handles)
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     if screened:
@@ -182,7 +142,7 @@ def _chat_finish(reason: FinishReason | None, called: bool, legacy: bool = False
     (`function_call` for the legacy `functions` field)."""
     if called and reason is FinishReason.STOP:
         return "function_call" if legacy else "tool_calls"
-    return _finish(reason)
+    return finish_reason(reason)
 
 
 def _refusal_choice(i: int, verdict: safety.Verdict) -> dict[str, Any]:
@@ -207,7 +167,7 @@ _NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "est
 
 
 def _refused(
-    meta: _Meta, chunk_meta: _Meta, reply: _Reply, verdict: safety.Verdict
+    meta: Meta, chunk_meta: Meta, reply: _Reply, verdict: safety.Verdict
 ) -> dict[str, Any] | ServerSentEvent:
     """The answer to a conversation the safety model flagged: nothing was generated."""
     choices = [_refusal_choice(i, verdict) for i in range(reply.n)]
@@ -218,7 +178,7 @@ def _refused(
 
 
 async def _replay(
-    meta: _Meta, choices: list[dict[str, Any]], tail_usage: dict[str, Any] | None
+    meta: Meta, choices: list[dict[str, Any]], tail_usage: dict[str, Any] | None
 ) -> AsyncIterator[dict[str, Any]]:
     """Finished choices as chunks: each whole answer in one delta with its finish_reason."""
     for c in choices:
@@ -240,7 +200,7 @@ async def _replay(
 
 
 async def _screened_events(
-    meta: _Meta, run: ChatRun, reply: _Reply, shape: _ChatLogprobs | None, policy: Policy
+    meta: Meta, run: ChatRun, reply: _Reply, shape: _ChatLogprobs | None, policy: Policy
 ) -> AsyncIterator[dict[str, Any]]:
     plan, think = run.prompt.plan, run.prompt.think
     results = await collect_all(run.handles)
@@ -283,7 +243,7 @@ def _deltas(event: Event, legacy: bool = False) -> list[dict[str, Any]]:
 
 
 async def _chat_events(
-    meta: _Meta,
+    meta: Meta,
     handles: list[RequestHandle],
     include_usage: bool,
     shape: _ChatLogprobs | None,
@@ -307,7 +267,7 @@ async def _chat_events(
     legacy = plan is not None and plan.legacy
     async for i, chunk in merge(handles):
         if chunk.progress is not None:
-            yield _progress(meta.envelope(_no_delta(i)), chunk)
+            yield progress(meta.envelope(_no_delta(i)), chunk)
         parser, splitter = parsers[i], splitters[i]
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
         reasoning, text = splitter.feed(chunk.text) if splitter else ("", chunk.text)
@@ -335,7 +295,7 @@ async def _chat_events(
             )
         if chunk.finish_reason is not None:
             finished += 1
-            yield _with_timings(
+            yield with_timings(
                 meta.envelope(
                     [
                         {
@@ -357,169 +317,3 @@ async def _chat_events(
 
 def _no_delta(i: int) -> list[dict[str, Any]]:
     return [{"index": i, "delta": {}, "logprobs": None, "finish_reason": None}]
-
-
-def _progress(event: dict[str, Any], chunk: Chunk) -> dict[str, Any]:
-    """A chunk carrying llama-server's `prompt_progress` (asked with `return_progress`)."""
-    assert chunk.progress is not None
-    return {**event, "prompt_progress": chunk.progress.wire()}
-
-
-async def _timed(
-    events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]
-) -> AsyncIterator[dict[str, Any]]:
-    """`timings_per_token`: every chunk carries the timings so far, as llama-server's."""
-    async for event in events:
-        yield event if "timings" in event else {**event, "timings": timings(handles)}
-
-
-def _with_timings(
-    event: dict[str, Any], handles: list[RequestHandle], finished: int
-) -> dict[str, Any]:
-    """The chunk ending the last choice carries `timings`, as llama-server's last chunk does."""
-    return {**event, "timings": timings(handles)} if finished == len(handles) else event
-
-
-def _completion_prompts(lm: LoadedModel, req: CompletionRequest) -> list[list[int]]:
-    p = req.prompt
-    if isinstance(p, str):
-        prompts = [lm.tokenize(p)]
-    elif all(isinstance(x, int) for x in p):
-        prompts = [list(p)]  # type: ignore[arg-type]
-    elif all(isinstance(x, str) for x in p):
-        prompts = [lm.tokenize(s) for s in p]  # type: ignore[arg-type]
-    else:
-        prompts = [list(x) for x in p]  # type: ignore[union-attr]
-    for tokens in prompts:
-        lm.check_tokens(tokens)
-    return prompts
-
-
-@dataclass(frozen=True)
-class _Echo:
-    """What `echo` puts before a completion: the prompt text, and its scores if asked."""
-
-    lm: LoadedModel
-    prompts: list[list[int]]
-    n: int
-
-    def prompt_of(self, choice: int) -> list[int]:
-        return self.prompts[choice // self.n]
-
-    def text(self, choice: int) -> str:
-        return self.lm.model.detokenize(self.prompt_of(choice))
-
-
-def _completion_choice(
-    i: int,
-    r: Collected,
-    lm: LoadedModel,
-    echo: _Echo | None,
-    count: int | None,
-    source: int | None = None,
-) -> dict[str, Any]:
-    """Choice `i` of the answer, made from generated sequence `source` (default `i`)."""
-    src = i if source is None else source
-    text = r.text
-    logprobs = None
-    piece = lm.model.piece
-    if echo is not None:
-        prefix = echo.text(src)
-        if count is not None:
-            prompt = echo.prompt_of(src)
-            entries = [None, *r.prompt_logprobs, *r.logprobs]
-            tokens = prompt + [e.token for e in r.logprobs]
-            logprobs = lp.completions(entries, tokens, piece)
-        text = prefix + text
-    elif count is not None:
-        logprobs = lp.completions(r.logprobs, [e.token for e in r.logprobs], piece)
-    return {
-        "index": i,
-        "text": text,
-        "logprobs": logprobs,
-        "finish_reason": _finish(r.finish_reason),
-    }
-
-
-async def completion(
-    registry: ModelRegistry, req: CompletionRequest, policy: Policy
-) -> dict[str, Any] | ServerSentEvent:
-    """POST /v1/completions."""
-    req.check_unsupported()
-    lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
-    prompts = _completion_prompts(lm, req)
-    count = req.logprob_count
-    k = req.candidates
-    extras = _extras(req, count, req.echo and count is not None)
-    if k > req.n and count is None:
-        extras = replace(extras, logprobs=0)  # ranking best_of needs the chosen tokens' scores
-    try:
-        handles = submit_choices(
-            lm, prompts, req.token_limit, translate.sampling(req), k, policy, extras
-        )
-    except InvalidRequest as exc:
-        if k > req.n and exc.param == "n":
-            exc.param = "best_of"
-        raise
-    meta = _meta("cmpl", "text_completion", registry.answering_name(req.model, lm.name))
-    echo = _Echo(lm, prompts, k) if req.echo else None
-    if req.stream:
-        events = _completion_events(meta, handles, req, lm, echo, policy)
-        return sse(_timed(events, handles) if req.timings_per_token else events, handles)
-    results = await collect_all(handles)
-    picked = _best(results, k, req.n) if k > req.n else list(range(len(results)))
-    choices = [
-        _completion_choice(i, results[j], lm, echo, count, source=j) for i, j in enumerate(picked)
-    ]
-    return {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
-
-
-def _best(results: list[Collected], k: int, n: int) -> list[int]:
-    """For each prompt's `k` candidates, the indexes of the `n` with the highest total
-    log-probability (OpenAI's `best_of`), best first."""
-    out: list[int] = []
-    for start in range(0, len(results), k):
-        group = range(start, start + k)
-        ranked = sorted(group, key=lambda j: -sum(e.logprob for e in results[j].logprobs))
-        out.extend(ranked[:n])
-    return out
-
-
-async def _completion_events(
-    meta: _Meta,
-    handles: list[RequestHandle],
-    req: CompletionRequest,
-    lm: LoadedModel,
-    echo: _Echo | None,
-    policy: Policy,
-) -> AsyncIterator[dict[str, Any]]:
-    count = req.logprob_count
-    piece = lm.model.piece
-    if echo is not None:
-        for i in range(len(handles)):
-            yield meta.envelope(
-                [{"index": i, "text": echo.text(i), "logprobs": None, "finish_reason": None}]
-            )
-    finished = 0
-    async for i, chunk in merge(handles):
-        finished += chunk.finish_reason is not None
-        if chunk.progress is not None:
-            empty = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
-            yield _progress(meta.envelope([empty]), chunk)
-        if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
-            event = meta.envelope([_stream_choice(i, chunk, count, piece)])
-            yield _with_timings(event, handles, finished) if chunk.finish_reason else event
-    if req.include_usage:
-        yield {**meta.envelope([]), "usage": usage(handles, policy)}
-
-
-def _stream_choice(i: int, chunk: Chunk, count: int | None, piece: lp.Piece) -> dict[str, Any]:
-    logprobs = None
-    if count is not None and chunk.logprobs:
-        logprobs = lp.completions(chunk.logprobs, [e.token for e in chunk.logprobs], piece)
-    return {
-        "index": i,
-        "text": chunk.text,
-        "logprobs": logprobs,
-        "finish_reason": _finish(chunk.finish_reason),
-    }
