@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from daemon.engine.errors import LoadFailed
-from daemon.engine.native.llama import ggml_library
+from daemon.engine.native.libfiles import ggml_library
 
 log = logging.getLogger("edged.rpc")
 

@@ -24,7 +24,6 @@ except (ImportError, OSError):  # the binding raises FileNotFoundError for a mis
 from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for native/sampler.py)
 
 from daemon.engine.errors import LoadFailed
-from daemon.engine.native.libfiles import mapped_copy
 from daemon.engine.native.logs import log_callback
 from daemon.engine.types import CacheType
 
@@ -484,22 +483,3 @@ def grammar_is_valid(model: Model, gbnf: str) -> bool:
         return False
     lc.llama_sampler_free(ptr)
     return True
-
-
-def ggml_library(stem: str) -> ctypes.CDLL | None:
-    """A ggml library shipped next to libllama (`ggml-base`, `ggml-rpc` ...), or None when
-    this build lacks it; the backends are initialised first.
-
-    A wheel stores `libggml-base.so`, `.so.0` and `.so.0.25.3` as three separate files (wheels
-    have no symlinks), and the loader maps each file apart: opening `libggml-base.so` beside
-    libllama's `libggml-base.so.0` gives a second copy with its own globals (abort callback,
-    RPC connections). So the copy libllama already mapped is the one to open."""
-    init_backend()
-    lib_dir = Path(lc.__file__).parent / "lib"
-    mapped = mapped_copy(lib_dir, stem)
-    if mapped is not None:
-        return ctypes.CDLL(str(mapped))
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
-        if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
-    return None
