@@ -51,6 +51,7 @@ class Endpoint:
 
 ENDPOINTS = [
     Endpoint("POST", "/v1/chat/completions", ChatCompletionRequest, 500, {"max_tokens": 4}),
+    Endpoint("POST", "/v1/chat/completions/input_tokens", ChatCompletionRequest, 150),
     Endpoint("POST", "/v1/completions", CompletionRequest, 350, {"max_tokens": 4}),
     Endpoint("POST", "/v1/embeddings", EmbeddingRequest, 150),
     Endpoint("POST", "/inference", InferenceRequest, 200, {"max_tokens": 4}),

@@ -359,6 +359,8 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
             "return_tokens": st.booleans(),
             "mirostat": st.integers(0, 2),
             "cache_prompt": ANY,
+            "return_progress": st.one_of(st.booleans(), ANY),
+            "timings_per_token": st.one_of(st.booleans(), ANY),
         }
     ),
     "/infill": body(
@@ -381,6 +383,8 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
                 st.fixed_dictionaries({}, optional={"enable_thinking": ANY}), ANY
             ),
             "reasoning_effort": st.one_of(st.sampled_from(["none", "low", "high"]), ANY),
+            "continue_final_message": st.one_of(st.none(), st.booleans(), ANY),
+            "add_generation_prompt": st.one_of(st.booleans(), ANY),
         }
     ),
     "/tokenize": body({"content": st.one_of(TEXT, ANY), "with_pieces": ANY, "add_special": ANY}),
