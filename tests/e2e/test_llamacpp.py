@@ -362,3 +362,27 @@ def test_responses_stream_with_llama_telemetry(base_url: str) -> None:
     assert "response.output_text.delta" in kinds
     assert kinds[-1] in ("response.completed", "response.incomplete")  # max_output_tokens
     assert kinds.index("response.output_text.delta") > kinds.index("response.in_progress")
+
+
+def test_progress_with_two_choices(base_url: str) -> None:
+    """n = 2: the prompt goes in once (the second choice takes a copy of its KV), so one
+    choice reports its progress; both answer, as they do without the telemetry."""
+    words = " ".join(f"n{i}" for i in range(200))
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Two choices {words}"}],
+        "max_tokens": 4,
+        "temperature": 0,
+        "n": 2,
+        "stream": True,
+        "return_progress": True,
+    }
+    r = _post(base_url, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    lines = [x[5:].strip() for x in r.text.splitlines() if x.startswith("data:")]
+    events = [json.loads(x) for x in lines if x != "[DONE]"]
+    reports = [e for e in events if "prompt_progress" in e]
+    assert reports and {e["choices"][0]["index"] for e in reports} == {0}
+    assert reports[-1]["prompt_progress"]["processed"] == reports[-1]["prompt_progress"]["total"]
+    ended = {c["index"] for e in events for c in e["choices"] if c["finish_reason"]}
+    assert ended == {0, 1}
