@@ -13,12 +13,19 @@ models fail on both servers alike; what matters is the difference.
     python bench/server_tests.py                     # the default files, a table
     python bench/server_tests.py --write             # and into bench/RESULTS.md
     python bench/server_tests.py --files test_tokenize.py test_stream.py
+    python bench/server_tests.py --servers edged     # llama-server's outcomes as last kept
+
+Each server's outcomes per test are kept in bench/server_tests.json (with the date and files
+of the run), so a change on edged's side needs only edged's run: llama-server's per-test
+start is fast, edged's (a Python process) takes seconds, and the whole suite against both
+takes over an hour on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import stat
@@ -36,6 +43,8 @@ from results import write_section
 from daemon.config import embedded_model_path
 
 BEGIN, END = "<!-- server-tests:begin -->", "<!-- server-tests:end -->"
+KEPT = Path(__file__).resolve().parent / "server_tests.json"
+SERVERS = ("edged", "llama-server")
 FILES = [
     "test_chat_completion.py",
     "test_completion.py",
@@ -64,7 +73,7 @@ FLAGS: dict[str, str | None] = {
     "--lora": "--lora",
     "--draft": None,
     "--temp": None,  # a request's default temperature: edged takes it per request
-    "--seed": None,
+    "--seed": "--seed",
     "--n-predict": None,  # a default max tokens: edged bounds by context and --max-tokens-cap
     "--reasoning-format": None,
     "--chat-template": None,
@@ -130,10 +139,15 @@ while i < len(args):
             dropped += [a, nxt]
         i += 2
         continue
+    if a == "--verbose":  # answers carry `__verbose`, as llama-server's do under it
+        out.append(a)
+        i += 1
+        continue
     dropped.append(a)  # a switch edged has no equivalent of (--jinja: edged always renders)
     i += 1
-# llama-server's --ctx-size is shared by its slots; edged's is one sequence's.
-if "--ctx-size" in out:
+# llama-server's --ctx-size is shared by its slots; edged's is one sequence's. Under
+# --kv-unified one sequence may use all of it, as one of edged's may use its --ctx-size.
+if "--ctx-size" in out and "--kv-unified" not in args:
     at = out.index("--ctx-size")
     slots = int(out[out.index("--parallel") + 1]) if "--parallel" in out else 1
     out[at + 1] = str(max(16, int(out[at + 1]) // slots))
@@ -227,18 +241,37 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=embedded_model_path())
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server")
     p.add_argument("--write", action="store_true")
+    p.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="the ones to run"
+    )
     args = p.parse_args()
+    kept = json.loads(KEPT.read_text()) if KEPT.exists() else {}
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with tempfile.TemporaryDirectory(prefix="edged-server-tests-") as tmp:
         work = Path(tmp)
         tests = prepare(work)
-        results = {
-            which: run(tests, args.files, which, launcher(work, which, args.model), args.timeout)
-            for which in ("edged", "llama-server")
-        }
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        for which in args.servers:
+            exe = launcher(work, which, args.model)
+            outcomes = run(tests, args.files, which, exe, args.timeout)
+            previous = kept.get(which, {}).get("outcomes", {})
+            kept[which] = {
+                "date": stamp,
+                "model": args.model.name,
+                "outcomes": {**previous, **outcomes},
+            }
+    KEPT.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    missing = [w for w in SERVERS if w not in kept]
+    if missing:
+        raise SystemExit(f"no outcomes kept for {missing}: run them (--servers)")
+    stems = [f.removesuffix(".py") for f in args.files]
+    results = {
+        w: {t: o for t, o in kept[w]["outcomes"].items() if any(s in t for s in stems)}
+        for w in SERVERS
+    }
     lines = [
-        f"{stamp}: llama.cpp's server tests from the pinned sdist (llama-cpp-python "
-        f"{_pinned_version()}), both servers on `{args.model.name}` through the same launcher.",
+        f"llama.cpp's server tests from the pinned sdist (llama-cpp-python "
+        f"{_pinned_version()}), both servers on `{args.model.name}` through the same launcher "
+        f"(edged run {kept['edged']['date']}, llama-server run {kept['llama-server']['date']}).",
         "",
         "| file | tests | edged passed | llama-server passed |",
         "| --- | --- | --- | --- |",

@@ -57,6 +57,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "api_key_file": ("--api-key-file", Path, "file of API keys, one per line"),
     "max_tokens_cap": ("--max-tokens-cap", int, "largest max_tokens a request may ask for"),
     "max_n": ("--max-n", int, "largest n (choices) per request"),
+    "seed": ("--seed", int, "seed of a request that sets none (default -1: random each time)"),
     "max_batch": ("--max-batch", int, "most prompts in one batch request"),
     "max_beams": ("--max-beams", int, "largest num_beams"),
     "max_images": ("--max-images", int, "images and audio clips one request may carry"),
@@ -92,6 +93,10 @@ _SWITCHES: dict[str, tuple[str, str]] = {
     "metrics_public": ("--metrics-public", "serve /metrics without an API key"),
     "log_json": ("--log-json", "write the access log as JSON lines"),
     "strict_model_names": ("--strict-model-names", "404 for unknown model names, even with one"),
+    "verbose": (
+        "--verbose",
+        "answers carry `__verbose` (rendered prompt, tokens, settings), as llama-server's",
+    ),
     "exact": (
         "--exact",
         "bit-exact reuse: output equals one uninterrupted plain decode (slower; default off)",

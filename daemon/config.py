@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; none = off")
     max_tokens_cap: int = Field(32768, ge=1, description="largest max_tokens a request may ask")
     max_n: int = Field(16, ge=1, description="largest n (choices per request)")
+    verbose: bool = Field(
+        False,
+        description="answers carry llama-server's `__verbose` (the rendered prompt, tokens, "
+        "settings) unless a request sets `verbose: false`",
+    )
+    seed: int = Field(
+        -1,
+        ge=-1,
+        le=2**63 - 1,
+        description="seed of a request that sets none (-1: a random one each time), as "
+        "llama-server's --seed",
+    )
     max_batch: int = Field(64, ge=1, description="most prompts in one batch request")
     max_beams: int = Field(8, ge=1, description="largest num_beams")
     max_images: int = Field(

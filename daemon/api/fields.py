@@ -12,7 +12,7 @@ from daemon.engine.adapters.lora import MAX_SCALE
 MAX_STOPS = 16
 MAX_SEED = 2**63 - 1
 MAX_LOGIT_BIAS = 300  # OpenAI's cap on logit_bias entries
-_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+TOKEN_ID = re.compile(r"[0-9]{1,10}")  # a token id as text: ASCII digits only
 
 
 class ProtocolModel(BaseModel):
@@ -86,7 +86,7 @@ class SamplingFields(ProtocolModel):
         out: dict[str, float] = {}
         for key, bias in v.items():
             digits = key.strip(" \t")
-            if not _TOKEN_ID.fullmatch(digits):
+            if not TOKEN_ID.fullmatch(digits):
                 raise ValueError(f"keys are decimal token ids, got {key!r}")
             token = str(int(digits))
             if token in out:

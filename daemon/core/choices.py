@@ -24,6 +24,10 @@ class Policy:
     """Caps every dialect applies to a request, and the prices usage is billed at."""
 
     max_n: int = 16
+    # The seed of a request that sets none (--seed); None: a random one each time.
+    seed: int | None = None
+    # Whether answers carry `__verbose` when the request does not say (--verbose).
+    verbose: bool = False
     max_tokens: int = 32768
     max_batch: int = 64
     max_beams: int = 8
@@ -43,6 +47,8 @@ def policy_of(settings: Settings) -> Policy:
     """The policy configured in the daemon settings."""
     return Policy(
         max_n=settings.max_n,
+        seed=None if settings.seed < 0 else settings.seed,
+        verbose=settings.verbose,
         max_tokens=settings.max_tokens_cap,
         max_batch=settings.max_batch,
         max_beams=settings.max_beams,
@@ -75,9 +81,18 @@ class Extras:
     media: MediaPrompt | None = None
     # Report the prompt's progress as it goes in (llama-server's `return_progress`).
     progress: bool = False
+    # `logprobs` among the candidates the sampler kept (llama-server's post_sampling_probs).
+    post_sampling: bool = False
 
 
 _fork_groups = itertools.count()
+
+
+def seeded(sampling: SamplingParams, policy: Policy) -> SamplingParams:
+    """`sampling` with the daemon's default seed where the request set none."""
+    if sampling.seed is not None or policy.seed is None:
+        return sampling
+    return replace(sampling, seed=policy.seed)
 
 
 def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
@@ -131,7 +146,7 @@ def submit_choices(
         raise InvalidRequest(f"n must be at most {policy.max_n}", param="n")
     if max_tokens is not None and max_tokens > policy.max_tokens:
         raise InvalidRequest(f"max_tokens must be at most {policy.max_tokens}", param="max_tokens")
-    sampling = _sampling(lm, fields, extras.grammar, extras.grammar_trigger)
+    sampling = seeded(_sampling(lm, fields, extras.grammar, extras.grammar_trigger), policy)
     lora = request_adapters(lm, fields.lora)
     if extras.resume is not None and extras.resume.lora != lora:
         # The kept KV was computed under other adapters: the prompt (the whole history) is
@@ -159,6 +174,7 @@ def submit_choices(
                 lora=lora,
                 media=extras.media,
                 progress=extras.progress,
+                post_sampling=extras.post_sampling,
             )
             for j in range(n)
         )

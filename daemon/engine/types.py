@@ -127,6 +127,9 @@ class GenerationRequest:
     # Report the prompt's progress (Chunk.progress) when it takes its slot and after each of
     # its chunks is decoded (llama-server's `return_progress`).
     progress: bool = False
+    # `logprobs` after sampling (llama-server's `post_sampling_probs`): the chosen token and
+    # its alternatives among the candidates the sampler chain kept, under its settings.
+    post_sampling: bool = False
 
     @property
     def n_slots(self) -> int:
@@ -139,7 +142,8 @@ class TokenLogprob:
     """A token's log-probability under the model's raw distribution, and the top alternatives.
 
     Log-probabilities are taken from the logits before logit_bias, penalties, grammar and
-    temperature, so they describe the model, not the sampler settings.
+    temperature, so they describe the model, not the sampler settings; a request asking for
+    them after sampling (`post_sampling`) gets the distribution its token was drawn from.
     """
 
     token: int

@@ -354,7 +354,20 @@ ROUTES: dict[str, st.SearchStrategy[Any]] = {
             "stream": st.booleans(),
             "grammar": st.one_of(TEXT, st.just('root ::= "a"+')),
             "json_schema": SCHEMA,
-            "logit_bias": st.one_of(st.lists(st.lists(ANY, max_size=3), max_size=3), ANY),
+            "logit_bias": st.one_of(
+                st.lists(st.lists(ANY, max_size=3), max_size=3),
+                ANY,
+                # ids and texts (llama-server tokenizes a text key), numbers and `false`
+                st.lists(
+                    st.tuples(
+                        st.one_of(TEXT, st.integers(-2, 60000), st.just("²")),
+                        st.one_of(NUMBER, st.just(False), st.floats(-200, 200)),
+                    ).map(list),
+                    max_size=4,
+                ),
+                st.dictionaries(st.one_of(TEXT, st.integers(0, 60000).map(str)), NUMBER),
+            ),
+            "post_sampling_probs": st.one_of(st.booleans(), ANY),
             "ignore_eos": st.booleans(),
             "return_tokens": st.booleans(),
             "mirostat": st.integers(0, 2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -257,14 +258,15 @@ def test_openai_routes_without_v1(base_url: str) -> None:
     [
         ("/completion", {"prompt": "x", "n_probs": 50}, 400, "n_probs"),
         ("/completion", {"prompt": "x", "mirostat": 2}, 400, "mirostat"),
-        ("/completion", {"prompt": "x", "post_sampling_probs": True}, 400, "post_sampling_probs"),
+        ("/completion", {"prompt": "x", "post_sampling_probs": 1.5}, 400, "post_sampling_probs"),
         ("/completion", {"prompt": "x", "lora": [{"id": 0, "scale": 1}]}, 400, "lora"),
         ("/completion", {"prompt": "x", "grammar": "root ::= x", "json_schema": {}}, 400, "either"),
         ("/completion", {"prompt": "x", "grammar": "nonsense"}, 400, "grammar"),
         ("/completion", {"prompt": [10**9]}, 400, "token"),
         ("/completion", {"prompt": ""}, 400, "empty"),
         ("/completion", {"prompt": "x", "model": "nope"}, 404, "nope"),
-        ("/completion", {"prompt": "x", "logit_bias": [["hello", 1]]}, 400, "logit_bias"),
+        ("/completion", {"prompt": "x", "logit_bias": [["", 1]]}, 400, "logit_bias"),
+        ("/completion", {"prompt": "x", "logit_bias": {"x" * 300: 1}}, 400, "logit_bias"),
         ("/completion", {"prompt": "x " * 3000}, 400, "context"),
         ("/completion", {"n_predict": 3}, 400, "prompt"),
         ("/infill", {"input_prefix": "x", "temperature": -1}, 400, "temperature"),
@@ -386,3 +388,80 @@ def test_progress_with_two_choices(base_url: str) -> None:
     assert reports[-1]["prompt_progress"]["processed"] == reports[-1]["prompt_progress"]["total"]
     ended = {c["index"] for e in events for c in e["choices"] if c["finish_reason"]}
     assert ended == {0, 1}
+
+
+def test_logit_bias_keyed_by_text(base_url: str) -> None:
+    """llama-server's text keys: `[[" the ", -100]]` (or `{" the ": -100}`) biases every token
+    the text tokenizes to, exactly as the same biases given by token id do."""
+    words = ["the", "The", "a", "is", "book", "Book", "I", "and", "to", "of"]
+    body = {"prompt": "What is the best book", "temperature": 0, "n_predict": 32}
+    plain = _post(base_url, "/completion", body).json()["content"]
+    tokens = _post(
+        base_url, "/tokenize", {"content": " " + " ".join(words) + " ", "add_special": False}
+    ).json()["tokens"]
+    forms = [
+        [[" " + w + " ", -100] for w in words],
+        {" " + w + " ": -100 for w in words},
+        [[t, -100] for t in tokens],
+        {str(t): False for t in tokens},
+    ]
+    texts = []
+    for bias in forms:
+        r = _post(base_url, "/completion", {**body, "logit_bias": bias})
+        assert r.status_code == 200, r.text
+        texts.append(r.json()["content"])
+    assert texts == [texts[0]] * len(forms) and texts[0] != plain
+    assert all(f" {w} " not in texts[0] for w in words)
+
+
+def _probs(base_url: str, **body: Any) -> list[dict[str, Any]]:
+    r = _post(base_url, "/completion", {"prompt": "Today I would finally become a", **body})
+    assert r.status_code == 200, r.text
+    return list(r.json()["completion_probabilities"])
+
+
+def test_post_sampling_probs(base_url: str) -> None:
+    """llama-server's `post_sampling_probs`: each token's probability among the candidates
+    the sampler kept, and the likeliest of them. Sampling itself is unchanged by asking (same
+    seed, same tokens); with no filter and temperature 1 the kept distribution is the raw
+    one, so the probabilities are exp of the plain log-probabilities; with top_k 3 at most
+    three candidates remain and they sum to 1."""
+    sampled = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 5}
+    raw = _probs(base_url, n_predict=6, n_probs=5, **sampled)
+    post = _probs(base_url, n_predict=6, n_probs=5, post_sampling_probs=True, **sampled)
+    assert [t["id"] for t in post] == [t["id"] for t in raw]
+    for r, p in zip(raw, post, strict=True):
+        assert set(p) == {"id", "token", "prob", "bytes", "top_probs"}
+        assert p["prob"] == pytest.approx(math.exp(r["logprob"]), rel=1e-3, abs=1e-6)
+        assert [a["id"] for a in p["top_probs"]] == [a["id"] for a in r["top_logprobs"]]
+        for a, b in zip(p["top_probs"], r["top_logprobs"], strict=True):
+            assert a["prob"] == pytest.approx(math.exp(b["logprob"]), rel=1e-3, abs=1e-6)
+
+    for tok in _probs(
+        base_url, n_predict=6, n_probs=10, post_sampling_probs=True, **{**sampled, "top_k": 3}
+    ):
+        probs = [a["prob"] for a in tok["top_probs"]]
+        assert 1 <= len(probs) <= 3 and all(0 < p <= 1 for p in probs)
+        assert sum(probs) == pytest.approx(1.0) and probs == sorted(probs, reverse=True)
+        assert tok["prob"] in probs  # the chosen token is among what was kept
+
+    greedy = _probs(base_url, n_predict=4, n_probs=3, post_sampling_probs=True, temperature=0)
+    for tok in greedy:
+        assert tok["id"] == tok["top_probs"][0]["id"] and tok["prob"] == tok["top_probs"][0]["prob"]
+
+
+def test_post_sampling_probs_streamed(base_url: str) -> None:
+    body = {
+        "prompt": "Today I would finally become a",
+        "n_predict": 5,
+        "n_probs": 2,
+        "post_sampling_probs": True,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{base_url}/completion", json=body, timeout=120) as r:
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+    seen = [p for e in events for p in e.get("completion_probabilities", [])]
+    assert seen and all("prob" in p and "logprob" not in p for p in seen)
+    plain = _probs(base_url, **{k: v for k, v in body.items() if k != "stream"})
+    assert [p["id"] for p in seen] == [p["id"] for p in plain]

@@ -52,11 +52,21 @@ def test_pull_target() -> None:
 
 
 def test_completion_refuses_what_it_cannot_honour() -> None:
-    for field, value in [("mirostat", 1), ("post_sampling_probs", True), ("n_keep", 5)]:
+    for field, value in [("mirostat", 1), ("n_keep", 5)]:
         with pytest.raises(ValidationError, match=field):
             CompletionRequest(prompt="x", **{field: value})
     req = CompletionRequest(prompt="x", logit_bias=[[5, False], ["7", 2.5]], ignore_eos=True)
-    bias = req.bias_map(frozenset({0}))
+    bias = req.bias_map(frozenset({0}), lambda text: [ord(c) for c in text])
     assert bias == {"5": -100.0, "7": 2.5, "0": -100.0}
-    with pytest.raises(ValidationError):
-        CompletionRequest(prompt="x", logit_bias=[[-1, 1]])
+    # A text key biases each of its tokens; a digit key is a token id, in either form.
+    texts = CompletionRequest(prompt="x", logit_bias={" ab": -3, "9": 1.5, "²": False})
+    assert texts.bias_map(frozenset(), lambda text: [ord(c) for c in text]) == {
+        "32": -3.0,
+        "97": -3.0,
+        "98": -3.0,
+        "9": 1.5,
+        str(ord("²")): -100.0,  # not an ASCII digit: a text, never int("²")
+    }
+    for bad in ([[-1, 1]], [["", 1]], [["x" * 257, 1]], [[True, 1]], [["a", 101]]):
+        with pytest.raises(ValidationError):
+            CompletionRequest(prompt="x", logit_bias=bad)

@@ -15,7 +15,7 @@ from daemon.api.generate.protocol import GenerateBatchRequest, GenerateRequest, 
 from daemon.api.keepalive import keep_alive_arg
 from daemon.config import GenerationDefaults
 from daemon.core.adapters import request_adapters
-from daemon.core.choices import Policy
+from daemon.core.choices import Policy, seeded
 from daemon.core.errors import to_api
 from daemon.core.sampling import HF_GENERATE, sampling_of
 from daemon.core.streams import collect
@@ -56,7 +56,7 @@ def _engine_request(
             f"num_beams must be at most {max_beams}", param="generation_config.num_beams"
         )
     max_new = lm.fit(history, cfg.max_new_tokens)
-    sampling = sampling_of(cfg, HF_GENERATE).params
+    sampling = seeded(sampling_of(cfg, HF_GENERATE).params, limits)
     beams = (
         BeamParams(cfg.num_beams, cfg.length_penalty, cfg.do_sample) if cfg.num_beams > 1 else None
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
 from daemon.api.fields import (
+    MAX_LOGIT_BIAS,
     MAX_SEED,
     MAX_STOPS,
+    TOKEN_ID,
     LoraIdList,
     Penalty,
     ProtocolModel,
@@ -22,6 +25,7 @@ from daemon.api.fields import (
 from daemon.api.messages import ChatMessage
 
 MAX_PROMPTS = 64
+MAX_BIAS_TEXT = 256  # characters of one text key of logit_bias
 
 # A prompt: text, token ids, or a mix of both (llama-server concatenates the pieces).
 Piece = int | str
@@ -35,7 +39,6 @@ _OFF: dict[str, Any] = {
     "xtc_probability": 0.0,
     "dry_multiplier": 0.0,
     "top_n_sigma": -1.0,
-    "post_sampling_probs": False,
     "n_keep": 0,
     "n_discard": 0,
 }
@@ -118,26 +121,36 @@ class CompletionRequest(ProtocolModel):
     @classmethod
     def _bias(cls, v: list[list[Any]] | dict[str, Any] | None) -> Any:
         pairs = v.items() if isinstance(v, dict) else (v or [])
+        if len(pairs) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias takes at most {MAX_LOGIT_BIAS} entries")
         for pair in pairs:
             if len(pair) != 2:
-                raise ValueError("logit_bias entries are [token id, bias]")
+                raise ValueError("logit_bias entries are [token id or text, bias]")
             key, bias = pair
             if isinstance(key, bool) or not (
-                (isinstance(key, int) and key >= 0)
-                or (isinstance(key, str) and key.strip().isdigit())
+                (isinstance(key, int) and key >= 0) or (isinstance(key, str) and key)
             ):
-                raise ValueError("logit_bias takes token ids (strings are not supported)")
+                raise ValueError("a logit_bias key is a token id or a non-empty text")
+            if isinstance(key, str) and len(key) > MAX_BIAS_TEXT:
+                raise ValueError(f"a logit_bias text is at most {MAX_BIAS_TEXT} characters")
             number = isinstance(bias, int | float) and not isinstance(bias, bool)
             if not (bias is False or (number and -100 <= bias <= 100)):
                 raise ValueError("a logit_bias value is a number in [-100, 100] or false")
         return v
 
-    def bias_map(self, eog: frozenset[int]) -> dict[str, float]:
-        """logit_bias as the shared fields take it; `false` bans a token, as ignore_eos does."""
+    def bias_map(
+        self, eog: frozenset[int], tokenize: Callable[[str], list[int]]
+    ) -> dict[str, float]:
+        """logit_bias as the shared fields take it: a text key (llama-server's `[["Hello",
+        -1]]`) biases every token it tokenizes to; `false` bans a token, as ignore_eos does."""
         out: dict[str, float] = {}
         pairs = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
         for key, bias in pairs or []:
-            out[str(int(key))] = -100.0 if bias is False else float(bias)
+            value = -100.0 if bias is False else float(bias)
+            if isinstance(key, int) or TOKEN_ID.fullmatch(key.strip()):
+                out[str(int(key))] = value
+            else:
+                out.update({str(t): value for t in tokenize(key)})
         if self.ignore_eos:
             out.update({str(t): -100.0 for t in eog})
         return out

@@ -70,6 +70,7 @@ async def apply_template(
 async def props(
     registry: NamedDependency[ModelRegistry],
     caller: NamedDependency[Caller],
+    settings: NamedDependency[Settings],
     model: str | None = None,
 ) -> Body:
     """The model's context, slots, template and special tokens: the default model's, or
@@ -81,7 +82,9 @@ async def props(
         "default_generation_settings": {
             "id": 0,
             "n_ctx": lm.ctx_size,
-            "params": serving.settings_of(lm, CompletionRequest(prompt="")),
+            "params": serving.settings_of(
+                lm, CompletionRequest(prompt=""), policy_of(settings).seed
+            ),
         },
         "total_slots": lm.worker.n_slots,
         "model_alias": lm.name,

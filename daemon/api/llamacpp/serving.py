@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from daemon.core.media import check_media, media_from_base64
 from daemon.core.prompt import media_names
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
+from daemon.core.verbose import stop_fields
 from daemon.core.watch import leased, request_owner
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
@@ -113,6 +115,12 @@ def _grammar(req: CompletionRequest) -> str | None:
     return req.grammar or None
 
 
+def _bias_tokens(lm: LoadedModel) -> Callable[[str], list[int]]:
+    """How a logit_bias text becomes tokens: as it would appear inside a text, no BOS and no
+    special tokens parsed (llama-server's rule)."""
+    return lambda text: lm.model.tokenize(text, add_special=False, parse_special=False)
+
+
 def _budget(lm: LoadedModel, prompt: list[int], n_predict: int, cap: int) -> int:
     room = lm.ctx_size - len(prompt)
     if room <= 0:
@@ -133,13 +141,14 @@ def submit(
         req,
         LLAMA_CPP,
         n_ctx=lm.ctx_size,
-        logit_bias=req.bias_map(lm.model.eog_tokens) or None,
+        logit_bias=req.bias_map(lm.model.eog_tokens, _bias_tokens(lm)) or None,
         lora=from_ids(lm, req.lora),
     )
     extras = Extras(
         grammar=_grammar(req),
         logprobs=req.n_probs or None,
         progress=req.stream and req.return_progress,
+        post_sampling=req.post_sampling_probs,
     )
     handles: list[RequestHandle] = []
     try:
@@ -160,36 +169,24 @@ def _piece(lm: LoadedModel, token: int) -> tuple[str, list[int]]:
 
 
 def probabilities(
-    lm: LoadedModel, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]
+    lm: LoadedModel, entries: tuple[TokenLogprob, ...] | list[TokenLogprob], post: bool = False
 ) -> list[Body]:
-    """`completion_probabilities` in llama-server's log-probability form."""
+    """`completion_probabilities` in llama-server's form: log-probabilities of the raw
+    distribution, or (`post_sampling_probs`) probabilities among what the sampler kept."""
+    score, tops = ("prob", "top_probs") if post else ("logprob", "top_logprobs")
+
+    def value(lp: float) -> float:
+        return math.exp(lp) if post else lp
+
     out = []
     for e in entries:
         text, raw = _piece(lm, e.token)
         top = []
         for t, lp in e.top:
             t_text, t_raw = _piece(lm, t)
-            top.append({"id": t, "token": t_text, "logprob": lp, "bytes": t_raw})
-        out.append(
-            {"id": e.token, "token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top}
-        )
+            top.append({"id": t, "token": t_text, score: value(lp), "bytes": t_raw})
+        out.append({"id": e.token, "token": text, score: value(e.logprob), "bytes": raw, tops: top})
     return out
-
-
-def _stop_fields(lm: LoadedModel, r: Collected, stops: list[str]) -> Body:
-    """`stop_type` and `stopping_word`: a stop string, the end-of-generation token, or the limit."""
-    if r.finish_reason is FinishReason.LENGTH:
-        return {"stop_type": "limit", "stopping_word": ""}
-    if r.finish_reason is not FinishReason.STOP:
-        return {"stop_type": "none", "stopping_word": ""}
-    # The text ends before a matched stop string; what was generated past it names the word.
-    rest = lm.model.detokenize(r.token_ids)[len(r.text) :]
-    word = next((s for s in stops if s and rest.startswith(s)), None)
-    if word is None:
-        word = next((s for s in stops if s and s in rest), None)
-    if word is not None:
-        return {"stop_type": "word", "stopping_word": word}
-    return {"stop_type": "eos", "stopping_word": ""}
 
 
 def timings(handle: RequestHandle) -> Body:
@@ -217,10 +214,12 @@ def timings(handle: RequestHandle) -> Body:
     }
 
 
-def settings_of(lm: LoadedModel, req: CompletionRequest) -> Body:
+def settings_of(lm: LoadedModel, req: CompletionRequest, seed: int | None = None) -> Body:
+    """The request's generation settings as llama-server reports them; `seed` is the one
+    it ran with (its own, or the daemon's --seed), -1 for a random one."""
     return {
         "n_predict": req.n_predict,
-        "seed": req.seed,
+        "seed": -1 if seed is None else seed,
         "temperature": req.temperature,
         "top_k": req.top_k,
         "top_p": req.top_p,
@@ -250,15 +249,15 @@ def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: Complet
         "tokens_predicted": h.usage.completion_tokens,
         "tokens_evaluated": h.usage.prompt_tokens,
         "tokens_cached": h.usage.prompt_tokens + h.usage.completion_tokens,
-        "generation_settings": settings_of(lm, req),
+        "generation_settings": settings_of(lm, req, h.request.sampling.seed),
         "prompt": _prompt_text(lm, h.request.prompt_tokens),
         "has_new_line": "\n" in r.text,
         "truncated": False,
-        **_stop_fields(lm, r, req.stop),
+        **stop_fields(lm.model.detokenize, r, req.stop),
         "timings": timings(h),
     }
     if req.n_probs:
-        body["completion_probabilities"] = probabilities(lm, r.logprobs)
+        body["completion_probabilities"] = probabilities(lm, r.logprobs, req.post_sampling_probs)
     return body
 
 
@@ -335,7 +334,9 @@ async def _events(
             if chunk.progress is not None:
                 event["prompt_progress"] = chunk.progress.wire()
             if req.n_probs and (chunk.text or chunk.token_ids):
-                event["completion_probabilities"] = probabilities(lm, chunk.logprobs)
+                event["completion_probabilities"] = probabilities(
+                    lm, chunk.logprobs, req.post_sampling_probs
+                )
             yield event
         if chunk.finish_reason is not None:
             c.text = "".join(parts[i])

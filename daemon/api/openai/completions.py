@@ -18,11 +18,12 @@ from daemon.api.streams import sse
 from daemon.core.choices import Extras, Policy, submit_choices, timings, usage
 from daemon.core.formats import request_grammar
 from daemon.core.streams import Collected, collect_all, merge
+from daemon.core.verbose import verbose_of
 from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.engine.types import Chunk
+from daemon.engine.types import Chunk, FinishReason
 from daemon.errors import InvalidRequest
 
 
@@ -117,14 +118,30 @@ async def completion(
     meta = new_meta("cmpl", "text_completion", registry.answering_name(req.model, lm.name))
     echo = _Echo(lm, prompts, k) if req.echo else None
     if req.stream:
-        events = _completion_events(meta, handles, req, lm, echo, policy)
+        events = _completion_events(meta, handles, req, lm, echo, policy, prompts, k)
         return sse(timed(events, handles) if req.timings_per_token else events, handles)
     results = await collect_all(handles)
     picked = _best(results, k, req.n) if k > req.n else list(range(len(results)))
     choices = [
         _completion_choice(i, results[j], lm, echo, count, source=j) for i, j in enumerate(picked)
     ]
-    return {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
+    body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
+    if _verbose(req, policy):
+        shown = [_shown(lm, prompts, k, j, handles[j], results[j]) for j in range(len(results))]
+        body["__verbose"] = shown[0] if len(shown) == 1 else shown
+    return body
+
+
+def _verbose(req: CompletionRequest, policy: Policy) -> bool:
+    return policy.verbose if req.verbose is None else req.verbose
+
+
+def _shown(
+    lm: LoadedModel, prompts: list[list[int]], k: int, j: int, h: RequestHandle, r: Collected
+) -> dict[str, Any]:
+    """`__verbose` of generated sequence `j` (of prompt j // k)."""
+    prompt = lm.model.detokenize(prompts[j // k], special=True)
+    return verbose_of(j, prompt, h, r, lm.model.detokenize)
 
 
 def _best(results: list[Collected], k: int, n: int) -> list[int]:
@@ -145,9 +162,13 @@ async def _completion_events(
     lm: LoadedModel,
     echo: _Echo | None,
     policy: Policy,
+    prompts: list[list[int]],
+    k: int,
 ) -> AsyncIterator[dict[str, Any]]:
     count = req.logprob_count
     piece = lm.model.piece
+    verbose = _verbose(req, policy)
+    seen = [Collected("", FinishReason.ERROR, []) for _ in handles]
     if echo is not None:
         for i in range(len(handles)):
             yield meta.envelope(
@@ -159,9 +180,18 @@ async def _completion_events(
         if chunk.progress is not None:
             empty = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
             yield progress(meta.envelope([empty]), chunk)
+        seen[i].text += chunk.text
+        seen[i].token_ids.extend(chunk.token_ids)
         if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
             event = meta.envelope([_stream_choice(i, chunk, count, piece)])
-            yield with_timings(event, handles, finished) if chunk.finish_reason else event
+            if chunk.finish_reason is None:
+                yield event
+                continue
+            event = with_timings(event, handles, finished)
+            if verbose:
+                seen[i].finish_reason = chunk.finish_reason
+                event["__verbose"] = _shown(lm, prompts, k, i, handles[i], seen[i])
+            yield event
     if req.include_usage:
         yield {**meta.envelope([]), "usage": usage(handles, policy)}
 

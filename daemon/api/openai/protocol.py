@@ -71,6 +71,9 @@ class _Common(SamplingFields):
     # llama-server's streamed telemetry: `prompt_progress` chunks, `timings` on every chunk.
     return_progress: bool = False
     timings_per_token: bool = False
+    # llama-server's debugging aid: `__verbose` (the rendered prompt, tokens, settings) in the
+    # answer; None takes the daemon's --verbose.
+    verbose: bool | None = None
 
     @property
     def include_usage(self) -> bool:

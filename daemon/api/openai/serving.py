@@ -20,6 +20,7 @@ from daemon.core.chat import ChatRun, count_prompt, start_chat
 from daemon.core.choices import Policy, timings, usage
 from daemon.core.reasoning import Thinking
 from daemon.core.streams import Collected, collect_all, merge
+from daemon.core.verbose import verbose_of
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
@@ -43,6 +44,7 @@ class _Reply:
     logprobs: int | None
     together: bool
     timings_per_token: bool = False
+    verbose: bool = False
 
 
 async def chat_input_tokens(
@@ -68,6 +70,7 @@ async def chat_completion(
         req.logprob_count,
         req.together_logprobs,
         req.timings_per_token,
+        policy.verbose if req.verbose is None else req.verbose,
     )
     try:
         chat_req = translate.chat(req)
@@ -93,8 +96,9 @@ async def _answer(
     shape = _ChatLogprobs(lm, reply.together) if reply.logprobs is not None else None
     if reply.stream:
         if not screened:
+            shown = _Shown(lm, rendered) if reply.verbose else None
             events = _chat_events(
-                chunk_meta, handles, reply.include_usage, shape, policy, plan, think
+                chunk_meta, handles, reply.include_usage, shape, policy, plan, think, shown
             )
         else:
             # The output check needs whole answers: generate, judge, then send each at once.
@@ -105,6 +109,8 @@ async def _answer(
     if screened:
         choices = await _screen(run, choices)
     body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
+    if reply.verbose:
+        body["__verbose"] = _Shown(lm, rendered).body(handles, results)
     if reply.echo:
         # Together semantics: the rendered prompt comes back beside the choices.
         scores = lp.together(results[0].prompt_logprobs, lm.model.piece) if shape else None
@@ -212,6 +218,22 @@ async def _screened_events(
 
 
 @dataclass(frozen=True)
+class _Shown:
+    """`__verbose` for a chat: each choice with the prompt as the template rendered it."""
+
+    lm: LoadedModel
+    rendered: str
+
+    def of(self, i: int, handle: RequestHandle, result: Collected) -> dict[str, Any]:
+        return verbose_of(i, self.rendered, handle, result, self.lm.model.detokenize)
+
+    def body(self, handles: list[RequestHandle], results: list[Collected]) -> Any:
+        """One choice's object, or a list of them for several."""
+        shown = [self.of(i, h, r) for i, (h, r) in enumerate(zip(handles, results, strict=True))]
+        return shown[0] if len(shown) == 1 else shown
+
+
+@dataclass(frozen=True)
 class _ChatLogprobs:
     """Chat logprobs in OpenAI's `content` shape or Together's token lists."""
 
@@ -250,8 +272,11 @@ async def _chat_events(
     policy: Policy,
     plan: tools.ToolPlan | None = None,
     think: Thinking | None = None,
+    shown: _Shown | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     role = {"role": "assistant", "content": ""}
+    # What each choice generated, for its `__verbose` (on its finishing chunk).
+    seen = [Collected("", FinishReason.ERROR, []) for _ in handles]
     yield meta.envelope(
         [
             {"index": i, "delta": role, "logprobs": None, "finish_reason": None}
@@ -269,6 +294,9 @@ async def _chat_events(
         if chunk.progress is not None:
             yield progress(meta.envelope(_no_delta(i)), chunk)
         parser, splitter = parsers[i], splitters[i]
+        if shown is not None:
+            seen[i].text += chunk.text
+            seen[i].token_ids.extend(chunk.token_ids)
         logprobs = shape.render(chunk.logprobs) if shape and chunk.logprobs else None
         reasoning, text = splitter.feed(chunk.text) if splitter else ("", chunk.text)
         if splitter is not None and chunk.finish_reason is not None:
@@ -295,7 +323,7 @@ async def _chat_events(
             )
         if chunk.finish_reason is not None:
             finished += 1
-            yield with_timings(
+            last = with_timings(
                 meta.envelope(
                     [
                         {
@@ -311,6 +339,10 @@ async def _chat_events(
                 handles,
                 finished,
             )
+            if shown is not None:
+                seen[i].finish_reason = chunk.finish_reason
+                last["__verbose"] = shown.of(i, handles[i], seen[i])
+            yield last
     if include_usage:
         yield {**meta.envelope([]), "usage": usage(handles, policy)}
 

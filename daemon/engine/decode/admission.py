@@ -173,7 +173,8 @@ class Admission(Completion):
         if req.beams is not None:
             beams = Beams(beam_search(req, self.model.eog_tokens), slots)
         else:
-            sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed))
+            shown = req.logprobs if req.post_sampling else None
+            sampler = SamplerChain(self.model, req.sampling, seed32(req.sampling.seed), shown)
         carry = req.resume.tail if req.resume is not None else b""
         detok = IncrementalDetokenizer(self.model.piece, carry, self.model.special_piece)
         decode = Decode(sampler, detok, StopMatcher(req.stop))

@@ -334,11 +334,15 @@ class Scheduler(Admission):
         d = a.decode
         if h.first_token_at is None:
             h.first_token_at = time.monotonic()
+        # Taken before anything else, so no row's probabilities outlive its token.
+        shown = d.sampler.take(row) if d.sampler is not None else None
         if self.model.is_eog(tok):
             d.next_token = -1
             self._finish(a, FinishReason.STOP, d.stops.push(d.detok.flush()), out)
             return
-        if h.request.logprobs is not None:
+        if shown is not None:
+            d.logprobs.append(shown)
+        elif h.request.logprobs is not None:
             d.logprobs.append(token_logprob(self.ctx.logits_np(row), tok, h.request.logprobs))
         d.generated += 1
         d.next_token = tok

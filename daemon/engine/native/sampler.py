@@ -6,8 +6,15 @@ become grammars in the chat core (core/formats.py), before a request reaches a s
 
 from __future__ import annotations
 
+import ctypes
+
+import numpy as np
+
 from daemon.engine.native.llama import Context, Model, lc
-from daemon.engine.types import SamplingParams
+from daemon.engine.types import SamplingParams, TokenLogprob
+
+# llama_token_data as numpy sees it: the candidates array a chain filters in place.
+_CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 # Any JSON object, whitespace-tolerant (OpenAI's `json_object` mode wants an object).
 JSON_OBJECT_GBNF = r"""
@@ -40,10 +47,17 @@ def _grammar(model: Model, gbnf: str, triggers: tuple[int, ...]) -> lc.llama_sam
 class SamplerChain:
     """A per-request llama.cpp sampler chain built from SamplingParams."""
 
-    def __init__(self, model: Model, params: SamplingParams, seed: int) -> None:
+    def __init__(
+        self, model: Model, params: SamplingParams, seed: int, shown: int | None = None
+    ) -> None:
+        """`shown`: keep, per sampled row, the chosen token's probability and the `shown`
+        likeliest candidates the chain kept (see `take`); None: sample the plain way."""
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.ptr = chain
         self._penalties: int | None = None
+        self._shown = shown
+        self._kept: dict[int, TokenLogprob] = {}
+        self._candidates = np.zeros(model.n_vocab if shown is not None else 0, _CANDIDATE)
         add = lc.llama_sampler_chain_add
         if params.logit_bias:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
@@ -94,7 +108,43 @@ class SamplerChain:
 
     def sample(self, ctx: Context, row: int) -> int:
         """Choose the next token from a batch row's logits (and accept it into the chain)."""
-        return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
+        if self._shown is None:
+            return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
+        return self._sample_shown(ctx, row)
+
+    def _sample_shown(self, ctx: Context, row: int) -> int:
+        """What llama_sampler_sample does (every token a candidate, the chain applied, the
+        choice accepted), keeping the candidates the chain left: their probabilities are the
+        softmax of their logits as the chain left them (temperature applied), which is the
+        distribution the choice was drawn from (greedy: the argmax of it)."""
+        cands = self._candidates
+        cands["id"] = np.arange(cands.size, dtype=np.int32)
+        cands["logit"] = ctx.logits_np(row)
+        cands["p"] = 0.0
+        data = cands.ctypes.data_as(ctypes.POINTER(lc.llama_token_data))
+        arr = lc.llama_token_data_array(data, cands.size, -1, False)
+        lc.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        # A stage may point `data` at a buffer of its own: read what the chain left there.
+        left = np.ctypeslib.as_array(
+            ctypes.cast(arr.data, ctypes.POINTER(ctypes.c_uint8)),
+            shape=(arr.size * _CANDIDATE.itemsize,),
+        ).view(_CANDIDATE)
+        token = int(left["id"][arr.selected])
+        lc.llama_sampler_accept(self.ptr, token)
+        logits = left["logit"].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp = logits - np.max(logits)
+            logp -= np.log(np.sum(np.exp(logp)))
+        order = np.argsort(-logp, kind="stable")[: self._shown or 0]
+        # Only candidates of a probability above 0 (a -inf logit, or one so far below the
+        # rest that its probability underflows, was not a possible choice).
+        top = tuple((int(left["id"][i]), float(logp[i])) for i in order if np.exp(logp[i]) > 0)
+        self._kept[row] = TokenLogprob(token, float(logp[arr.selected]), top)
+        return token
+
+    def take(self, row: int) -> TokenLogprob | None:
+        """The probabilities kept when `row` was sampled (None when not kept)."""
+        return self._kept.pop(row, None)
 
     def close(self) -> None:
         """Free the chain and every stage it owns."""
