@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 
-from daemon.api import tokenize, webui
+from daemon.api import resumable, tokenize, webui
 from daemon.api.admin import router as admin_router
 from daemon.api.anthropic.routes import router as anthropic_router
 from daemon.api.auth import (
@@ -158,6 +159,7 @@ def create_app(
         service, metrics, request_timeout=settings.request_timeout, log_json=settings.log_json
     )
     cors = CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None
+    streams = resumable.StreamStore(service.records)
     rpc = RpcCluster(settings.rpc, reg) if settings.rpc else None
     if rpc is not None:
         reg.before_load = rpc.before_load
@@ -184,6 +186,7 @@ def create_app(
             reaper.cancel()
             if watcher is not None:
                 watcher.cancel()
+            await streams.close()
             await asyncio.to_thread(_persist_and_close, reg)
 
     return Litestar(
@@ -200,6 +203,7 @@ def create_app(
             llamacpp_router,
             unversioned_openai_router,
             *tokenize.handlers,
+            *resumable.handlers,
             *rerank_handlers,
             metrics.route(),
             admin_router,
@@ -211,7 +215,9 @@ def create_app(
             "caller": Provide(provide_caller, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "rpc": Provide(lambda: rpc, sync_to_thread=False),
+            "streams": Provide(lambda: streams, sync_to_thread=False),
         },
+        state=State({"streams": streams}),
         guards=[guard],
         middleware=[middleware],
         cors_config=cors,

@@ -11,6 +11,7 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from daemon.api.errors import OPENAI
+from daemon.api.resumable import resumable
 from daemon.core.watch import watched
 from daemon.engine.handle import RequestHandle
 from daemon.errors import EdgedError, EngineError
@@ -23,10 +24,12 @@ _encode = msgspec.json.Encoder().encode
 class EventStream(ServerSentEvent):
     """An SSE response whose content type survives handlers that default to JSON."""
 
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+    def to_asgi_response(self, app: Any, request: Any, **kwargs: Any) -> Any:
         # Litestar lets the handler's media type win over the response's own for streams.
         kwargs["media_type"] = "text/event-stream"
-        return super().to_asgi_response(*args, **kwargs)
+        # Under X-Conversation-Id the stream is recorded, and outlives its client.
+        self.iterator = resumable(request, self.iterator)
+        return super().to_asgi_response(app, request, **kwargs)
 
 
 def sse(events: AsyncIterator[dict[str, Any]], handles: list[RequestHandle]) -> EventStream:

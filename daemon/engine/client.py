@@ -31,6 +31,12 @@ class LeaseScope:
     def add(self, release: Callable[[], None]) -> None:
         self._releases.append(release)
 
+    def take(self, other: LeaseScope) -> None:
+        """Hold `other`'s leases from now on (they end with this scope, not with `other`)."""
+        self._releases += other._releases
+        self.names |= other.names
+        other._releases = []
+
     def close(self) -> None:
         """End every lease of this scope (idempotent)."""
         releases, self._releases = self._releases, []

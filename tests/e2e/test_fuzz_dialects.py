@@ -450,6 +450,7 @@ def _check_stream(r: httpx.Response) -> None:
 
 
 ROUTES |= {
+    "/v1/streams/lookup": body({"conversation_ids": st.one_of(st.lists(TEXT, max_size=5), ANY)}),
     "/v1/messages": anthropic_body,
     "/v1/messages/count_tokens": anthropic_body,
     "/v1/responses": responses_body,
