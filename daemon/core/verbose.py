@@ -56,7 +56,8 @@ def verbose_of(
         "prompt": prompt,
         "tokens_predicted": u.completion_tokens,
         "tokens_evaluated": u.prompt_tokens,
-        "tokens_cached": u.cached_tokens,
+        # llama-server's meaning: the tokens the sequence's KV holds when it ends.
+        "tokens_cached": u.prompt_tokens + u.completion_tokens,
         "stop": True,
         **stop_fields(detokenize, result, req.stop),
         "has_new_line": "\n" in result.text,
