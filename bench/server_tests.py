@@ -76,7 +76,7 @@ FLAGS: dict[str, str | None] = {
     "--seed": "--seed",
     "--n-predict": None,  # a default max tokens: edged bounds by context and --max-tokens-cap
     "--reasoning-format": None,
-    "--chat-template": None,
+    "--chat-template": "--chat-template",
     "--chat-template-file": "--chat-template-file",
     "--api-key": None,  # handled below: edged reads keys from its environment
     "--model": None,

@@ -153,6 +153,15 @@ def _parser() -> argparse.ArgumentParser:
             "default model), as llama-server's --chat-template-file; repeatable",
         )
         sp.add_argument(
+            "--chat-template",
+            action="append",
+            default=[],
+            metavar="[MODEL=]NAME",
+            help="one of llama.cpp's built-in chat formats (chatml, llama3, command-r, ...) "
+            "for MODEL (default: the default model), as llama-server's --chat-template; "
+            "repeatable",
+        )
+        sp.add_argument(
             "--tensor-split", type=str, default=None, help="comma-separated GPU proportions"
         )
         sp.add_argument(
@@ -235,6 +244,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["mmproj"] = args.mmproj
     if args.chat_template_file:
         overrides["chat_template_file"] = args.chat_template_file
+    if args.chat_template:
+        overrides["chat_template"] = args.chat_template
     base = Settings(**overrides)
     if args.alias:
         aliases = dict(base.aliases)

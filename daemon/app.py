@@ -39,7 +39,7 @@ from daemon.api.ops import health
 from daemon.api.rerank.routes import handlers as rerank_handlers
 from daemon.api.responses.routes import router as responses_router
 from daemon.api.together.routes import inference as together_inference
-from daemon.config import Settings, model_specs
+from daemon.config import Settings, builtin_specs, model_specs
 from daemon.engine.adapters.lora import AdapterSpec
 from daemon.engine.loading.options import EngineOptions
 from daemon.engine.loading.registry import ModelRegistry
@@ -118,6 +118,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
         adapters=tuple(AdapterSpec.parse(spec) for spec in settings.lora),
         projectors=model_specs(settings.mmproj, "--mmproj"),
         templates=model_specs(settings.chat_template_file, "--chat-template-file"),
+        builtin_templates=builtin_specs(settings.chat_template),
     )
 
 

@@ -214,6 +214,39 @@ class Settings(BaseSettings):
         "model's) or NAME=PATH",
     )
 
+    chat_template: list[str] = Field(
+        default_factory=list,
+        description="llama.cpp built-in chat formats (chatml, llama3, command-r, ...) "
+        "replacing a model's own template, each NAME (the default model's) or MODEL=NAME",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _builtin_specs(cls, value: list[str]) -> list[str]:
+        from daemon.engine.native.builtin_templates import builtin_names
+
+        specs = builtin_specs(value)
+        if len(specs) != len(value):
+            raise ValueError("a model is given two chat templates (--chat-template)")
+        known = builtin_names()
+        for name in specs.values():
+            if name not in known:
+                raise ValueError(
+                    f"--chat-template {name!r} is not a llama.cpp built-in format (give a "
+                    f"Jinja file with --chat-template-file); built-in: {', '.join(known)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_template_each(self) -> Settings:
+        both = set(builtin_specs(self.chat_template)) & set(
+            model_specs(self.chat_template_file, "--chat-template-file")
+        )
+        if both:
+            which = ", ".join(n or "the default model" for n in sorted(both, key=str))
+            raise ValueError(f"{which}: --chat-template and --chat-template-file both given")
+        return self
+
     @field_validator("mmproj")
     @classmethod
     def _mmproj_specs(cls, value: list[str]) -> list[str]:
@@ -301,6 +334,16 @@ class Settings(BaseSettings):
     def default_model_path(self) -> Path:
         """The model served when a request names none."""
         return self.model if self.model is not None else embedded_model_path()
+
+
+def builtin_specs(specs: list[str]) -> dict[str | None, str]:
+    """--chat-template's values by model: MODEL=NAME, or NAME for the default model (None).
+    Built-in names hold no `=`, so the last one splits a model name from the format."""
+    out: dict[str | None, str] = {}
+    for spec in specs:
+        model, sep, name = spec.rpartition("=")
+        out[model if sep and model else None] = name.strip()
+    return out
 
 
 def model_specs(specs: list[str], flag: str) -> dict[str | None, Path]:

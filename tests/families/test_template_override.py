@@ -1,6 +1,7 @@
 """--chat-template-file replaces a model's own chat template (llama-server's flag of the same
 name): for the default model (PATH) or a named one (NAME=PATH, by alias too); everything that
-reads the template (rendering, the family's calls, /props) reads the replacement."""
+reads the template (rendering, the family's calls, /props) reads the replacement.
+--chat-template NAME picks one of llama.cpp's built-in formats instead, as llama-server's does."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def server(
     # A template belongs to a model file (aliases of one file share its loaded model): each
     # name here is a file of its own, a link to the embedded model.
     links = {}
-    for name in ("other", "own", "broken"):
+    for name in ("other", "own", "broken", "builtin"):
         links[name] = tmp / f"{name}.gguf"
         links[name].symlink_to(smollm_gguf)
     srv = start_server(
@@ -56,6 +57,10 @@ def server(
         f"other={files[LLAMA]}",
         "--chat-template-file",
         f"broken={files['broken']}",
+        "--alias",
+        f"builtin={links['builtin']}",
+        "--chat-template",
+        "builtin=command-r",
     )
     yield srv
     stop_server(srv)
@@ -136,3 +141,54 @@ def test_a_missing_file_or_two_for_one_model_is_refused_at_start(
     with pytest.raises(ValueError, match="two chat templates"):
         Settings(chat_template_file=[f"m={files[QWEN]}", f"m={files[LLAMA]}"])
     assert Settings(chat_template_file=[f"m={files[QWEN]}"]).chat_template_file
+
+
+# llama-server's own test of the format (tools/server/tests, test_apply_chat_template).
+COMMAND_R = (
+    "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>You are a test.<|END_OF_TURN_TOKEN|>"
+    "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Hi there<|END_OF_TURN_TOKEN|>"
+    "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+)
+
+
+def test_a_builtin_format_renders_as_llama_cpp_writes_it(server: Server) -> None:
+    body = {
+        "model": "builtin",
+        "messages": [
+            {"role": "system", "content": "You are a test."},
+            {"role": "user", "content": "Hi there"},
+        ],
+    }
+    r = httpx.post(f"{server.url}/apply-template", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["prompt"] == COMMAND_R
+    assert _props(server, "builtin")["chat_template"] == "command-r"
+    # Tools reach a built-in format as the generic prompt (it has no tool syntax of its own),
+    # through every dialect.
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    tool = {
+        "type": "function",
+        "function": {"name": "now", "parameters": {"type": "object", "properties": {}}},
+    }
+    answer = client.chat.completions.create(
+        model="builtin",
+        messages=[{"role": "user", "content": "Hi"}],
+        tools=[tool],  # type: ignore[list-item]
+        max_tokens=4,
+        temperature=0,
+        extra_body={"verbose": True},
+    )
+    assert answer.choices[0].finish_reason in {"stop", "length", "tool_calls"}
+    prompt = (answer.model_extra or {})["__verbose"]["prompt"]
+    assert prompt.startswith("<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>") and '"now"' in prompt
+    shown = _rendered(server, "builtin")
+    assert shown.startswith("<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|>")
+
+
+def test_builtin_names_are_checked_at_start(files: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=r"not a llama\.cpp built-in format"):
+        Settings(chat_template=["m=nonsense"])
+    with pytest.raises(ValueError, match="two chat templates"):
+        Settings(chat_template=["m=chatml", "m=llama3"])
+    with pytest.raises(ValueError, match="both given"):
+        Settings(chat_template=["m=chatml"], chat_template_file=[f"m={files[QWEN]}"])
+    assert Settings(chat_template=["chatml", "m=llama3"]).chat_template

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from daemon.engine.errors import InvalidInput
+from daemon.engine.native.builtin_templates import render_builtin
 
 # Used when a GGUF carries no template: ChatML, which most small instruct models speak.
 CHATML_TEMPLATE = (
@@ -162,3 +164,48 @@ class ChatTemplate:
             # (its raise_exception, a TypeError on an unexpected shape, a division by zero)
             # is a conversation it cannot render.
             raise InvalidInput(f"chat template failed: {exc}", subject="messages") from exc
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """An operator's choice of one of llama.cpp's built-in formats (--chat-template NAME)."""
+
+    name: str
+
+
+class BuiltinTemplate(ChatTemplate):
+    """One of llama.cpp's built-in formats, written by llama.cpp itself: role and text per
+    message, nothing else. Its `source` is the name, which no family's markers match: tools
+    and past calls reach it as text, through the generic tool prompt."""
+
+    def __init__(self, name: str) -> None:
+        self.source = name
+        self._special = {}
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> str:
+        """Render a conversation; one the format cannot write is the client's 400."""
+        pairs = [(str(m.get("role") or ""), _text(m.get("content"))) for m in messages]
+        try:
+            return render_builtin(self.source, pairs, add_generation_prompt)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), subject="messages") from exc
+
+
+def _text(content: Any) -> str:
+    """A message's content as one text (parts joined by newlines, as llama.cpp joins them)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content]
+        return "\n".join(p for p in parts if p)
+    return str(content)

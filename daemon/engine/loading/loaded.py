@@ -24,7 +24,7 @@ from daemon.engine.errors import (
     NotGenerative,
 )
 from daemon.engine.handle import RequestHandle
-from daemon.engine.loading.chat_template import ChatTemplate
+from daemon.engine.loading.chat_template import Builtin, BuiltinTemplate, ChatTemplate
 from daemon.engine.loading.fit import (
     DeviceMemory,
     Offload,
@@ -61,11 +61,15 @@ def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) ->
     )
 
 
-def chat_template(model: Model, name: str = "", override: str | None = None) -> ChatTemplate:
+def chat_template(
+    model: Model, name: str = "", override: str | Builtin | None = None
+) -> ChatTemplate:
     """The model's own chat template, or ChatML when it has none or an unusable one; an
-    operator's `override` (--chat-template-file) replaces it, and one that does not compile
-    fails the load."""
+    operator's `override` (--chat-template-file's text, or --chat-template's built-in name)
+    replaces it, and one that does not compile fails the load."""
     bos, eos = model.special_text(model.bos), model.special_text(model.eos)
+    if isinstance(override, Builtin):
+        return BuiltinTemplate(override.name)
     if override is not None:
         try:
             return ChatTemplate(override, bos_token=bos, eos_token=eos)
@@ -98,7 +102,7 @@ class LoadedModel:
         store: SequenceStore | None = None,
         adapters: tuple[AdapterSpec, ...] = (),
         projector: Path | None = None,
-        template: str | None = None,
+        template: str | Builtin | None = None,
     ) -> None:
         self.name = name
         self.path = path

@@ -10,10 +10,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from daemon.engine.adapters.lora import AdapterSpec, split_model_name
 from daemon.engine.caches.cache import SequenceStore
 from daemon.engine.errors import LoadFailed, UnknownModel
+from daemon.engine.loading.chat_template import Builtin
 from daemon.engine.loading.eviction import Eviction
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.names import ModelEntry, projector_beside, scan, sole_generator
@@ -21,6 +23,8 @@ from daemon.engine.loading.options import EngineOptions
 from daemon.engine.native.ggufmeta import projector_senses
 
 __all__ = ["ModelEntry", "ModelRegistry"]
+
+_Spec = TypeVar("_Spec", Path, str)  # what a per-model flag gives a model: a file, a name
 
 log = logging.getLogger("edged.registry")
 
@@ -51,12 +55,14 @@ class ModelRegistry(Eviction):
         adapters: tuple[AdapterSpec, ...] = (),
         projectors: dict[str | None, Path] | None = None,
         templates: dict[str | None, Path] | None = None,
+        builtin_templates: dict[str | None, str] | None = None,
     ) -> None:
         self.options = options
-        # --mmproj projectors and --chat-template-file templates by model name (None: the
-        # default model's).
+        # --mmproj projectors, --chat-template-file templates and --chat-template built-in
+        # formats by model name (None: the default model's).
         self.projector_specs = dict(projectors or {})
         self.template_specs = dict(templates or {})
+        self.builtin_specs = dict(builtin_templates or {})
         # --lora adapters; each belongs to its `base` model (None: the default one).
         self.adapter_specs = adapters
         # Zero-config (llama-server's rule): with one generation model, unknown names get it.
@@ -272,8 +278,12 @@ class ModelRegistry(Eviction):
         own = self._spec_of(self.projector_specs, key)
         return own if own is not None else projector_beside(path)
 
-    def template_of(self, key: str) -> str | None:
-        """The text of model `key`'s --chat-template-file, read now (None: its own)."""
+    def template_of(self, key: str) -> str | Builtin | None:
+        """Model `key`'s --chat-template (a built-in format), or the text of its
+        --chat-template-file, read now (None: its own)."""
+        builtin = self._spec_of(self.builtin_specs, key)
+        if builtin is not None:
+            return Builtin(builtin)
         path = self._spec_of(self.template_specs, key)
         if path is None:
             return None
@@ -282,7 +292,7 @@ class ModelRegistry(Eviction):
         except (OSError, UnicodeError) as exc:  # moved or rewritten since the daemon started
             raise LoadFailed(f"{key}: its --chat-template-file cannot be read ({exc})") from exc
 
-    def _spec_of(self, specs: dict[str | None, Path], key: str) -> Path | None:
+    def _spec_of(self, specs: dict[str | None, _Spec], key: str) -> _Spec | None:
         """Model `key`'s file in a per-model flag's specs, which may name it by an alias."""
         for name, path in specs.items():
             entry = self._entries.get(name) if name is not None else None
