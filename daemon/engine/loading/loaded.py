@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from daemon.engine.speculation.drafting import SpecOptions, check_draft_vocab
 from daemon.engine.types import CacheType, GenerationRequest
 
 log = logging.getLogger("edged.engine")
+_GRAMMARS_KEPT = 256  # verdicts kept per model (each a dict entry, text as key)
 
 
 def gpu_plan(path: Path, options: EngineOptions, devices: list[DeviceMemory]) -> Offload:
@@ -120,6 +123,10 @@ class LoadedModel:
         # The vision projector (--mmproj, or mmproj-<stem>.gguf beside the model): it belongs
         # to this model and is freed before it.
         self.media: MediaEncoder | None = None
+        # Grammars llama.cpp has judged for this vocabulary (a tool set's call grammar comes
+        # back with every request that offers those tools).
+        self._grammars: OrderedDict[str, bool] = OrderedDict()
+        self._grammars_lock = threading.Lock()
         try:
             if adapters:  # LoRA adapters belong to this model and die with it
                 self.adapters = Adapters(self.model, adapters)
@@ -410,7 +417,17 @@ class LoadedModel:
     def grammar_ok(self, gbnf: str) -> bool:
         """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""
         self._check_open()
-        return grammar_is_valid(self.model, gbnf)
+        with self._grammars_lock:  # chats with media build their prompt off the loop
+            known = self._grammars.get(gbnf)
+            if known is not None:
+                self._grammars.move_to_end(gbnf)
+                return known
+        known = grammar_is_valid(self.model, gbnf)
+        with self._grammars_lock:
+            self._grammars[gbnf] = known
+            if len(self._grammars) > _GRAMMARS_KEPT:
+                self._grammars.popitem(last=False)
+        return known
 
     @property
     def adapter_names(self) -> list[str]:
