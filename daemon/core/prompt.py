@@ -76,7 +76,11 @@ def build_chat(
         )
     else:
         tokens = lm.tokenize(rendered)
-    think = Thinking.of(source, rendered)
+    final = req.messages[-1].content.strip()
+    # A prefill (the prompt ends in the final message, not in a new turn) may itself have
+    # opened the thinking block the output goes on with.
+    continued = final if req.prefill and final and rendered.rstrip().endswith(final) else None
+    think = Thinking.of(source, rendered, continued)
     if think is not None and constrained:
         # A schema or a required call constrains the answer from the first token: the
         # output is the answer even when the prompt opened a thinking block.

@@ -30,6 +30,11 @@ def opens_thinking(prompt: str, tags: ReasoningStyle) -> bool:
     return isinstance(tags, ThinkTags) and prompt.rstrip().endswith(tags.open)
 
 
+def left_open(text: str, tags: ReasoningStyle) -> bool:
+    """Whether `text` (a continued final message) opened a reasoning block it did not close."""
+    return isinstance(tags, ThinkTags) and text.rfind(tags.open) > text.rfind(tags.close)
+
+
 def _held(text: str, tags: tuple[str, ...]) -> int:
     """Length of the longest suffix of text that is a proper prefix of one of the tags."""
     best = 0
@@ -199,10 +204,16 @@ class Thinking:
     started: bool
 
     @classmethod
-    def of(cls, template: str | None, prompt: str) -> Thinking | None:
-        """For a reasoning model's rendered prompt; None for other models."""
+    def of(cls, template: str | None, prompt: str, continued: str | None = None) -> Thinking | None:
+        """For a reasoning model's rendered prompt; None for other models. `continued`: the
+        final message a prefill continues, whose own open block the output goes on with."""
         tags = detect(template)
-        return None if tags is None else cls(tags, opens_thinking(prompt, tags))
+        if tags is None:
+            return None
+        started = opens_thinking(prompt, tags) or (
+            continued is not None and left_open(continued, tags)
+        )
+        return cls(tags, started)
 
     def answer_only(self) -> Thinking:
         """The same tags for output that starts as the answer (a leading <think> still counts)."""

@@ -219,3 +219,31 @@ def test_constrained_answers_are_never_swallowed_as_reasoning(client: openai.Ope
     calls = r.choices[0].message.tool_calls or []
     assert [c.function.name for c in calls] == ["capital"]
     assert json.loads(calls[0].function.arguments)["city"] in ("Paris", "Rome")
+
+
+def _prefilled(client: openai.OpenAI, prefill: str, grammar: str) -> Any:
+    return client.chat.completions.create(
+        model="thinker",
+        messages=[*MSGS, {"role": "assistant", "content": prefill}],  # type: ignore[list-item]
+        max_tokens=40,
+        temperature=0,
+        extra_body={"grammar": grammar},
+    )
+
+
+def test_a_prefill_meets_a_thinking_model(client: openai.OpenAI) -> None:
+    """A final assistant message is continued (a prefill) whatever the template does with
+    thinking: its continuation is the answer, and a prefill that opened a thinking block
+    (and did not close it) continues the thinking, split from the answer as usual."""
+    answer = _prefilled(client, "The capital is", 'root ::= " Paris."')
+    msg = answer.choices[0].message
+    assert msg.content == " Paris." and "reasoning_content" not in (msg.model_extra or {})
+
+    thinking = _prefilled(client, "<think>\nHmm,", 'root ::= " France." "</think>" "\\n\\nParis."')
+    msg = thinking.choices[0].message
+    assert (msg.model_extra or {}).get("reasoning_content") == " France."
+    assert msg.content == "Paris."
+
+    closed = _prefilled(client, "<think>Done.</think>\n\nIt is", 'root ::= " Paris."')
+    assert closed.choices[0].message.content == " Paris."
+    assert "reasoning_content" not in (closed.choices[0].message.model_extra or {})
