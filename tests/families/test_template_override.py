@@ -27,6 +27,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name in (QWEN, LLAMA):
         out[name] = tmp / f"{name}.jinja"
         out[name].write_text(template(name))
+    out["reloaded"] = tmp / "reloaded.jinja"
+    out["reloaded"].write_text("{% for m in messages %}first:{{ m.content }}{% endfor %}")
     out["broken"] = tmp / "broken.jinja"
     out["broken"].write_text("{% for m in messages %}{{ m.content }")  # never closed
     return out
@@ -40,7 +42,7 @@ def server(
     # A template belongs to a model file (aliases of one file share its loaded model): each
     # name here is a file of its own, a link to the embedded model.
     links = {}
-    for name in ("other", "own", "broken", "builtin"):
+    for name in ("other", "own", "broken", "builtin", "reloaded"):
         links[name] = tmp / f"{name}.gguf"
         links[name].symlink_to(smollm_gguf)
     srv = start_server(
@@ -61,6 +63,10 @@ def server(
         f"builtin={links['builtin']}",
         "--chat-template",
         "builtin=command-r",
+        "--alias",
+        f"reloaded={links['reloaded']}",
+        "--chat-template-file",
+        f"reloaded={files['reloaded']}",
     )
     yield srv
     stop_server(srv)
@@ -192,3 +198,18 @@ def test_builtin_names_are_checked_at_start(files: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="both given"):
         Settings(chat_template=["m=chatml"], chat_template_file=[f"m={files[QWEN]}"])
     assert Settings(chat_template=["chatml", "m=llama3"]).chat_template
+
+
+def test_a_template_file_is_read_again_when_its_model_loads_again(
+    server: Server, files: dict[str, Path]
+) -> None:
+    """The file is the model's template at each load: edited while the model is loaded it
+    changes nothing, until the model is unloaded (eviction, keep-alive, admin) and loads
+    again."""
+    assert _rendered(server, "reloaded") == "first:Hi"
+    files["reloaded"].write_text("{% for m in messages %}second:{{ m.content }}{% endfor %}")
+    assert _rendered(server, "reloaded") == "first:Hi"  # loaded: the compiled template serves
+    r = httpx.post(f"{server.url}/admin/unload", json={"model": "reloaded"}, timeout=60)
+    assert r.status_code == 200 and r.json()["was_loaded"] is True
+    assert _rendered(server, "reloaded") == "second:Hi"
+    assert _props(server, "reloaded")["chat_template"] == files["reloaded"].read_text()
