@@ -235,6 +235,11 @@ def run(tests: Path, files: list[str], which: str, exe: Path, timeout: int) -> d
     return out
 
 
+def _file_of(test_id: str) -> str:
+    """`unit.test_stream::test_x[...]` -> `test_stream.py`."""
+    return test_id.split("::", 1)[0].removeprefix("unit.") + ".py"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", nargs="*", default=FILES)
@@ -242,7 +247,11 @@ def main() -> None:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server")
     p.add_argument("--write", action="store_true")
     p.add_argument(
-        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="the ones to run"
+        "--servers",
+        nargs="*",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="the ones to run (none: the table from the kept outcomes)",
     )
     args = p.parse_args()
     kept = json.loads(KEPT.read_text()) if KEPT.exists() else {}
@@ -263,9 +272,8 @@ def main() -> None:
     missing = [w for w in SERVERS if w not in kept]
     if missing:
         raise SystemExit(f"no outcomes kept for {missing}: run them (--servers)")
-    stems = [f.removesuffix(".py") for f in args.files]
     results = {
-        w: {t: o for t, o in kept[w]["outcomes"].items() if any(s in t for s in stems)}
+        w: {t: o for t, o in kept[w]["outcomes"].items() if _file_of(t) in args.files}
         for w in SERVERS
     }
     lines = [
@@ -278,8 +286,7 @@ def main() -> None:
     ]
     total = [0, 0, 0]
     for f in args.files:
-        stem = f.removesuffix(".py")
-        ids = sorted({t for r in results.values() for t in r if stem in t})
+        ids = sorted({t for r in results.values() for t in r if _file_of(t) == f})
         e = sum(results["edged"].get(t) == "passed" for t in ids)
         s = sum(results["llama-server"].get(t) == "passed" for t in ids)
         total = [total[0] + len(ids), total[1] + e, total[2] + s]

@@ -120,6 +120,16 @@ def test_switches_and_what_is_never_continued(base_url: str) -> None:
     both = {"continue_final_message": True, "add_generation_prompt": True}
     err = assert_error(_post(base_url, "/v1/chat/completions", {"messages": MSGS, **both}), 400)
     assert err["param"] == "continue_final_message"
+    # Two assistant messages at the end: which would be continued? llama-server's 400,
+    # unless continue_final_message says the last (or false: answer after both).
+    twice = [*MSGS, {"role": "assistant", "content": "or perhaps"}]
+    err = assert_error(_post(base_url, "/v1/chat/completions", {"messages": twice}), 400)
+    assert err["param"] == "messages" and "two assistant messages" in err["message"]
+    for explicit in (True, False):
+        body = {"messages": twice, "continue_final_message": explicit, "max_tokens": 2}
+        if explicit:
+            body["add_generation_prompt"] = False
+        assert _post(base_url, "/v1/chat/completions", body).status_code == 200
 
 
 def test_llama_servers_json_schema_field(base_url: str) -> None:

@@ -51,7 +51,7 @@ def chat(req: ChatCompletionRequest) -> ChatRequest:
                 "give response_format or json_schema, not both", param="json_schema"
             )
         fmt, param = JsonFormat(req.json_schema), "json_schema"
-    return ChatRequest(
+    chat_req = ChatRequest(
         messages=tuple(core_message(m) for m in req.messages),
         tools=core_functions(req.tools),
         tool_choice=tool_choice(req.tool_choice),
@@ -65,6 +65,21 @@ def chat(req: ChatCompletionRequest) -> ChatRequest:
         continue_final=req.continue_final_message,
         generation_prompt=req.add_generation_prompt,
     )
+    last = chat_req.messages[-2:]
+    if (
+        req.continue_final_message is None
+        and chat_req.prefill
+        and len(last) == 2
+        and last[0].role == "assistant"
+    ):
+        # llama-server's rule for its implicit prefill: which of the two would be continued?
+        # (`continue_final_message: true` says: the last.)
+        raise InvalidRequest(
+            "two assistant messages end the conversation: the final one would be continued "
+            "(a prefill); merge them, or say so with continue_final_message",
+            param="messages",
+        )
+    return chat_req
 
 
 def sampling(req: _Common) -> Sampling:
