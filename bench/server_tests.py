@@ -34,6 +34,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -235,6 +236,22 @@ def run(tests: Path, files: list[str], which: str, exe: Path, timeout: int) -> d
     return out
 
 
+def _dates(kept: dict[str, Any], files: list[str]) -> str:
+    """When each server's outcomes of `files` were taken, compactly."""
+    out = []
+    for which in SERVERS:
+        dates = kept[which].get("dates") or dict.fromkeys(files, kept[which].get("date", "?"))
+        by_date: dict[str, list[str]] = {}
+        for f in files:
+            by_date.setdefault(dates.get(f, "?"), []).append(f.removesuffix(".py"))
+        if len(by_date) == 1:
+            out.append(f"{which} {next(iter(by_date))}")
+        else:
+            parts = "; ".join(f"{', '.join(fs)} {d}" for d, fs in sorted(by_date.items()))
+            out.append(f"{which}: {parts}")
+    return "; ".join(out)
+
+
 def _file_of(test_id: str) -> str:
     """`unit.test_stream::test_x[...]` -> `test_stream.py`."""
     return test_id.split("::", 1)[0].removeprefix("unit.") + ".py"
@@ -262,11 +279,11 @@ def main() -> None:
         for which in args.servers:
             exe = launcher(work, which, args.model)
             outcomes = run(tests, args.files, which, exe, args.timeout)
-            previous = kept.get(which, {}).get("outcomes", {})
+            previous = kept.get(which, {})
             kept[which] = {
-                "date": stamp,
                 "model": args.model.name,
-                "outcomes": {**previous, **outcomes},
+                "dates": {**previous.get("dates", {}), **dict.fromkeys(args.files, stamp)},
+                "outcomes": {**previous.get("outcomes", {}), **outcomes},
             }
     KEPT.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     missing = [w for w in SERVERS if w not in kept]
@@ -279,7 +296,7 @@ def main() -> None:
     lines = [
         f"llama.cpp's server tests from the pinned sdist (llama-cpp-python "
         f"{_pinned_version()}), both servers on `{args.model.name}` through the same launcher "
-        f"(edged run {kept['edged']['date']}, llama-server run {kept['llama-server']['date']}).",
+        f"(runs: {_dates(kept, args.files)}).",
         "",
         "| file | tests | edged passed | llama-server passed |",
         "| --- | --- | --- | --- |",
