@@ -204,7 +204,7 @@ def create_app(
             llamacpp_router,
             unversioned_openai_router,
             *tokenize.handlers,
-            *resumable.handlers,
+            resumable.router,
             *rerank_handlers,
             metrics.route(),
             admin_router,

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any
 
-from litestar import Request, delete, get, post
+from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 from litestar.response import Stream
 from pydantic import Field
 
 from daemon.api.fields import ProtocolModel
+from daemon.api.llamacpp.errors import SHAPE
 from daemon.core.watch import RequestRecord, current, request_owner
 from daemon.errors import EdgedError, InvalidRequest, NotFound
 
@@ -311,4 +312,9 @@ async def lookup_streams(
     return streams.lookup(request_owner(), ids)
 
 
-handlers = [read_stream, stop_stream, lookup_streams]
+# llama-server's routes, answering errors in llama-server's shape.
+router = Router(
+    path="/",
+    route_handlers=[read_stream, stop_stream, lookup_streams],
+    exception_handlers=SHAPE.handlers(),
+)
