@@ -126,14 +126,10 @@ async def completion(
         _completion_choice(i, results[j], lm, echo, count, source=j) for i, j in enumerate(picked)
     ]
     body = {**meta.envelope(choices), "usage": usage(handles, policy), "timings": timings(handles)}
-    if _verbose(req, policy):
+    if req.shows_verbose(policy.verbose):
         shown = [_shown(lm, prompts, k, j, handles[j], results[j]) for j in range(len(results))]
         body["__verbose"] = shown[0] if len(shown) == 1 else shown
     return body
-
-
-def _verbose(req: CompletionRequest, policy: Policy) -> bool:
-    return policy.verbose if req.verbose is None else req.verbose
 
 
 def _shown(
@@ -167,7 +163,8 @@ async def _completion_events(
 ) -> AsyncIterator[dict[str, Any]]:
     count = req.logprob_count
     piece = lm.model.piece
-    verbose = _verbose(req, policy)
+    verbose = req.shows_verbose(policy.verbose)
+    # What each choice generated, for its `__verbose` (on its finishing chunk).
     seen = [Collected("", FinishReason.ERROR, []) for _ in handles]
     if echo is not None:
         for i in range(len(handles)):
@@ -180,8 +177,9 @@ async def _completion_events(
         if chunk.progress is not None:
             empty = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
             yield progress(meta.envelope([empty]), chunk)
-        seen[i].text += chunk.text
-        seen[i].token_ids.extend(chunk.token_ids)
+        if verbose:
+            seen[i].text += chunk.text
+            seen[i].token_ids.extend(chunk.token_ids)
         if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
             event = meta.envelope([_stream_choice(i, chunk, count, piece)])
             if chunk.finish_reason is None:

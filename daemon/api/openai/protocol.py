@@ -75,6 +75,10 @@ class _Common(SamplingFields):
     # answer; None takes the daemon's --verbose.
     verbose: bool | None = None
 
+    def shows_verbose(self, default: bool) -> bool:
+        """Whether the answer carries `__verbose`: the request's say, else the daemon's."""
+        return default if self.verbose is None else self.verbose
+
     @property
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage chunk."""

@@ -70,7 +70,7 @@ async def chat_completion(
         req.logprob_count,
         req.together_logprobs,
         req.timings_per_token,
-        policy.verbose if req.verbose is None else req.verbose,
+        req.shows_verbose(policy.verbose),
     )
     try:
         chat_req = translate.chat(req)

@@ -58,6 +58,7 @@ class SamplerChain:
         self._shown = shown
         self._kept: dict[int, TokenLogprob] = {}
         self._candidates = np.zeros(model.n_vocab if shown is not None else 0, _CANDIDATE)
+        self._ids = np.arange(self._candidates.size, dtype=np.int32)  # refilled each token
         add = lc.llama_sampler_chain_add
         if params.logit_bias:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
@@ -118,7 +119,7 @@ class SamplerChain:
         softmax of their logits as the chain left them (temperature applied), which is the
         distribution the choice was drawn from (greedy: the argmax of it)."""
         cands = self._candidates
-        cands["id"] = np.arange(cands.size, dtype=np.int32)
+        cands["id"] = self._ids  # the chain sorts and cuts the array in place
         cands["logit"] = ctx.logits_np(row)
         cands["p"] = 0.0
         data = cands.ctypes.data_as(ctypes.POINTER(lc.llama_token_data))
