@@ -5,9 +5,12 @@ a stop ends it, and another key can neither read, stop nor find a stream."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -118,7 +121,8 @@ def test_another_key_finds_nothing(base_url: str) -> None:
 
 
 def _hang_up_after_first_event(base_url: str, path: str, body: dict[str, Any], conv: str) -> None:
-    """Send the request on a raw socket, read until the first event, then close it."""
+    """Send the request (as key alpha) on a raw socket, read until the first event, then
+    close it."""
     url = urlparse(base_url)
     payload = json.dumps(body)
     request = (
@@ -244,3 +248,78 @@ def test_any_conversation_id_header(base_url: str, conv: str) -> None:
     assert sent.endswith(b"data: [DONE]\r\n\r\n")
     if conv and len(conv) <= 256:
         assert _replay(base_url, conv).content == sent
+
+
+def _events(base_url: str, conv: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[6:])
+        for line in _replay(base_url, conv).text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def _idle(base_url: str) -> bool:
+    """Whether no slot of the (keyless, loopback) daemon is generating."""
+    slots = httpx.get(f"{base_url}/slots", timeout=30).json()
+    return not any(s["is_processing"] for s in slots)
+
+
+# A generation far longer than any limit below (~2 tokens per test second at most).
+ENDLESS = {"prompt": "Count:", "n_predict": 1500, "ignore_eos": True, "stream": True}
+SMALL = ("--threads", "1", "--parallel", "1", "--ctx-size", "2048")
+
+
+def test_a_recorded_generation_keeps_its_request_timeout(tmp_path: Path) -> None:
+    """Detached from its client, a generation is still cut at the request timeout: the
+    recording ends with one error event, the slot is freed, and the daemon answers on."""
+    srv = start_server(tmp_path, *SMALL, "--request-timeout", "3")
+    try:
+        _hang_up_after_first_event(srv.url, "/completion", ENDLESS, "slow")
+        _wait_done(srv.url, "slow")
+        events = _events(srv.url, "slow")
+        error = events[-1]["error"]  # llama-server's shape: the HTTP status as its code
+        assert error["code"] == 504 and "within 3 s" in error["message"], error
+        assert sum(len(e.get("tokens", [])) for e in events) < ENDLESS["n_predict"]
+        assert _idle(srv.url)
+        r = httpx.post(f"{srv.url}/completion", json={"prompt": "Hi", "n_predict": 4}, timeout=60)
+        assert r.status_code == 200 and r.json()["tokens_predicted"] == 4
+    finally:
+        stop_server(srv)
+
+
+def test_the_drain_waits_for_a_recorded_generation(tmp_path: Path) -> None:
+    """SIGTERM after the client left: the detached generation is one of the requests the
+    drain waits for, so it finishes whole before the daemon exits 0."""
+    srv = start_server(tmp_path, *SMALL, "--drain-timeout", "240")
+    try:
+        body = {**ENDLESS, "n_predict": 40}
+        _hang_up_after_first_event(srv.url, "/completion", body, "drained")
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(240) == 0
+        log = srv.log.read_text()
+        ended = re.search(r"resumable stream 'drained' ended: \d+ prompt, (\d+) completion", log)
+        assert ended is not None and int(ended.group(1)) == 40, log
+        assert "drain timeout" not in log
+    finally:
+        if srv.proc.poll() is None:
+            stop_server(srv)
+
+
+def test_the_drain_timeout_cuts_a_recorded_generation(tmp_path: Path) -> None:
+    """At the drain timeout the detached generation is cut like any request: the daemon
+    exits 0 in time, having generated less than was asked."""
+    srv = start_server(tmp_path, *SMALL, "--drain-timeout", "1")
+    try:
+        _hang_up_after_first_event(srv.url, "/completion", ENDLESS, "cut")
+        began = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(60) == 0
+        assert time.monotonic() - began < 30
+        log = srv.log.read_text()
+        assert "drain timeout" in log, log
+        ended = re.search(r"resumable stream 'cut' ended: \d+ prompt, (\d+) completion", log)
+        assert ended is not None, log
+        assert int(ended.group(1)) < ENDLESS["n_predict"]
+    finally:
+        if srv.proc.poll() is None:
+            stop_server(srv)

@@ -18,7 +18,13 @@ import pytest
 
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
-from daemon.engine.types import BeamParams, FinishReason, GenerationRequest, SamplingParams
+from daemon.engine.types import (
+    BeamParams,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 # Flash attention, over at most 256 KV cells per sequence: there the kernel computes one row
@@ -124,6 +130,33 @@ def test_seeded_sampling_draws_the_same_tokens(engines: tuple[LoadedModel, Loade
         )
         req = GenerationRequest(prompt, 16, sp)
         assert run(on, req)[0].tokens == run(off, req)[0].tokens, seed
+
+
+def test_post_sampling_candidates_are_each_rows_own(
+    engines: tuple[LoadedModel, LoadedModel],
+) -> None:
+    """`post_sampling_probs` while drafts verify: every token, kept draft or correction,
+    reports the candidates of its own verified row, as plain decoding reports them."""
+    off, on = engines
+    prompt = off.tokenize(PROMPTS[0])
+
+    def shown(lm: LoadedModel, req: GenerationRequest) -> list[TokenLogprob]:
+        async def main() -> list[TokenLogprob]:
+            return [lp async for c in lm.submit(req).chunks() for lp in c.logprobs]
+
+        return asyncio.run(main())
+
+    d0, a0 = counts(on)
+    for sp in (GREEDY, SamplingParams(temperature=0.8, top_k=5, seed=3)):
+        req = GenerationRequest(prompt, 20, sp, logprobs=3, post_sampling=True)
+        want, got = shown(off, req), shown(on, req)
+        assert [lp.token for lp in got] == [lp.token for lp in want], sp
+        for g, w in zip(got, want, strict=True):
+            assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+            assert [t for t, _ in g.top] == [t for t, _ in w.top]
+            assert [p for _, p in g.top] == pytest.approx([p for _, p in w.top], abs=1e-4)
+    drafted, accepted = counts(on)
+    assert drafted > d0 and accepted > a0  # drafts were verified and kept
 
 
 def test_grammar_constrained_output_is_identical(
