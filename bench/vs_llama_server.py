@@ -5,7 +5,8 @@ order (A, B, B, A, ...): time to first token of a distinct ~1,200-token prompt
 (`max_tokens: 1`, the whole answer); then the same prompt again as a greedy 128-token stream,
 whose prefix both servers find in their slot, for decode speed at a ~1,200-token context;
 then greedy 128-token streams of short chats at 1 and 8 concurrent clients
-(end-of-generation tokens banned, so both do the same work). Besides wall times,
+(end-of-generation tokens banned, so both do the same work); then a greedy 128-token stream
+that repeats its context (a code snippet quoted back: where speculation pays). Besides wall times,
 each server's own CPU seconds per request are read from /proc: on a machine shared with
 other work the wall clock is mostly noise, the work a server spends is not.
 
@@ -37,6 +38,7 @@ from load import spawn_server
 from perf import free_port
 from results import write_section
 from scaling import distinct_prompt
+from speculation import CODE
 
 from daemon.config import embedded_model_path
 from daemon.engine.native.llama import Model
@@ -61,6 +63,8 @@ class Figures:
     long_decode_cpu: list[float] = field(default_factory=list)
     decode: dict[int, list[float]] = field(default_factory=dict)
     decode_cpu: dict[int, list[float]] = field(default_factory=dict)
+    quote: list[float] = field(default_factory=list)
+    quote_cpu: list[float] = field(default_factory=list)
 
 
 def first_token(url: str, text: str, pid: int) -> tuple[float, float]:
@@ -84,6 +88,24 @@ def long_decode(url: str, text: str, max_tokens: int, ban: list[int], pid: int):
     cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     result = stream_sync(url, body, "/v1/completions")
+    rnd = Round(1, time.perf_counter() - t0, [result])
+    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
+
+
+def quote_decode(url: str, r: int, max_tokens: int, ban: list[int], pid: int):
+    """Decode tokens/s and server CPU ms per token of a greedy chat reply that repeats its
+    context (code quoted back, as when editing code); the code is distinct per round."""
+    code = CODE.replace("parse_header", f"parse_header_{r}")
+    body = {
+        "messages": [{"role": "user", "content": f"Here is some code:\n\n{code}\nRepeat it."}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "logit_bias": {str(t): -100 for t in ban},
+    }
+    cpu0 = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    result = stream_sync(url, body, "/v1/chat/completions")
     rnd = Round(1, time.perf_counter() - t0, [result])
     return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
 
@@ -176,6 +198,10 @@ def main() -> None:
                     f.decode.setdefault(level, []).append(tps)
                     f.decode_cpu.setdefault(level, []).append(ms)
                     line += f", x{level} {tps:.1f} tok/s ({ms:.2f} cpu-ms/tok)"
+                tps, ms = quote_decode(url, r, args.max_tokens, ban, pid)
+                f.quote.append(tps)
+                f.quote_cpu.append(ms)
+                line += f", quote {tps:.1f} tok/s ({ms:.2f} cpu-ms/tok)"
                 print(line, file=sys.stderr, flush=True)
         load1 = os.getloadavg()[0]
     finally:
@@ -219,6 +245,10 @@ def main() -> None:
         rows.append(
             row(f"server CPU ms per token, {level} stream(s)", lambda f, n=level: f.decode_cpu[n])
         )
+    rows.append(
+        row("decode tokens/s, a reply repeating its context", lambda f: f.quote, " (≥ 1.0)")
+    )
+    rows.append(row("server CPU ms per token, that reply", lambda f: f.quote_cpu))
     today = datetime.date.today().isoformat()
     head = (
         f"`python bench/vs_llama_server.py --rounds {args.rounds}` — {today}; "

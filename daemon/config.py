@@ -283,10 +283,9 @@ class Settings(BaseSettings):
         return value
 
     # ---- speculative decoding (README: Speculative decoding) ----
-    # Off unless asked: on by default, n-gram drafts verified at a long context made decode up
-    # to 3x slower on the benchmark CPU although ~98 % of them were accepted (verifying rows
-    # there costs far more than the per-sequence cost model, learnt on short contexts,
-    # expects; bench/RESULTS.md). Unset = off until that model knows the context's cost.
+    # Off unless asked: on by default (cost model per context length included), decode on
+    # the 2-core benchmark CPU fell to 0.77-0.85x llama-server on every row, quoting its
+    # context included; a verified row costs nearly a token there (bench/RESULTS.md).
     speculate: bool | None = Field(
         None, description="draft by n-gram lookup in prompt and output (and --draft-model)"
     )

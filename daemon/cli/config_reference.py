@@ -37,7 +37,7 @@ DEFAULT_NOTES = {
     "threads_batch": "`--threads`",
     "tensor_split": "by free memory",
     "flash_attn": "on; under `--exact` only for embedding and rerank models and on GPUs",
-    "speculate": "off (on, it slowed decode at long contexts: see the speculation page)",
+    "speculate": "off (on, it slowed decode on CPUs: see the speculation page)",
     "extra_buffers": "off on AMX CPUs, else llama.cpp's choice",
     "store_dir": "memory only",
     "store_key_max_bytes": "a quarter of `--store-max-bytes`",
