@@ -302,6 +302,31 @@ def test_safe_verdict_answers_normally(client: openai.OpenAI, stream: bool) -> N
     assert content == plain.choices[0].message.content
 
 
+def test_verbose_on_a_screened_stream(client: openai.OpenAI) -> None:
+    """`__verbose` comes on each screened choice's chunk as on an unscreened stream's
+    finishing chunk: what that choice generated, and the prompt as rendered."""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a color."}],
+        max_tokens=16,
+        n=2,
+        stream=True,
+        extra_body={"safety_model": PLAIN_GUARD, "verbose": True},
+    )
+    seen: dict[int, dict[str, Any]] = {}
+    text: dict[int, str] = {}
+    for chunk in stream:
+        extra = chunk.model_extra or {}
+        for c in chunk.choices:
+            text[c.index] = text.get(c.index, "") + (c.delta.content or "")
+            if "__verbose" in extra:
+                seen[c.index] = extra["__verbose"]
+    assert set(seen) == {0, 1}
+    for i, v in seen.items():
+        assert v["index"] == i and v["content"] == text[i]
+        assert v["prompt"].endswith("assistant\n") and "Name a color." in v["prompt"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_flagged_input_is_refused(guarded: openai.OpenAI, stream: bool) -> None:
     if stream:

@@ -184,14 +184,18 @@ def _refused(
 
 
 async def _replay(
-    meta: Meta, choices: list[dict[str, Any]], tail_usage: dict[str, Any] | None
+    meta: Meta,
+    choices: list[dict[str, Any]],
+    tail_usage: dict[str, Any] | None,
+    shown: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Finished choices as chunks: each whole answer in one delta with its finish_reason."""
+    """Finished choices as chunks: each whole answer in one delta with its finish_reason (and
+    its `__verbose` from `shown`, as the unscreened stream puts it on its finishing chunk)."""
     for c in choices:
         delta = dict(c["message"])
         if "tool_calls" in delta:
             delta["tool_calls"] = [{"index": k, **t} for k, t in enumerate(delta["tool_calls"])]
-        yield meta.envelope(
+        chunk = meta.envelope(
             [
                 {
                     "index": c["index"],
@@ -201,6 +205,9 @@ async def _replay(
                 }
             ]
         )
+        if shown is not None:
+            chunk["__verbose"] = shown[c["index"]]
+        yield chunk
     if tail_usage is not None:
         yield {**meta.envelope([]), "usage": tail_usage}
 
@@ -213,7 +220,9 @@ async def _screened_events(
     choices = [_chat_choice(i, r, shape, plan, think) for i, r in enumerate(results)]
     choices = await _screen(run, choices)
     tail = usage(run.handles, policy) if reply.include_usage else None
-    async for event in _replay(meta, choices, tail):
+    view = _Shown(run.lm, run.prompt.rendered) if reply.verbose else None
+    shown = view.each(run.handles, results) if view is not None else None
+    async for event in _replay(meta, choices, tail, shown):
         yield event
 
 
@@ -227,9 +236,13 @@ class _Shown:
     def of(self, i: int, handle: RequestHandle, result: Collected) -> dict[str, Any]:
         return verbose_of(i, self.rendered, handle, result, self.lm.model.detokenize)
 
+    def each(self, handles: list[RequestHandle], results: list[Collected]) -> list[Any]:
+        """Every choice's object, in order."""
+        return [self.of(i, h, r) for i, (h, r) in enumerate(zip(handles, results, strict=True))]
+
     def body(self, handles: list[RequestHandle], results: list[Collected]) -> Any:
         """One choice's object, or a list of them for several."""
-        shown = [self.of(i, h, r) for i, (h, r) in enumerate(zip(handles, results, strict=True))]
+        shown = self.each(handles, results)
         return shown[0] if len(shown) == 1 else shown
 
 
