@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -75,39 +76,35 @@ def first_token(url: str, text: str, pid: int) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu_seconds(pid) - cpu0
 
 
+def timed_stream(url: str, path: str, body: dict[str, Any], pid: int) -> tuple[float, float]:
+    """Decode tokens/s (first token to last) and server CPU ms per token of one stream."""
+    cpu0 = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    result = stream_sync(url, body, path)
+    rnd = Round(1, time.perf_counter() - t0, [result])
+    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
+
+
+def greedy(max_tokens: int, ban: list[int]) -> dict[str, Any]:
+    """The fields of a greedy stream that never ends early (end-of-generation banned)."""
+    bias = {str(t): -100 for t in ban}
+    return {"max_tokens": max_tokens, "temperature": 0.0, "stream": True, "logit_bias": bias}
+
+
 def long_decode(url: str, text: str, max_tokens: int, ban: list[int], pid: int):
     """Decode tokens/s and server CPU ms per token of one greedy stream continuing `text`,
     measured from its first token to its last (the prompt itself is already in the slot)."""
-    body = {
-        "prompt": text,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "logit_bias": {str(t): -100 for t in ban},
-    }
-    cpu0 = cpu_seconds(pid)
-    t0 = time.perf_counter()
-    result = stream_sync(url, body, "/v1/completions")
-    rnd = Round(1, time.perf_counter() - t0, [result])
-    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
+    body = {"prompt": text, **greedy(max_tokens, ban)}
+    return timed_stream(url, "/v1/completions", body, pid)
 
 
 def quote_decode(url: str, r: int, max_tokens: int, ban: list[int], pid: int):
     """Decode tokens/s and server CPU ms per token of a greedy chat reply that repeats its
     context (code quoted back, as when editing code); the code is distinct per round."""
     code = CODE.replace("parse_header", f"parse_header_{r}")
-    body = {
-        "messages": [{"role": "user", "content": f"Here is some code:\n\n{code}\nRepeat it."}],
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "logit_bias": {str(t): -100 for t in ban},
-    }
-    cpu0 = cpu_seconds(pid)
-    t0 = time.perf_counter()
-    result = stream_sync(url, body, "/v1/chat/completions")
-    rnd = Round(1, time.perf_counter() - t0, [result])
-    return rnd.decode_tokens_per_s, (cpu_seconds(pid) - cpu0) / max(result.tokens, 1) * 1000
+    ask = f"Here is some code:\n\n{code}\nRepeat it."
+    body = {"messages": [{"role": "user", "content": ask}], **greedy(max_tokens, ban)}
+    return timed_stream(url, "/v1/chat/completions", body, pid)
 
 
 def streams(url: str, level: int, max_tokens: int, ban: list[int], offset: int, pid: int):
