@@ -22,6 +22,7 @@ import numpy as np
 from daemon.engine.errors import InvalidInput, ModelUnavailable
 from daemon.engine.mediainfo import MediaKind
 from daemon.engine.native.mtmd import ChunkType, Projector
+from daemon.engine.positions import Jump
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,41 @@ class Medium:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where an M-RoPE model puts a media chunk's tokens: 4 position sections (time, row,
+    column, spare) per token, at first position p0 equal to base + p0·slope."""
+
+    base: np.ndarray  # (4, n) int32
+    slope: np.ndarray  # (4, n) int32
+
+    def at(self, p0: int, lo: int, hi: int) -> np.ndarray:
+        """The positions of tokens lo..hi of a chunk that starts at position p0."""
+        return self.base[:, lo:hi] + p0 * self.slope[:, lo:hi]
+
+
+@dataclass(frozen=True)
 class MediaSpan:
-    """The embeddings of one media chunk and where they go: prompt indices start.. ."""
+    """The embeddings of one media chunk and where they go: prompt indices start.. ; for an
+    M-RoPE model its placement, and the `advance` positions it takes (fewer than its
+    tokens for an image: see positions.py)."""
 
     start: int
     embd: np.ndarray  # (n, n_embd) float32, read only
     non_causal: bool = False
+    placement: Placement | None = None
+    advance: int | None = None  # None: one position a token
 
     @property
     def end(self) -> int:
         """The prompt index after the span."""
         return self.start + len(self.embd)
+
+    def jump(self) -> Jump | None:
+        """The span as a jump of its slot's positions, where it takes fewer than a position
+        a token."""
+        if self.advance is None or self.advance == len(self.embd):
+            return None
+        return Jump(self.start, len(self.embd), self.advance)
 
 
 @dataclass(frozen=True)
@@ -129,11 +154,6 @@ class MediaEncoder:
         one key that another sent it. Stand-ins are not: the prompt cache's owner rule
         decides whose KV a key may reuse, as for text."""
         p = self.projector
-        if p.uses_mrope:
-            raise InvalidInput(
-                f"{p.path.name} positions images on a 2-D grid (M-RoPE), not served yet",
-                subject="image",
-            )
         with self._lock:
             if not p.ptr:  # the model was unloaded while this request waited for the lock
                 raise ModelUnavailable("the model was unloaded; retry", retry_after=1)
@@ -159,8 +179,6 @@ class MediaEncoder:
                         if chunk.type == ChunkType.TEXT:
                             tokens.extend(chunk.text_tokens())
                             continue
-                        if chunk.n_pos != chunk.n_tokens:
-                            raise InvalidInput("media with fewer positions than tokens")
                         # One image may become several chunks (Idefics3: two): each its own key.
                         digest = chunk.id or ""
                         key = f"{digest}#{seen[digest]}"
@@ -170,7 +188,16 @@ class MediaEncoder:
                             embd = p.encode(chunk)
                             embd.setflags(write=False)
                             self.cache.put(f"{owner}\0{key}", embd)
-                        spans.append(MediaSpan(len(tokens), embd, p.non_causal(chunk)))
+                        placement = Placement(*chunk.positions()) if p.uses_mrope else None
+                        spans.append(
+                            MediaSpan(
+                                len(tokens),
+                                embd,
+                                p.non_causal(chunk),
+                                placement,
+                                chunk.n_pos if p.uses_mrope else None,
+                            )
+                        )
                         tokens.extend(stand_in(key, i) for i in range(chunk.n_tokens))
             finally:
                 for b in bitmaps:

@@ -1,6 +1,8 @@
 """A vision model made in the test: the embedded SmolLM2 as the language model and a tiny
-random SmolVLM (Idefics3) projector converted by quantize/mmproj.py; and a model that hears:
-the same language model with a tiny random Ultravox audio projector (tests/media/tiny_audio.py)."""
+random SmolVLM (Idefics3) projector converted by quantize/mmproj.py; a model that hears: the
+same language model with a tiny random Ultravox audio projector (tests/media/tiny_audio.py);
+and one that places images by M-RoPE: SmolLM2 as a qwen2vl model with a tiny random Qwen2-VL
+projector (tests/media/tiny_qwen2vl.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from quantize.mmproj import convert_mmproj
 from tests.conftest import Server, start_server, stop_server
 from tests.media.image_host import PNG, serve_images
 from tests.media.tiny_audio import write_mmproj as write_audio_mmproj
+from tests.media.tiny_qwen2vl import write_lm as write_qwen_lm
+from tests.media.tiny_qwen2vl import write_mmproj as write_qwen_mmproj
 from tests.media.tiny_vlm import write_checkpoint
 
 # libmtmd frames an Idefics3 image with "<fake_token_around_image>" and "<global-img>", which
@@ -197,6 +201,40 @@ def audio_server(
         "--max-audio-seconds",
         "5",
         env={"EDGED_API_KEYS": "hear1,hear2,hear3,hear4"},
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def qwen_lm_path(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 as a qwen2vl (M-RoPE) language model."""
+    return write_qwen_lm(smollm_gguf, tmp_path_factory.mktemp("qwen_lm") / "qwen.gguf")
+
+
+@pytest.fixture(scope="session")
+def qwen_mmproj(text_hidden: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2-VL projector (F32)."""
+    return write_qwen_mmproj(tmp_path_factory.mktemp("qwen_mmproj") / "mmproj.gguf", text_hidden)
+
+
+@pytest.fixture(scope="session")
+def qwen_server(
+    qwen_lm_path: Path, qwen_mmproj: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A daemon serving the M-RoPE model, behind API keys (each test its own, so that no test
+    finds another's KV), each key reusing at most 40 leading tokens of another's: a cut that
+    falls inside the first image of the tests' prompts."""
+    srv = start_server(
+        tmp_path_factory.mktemp("qwen_http"),
+        "--model",
+        str(qwen_lm_path),
+        "--mmproj",
+        str(qwen_mmproj),
+        *ARGS,
+        "--cache-share-tokens",
+        "40",
+        env={"EDGED_API_KEYS": ",".join(f"q{i}" for i in range(10))},
     )
     yield srv
     stop_server(srv)

@@ -9,7 +9,7 @@ import numpy as np
 
 from daemon.engine.loading.loaded import chat_template
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
-from daemon.engine.native.mtmd import Projector, ProjectorOptions
+from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
 from tests.media.conftest import CTX, N_BATCH, PARALLEL
 
 
@@ -19,6 +19,21 @@ def reference_tokens(
     """Greedy tokens after a one-message chat whose `content` holds one media marker for
     `medium` (an image or audio file): the model's template, libmtmd's own eval_chunks, a
     plain one-token decode loop (flash attention off)."""
+    return reference_chat(lm_path, mmproj, [{"role": "user", "content": content}], [medium], steps)
+
+
+def reference_chat(
+    lm_path: Path, mmproj: Path, messages: list[dict], media: list[bytes], steps: int
+) -> list[int]:
+    """Greedy tokens after a chat (string contents holding one media marker per medium, in
+    order), computed as reference_tokens computes them."""
+    return reference_greedy(lm_path, mmproj, messages, media, steps)[0]
+
+
+def reference_greedy(
+    lm_path: Path, mmproj: Path, messages: list[dict], media: list[bytes], steps: int
+) -> tuple[list[int], list[float]]:
+    """reference_chat's tokens and the log-probability of each (the model's own)."""
     model = Model(lm_path)
     try:
         proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
@@ -32,30 +47,57 @@ def reference_tokens(
         )
         ctx, batch = Context(model, opts), Batch(1)
         try:
-            rendered = chat_template(model).render(
-                [{"role": "user", "content": content}], add_generation_prompt=True
-            )
-            bos = model.special_text(model.bos) if model.add_bos else ""
-            add_special = model.add_bos and not (bos and rendered.startswith(bos))
-            with (
-                proj.bitmap_file_bytes(medium) as bitmap,
-                proj.tokenize(rendered, [bitmap], add_special=add_special) as chunks,
-            ):
-                n_past = proj.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
-            row, out = -1, []
+            rendered, add_special = _rendered(model, messages)
+            bitmaps = [proj.bitmap_file_bytes(m) for m in media]
+            try:
+                with proj.tokenize(rendered, bitmaps, add_special=add_special) as chunks:
+                    n_past = proj.eval_chunks(ctx, chunks, 0, 0, N_BATCH)
+            finally:
+                for b in bitmaps:
+                    b.close()
+            row, out, logprobs = -1, [], []
             for _ in range(steps):
-                tok = int(np.argmax(ctx.logits_np(row)))
+                logits = ctx.logits_np(row).astype(np.float64)
+                tok = int(np.argmax(logits))
                 if model.is_eog(tok):
                     break
                 out.append(tok)
+                top = logits.max()
+                logprobs.append(float(logits[tok] - top - np.log(np.exp(logits - top).sum())))
                 batch.clear()
                 batch.add(tok, n_past, 0, True)
                 assert ctx.decode(batch) == 0
                 n_past, row = n_past + 1, 0
-            return out
+            return out, logprobs
         finally:
             batch.close()
             ctx.close()
             proj.close()
+    finally:
+        model.close()
+
+
+def _rendered(model: Model, messages: list[dict]) -> tuple[str, bool]:
+    """The chat as the model's template renders it, and whether tokenizing adds BOS."""
+    rendered = chat_template(model).render(messages, add_generation_prompt=True)
+    bos = model.special_text(model.bos) if model.add_bos else ""
+    return rendered, model.add_bos and not (bos and rendered.startswith(bos))
+
+
+def chunk_sizes(
+    lm_path: Path, mmproj: Path, messages: list[dict], media: list[bytes]
+) -> list[tuple[ChunkType, int]]:
+    """The (type, tokens) of each chunk libmtmd makes of a chat's prompt."""
+    model = Model(lm_path)
+    try:
+        with Projector(model, mmproj, ProjectorOptions(n_threads=1)) as proj:
+            rendered, add_special = _rendered(model, messages)
+            bitmaps = [proj.bitmap_file_bytes(m) for m in media]
+            try:
+                with proj.tokenize(rendered, bitmaps, add_special=add_special) as chunks:
+                    return [(c.type, c.n_tokens) for c in chunks]
+            finally:
+                for b in bitmaps:
+                    b.close()
     finally:
         model.close()

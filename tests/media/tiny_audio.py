@@ -16,6 +16,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from tests.media.tiny_weights import Init, encoder_blocks, mmproj_writer, write
+
 N_MEL = 80  # Whisper's mel bins
 HIDDEN = 32
 FFN = 64
@@ -31,15 +33,8 @@ SAMPLE_RATE = 16000
 def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
     """An F32 mmproj GGUF (convolutions F16, as the converter forces them) whose audio
     encoder is tiny and random, projecting into `text_hidden` (the language model's width)."""
-    rng = np.random.default_rng(seed)
-
-    def mat(*shape: int) -> np.ndarray:
-        fan_in = int(np.prod(shape[1:]))
-        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    def vec(n: int, centre: float = 0.0) -> np.ndarray:
-        return (centre + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
+    init = Init(seed)
+    mat, vec = init.mat, init.vec
     h = HIDDEN
     tensors: dict[str, np.ndarray] = {
         # Conv1d weights (out, in, kernel); biases unsqueezed to (out, 1) as the converter does.
@@ -47,21 +42,10 @@ def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
         "a.conv1d.1.bias": vec(h)[:, None],
         "a.conv1d.2.weight": mat(h, h, 3).astype(np.float16),
         "a.conv1d.2.bias": vec(h)[:, None],
-        "a.position_embd.weight": (0.5 * rng.standard_normal((N_POS, h))).astype(np.float32),
+        "a.position_embd.weight": init.normal(N_POS, h),
     }
-    for i in range(LAYERS):
-        b = f"a.blk.{i}."
-        for norm in ("ln1", "ln2"):
-            tensors[b + norm + ".weight"] = vec(h, 1.0)
-            tensors[b + norm + ".bias"] = vec(h)
-        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensors[b + proj + ".weight"] = mat(h, h)
-            if proj != "attn_k":  # Whisper's key projection has no bias
-                tensors[b + proj + ".bias"] = vec(h)
-        tensors[b + "ffn_up.weight"] = mat(FFN, h)
-        tensors[b + "ffn_up.bias"] = vec(FFN)
-        tensors[b + "ffn_down.weight"] = mat(h, FFN)
-        tensors[b + "ffn_down.bias"] = vec(h)
+    # Whisper's key projection has no bias.
+    tensors |= encoder_blocks(init, "a", LAYERS, h, FFN, key_bias=False)
     tensors["a.post_ln.weight"] = vec(h, 1.0)
     tensors["a.post_ln.bias"] = vec(h)
     tensors["mm.a.norm_pre.weight"] = vec(h * STACK_FACTOR, 1.0)
@@ -69,10 +53,7 @@ def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
     tensors["mm.a.norm_mid.weight"] = vec(PROJ_FFN, 1.0)
     tensors["mm.a.mlp.2.weight"] = mat(text_hidden, PROJ_FFN)
 
-    writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name("tiny-ultravox")
-    writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    writer = mmproj_writer(out, "tiny-ultravox")
     writer.add_clip_has_audio_encoder(True)
     writer.add_clip_projector_type(gguf.VisionProjectorType.ULTRAVOX)
     writer.add_audio_projection_dim(text_hidden)
@@ -83,12 +64,7 @@ def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
     writer.add_audio_num_mel_bins(N_MEL)
     writer.add_audio_attention_layernorm_eps(1e-5)
     writer.add_audio_stack_factor(STACK_FACTOR)
-    for name, data in tensors.items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write(writer, tensors)
     return out
 
 

@@ -11,6 +11,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from tests.media.tiny_weights import Init
+
 # 32×32 pixels in 8×8 patches: 16 patches, pixel-shuffled by 2 into 4 tokens per image tile.
 VISION: dict[str, Any] = {
     "model_type": "smolvlm_vision",
@@ -55,24 +57,16 @@ def write_checkpoint(out: Path, text_hidden: int, seed: int = 0) -> Path:
 
 def _weights(text_hidden: int, seed: int) -> dict[str, np.ndarray]:
     """Weights scaled so activations stay O(1) through every block."""
-    rng = np.random.default_rng(seed)
+    init = Init(seed)
+    mat, vec = init.mat, init.vec
     h, ffn, p = VISION["hidden_size"], VISION["intermediate_size"], VISION["patch_size"]
     n_patches = (VISION["image_size"] // p) ** 2
-
-    def mat(*shape: int) -> np.ndarray:
-        fan_in = int(np.prod(shape[1:]))
-        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    def vec(n: int, centre: float = 0.0) -> np.ndarray:
-        return (centre + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     e = "model.vision_model.embeddings."
     w = {
         e + "patch_embedding.weight": mat(h, 3, p, p),
         e + "patch_embedding.bias": vec(h),
-        e + "position_embedding.weight": (0.5 * rng.standard_normal((n_patches, h))).astype(
-            np.float32
-        ),
+        e + "position_embedding.weight": init.normal(n_patches, h),
     }
     for i in range(VISION["num_hidden_layers"]):
         b = f"model.vision_model.encoder.layers.{i}."

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from daemon.engine.caches.cache import read_entry, write_entry
 from daemon.engine.decode.slots import common_prefix
+from daemon.engine.positions import Jumps
 from daemon.engine.types import SavedSequence
 
 AdapterPairs = tuple[tuple[str, float], ...]
@@ -79,6 +80,8 @@ class CacheEntry:
     path: Path | None = None
     # The LoRA adapter set its KV was computed under: only that set may restore it.
     lora: AdapterPairs = ()
+    # Its M-RoPE images (positions.py): where its cells' positions are not their indices.
+    jumps: Jumps = ()
 
     @property
     def nbytes(self) -> int:
@@ -264,6 +267,7 @@ class PromptCache:
         state: Callable[[], bytes],
         lora: AdapterPairs = (),
         fits: Callable[[int, int], bool] | None = None,
+        jumps: Jumps = (),
     ) -> bool:
         """Keep `tokens` (all exact KV, computed under adapters `lora`) of `owner` with the
         state `state()` returns.
@@ -299,7 +303,9 @@ class PromptCache:
                 ):
                     superseded[e.id] = e
         data = state()
-        entry = CacheEntry(next(self._ids), owner, key, digests, len(data), data, lora=lora)
+        entry = CacheEntry(
+            next(self._ids), owner, key, digests, len(data), data, lora=lora, jumps=jumps
+        )
         if entry.nbytes > self.bound:
             return False
         for e in superseded.values():

@@ -18,6 +18,7 @@ from daemon.engine.caches.memory import Memory
 from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
 from daemon.engine.decode.slots import Slot, common_prefix
 from daemon.engine.native.llama import Context
+from daemon.engine.positions import before, whole
 from daemon.engine.types import SavedSequence
 
 log = logging.getLogger("edged.scheduler")
@@ -37,6 +38,7 @@ class SlotKV:
         keep = slot.exact if self.cache.exact else len(slot.tokens)
         if upto is not None:
             keep = min(keep, upto)
+        keep = whole(slot.jumps, keep)
         return keep if self.resumable(slot, keep) else 0
 
     def resumable(self, slot: Slot, keep: int) -> bool:
@@ -54,14 +56,28 @@ class SlotKV:
         """Whether a saved state of `held` tokens, once restored, can be cut back to `keep`."""
         return self.memory.resumes(keep, self.memory.restored_pos_min(held))
 
-    def trim(self, slot: Slot, keep: int) -> None:
-        """Drop everything after the first `keep` tokens of `slot`; everything where its
-        memory cannot be cut back there (a recurrent state, a window already slid)."""
+    def trim(self, slot: Slot, keep: int) -> int:
+        """Drop everything after the first `keep` tokens of `slot` (and an M-RoPE image
+        they would cut: its cells share one position); everything where its memory cannot
+        be cut back there (a recurrent state, a window already slid). Returns what is kept."""
+        keep = min(whole(slot.jumps, keep), len(slot.tokens))
         if keep < len(slot.tokens):
-            if not self.resumable(slot, keep) or not self.ctx.seq_rm(slot.seq, keep, -1):
+            at = slot.pos(keep)
+            if not self.resumable(slot, keep) or not self.ctx.seq_rm(slot.seq, at, -1):
                 self.ctx.seq_rm(slot.seq)
                 keep = 0
             del slot.tokens[keep:]
+            slot.jumps = before(slot.jumps, keep)
+        slot.exact = min(slot.exact, keep)
+        return keep
+
+    def cut(self, slot: Slot, index: int) -> None:
+        """Remove the cells of `slot` from `index` on, those its tokens do not list yet
+        included (a decode that failed part way), and an image they would cut."""
+        keep = whole(slot.jumps, index)
+        self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
+        del slot.tokens[keep:]
+        slot.jumps = before(slot.jumps, keep)
         slot.exact = min(slot.exact, keep)
 
     def clear(self, slot: Slot) -> None:
@@ -76,7 +92,7 @@ class SlotKV:
         self.vacate(slot, keep)
         if keep < len(prompt) - self.margin() - BLOCK:
             keep = self.recall(slot, prompt, owner, keep)
-        self.trim(slot, keep)
+        keep = self.trim(slot, keep)
         return list(prompt[keep:])
 
     def usable(self, slot: Slot, prompt: list[int], owner: str) -> int:
@@ -92,16 +108,7 @@ class SlotKV:
         if not self.cache.enabled or held <= keep or held < BLOCK:
             return
         self.trim(slot, held)
-        try:
-            self.cache.save(
-                slot.owner,
-                slot.tokens,
-                lambda: self.ctx.state_get(slot.seq),
-                slot.lora,
-                self.fits,
-            )
-        except Exception:  # the request goes on without it; the slot is refilled anyway
-            log.exception("saving a slot to the prompt cache failed")
+        self._save(slot, "a slot")  # the request goes on without it if it fails
 
     def checkpoint(self, slot: Slot) -> None:
         """A prompt was just decoded into `slot`: where its memory cannot be cut back later
@@ -113,12 +120,22 @@ class SlotKV:
         held = self.reusable(slot)
         if held < BLOCK or held != len(slot.tokens):
             return
+        self._save(slot, "a checkpoint")
+
+    def _save(self, slot: Slot, what: str) -> None:
+        """Keep all that `slot` holds in the prompt cache; a failure is logged, not raised:
+        the request goes on without it."""
         try:
             self.cache.save(
-                slot.owner, slot.tokens, lambda: self.ctx.state_get(slot.seq), slot.lora, self.fits
+                slot.owner,
+                slot.tokens,
+                lambda: self.ctx.state_get(slot.seq),
+                slot.lora,
+                self.fits,
+                slot.jumps,
             )
-        except Exception:  # the request goes on without it
-            log.exception("saving a checkpoint to the prompt cache failed")
+        except Exception:
+            log.exception("saving %s to the prompt cache failed", what)
 
     def recall(self, slot: Slot, prompt: list[int], owner: str, keep: int) -> int:
         """Restore the longest cached prefix of `prompt` into `slot` when it beats the `keep`
@@ -129,7 +146,7 @@ class SlotKV:
         )
         if hit is None:
             return keep
-        n = min(hit.tokens, room)
+        n = whole(hit.entry.jumps, min(hit.tokens, room))
         if n <= keep:
             return keep
         state = self.cache.load(hit)
@@ -142,6 +159,7 @@ class SlotKV:
             self.cache.count_miss()
             return 0
         slot.tokens = list(hit.entry.tokens)
+        slot.jumps = hit.entry.jumps
         slot.exact = len(slot.tokens)
         if not self.resumable(slot, n):  # not what restored_pos_min expected: keep nothing
             self.trim(slot, 0)
@@ -168,10 +186,11 @@ class SlotKV:
             self.clear(slot)
             if self.ctx.state_set(slot.seq, saved.state):
                 slot.tokens = target
+                slot.jumps = ()  # kept sequences hold no media (the scheduler refuses it)
                 slot.exact = saved.exact
                 return list(saved.pending)
             self.ctx.seq_rm(slot.seq)
             keep = 0
         self.vacate(slot, keep)
-        self.trim(slot, keep)
+        keep = self.trim(slot, keep)
         return target[keep:] + list(saved.pending)

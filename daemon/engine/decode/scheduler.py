@@ -138,6 +138,7 @@ class Scheduler(Admission):
                     self._detach(child)
                     continue
                 child.slot.tokens = list(leader.slot.tokens)
+                child.slot.jumps = leader.slot.jumps
                 child.slot.exact = leader.slot.exact
                 child.fork.leader = None
                 child.scoring.logprobs = list(leader.scoring.logprobs)
@@ -192,10 +193,10 @@ class Scheduler(Admission):
             if a.beams is not None and not a.pending:
                 slot = a.beams.slots[i]
                 token = a.beams.search.beams[i].tokens[-1]
-                a.beams.rows[i] = b.add(token, len(slot.tokens), seq, True)
+                a.beams.rows[i] = b.add(token, slot.pos(len(slot.tokens)), seq, True)
                 slot.tokens.append(token)
             elif not a.pending:
-                a.row = b.add(a.decode.next_token, len(a.slot.tokens), seq, True)
+                a.row = b.add(a.decode.next_token, a.slot.pos(len(a.slot.tokens)), seq, True)
                 a.slot.tokens.append(a.decode.next_token)
                 if a.spec is not None and a.spec.draft:
                     self.spec.add_rows(a, b)
@@ -274,18 +275,25 @@ class Scheduler(Admission):
                 media = a.handle.request.media
                 assert media is not None, "stand-ins in a prompt without media"
                 span = media.span_at(pos)
-                rows = span.embd[pos - span.start :]
+                lo = pos - span.start
+                rows = span.embd[lo:]
                 if not span.non_causal:  # at most a batch per step (a bidirectional image
                     rows = rows[: self.batch.capacity]  # is attended whole: one decode)
+                p0 = slot.pos(span.start)
+                placed = span.placement
+                jump = span.jump()
+                if lo == 0 and jump is not None:  # before its rows: a failure cuts it whole
+                    slot.jumps = (*slot.jumps, jump)
                 self.decode_started = time.monotonic()  # the watchdog's liveness marks
                 try:
                     decode_rows(
                         self.ctx,
                         rows,
-                        pos,
+                        p0 + lo,
                         slot.seq,
                         self.batch.capacity,
                         non_causal=span.non_causal,
+                        positions=None if placed is None else placed.at(p0, lo, lo + len(rows)),
                     )
                 finally:
                     self.decode_started = None
@@ -294,7 +302,7 @@ class Scheduler(Admission):
                 if self._retired is not None:
                     return
                 log.exception("decoding image embeddings failed")
-                self.ctx.seq_rm(slot.seq, pos, -1)
+                self.kv.cut(slot, pos)
                 out: Out = []
                 self._finish(a, FinishReason.ERROR, "", out, error=failure(exc))
                 deliver(out)
@@ -316,9 +324,10 @@ class Scheduler(Admission):
         done = n == len(a.pending)
         slot = a.slot
         pos = len(slot.tokens)
+        at = slot.pos(pos)  # text runs one position a token
         score = a.handle.request.prompt_logprobs
         for j, tok in enumerate(take):
-            row = b.add(tok, pos + j, slot.seq, score or (done and j == n - 1))
+            row = b.add(tok, at + j, slot.seq, score or (done and j == n - 1))
             if score:
                 a.scoring.rows.append((row, pos + j))
         if done:

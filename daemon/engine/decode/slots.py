@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daemon.engine.errors import GenerationFailed
+from daemon.engine.positions import Jumps, position
 
 if TYPE_CHECKING:
     from daemon.engine.native.llama import Context
@@ -58,6 +59,12 @@ class Slot:
     last_used: float = 0.0
     # The LoRA adapter set its KV was computed under: a prefix is shared only within a set.
     lora: tuple[tuple[str, float], ...] = ()
+    # Its M-RoPE images, where a cell's position is not its index (positions.py).
+    jumps: Jumps = ()
+
+    def pos(self, index: int) -> int:
+        """The position of cell `index` (its index unless an M-RoPE image came before)."""
+        return position(self.jumps, index) if self.jumps else index
 
 
 def pick_slots(
@@ -120,6 +127,7 @@ def reassign(ctx: Context, slots: list[Slot], parents: list[int]) -> list[Slot]:
             continue
         src, dst = slots[p], spare.pop()
         dst.tokens = list(src.tokens)
+        dst.jumps = src.jumps
         dst.exact = src.exact
         dst.lora = src.lora
         ctx.seq_rm(dst.seq)

@@ -8,6 +8,8 @@ import ctypes
 from collections.abc import Iterator
 from enum import IntEnum
 
+import numpy as np
+
 from daemon.engine.errors import GenerationFailed
 from daemon.engine.native.llama import mtmd
 
@@ -136,6 +138,24 @@ class Chunk:
         """The media id of the bitmap this chunk came from (None for text or no id)."""
         raw = mtmd.mtmd_input_chunk_get_id(self.live())
         return raw.decode() if raw else None
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """M-RoPE positions of a media chunk's tokens, in llama_batch's section order (time,
+        row, column, spare), as (base, slope): at first position p0 they are base + p0·slope.
+        libmtmd lays an image out (a 2-D grid for Qwen2-VL); audio advances one a token."""
+        n = self.n_tokens
+        if self.type != ChunkType.IMAGE:
+            steps = np.broadcast_to(np.arange(n, dtype=np.int32), (4, n))
+            return steps.copy(), np.ones((4, n), dtype=np.int32)
+        image = mtmd.mtmd_input_chunk_get_tokens_image(self.live())
+        if not image:
+            raise GenerationFailed("libmtmd gave an image chunk without image tokens")
+        at = np.empty((2, 4, n), dtype=np.int64)
+        for p0 in (0, 1):
+            for i in range(n):
+                pos = mtmd.mtmd_image_tokens_get_decoder_pos(image, p0, i)
+                at[p0, :, i] = (pos.t, pos.y, pos.x, pos.z)
+        return at[0].astype(np.int32), (at[1] - at[0]).astype(np.int32)
 
     def text_tokens(self) -> list[int]:
         """The token ids of a text chunk ([] for media)."""

@@ -330,12 +330,15 @@ class Projector:
 
         The scheduler's path: a llama_batch holds tokens or embeddings, never both, so media
         takes decode steps of its own beside text streams."""
-        if self.uses_mrope:
-            # Positions of M-RoPE models are 2-D per token; libmtmd's helper computes them.
-            raise NotImplementedError("M-RoPE projectors decode through eval_chunks")
         if embd.shape != (chunk.n_tokens, self.n_embd):
             raise ValueError(f"embeddings {embd.shape} != ({chunk.n_tokens}, {self.n_embd})")
-        decode_rows(ctx, embd, n_past, seq, n_batch, non_causal=self.non_causal(chunk))
+        positions = None
+        if self.uses_mrope:  # a (time, row, column) position a token, from libmtmd's layout
+            base, slope = chunk.positions()
+            positions = base + n_past * slope
+        decode_rows(
+            ctx, embd, n_past, seq, n_batch, non_causal=self.non_causal(chunk), positions=positions
+        )
         return n_past + chunk.n_pos
 
     def non_causal(self, chunk: Chunk) -> bool:
