@@ -9,10 +9,14 @@ cached prefix ends inside the image."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import itertools
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -21,15 +25,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.core.request import MEDIA_MARKER
+from daemon.engine.decode import scheduler
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.media import Medium, is_stand_in
 from daemon.engine.native.llama import Model
 from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
 from daemon.engine.positions import Jump, before, position, whole
+from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server
+from tests.media.conftest import CTX, PARALLEL
 from tests.media.reference import chunk_sizes, reference_greedy
 from tests.media.test_image_prompt_eval import PROMPT, _by_hand, _with_libmtmd
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 STEPS = 8
+GREEDY = SamplingParams(temperature=0.0)
 SHARE = 40  # the qwen_server's --cache-share-tokens
 QUESTION = "What is in this picture?"
 IMAGE = png_bytes(sample_image(size=48, seed=3))  # 6 × 6 tokens, 6 positions
@@ -166,6 +177,86 @@ def test_hand_fed_embeddings_equal_libmtmds_evaluation(
         model.close()
     assert tokens == hand_tokens
     assert np.abs(logits - hand_logits).max() < 1e-3
+
+
+@pytest.fixture
+def engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
+    """The M-RoPE model in process, as the qwen_server runs it but with batches of 8 rows:
+    the 36-row image takes five steps."""
+    lm = LoadedModel(
+        "qwen",
+        qwen_lm_path,
+        EngineOptions(
+            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
+        ),
+        projector=qwen_mmproj,
+    )
+    yield lm
+    lm.close()
+
+
+def _run(lm: LoadedModel, req: GenerationRequest) -> tuple[list[int], int]:
+    """The tokens of a request (none if it was cancelled) and its cached prompt tokens."""
+
+    async def main() -> tuple[list[int], int]:
+        h = lm.submit(req)
+        tokens: list[int] = []
+        async for c in h.chunks():
+            tokens.extend(c.token_ids)
+        return tokens, h.usage.cached_tokens
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["hang-up", "failure"])
+def test_an_image_cut_short_part_way(
+    engine: LoadedModel,
+    qwen_lm_path: Path,
+    qwen_mmproj: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The client hangs up, or the decode fails, while the image's second batch of rows is
+    decoded: the slot holds part of an image whose cells share one position. The same
+    request again goes on from the rows the slot holds (or from nothing, after a failure)
+    and answers as libmtmd's evaluation does."""
+    messages = _flat([_ask(IMAGE)])
+    want, _ = reference_greedy(qwen_lm_path, qwen_mmproj, messages, [IMAGE], STEPS)
+    medium = Medium(IMAGE, hashlib.sha256(IMAGE).hexdigest())
+
+    def request() -> GenerationRequest:
+        tokens, media = engine.media_prompt(engine.render_chat(messages), [medium])
+        return GenerationRequest(tokens, STEPS, GREEDY, media=media)
+
+    first = request()
+    start = next(i for i, t in enumerate(first.prompt_tokens) if is_stand_in(t))
+    handles: list[RequestHandle] = []
+    calls: list[int] = []
+    real = scheduler.decode_rows
+
+    def rows_then_cut(*args: Any, **kw: Any) -> None:
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            if how == "failure":
+                raise RuntimeError("an injected decode failure")
+            handles[0].cancel()  # seen at the next step: these rows still go in
+        real(*args, **kw)
+
+    monkeypatch.setattr(scheduler, "decode_rows", rows_then_cut)
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda r: handles.append(submit(r)) or handles[-1])
+    if how == "failure":
+        with pytest.raises(Exception, match="injected"):
+            _run(engine, first)
+    else:
+        assert _run(engine, first)[0] == []
+    assert calls[:2] == [8, 8]
+    monkeypatch.undo()
+    got, cached = _run(engine, request())
+    # A hang-up leaves the image's first 16 rows, which the request goes on from; a failure
+    # drops all the slot held (its KV may be half-updated).
+    assert cached == (start + 16 if how == "hang-up" else 0)
+    assert got == want
 
 
 # ---- over HTTP -----------------------------------------------------------------------

@@ -38,7 +38,8 @@ class SlotKV:
         keep = slot.exact if self.cache.exact else len(slot.tokens)
         if upto is not None:
             keep = min(keep, upto)
-        keep = whole(slot.jumps, keep)
+        if keep < len(slot.tokens):  # cut there: never into an image (see trim)
+            keep = whole(slot.jumps, keep)
         return keep if self.resumable(slot, keep) else 0
 
     def resumable(self, slot: Slot, keep: int) -> bool:
@@ -60,14 +61,17 @@ class SlotKV:
         """Drop everything after the first `keep` tokens of `slot` (and an M-RoPE image
         they would cut: its cells share one position); everything where its memory cannot
         be cut back there (a recurrent state, a window already slid). Returns what is kept."""
-        keep = min(whole(slot.jumps, keep), len(slot.tokens))
         if keep < len(slot.tokens):
+            # An image's cells share one position, and llama.cpp cuts by position: an image
+            # goes whole. (A slot that ends inside one keeps it: its rows go on from there.)
+            keep = whole(slot.jumps, keep)
             at = slot.pos(keep)
             if not self.resumable(slot, keep) or not self.ctx.seq_rm(slot.seq, at, -1):
                 self.ctx.seq_rm(slot.seq)
                 keep = 0
             del slot.tokens[keep:]
             slot.jumps = before(slot.jumps, keep)
+        keep = min(keep, len(slot.tokens))
         slot.exact = min(slot.exact, keep)
         return keep
 
@@ -146,7 +150,9 @@ class SlotKV:
         )
         if hit is None:
             return keep
-        n = whole(hit.entry.jumps, min(hit.tokens, room))
+        n = min(hit.tokens, room)
+        if n < len(hit.entry.tokens):  # cut there: never into an image (see trim)
+            n = whole(hit.entry.jumps, n)
         if n <= keep:
             return keep
         state = self.cache.load(hit)
