@@ -1,8 +1,10 @@
 """edged against llama-server, both with a vision projector (`--mmproj`), side by side.
 
-The model is the test suite's vision model: the embedded SmolLM2 with SmolVLM's two
-image-framing tokens, and a small random SmolVLM (Idefics3) projector converted by
-`edged-quantize convert --mmproj` (nothing is downloaded). Per round, in alternating order
+The model is one of the test suite's vision models (nothing is downloaded): by default the
+embedded SmolLM2 with SmolVLM's two image-framing tokens and a small random SmolVLM
+(Idefics3) projector converted by `edged-quantize convert --mmproj`; with `--family qwen2vl`
+SmolLM2 as a qwen2vl (M-RoPE) model with a small random Qwen2-VL projector, whose images
+take fewer positions than KV cells (tests/media/tiny_qwen2vl.py). Per round, in alternating order
 (A, B, B, A, ...): time to first token of a chat with one image never seen before, then of
 the returning turn of that conversation (the same image, the answer, a new question), which
 a server that keeps the image's KV (slot or prompt cache) answers without encoding or
@@ -10,6 +12,7 @@ prefilling the image again. Medians over the rounds.
 
     python bench/vision.py --rounds 5            # prints a Markdown table
     python bench/vision.py --rounds 5 --write    # and puts it into bench/RESULTS.md
+    python bench/vision.py --family qwen2vl --rounds 5 --write
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -38,25 +43,70 @@ from results import write_section
 from daemon.config import embedded_model_path
 from quantize.mmproj import convert_mmproj
 from tests.media.conftest import IMAGE_TOKENS, with_tokens
+from tests.media.tiny_qwen2vl import write_lm as write_qwen_lm
+from tests.media.tiny_qwen2vl import write_mmproj as write_qwen_mmproj
 from tests.media.tiny_vlm import png_bytes, sample_image, write_checkpoint
 
-BEGIN, END = "<!-- vision:begin -->", "<!-- vision:end -->"
 QUESTION = "Describe the picture in one sentence."
 FOLLOW_UP = "And what colours does it have?"
 
 
-def make_model(work: Path) -> tuple[Path, Path]:
-    """The language model and its F16 projector, written under `work`."""
+@dataclass(frozen=True)
+class Family:
+    """A vision model of the tests, how it is made, and the images it is shown."""
+
+    make: Callable[[Path], tuple[Path, Path]]
+    image_size: int  # pixels a side
+    what: str  # for the table's caption
+    begin: str
+    end: str
+    heading: str
+
+
+def make_idefics3(work: Path) -> tuple[Path, Path]:
+    """The language model and its F16 SmolVLM projector, written under `work`."""
     smol = embedded_model_path()
     lm = with_tokens(smol, work / "lm.gguf", IMAGE_TOKENS)
-    hidden = gguf.GGUFReader(smol).get_field("llama.embedding_length")
-    assert hidden is not None
-    ckpt = write_checkpoint(work / "ckpt", int(hidden.contents()))
+    ckpt = write_checkpoint(work / "ckpt", _hidden(smol))
     return lm, convert_mmproj(ckpt, work / "mmproj.f16.gguf", "f16", progress=False)
 
 
-def image_part(seed: int) -> dict[str, object]:
-    b64 = base64.b64encode(png_bytes(sample_image(seed=seed))).decode()
+def make_qwen2vl(work: Path) -> tuple[Path, Path]:
+    """SmolLM2 as a qwen2vl model and its F32 Qwen2-VL projector, written under `work`."""
+    smol = embedded_model_path()
+    lm = write_qwen_lm(smol, work / "qwen.gguf")
+    return lm, write_qwen_mmproj(work / "mmproj.gguf", _hidden(smol))
+
+
+def _hidden(gguf_path: Path) -> int:
+    field = gguf.GGUFReader(gguf_path).get_field("llama.embedding_length")
+    assert field is not None
+    return int(field.contents())
+
+
+FAMILIES = {
+    "idefics3": Family(
+        make_idefics3,
+        32,
+        "the test suite's vision model (SmolLM2-135M + a random SmolVLM projector, F16)",
+        "<!-- vision:begin -->",
+        "<!-- vision:end -->",
+        "## Images: edged and llama-server with --mmproj",
+    ),
+    "qwen2vl": Family(
+        make_qwen2vl,
+        64,  # 8 × 8 tokens at 8 positions: the M-RoPE layout
+        "the test suite's M-RoPE model (SmolLM2-135M as qwen2vl + a random Qwen2-VL "
+        "projector, F32), 64 × 64 images",
+        "<!-- vision-mrope:begin -->",
+        "<!-- vision-mrope:end -->",
+        "## Images on an M-RoPE model (Qwen2-VL's positions): edged and llama-server",
+    ),
+}
+
+
+def image_part(seed: int, size: int) -> dict[str, object]:
+    b64 = base64.b64encode(png_bytes(sample_image(size=size, seed=seed))).decode()
     return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}
 
 
@@ -84,9 +134,10 @@ def first_token(url: str, messages: list[dict[str, object]], max_tokens: int) ->
     return (first if first is not None else time.perf_counter() - t0), "".join(text)
 
 
-def conversation(url: str, seed: int) -> tuple[float, float]:
+def conversation(url: str, seed: int, size: int) -> tuple[float, float]:
     """(first turn's TTFT, returning turn's TTFT) of one conversation about a new image."""
-    turn = [{"role": "user", "content": [image_part(seed), {"type": "text", "text": QUESTION}]}]
+    part = image_part(seed, size)
+    turn = [{"role": "user", "content": [part, {"type": "text", "text": QUESTION}]}]
     ttft1, answer = first_token(url, turn, 24)
     turn += [
         {"role": "assistant", "content": answer},
@@ -101,9 +152,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="write the table into RESULTS.md")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="idefics3")
     args = p.parse_args()
+    family = FAMILIES[args.family]
     with tempfile.TemporaryDirectory(prefix="edged-vision-") as tmp:
-        lm, proj = make_model(Path(tmp))
+        lm, proj = family.make(Path(tmp))
         common = ("--threads", str(args.threads), "--ctx-size", "4096", "--parallel", "2")
         edged_url, edged = spawn_server(["--model", str(lm), "--mmproj", str(proj), *common])
         port = free_port()
@@ -115,11 +168,11 @@ def main() -> None:
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in servers}
         try:
             for url in servers.values():  # warm-up: weights paged in, kernels chosen
-                conversation(url, 999)
+                conversation(url, 999, family.image_size)
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(reversed(servers))
                 for name in order:
-                    times[name].append(conversation(servers[name], 100 + r))
+                    times[name].append(conversation(servers[name], 100 + r, family.image_size))
                     print(name, r, times[name][-1], file=sys.stderr)
         finally:
             edged.terminate()
@@ -136,8 +189,8 @@ def main() -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"{stamp}, {platform.machine()}, {args.threads} threads, {args.rounds} rounds, "
-        "interleaved, medians; the test suite's vision model (SmolLM2-135M + a random "
-        "SmolVLM projector, F16), both servers at their defaults with `--mmproj`.",
+        f"interleaved, medians; {family.what}, both servers at their defaults with "
+        "`--mmproj`.",
         "",
         "| | edged | llama-server | edged ÷ llama-server |",
         "| --- | --- | --- | --- |",
@@ -148,7 +201,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(table, BEGIN, END, "## Images: edged and llama-server with --mmproj")
+        write_section(table, family.begin, family.end, family.heading)
 
 
 if __name__ == "__main__":
