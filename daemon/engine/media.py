@@ -145,10 +145,14 @@ class MediaEncoder:
         max_pixels: int | None = None,
         max_seconds: float | None = None,
         owner: str = "",
+        whole_rows: int | None = None,
     ) -> tuple[list[int], MediaPrompt]:
         """Tokens (stand-ins at media positions) and media spans of `text`, which holds the
         projector's marker once per medium, in order. Blocks: call it off the event loop.
         `max_seconds` bounds the prompt's audio, all clips together, as decoded.
+
+        `whole_rows` is the most rows one decode computes at once (batch and micro-batch):
+        a medium the text model attends to bidirectionally (Gemma 3) must fit in it.
 
         Embeddings are cached per `owner` (API key): how fast an image encodes never tells
         one key that another sent it. Stand-ins are not: the prompt cache's owner rule
@@ -179,6 +183,17 @@ class MediaEncoder:
                         if chunk.type == ChunkType.TEXT:
                             tokens.extend(chunk.text_tokens())
                             continue
+                        if (
+                            whole_rows is not None
+                            and chunk.n_tokens > whole_rows
+                            and p.non_causal(chunk)
+                        ):
+                            raise InvalidInput(
+                                f"this model attends to an image's {chunk.n_tokens} tokens "
+                                "as a whole, which needs --batch-size and --ubatch-size of "
+                                f"at least {chunk.n_tokens} (this daemon: {whole_rows})",
+                                subject="image",
+                            )
                         # One image may become several chunks (Idefics3: two): each its own key.
                         digest = chunk.id or ""
                         key = f"{digest}#{seen[digest]}"

@@ -123,6 +123,9 @@ class LoadedModel:
         # The vision projector (--mmproj, or mmproj-<stem>.gguf beside the model): it belongs
         # to this model and is freed before it.
         self.media: MediaEncoder | None = None
+        # The most rows one decode computes at once (the scheduler's batch, llama.cpp's
+        # micro-batch): an image the text model attends to as a whole must fit in them.
+        self.whole_rows = min(max(options.batch_size, options.parallel), options.ubatch_size)
         # Grammars llama.cpp has judged for this vocabulary (a tool set's call grammar comes
         # back with every request that offers those tools).
         self._grammars: OrderedDict[str, bool] = OrderedDict()
@@ -331,6 +334,7 @@ class LoadedModel:
             max_pixels=max_pixels,
             max_seconds=max_seconds,
             owner=owner,
+            whole_rows=self.whole_rows,
         )
 
     def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:

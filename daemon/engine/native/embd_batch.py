@@ -29,8 +29,9 @@ def decode_rows(
     rows = np.ascontiguousarray(embd, dtype=np.float32)
     if positions is not None and positions.shape != (4, len(rows)):
         raise ValueError(f"positions {positions.shape} do not place {len(rows)} rows")
-    if non_causal and n_batch < len(rows):
-        raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one batch")
+    if non_causal and min(n_batch, ctx.n_ubatch) < len(rows):
+        # llama.cpp aborts the process on a bidirectional batch split into micro-batches.
+        raise ValueError(f"a bidirectional image of {len(rows)} tokens needs one micro-batch")
     if non_causal:
         lc.llama_set_causal_attn(ctx.ptr, False)
     try:

@@ -351,6 +351,8 @@ class Context:
         self.ptr = ptr
         self.model = model
         self.n_ctx: int = lc.llama_n_ctx(ptr)
+        # Rows llama.cpp computes at once: a bidirectional image must fit in them whole.
+        self.n_ubatch: int = lc.llama_n_ubatch(ptr)
         # None for encoder-only models (BERT): they keep no KV memory between decodes.
         self.mem = lc.llama_get_memory(ptr)
         self.pooling = Pooling(lc.llama_pooling_type(ptr))
