@@ -3,10 +3,12 @@ HTTP tests compare the daemon's answers with."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
 
+from daemon.core.request import MEDIA_MARKER
 from daemon.engine.loading.loaded import chat_template
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
 from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
@@ -101,3 +103,28 @@ def chunk_sizes(
                     b.close()
     finally:
         model.close()
+
+
+def image_turn(image: bytes, text: str) -> dict:
+    """An OpenAI user turn: the image (a PNG, as a data URL) first, then the text."""
+    url = f"data:image/png;base64,{base64.b64encode(image).decode()}"
+    return {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": text},
+        ],
+    }
+
+
+def flat(messages: list[dict]) -> list[dict]:
+    """OpenAI messages as the references render them: media markers in place of images."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = "".join(
+                MEDIA_MARKER if p["type"] == "image_url" else p["text"] for p in content
+            )
+        out.append({"role": m["role"], "content": content})
+    return out

@@ -12,17 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import openai
 import pytest
 
-from daemon.core.request import MEDIA_MARKER
 from daemon.engine.native.llama import Context, ContextOptions, Model
 from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
 from tests.conftest import Server, start_server, stop_server
 from tests.media.conftest import ARGS
-from tests.media.reference import reference_chat
-from tests.media.test_image_prompt_eval import PROMPT, _by_hand, _with_libmtmd
+from tests.media.reference import flat, image_turn, reference_chat
+from tests.media.test_image_prompt_eval import hand_fed_equals_libmtmd
 from tests.media.tiny_gemma3 import TOKENS, write_mmproj
 from tests.media.tiny_vlm import png_bytes, sample_image
 
@@ -58,24 +56,7 @@ def server(
 
 
 def _ask(text: str = QUESTION) -> dict:
-    url = f"data:image/png;base64,{base64.b64encode(IMAGE).decode()}"
-    return {
-        "role": "user",
-        "content": [
-            {"type": "image_url", "image_url": {"url": url}},
-            {"type": "text", "text": text},
-        ],
-    }
-
-
-def _flat(messages: list[dict]) -> list[dict]:
-    out = []
-    for m in messages:
-        c = m["content"]
-        if isinstance(c, list):
-            c = "".join(MEDIA_MARKER if p["type"] == "image_url" else p["text"] for p in c)
-        out.append({"role": m["role"], "content": c})
-    return out
+    return image_turn(IMAGE, text)
 
 
 def _client(srv: Server) -> openai.OpenAI:
@@ -92,22 +73,7 @@ def test_the_hand_fed_image_equals_libmtmds_evaluation(
 ) -> None:
     """The scheduler's path (the image's rows in one embedding batch, causal attention off
     for it) gives libmtmd's logits; the projector says its images are bidirectional."""
-    model = Model(smollm_gguf)
-    try:
-        options = ProjectorOptions(n_threads=1, flash_attn=False)
-        with (
-            Projector(model, gemma_mmproj, options) as p,
-            p.bitmap_file_bytes(IMAGE) as bitmap,
-            p.tokenize(PROMPT.format(marker=p.marker), [bitmap], add_special=True) as chunks,
-        ):
-            image = next(c for c in chunks if c.type == ChunkType.IMAGE)
-            assert image.n_tokens == TOKENS and p.non_causal(image)
-            tokens, logits = _with_libmtmd(p, model, chunks)
-            hand_tokens, hand_logits = _by_hand(p, model, chunks)
-    finally:
-        model.close()
-    assert tokens == hand_tokens
-    assert np.abs(logits - hand_logits).max() < 1e-3
+    assert hand_fed_equals_libmtmd(smollm_gguf, gemma_mmproj, IMAGE) == (TOKENS, TOKENS, True)
 
 
 def test_an_image_past_the_micro_batch_is_refused_not_aborted(
@@ -152,7 +118,7 @@ def test_answers_as_libmtmd_and_a_returning_turn_reuses_the_image(
         max_tokens=STEPS,
         temperature=0,  # type: ignore[arg-type]
     )
-    want = reference_chat(lm_path, gemma_mmproj, _flat(first), [IMAGE], STEPS)
+    want = reference_chat(lm_path, gemma_mmproj, flat(first), [IMAGE], STEPS)
     assert one.choices[0].message.content == _text(server, want)
     assert one.usage is not None
     turn = [
@@ -168,7 +134,7 @@ def test_answers_as_libmtmd_and_a_returning_turn_reuses_the_image(
     )
     assert two.usage is not None and two.usage.prompt_tokens_details is not None
     assert (two.usage.prompt_tokens_details.cached_tokens or 0) >= one.usage.prompt_tokens - 8
-    want = reference_chat(lm_path, gemma_mmproj, _flat(turn), [IMAGE], STEPS)
+    want = reference_chat(lm_path, gemma_mmproj, flat(turn), [IMAGE], STEPS)
     assert two.choices[0].message.content == _text(server, want)
 
 

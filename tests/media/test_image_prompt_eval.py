@@ -5,12 +5,13 @@ EmbeddingBatch path, the one a scheduler interleaves with text streams)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
-from daemon.engine.native.mtmd import Chunks, ChunkType, Projector
+from daemon.engine.native.mtmd import Chunks, ChunkType, Projector, ProjectorOptions
 from tests.media.tiny_vlm import sample_image
 
 N_BATCH = 16  # smaller than the prompt's first text run: text is split across decodes too
@@ -89,6 +90,28 @@ def _by_hand(projector: Projector, model: Model, chunks: Chunks) -> tuple[list[i
     finally:
         batch.close()
         ctx.close()
+
+
+def hand_fed_equals_libmtmd(lm_path: Path, mmproj: Path, image: bytes) -> tuple[int, int, bool]:
+    """Load a model and projector, and check that decoding after PROMPT with `image` fed by
+    hand equals libmtmd's own evaluation; the image chunk's (tokens, positions, whether the
+    text model attends to it as a whole)."""
+    model = Model(lm_path)
+    try:
+        with (
+            Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False)) as p,
+            p.bitmap_file_bytes(image) as bitmap,
+            p.tokenize(PROMPT.format(marker=p.marker), [bitmap], add_special=True) as chunks,
+        ):
+            chunk = next(c for c in chunks if c.type == ChunkType.IMAGE)
+            shape = (chunk.n_tokens, chunk.n_pos, p.non_causal(chunk))
+            tokens, logits = _with_libmtmd(p, model, chunks)
+            hand_tokens, hand_logits = _by_hand(p, model, chunks)
+    finally:
+        model.close()
+    assert tokens == hand_tokens
+    assert np.abs(logits - hand_logits).max() < 1e-3
+    return shape
 
 
 def test_decoding_after_an_image_equals_the_hand_fed_embeddings(

@@ -10,7 +10,6 @@ cached prefix ends inside the image."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -24,19 +23,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.core.request import MEDIA_MARKER
 from daemon.engine.decode import scheduler
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.media import Medium, is_stand_in
-from daemon.engine.native.llama import Model
-from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
+from daemon.engine.native.mtmd import ChunkType
 from daemon.engine.positions import Jump, before, position, whole
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server
 from tests.media.conftest import CTX, PARALLEL
-from tests.media.reference import chunk_sizes, reference_greedy
-from tests.media.test_image_prompt_eval import PROMPT, _by_hand, _with_libmtmd
+from tests.media.reference import chunk_sizes, flat, image_turn, reference_greedy
+from tests.media.test_image_prompt_eval import hand_fed_equals_libmtmd
 from tests.media.tiny_vlm import png_bytes, sample_image
 
 STEPS = 8
@@ -47,32 +44,8 @@ IMAGE = png_bytes(sample_image(size=48, seed=3))  # 6 × 6 tokens, 6 positions
 WIDE = png_bytes(sample_image(size=64, seed=4)[:32].copy())  # 8 × 4 tokens, 8 positions
 
 
-def _url(blob: bytes) -> str:
-    return f"data:image/png;base64,{base64.b64encode(blob).decode()}"
-
-
 def _ask(image: bytes, text: str = QUESTION) -> dict:
-    """A user turn: the image first, then the text."""
-    return {
-        "role": "user",
-        "content": [
-            {"type": "image_url", "image_url": {"url": _url(image)}},
-            {"type": "text", "text": text},
-        ],
-    }
-
-
-def _flat(messages: list[dict]) -> list[dict]:
-    """The messages as the reference renders them: media markers in place of images."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            content = "".join(
-                MEDIA_MARKER if p["type"] == "image_url" else p["text"] for p in content
-            )
-        out.append({"role": m["role"], "content": content})
-    return out
+    return image_turn(image, text)
 
 
 def _client(server: Server, key: str) -> openai.OpenAI:
@@ -88,7 +61,7 @@ def expect(qwen_lm_path: Path, qwen_mmproj: Path, qwen_server: Server):  # type:
     (detokenized by the daemon) and each token's log-probability."""
 
     def reference(messages: list[dict], media: list[bytes]) -> Expected:
-        want, logprobs = reference_greedy(qwen_lm_path, qwen_mmproj, _flat(messages), media, STEPS)
+        want, logprobs = reference_greedy(qwen_lm_path, qwen_mmproj, flat(messages), media, STEPS)
         assert want, "the reference generated nothing to compare"
         client = _client(qwen_server, "q0")
         raw = client.post("/detokenize", body={"tokens": want}, cast_to=object)
@@ -161,22 +134,7 @@ def test_hand_fed_embeddings_equal_libmtmds_evaluation(
 ) -> None:
     """The scheduler's path (embedding batches at M-RoPE positions, text after the image at
     its position, not its index) gives libmtmd's own logits."""
-    model = Model(qwen_lm_path)
-    try:
-        with Projector(model, qwen_mmproj, ProjectorOptions(n_threads=1, flash_attn=False)) as p:
-            assert p.uses_mrope
-            with (
-                p.bitmap_file_bytes(WIDE) as bitmap,
-                p.tokenize(PROMPT.format(marker=p.marker), [bitmap], add_special=True) as chunks,
-            ):
-                image = next(c for c in chunks if c.type == ChunkType.IMAGE)
-                assert (image.n_tokens, image.n_pos) == (32, 8)
-                tokens, logits = _with_libmtmd(p, model, chunks)
-                hand_tokens, hand_logits = _by_hand(p, model, chunks)
-    finally:
-        model.close()
-    assert tokens == hand_tokens
-    assert np.abs(logits - hand_logits).max() < 1e-3
+    assert hand_fed_equals_libmtmd(qwen_lm_path, qwen_mmproj, WIDE) == (32, 8, False)
 
 
 @pytest.fixture
@@ -220,7 +178,7 @@ def test_an_image_cut_short_part_way(
     decoded: the slot holds part of an image whose cells share one position. The same
     request again goes on from the rows the slot holds (or from nothing, after a failure)
     and answers as libmtmd's evaluation does."""
-    messages = _flat([_ask(IMAGE)])
+    messages = flat([_ask(IMAGE)])
     want, _ = reference_greedy(qwen_lm_path, qwen_mmproj, messages, [IMAGE], STEPS)
     medium = Medium(IMAGE, hashlib.sha256(IMAGE).hexdigest())
 
@@ -269,17 +227,8 @@ def test_an_image_answers_as_libmtmd(qwen_server: Server, expect) -> None:  # ty
 
 def test_two_images_in_one_prompt(qwen_server: Server, expect) -> None:  # type: ignore[no-untyped-def]
     """Two jumps: the text between and after them at their positions."""
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": _url(IMAGE)}},
-                {"type": "text", "text": "and"},
-                {"type": "image_url", "image_url": {"url": _url(WIDE)}},
-                {"type": "text", "text": QUESTION},
-            ],
-        }
-    ]
+    one, two = image_turn(IMAGE, "and"), image_turn(WIDE, QUESTION)
+    messages = [{"role": "user", "content": one["content"] + two["content"]}]
     resp = _chat(_client(qwen_server, "q2"), messages)
     _matches(resp.choices[0], expect(messages, [IMAGE, WIDE]))
 
@@ -341,7 +290,7 @@ def test_another_keys_share_ending_inside_the_image(
     """Key q7 may reuse SHARE leading tokens of q6's prompt, a cut inside the image: the
     whole image is decoded again, not its tail at its first cells' position."""
     messages = [_ask(IMAGE)]
-    sizes = chunk_sizes(qwen_lm_path, qwen_mmproj, _flat(messages), [IMAGE])
+    sizes = chunk_sizes(qwen_lm_path, qwen_mmproj, flat(messages), [IMAGE])
     start = sizes[0][1]
     assert sizes[1] == (ChunkType.IMAGE, 36) and start < SHARE < start + 36, sizes
     one = _chat(_client(qwen_server, "q6"), messages)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.media.tiny_weights import Init, encoder_blocks, mmproj_writer, write
+from tests.media.tiny_weights import Init, VisionEncoder, encoder_blocks, vision_writer, write
 
 HIDDEN = 32
 FFN = 64
@@ -40,20 +40,9 @@ def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
     # ggml multiplies by its transpose: numpy (vision width, text width).
     tensors["mm.input_projection.weight"] = init.mat(h, text_hidden)
 
-    writer = mmproj_writer(out, "tiny-gemma3")
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type("gemma3")
-    writer.add_vision_projection_dim(text_hidden)
-    writer.add_vision_embedding_length(h)
-    writer.add_vision_feed_forward_length(FFN)
-    writer.add_vision_block_count(LAYERS)
-    writer.add_vision_head_count(HEADS)
-    writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_size(IMAGE)
-    writer.add_vision_patch_size(PATCH)
+    half = [0.5, 0.5, 0.5]
+    enc = VisionEncoder("gemma3", text_hidden, h, FFN, LAYERS, HEADS, IMAGE, PATCH, half, half)
+    writer = vision_writer(out, "tiny-gemma3", enc)
     writer.add_vision_projector_scale_factor(POOL)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
-    writer.add_vision_use_gelu(True)
     write(writer, tensors)
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.media.tiny_weights import Init, encoder_blocks, mmproj_writer, write
+from tests.media.tiny_weights import Init, VisionEncoder, encoder_blocks, vision_writer, write
 
 ARCH = "qwen2vl"
 # Half the head dimension (64 / 2 = 32), split into time, height, width and a spare section
@@ -102,20 +102,19 @@ def write_mmproj(out: Path, text_hidden: int, seed: int = 0) -> Path:
     tensors["mm.2.weight"] = mat(text_hidden, merged)
     tensors["mm.2.bias"] = vec(text_hidden)
 
-    writer = mmproj_writer(out, "tiny-qwen2vl")
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type(gguf.VisionProjectorType.QWEN2VL)
-    writer.add_vision_projection_dim(text_hidden)
-    writer.add_vision_embedding_length(h)
-    writer.add_vision_feed_forward_length(FFN)
-    writer.add_vision_block_count(LAYERS)
-    writer.add_vision_head_count(HEADS)
-    writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_size(PATCH * MERGE * 8)
-    writer.add_vision_patch_size(PATCH)
+    enc = VisionEncoder(
+        gguf.VisionProjectorType.QWEN2VL,
+        text_hidden,
+        h,
+        FFN,
+        LAYERS,
+        HEADS,
+        PATCH * MERGE * 8,
+        PATCH,
+        MEAN,
+        STD,
+    )
+    writer = vision_writer(out, "tiny-qwen2vl", enc)
     writer.add_vision_spatial_merge_size(MERGE)
-    writer.add_vision_image_mean(MEAN)
-    writer.add_vision_image_std(STD)
-    writer.add_vision_use_gelu(True)
     write(writer, tensors)
     return out

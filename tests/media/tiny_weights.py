@@ -4,6 +4,7 @@ names, and writing the GGUF out."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -59,6 +60,42 @@ def mmproj_writer(out: Path, name: str) -> gguf.GGUFWriter:
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(name)
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    return writer
+
+
+@dataclass(frozen=True)
+class VisionEncoder:
+    """The shape of a tiny vision encoder, as its clip.vision.* keys say it."""
+
+    projector: str  # clip.projector_type
+    text_hidden: int  # projection_dim: the language model's width
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    image_size: int
+    patch: int
+    mean: list[float]
+    std: list[float]
+
+
+def vision_writer(out: Path, name: str, enc: VisionEncoder) -> gguf.GGUFWriter:
+    """mmproj_writer with a vision encoder's keys (LayerNorm eps 1e-6, GELU); the caller adds
+    its projector's own."""
+    writer = mmproj_writer(out, name)
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(enc.projector)
+    writer.add_vision_projection_dim(enc.text_hidden)
+    writer.add_vision_embedding_length(enc.hidden)
+    writer.add_vision_feed_forward_length(enc.ffn)
+    writer.add_vision_block_count(enc.layers)
+    writer.add_vision_head_count(enc.heads)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_vision_image_size(enc.image_size)
+    writer.add_vision_patch_size(enc.patch)
+    writer.add_vision_image_mean(enc.mean)
+    writer.add_vision_image_std(enc.std)
+    writer.add_vision_use_gelu(True)
     return writer
 
 
