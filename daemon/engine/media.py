@@ -21,6 +21,7 @@ import numpy as np
 
 from daemon.engine.errors import InvalidInput, ModelUnavailable
 from daemon.engine.mediainfo import MediaKind
+from daemon.engine.native.media_chunks import Placement
 from daemon.engine.native.mtmd import ChunkType, Projector
 from daemon.engine.positions import Jump
 
@@ -33,19 +34,6 @@ class Medium:
     data: bytes
     digest: str
     kind: MediaKind = "image"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where an M-RoPE model puts a media chunk's tokens: 4 position sections (time, row,
-    column, spare) per token, at first position p0 equal to base + p0·slope."""
-
-    base: np.ndarray  # (4, n) int32
-    slope: np.ndarray  # (4, n) int32
-
-    def at(self, p0: int, lo: int, hi: int) -> np.ndarray:
-        """The positions of tokens lo..hi of a chunk that starts at position p0."""
-        return self.base[:, lo:hi] + p0 * self.slope[:, lo:hi]
 
 
 @dataclass(frozen=True)
@@ -203,7 +191,7 @@ class MediaEncoder:
                             embd = p.encode(chunk)
                             embd.setflags(write=False)
                             self.cache.put(f"{owner}\0{key}", embd)
-                        placement = Placement(*chunk.positions()) if p.uses_mrope else None
+                        placement = chunk.placement() if p.uses_mrope else None
                         spans.append(
                             MediaSpan(
                                 len(tokens),

@@ -80,9 +80,10 @@ class EmbeddingBatch:
         if isinstance(pos, np.ndarray):
             assert self._pos_buf is not None, "a batch of one position a row"
             self._pos_buf[: pos.size] = pos.reshape(-1)  # section-major, as n_tokens = n
-        for i in range(n):
-            if not isinstance(pos, np.ndarray):
+        else:
+            for i in range(n):
                 raw.pos[i] = pos + i
+        for i in range(n):
             raw.n_seq_id[i] = 1
             raw.seq_id[i][0] = seq
             raw.logits[i] = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -21,6 +22,20 @@ class ChunkType(IntEnum):
     TEXT = 0
     IMAGE = 1
     AUDIO = 2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an M-RoPE model puts a media chunk's tokens: 4 position sections per token in
+    llama_batch's order (time, row, column, spare), at first position p0 equal to
+    base + p0·slope."""
+
+    base: np.ndarray  # (4, n) int32
+    slope: np.ndarray  # (4, n) int32
+
+    def at(self, p0: int, lo: int, hi: int) -> np.ndarray:
+        """The positions of tokens lo..hi of a chunk that starts at position p0."""
+        return self.base[:, lo:hi] + p0 * self.slope[:, lo:hi]
 
 
 class Bitmap:
@@ -139,23 +154,23 @@ class Chunk:
         raw = mtmd.mtmd_input_chunk_get_id(self.live())
         return raw.decode() if raw else None
 
-    def positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """M-RoPE positions of a media chunk's tokens, in llama_batch's section order (time,
-        row, column, spare), as (base, slope): at first position p0 they are base + p0·slope.
-        libmtmd lays an image out (a 2-D grid for Qwen2-VL); audio advances one a token."""
+    def placement(self) -> Placement:
+        """Where an M-RoPE model puts this media chunk's tokens: libmtmd's layout (a 2-D grid
+        for a Qwen2-VL image; one position a token for audio)."""
         n = self.n_tokens
         if self.type != ChunkType.IMAGE:
             steps = np.broadcast_to(np.arange(n, dtype=np.int32), (4, n))
-            return steps.copy(), np.ones((4, n), dtype=np.int32)
+            return Placement(steps.copy(), np.ones((4, n), dtype=np.int32))
         image = mtmd.mtmd_input_chunk_get_tokens_image(self.live())
         if not image:
             raise GenerationFailed("libmtmd gave an image chunk without image tokens")
+        # libmtmd's positions are affine in the first one: read them at 0 and at 1.
         at = np.empty((2, 4, n), dtype=np.int64)
         for p0 in (0, 1):
             for i in range(n):
                 pos = mtmd.mtmd_image_tokens_get_decoder_pos(image, p0, i)
                 at[p0, :, i] = (pos.t, pos.y, pos.x, pos.z)
-        return at[0].astype(np.int32), (at[1] - at[0]).astype(np.int32)
+        return Placement(at[0].astype(np.int32), (at[1] - at[0]).astype(np.int32))
 
     def text_tokens(self) -> list[int]:
         """The token ids of a text chunk ([] for media)."""

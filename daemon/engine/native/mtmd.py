@@ -334,8 +334,7 @@ class Projector:
             raise ValueError(f"embeddings {embd.shape} != ({chunk.n_tokens}, {self.n_embd})")
         positions = None
         if self.uses_mrope:  # a (time, row, column) position a token, from libmtmd's layout
-            base, slope = chunk.positions()
-            positions = base + n_past * slope
+            positions = chunk.placement().at(n_past, 0, chunk.n_tokens)
         decode_rows(
             ctx, embd, n_past, seq, n_batch, non_causal=self.non_causal(chunk), positions=positions
         )
