@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
+from daemon.engine.positions import Jumps
+
 if TYPE_CHECKING:
     from daemon.engine.media import MediaPrompt
 
@@ -76,6 +78,8 @@ class SavedSequence:
     # The identity of the model file whose weights computed its KV (LoadedModel.identity):
     # a model replaced under the same name never continues it.
     model_id: str = ""
+    # M-RoPE images among `tokens` (see daemon.engine.positions): where its cells sit.
+    jumps: Jumps = ()
 
     @property
     def nbytes(self) -> int:

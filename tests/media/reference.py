@@ -36,6 +36,19 @@ def reference_greedy(
     lm_path: Path, mmproj: Path, messages: list[dict], media: list[bytes], steps: int
 ) -> tuple[list[int], list[float]]:
     """reference_chat's tokens and the log-probability of each (the model's own)."""
+    return reference_raw(lm_path, mmproj, None, media, steps, messages)
+
+
+def reference_raw(
+    lm_path: Path,
+    mmproj: Path,
+    prompt: str | None,
+    media: list[bytes],
+    steps: int,
+    messages: list[dict] | None = None,
+) -> tuple[list[int], list[float]]:
+    """reference_greedy's tokens and log-probabilities after a raw `prompt` (no template;
+    one media marker per medium), or after `messages` rendered by the model's template."""
     model = Model(lm_path)
     try:
         proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
@@ -49,7 +62,11 @@ def reference_greedy(
         )
         ctx, batch = Context(model, opts), Batch(1)
         try:
-            rendered, add_special = _rendered(model, messages)
+            if prompt is None:
+                assert messages is not None
+                rendered, add_special = _rendered(model, messages)
+            else:
+                rendered, add_special = prompt, model.add_bos
             bitmaps = [proj.bitmap_file_bytes(m) for m in media]
             try:
                 with proj.tokenize(rendered, bitmaps, add_special=add_special) as chunks:

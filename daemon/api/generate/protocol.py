@@ -11,6 +11,10 @@ from daemon.api.keepalive import KeepAlive
 from daemon.config import GenerationDefaults
 
 RequestId = Annotated[str, Field(min_length=1, max_length=256)]
+# Images as Ollama's /api/generate sends them: base64 files, no type (the bytes say which).
+# Each takes the place of one `<__media__>` marker in the prompt, or, with no marker, they
+# go before the prompt's text. Like the prompt, ignored when the request_id continues.
+Images = list[str]
 
 
 class GenerationConfig(ProtocolModel):
@@ -37,6 +41,7 @@ class GenerateRequest(ProtocolModel):
 
     request_id: RequestId
     prompt: str | None = None
+    images: Images | None = None
     only_new_tokens: bool = True
     stream_response: bool = True
     generation_config: GenerationConfig | None = None
@@ -50,6 +55,7 @@ class BatchPrompt(ProtocolModel):
 
     request_id: RequestId
     prompt: str | None = None
+    images: Images | None = None
 
 
 class GenerateBatchRequest(ProtocolModel):

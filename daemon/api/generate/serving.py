@@ -17,6 +17,9 @@ from daemon.config import GenerationDefaults
 from daemon.core.adapters import request_adapters
 from daemon.core.choices import Policy, seeded
 from daemon.core.errors import to_api
+from daemon.core.media import image_from_base64
+from daemon.core.raw_media import MARKER, prompt_text, raw_media_prompt
+from daemon.core.request import MediaPart
 from daemon.core.sampling import HF_GENERATE, sampling_of
 from daemon.core.streams import collect
 from daemon.core.watch import leased, request_owner_limit, watched
@@ -26,6 +29,7 @@ from daemon.engine.client import EngineClient
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
+from daemon.engine.media import MediaPrompt
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 from daemon.errors import EdgedError, InvalidRequest, NotFound
 
@@ -63,7 +67,7 @@ def _engine_request(
     return max_new, sampling, beams
 
 
-def start(
+async def start(
     lm: LoadedModel,
     owner: str,
     request_id: str,
@@ -71,10 +75,13 @@ def start(
     cfg: GenerationDefaults,
     limits: Policy,
     lora: list[LoraRef] | None = None,
+    images: list[str] | None = None,
 ) -> Started:
-    """Claim the request_id, then continue its kept sequence or start from `prompt`."""
+    """Claim the request_id, then continue its kept sequence or start from `prompt` (and
+    its images)."""
     key = (owner, request_id)
     adapters = request_adapters(lm, lora)
+    parts = _images(images or [], cfg, limits)
     saved = lm.store.claim(key)
     try:
         if saved is not None and saved.model_id != lm.identity:
@@ -92,6 +99,7 @@ def start(
                 f"continue it with the same adapters (not {describe(adapters)}) or delete it",
                 param="lora",
             )
+        media: MediaPrompt | None = None
         if saved is not None:
             history = list(saved.tokens + saved.pending)
             tokens: list[int] = []
@@ -103,6 +111,10 @@ def start(
                 "evicted by the store's bounds): a prompt is required to start it",
                 param="prompt",
             )
+        elif parts:
+            text = _placed(lm, prompt, len(parts))
+            tokens, media = await raw_media_prompt(lm, text, parts, limits, "images")
+            history = tokens
         else:
             tokens = lm.tokenize(prompt)
             lm.check_tokens(tokens)
@@ -118,6 +130,7 @@ def start(
             owner=owner,
             owner_limit=request_owner_limit(),
             lora=adapters,
+            media=media,
         )
         handle = lm.submit(request)
     except BaseException:
@@ -127,10 +140,37 @@ def start(
     # reader go), with exactly what this request's own slot holds.
     store = lm.store
     handle.add_done_callback(lambda h: store.release(key, h.saved))
-    text = lm.model.detokenize(history, special=True)
+    text = prompt_text(lm, history)
     if saved is not None and saved.tail and text.endswith("\ufffd"):
         text = text[:-1]  # the cut character's bytes open this call's text instead
     return Started(key, handle, text)
+
+
+def _images(images: list[str], cfg: GenerationDefaults, limits: Policy) -> list[MediaPart]:
+    """The request's images, counted before any is decoded; beams, which penalize by token
+    ids, refused with them."""
+    if not images:
+        return []
+    if len(images) > limits.max_images:
+        raise InvalidRequest(
+            f"{len(images)} images; a request may carry at most {limits.max_images}",
+            param="images",
+        )
+    if cfg.num_beams > 1:
+        raise InvalidRequest(
+            "a prompt with images cannot use beam search", param="generation_config.num_beams"
+        )
+    return [image_from_base64(b, None, "images") for b in images]
+
+
+def _placed(lm: LoadedModel, prompt: str, n: int) -> str:
+    """`prompt` with its images' markers: as the client placed them, or, where it placed
+    none, before its text (after a BOS it spelled out)."""
+    if MARKER in prompt:
+        return prompt
+    bos = lm.model.special_text(lm.model.bos) if lm.model.add_bos else ""
+    head = bos if bos and prompt.startswith(bos) else ""
+    return head + MARKER * n + prompt[len(head) :]
 
 
 def _config(cfg: GenerationConfig | None, defaults: GenerationDefaults) -> GenerationDefaults:
@@ -147,7 +187,7 @@ async def generate(
     """POST /api/generate: the text, streamed in chunks or whole."""
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     cfg = _config(req.generation_config, defaults)
-    started = start(lm, owner, req.request_id, req.prompt, cfg, limits, req.lora)
+    started = await start(lm, owner, req.request_id, req.prompt, cfg, limits, req.lora, req.images)
     prefix = "" if req.only_new_tokens else started.history_text
     if req.stream_response:
         return Stream(_text_stream(started, prefix), media_type="text/plain")
@@ -205,7 +245,9 @@ async def generate_batch(
     started: list[Started] = []
     try:
         for p in req.prompts:
-            started.append(start(lm, owner, p.request_id, p.prompt, cfg, limits, req.lora))
+            started.append(
+                await start(lm, owner, p.request_id, p.prompt, cfg, limits, req.lora, p.images)
+            )
         results = await asyncio.gather(*(collect(s.handle) for s in started))
     finally:
         for s in started:

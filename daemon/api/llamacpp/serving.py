@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,24 +11,22 @@ from typing import Any
 from daemon.api.framing import plain_sse
 from daemon.api.llamacpp.errors import SHAPE
 from daemon.api.llamacpp.protocol import CompletionRequest, InfillRequest, MediaPromptIn
-from daemon.core import request as core
 from daemon.core.adapters import from_ids
 from daemon.core.choices import Extras, Policy, submit_choices
-from daemon.core.errors import to_api
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
-from daemon.core.media import check_media, media_from_base64
-from daemon.core.prompt import media_names
+from daemon.core.media import media_from_base64
+from daemon.core.raw_media import prompt_text, raw_media_prompt
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.verbose import stop_fields
-from daemon.core.watch import leased, request_owner
+from daemon.core.watch import leased
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelRegistry
-from daemon.engine.media import MediaPrompt, Medium, is_stand_in
+from daemon.engine.media import MediaPrompt
 from daemon.engine.types import FinishReason, TokenLogprob
-from daemon.errors import ContextLengthExceeded, EdgedError, InvalidRequest
+from daemon.errors import ContextLengthExceeded, InvalidRequest
 
 Body = dict[str, Any]
 
@@ -57,35 +54,11 @@ Prompt = tuple[list[int], MediaPrompt | None]
 
 async def _media_prompt(lm: LoadedModel, p: MediaPromptIn, policy: Policy) -> Prompt:
     """`{"prompt_string", "multimodal_data"}`: one marker per file, which take their places in
-    order; checked against the image limits, then tokenized and encoded off the event loop."""
+    order (llama-server reads each file as image or audio by its bytes)."""
     if not p.multimodal_data:
         return _tokens(lm, p.prompt_string, True), None
-    # Image or audio, as the bytes say (llama-server reads multimodal_data the same way).
     parts = tuple(media_from_base64(b, "prompt") for b in p.multimodal_data)
-    marks = p.prompt_string.count(core.MEDIA_MARKER)
-    if marks != len(parts):
-        raise InvalidRequest(
-            f"the prompt_string holds {marks} {core.MEDIA_MARKER} markers for "
-            f"{len(parts)} multimodal_data files: one marker per file",
-            param="prompt",
-        )
-    check_media(
-        core.ChatRequest(messages=(core.Message("user", p.prompt_string, media=parts),)),
-        policy,
-        "prompt",
-    )
-    media = [Medium(i.data, i.digest, i.kind) for i in parts]
-    try:
-        return await asyncio.to_thread(
-            lm.media_prompt,
-            p.prompt_string,
-            media,
-            policy.max_image_pixels,
-            request_owner(),
-            policy.max_audio_seconds,
-        )
-    except EdgedError as exc:
-        raise to_api(exc, media_names("prompt")) from exc
+    return await raw_media_prompt(lm, p.prompt_string, parts, policy, "prompt")
 
 
 async def prompts_of(lm: LoadedModel, req: CompletionRequest, policy: Policy) -> list[Prompt]:
@@ -250,7 +223,7 @@ def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: Complet
         "tokens_evaluated": h.usage.prompt_tokens,
         "tokens_cached": h.usage.prompt_tokens + h.usage.completion_tokens,
         "generation_settings": settings_of(lm, req, h.request.sampling.seed),
-        "prompt": _prompt_text(lm, h.request.prompt_tokens),
+        "prompt": prompt_text(lm, h.request.prompt_tokens),
         "has_new_line": "\n" in r.text,
         "truncated": False,
         **stop_fields(lm.model.detokenize, r, req.stop),
@@ -259,24 +232,6 @@ def _final(lm: LoadedModel, i: int, h: RequestHandle, r: Collected, req: Complet
     if req.n_probs:
         body["completion_probabilities"] = probabilities(lm, r.logprobs, req.post_sampling_probs)
     return body
-
-
-def _prompt_text(lm: LoadedModel, tokens: list[int]) -> str:
-    """The prompt as text, each run of media stand-ins shown as the media marker."""
-    out: list[str] = []
-    text: list[int] = []
-    in_media = False
-    for t in tokens:
-        if is_stand_in(t):
-            if not in_media:
-                out += [lm.model.detokenize(text, special=True), core.MEDIA_MARKER]
-                text = []
-            in_media = True
-        else:
-            text.append(t)
-            in_media = False
-    out.append(lm.model.detokenize(text, special=True))
-    return "".join(out)
 
 
 async def complete(

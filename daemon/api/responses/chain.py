@@ -61,6 +61,7 @@ def resume(
         exact=saved.exact,
         lora=saved.lora,
         model_id=saved.model_id,
+        jumps=saved.jumps,
     )
     return prompt, resume
 

@@ -142,9 +142,9 @@ async def create_response(
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     chat = await prepare_chat(lm, chat_req, policy.max_image_pixels, "input")
     prompt, extras = chat.tokens, chat.extras
-    # A conversation holding images keeps no KV state (an image has no token ids to keep):
-    # its next turn renders it again, and the slot or the prompt cache, which compare
-    # images by digest, give back what they still hold of it.
+    # A conversation holding images keeps no KV state (the next turn joins its tail by text,
+    # where an image has no text to join at): its next turn renders it again, and the slot
+    # or the prompt cache, which compare images by digest, give back what they still hold.
     keep_kv = req.store and extras.media is None
     # Resumed only on the very file that computed it: a model replaced under the same name
     # recomputes the chain from its text history (as for a changed LoRA set).

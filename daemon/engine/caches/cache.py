@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.engine.errors import IdBusy
+from daemon.engine.positions import Jump
 from daemon.engine.types import SavedSequence
 
 log = logging.getLogger("edged.store")
@@ -304,6 +305,7 @@ def write_entry(path: Path, key: StoreKey, entry: SavedSequence) -> bool:
             "tail": entry.tail.hex(),
             "lora": [list(pair) for pair in entry.lora],
             "model_id": entry.model_id,
+            "jumps": [[j.start, j.cells, j.advance] for j in entry.jumps],
             "has_state": entry.state is not None,
             "kv_sha256": hashlib.sha256(state).hexdigest(),
         }
@@ -349,6 +351,7 @@ def read_entry(path: Path, key: StoreKey) -> SavedSequence | None:
             tail=bytes.fromhex(meta.get("tail", "")),
             lora=tuple((str(n), float(s)) for n, s in meta.get("lora", [])),
             model_id=str(meta.get("model_id", "")),
+            jumps=tuple(Jump(int(a), int(b), int(c)) for a, b, c in meta.get("jumps", [])),
         )
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return None

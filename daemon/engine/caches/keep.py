@@ -7,6 +7,7 @@ from collections.abc import Callable
 from daemon.engine.decode.active import Active
 from daemon.engine.decode.beam import BeamSearch, Sampling
 from daemon.engine.decode.slots import seed32
+from daemon.engine.media import is_stand_in
 from daemon.engine.types import FinishReason, GenerationRequest, SavedSequence
 
 
@@ -65,6 +66,10 @@ def saved_sequence(
         pending = []
     if a.fork.leader is not None:  # a sibling cut before its copy of the prompt arrived
         return None
+    if any(is_stand_in(t) for t in pending):
+        # Cut before an image or audio clip was decoded: its embeddings are not kept, so
+        # nothing could feed those positions later. Keep the entry as it was.
+        return None
     return SavedSequence(
         tokens=tuple(a.slot.tokens),
         pending=tuple(pending),
@@ -75,4 +80,5 @@ def saved_sequence(
         tail=held,
         lora=a.handle.request.lora,
         model_id=model_id,
+        jumps=a.slot.jumps,
     )

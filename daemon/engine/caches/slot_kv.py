@@ -17,6 +17,8 @@ import logging
 from daemon.engine.caches.memory import Memory
 from daemon.engine.caches.prompt_cache import BLOCK, PromptCache
 from daemon.engine.decode.slots import Slot, common_prefix
+from daemon.engine.errors import ModelUnavailable
+from daemon.engine.media import is_stand_in
 from daemon.engine.native.llama import Context
 from daemon.engine.positions import before, whole
 from daemon.engine.types import SavedSequence
@@ -192,11 +194,19 @@ class SlotKV:
             self.clear(slot)
             if self.ctx.state_set(slot.seq, saved.state):
                 slot.tokens = target
-                slot.jumps = ()  # kept sequences hold no media (the scheduler refuses it)
+                slot.jumps = saved.jumps
                 slot.exact = saved.exact
                 return list(saved.pending)
             self.ctx.seq_rm(slot.seq)
             keep = 0
+        if any(is_stand_in(t) for t in target[keep:]):
+            # Media positions only the kept state holds: their embeddings are not kept.
+            raise ModelUnavailable(
+                "the kept state of this request_id could not be restored now (KV memory "
+                "is short); retry",
+                subject="request_id",
+                retry_after=1,
+            )
         self.vacate(slot, keep)
         keep = self.trim(slot, keep)
         return target[keep:] + list(saved.pending)

@@ -157,14 +157,15 @@ class Admission(Completion):
     ) -> Active | None:
         req = h.request
         slot = slots[0]
-        if req.media is not None and (
-            req.beams is not None or req.keep or req.resume is not None or req.prompt_logprobs
-        ):
-            # Beams penalize, kept sequences store and prompt scores read prompt token ids:
-            # an image or audio clip has none.
+        resume = req.resume
+        media = req.media is not None or (
+            resume is not None and any(is_stand_in(t) for t in resume.tokens)
+        )
+        if media and (req.beams is not None or req.prompt_logprobs):
+            # Beams penalize and prompt scores read prompt token ids: media positions have
+            # none.
             raise InvalidInput(
-                "a prompt with images or audio cannot use beam search, prompt log-probabilities "
-                "or a kept sequence (request_id)",
+                "a prompt with images or audio cannot use beam search or prompt log-probabilities",
                 subject="image",
             )
         # Sampler and search first: if they refuse the request, no slot was touched yet.
@@ -208,13 +209,13 @@ class Admission(Completion):
         log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
         history = list(req.prompt_tokens) if fork_of is not None else slot.tokens + pending
         active.base = len(history)
-        if req.media is not None:
+        if media:
             # Penalties and n-gram drafts know token ids only: image positions are left out;
             # a draft model never saw the image, so an image prompt does not speculate.
             history = [t for t in history if not is_stand_in(t)]
         if sampler is not None:
             sampler.prime(history[-req.sampling.penalty_last_n :])
-        if req.media is None:
+        if not media:
             self.spec.attach(active, history)
         if fork_of is not None:
             active.fork.leader = fork_of

@@ -1,0 +1,320 @@
+"""Images on `/api/generate`, the request_id dialect: a generation whose prompt held an image
+continues from its kept KV state, exactly, on a SmolVLM projector and on an M-RoPE one
+(whose kept state carries the image's place in positions: daemon/engine/positions.py).
+
+Each answer is held against libmtmd's own eval_chunks of the raw prompt followed by a plain
+greedy loop, computed in-process on the same machine (tests/media/reference.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from daemon.core.request import MEDIA_MARKER
+from daemon.engine.caches.cache import read_entry, write_entry
+from daemon.engine.decode import scheduler
+from daemon.engine.errors import ModelUnavailable
+from daemon.engine.handle import RequestHandle
+from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.media import Medium, is_stand_in
+from daemon.engine.positions import Jump
+from daemon.engine.types import GenerationRequest, SamplingParams
+from tests.conftest import Server
+from tests.media.conftest import CTX, PARALLEL
+from tests.media.reference import reference_raw
+from tests.media.tiny_vlm import png_bytes, sample_image
+
+STEPS = 8
+HALF = STEPS // 2
+GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
+GREEDY_PARAMS = SamplingParams(temperature=0.0)
+IMAGE = png_bytes(sample_image(size=48, seed=3))
+B64 = base64.b64encode(IMAGE).decode()
+PROMPT = f"Here is a picture: {MEDIA_MARKER}\nA short story about it:\n"
+
+
+@pytest.fixture(params=["smolvlm", "qwen2vl"])
+def model(request: pytest.FixtureRequest) -> tuple[Server, Path, Path]:
+    """A daemon with a projector (SmolVLM's, or M-RoPE's behind keys), and its files."""
+    if request.param == "smolvlm":
+        names = ("vlm_server", "vlm_lm_path", "mmproj")
+    else:
+        names = ("qwen_server", "qwen_lm_path", "qwen_mmproj")
+    srv, lm, proj = (request.getfixturevalue(n) for n in names)
+    return srv, lm, proj["f32"] if isinstance(proj, dict) else proj
+
+
+def _headers(key: str) -> dict[str, str]:
+    """Keys q8 and q9 are the qwen_server's that no other module uses; "" for a daemon
+    without keys (the vlm_server)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _generate(srv: Server, key: str, **body: Any) -> httpx.Response:
+    body.setdefault("stream_response", False)
+    cfg = {**GREEDY, **body.pop("generation_config", {})}
+    return httpx.post(
+        f"{srv.url}/api/generate",
+        json={"generation_config": cfg, **body},
+        headers=_headers(key),
+        timeout=300,
+    )
+
+
+def _text(srv: Server, key: str, tokens: list[int]) -> str:
+    r = httpx.post(
+        f"{srv.url}/detokenize", json={"tokens": tokens}, headers=_headers(key), timeout=60
+    )
+    r.raise_for_status()
+    return str(r.json()["content"])
+
+
+def _fill_slots(srv: Server, key: str) -> None:
+    """Both slots taken by other prompts at once: a continuation then restores its state."""
+
+    def one(i: int) -> None:
+        prompt = f"{i} " + "Tell me about the weather in spring and autumn. " * 10
+        r = _generate(
+            srv,
+            key,
+            request_id=f"filler-{i}",
+            prompt=prompt,
+            generation_config={"max_new_tokens": 16},
+        )
+        assert r.status_code == 200, r.text
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(one, range(PARALLEL)))
+
+
+@pytest.mark.parametrize("between", ["nothing", "other prompts"])
+def test_a_continuation_after_an_image_is_exact(
+    model: tuple[Server, Path, Path], between: str
+) -> None:
+    """Two calls of HALF tokens under one request_id give the reference's STEPS tokens, from
+    the slot that still holds the image or from the state the store kept (restored with the
+    image's positions); the second call carries no prompt and no image."""
+    srv, lm_path, proj = model
+    key = "q8" if between == "nothing" else "q9"
+    rid = f"img-{between}"
+    want, _ = reference_raw(lm_path, proj, PROMPT, [IMAGE], STEPS)
+    assert len(want) == STEPS, "the reference ended early: nothing to continue"
+    one = _generate(
+        srv,
+        key,
+        request_id=rid,
+        prompt=PROMPT,
+        images=[B64],
+        generation_config={"max_new_tokens": HALF},
+    )
+    assert one.status_code == 200, one.text
+    if between == "other prompts":
+        _fill_slots(srv, key)
+    two = _generate(
+        srv, key, request_id=rid, only_new_tokens=False, generation_config={"max_new_tokens": HALF}
+    )
+    assert two.status_code == 200, two.text
+    assert one.text == _text(srv, key, want[:HALF])
+    # The whole sequence shows the image where it was: a marker for each of libmtmd's
+    # chunks of it (SmolVLM's are a tile and the whole image), amid its framing tokens.
+    assert two.text.endswith(_text(srv, key, want))
+    before, after = two.text.split(MEDIA_MARKER, 1)
+    assert before.startswith("Here is a picture: ")
+    assert after.rsplit(MEDIA_MARKER, 1)[-1].find("\nA short story about it:\n") >= 0
+
+
+def test_images_without_a_marker_go_before_the_text(
+    vlm_server: Server, vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    """Ollama's habit: images and no marker. They open the prompt, as if it began with one
+    marker per image; streamed, the text is the same."""
+    text = PROMPT.replace(MEDIA_MARKER, "")
+    want, _ = reference_raw(vlm_lm_path, mmproj["f32"], MEDIA_MARKER + text, [IMAGE], HALF)
+    assert want, "the reference generated nothing to compare"
+    body = {"prompt": text, "images": [B64], "generation_config": {"max_new_tokens": HALF}}
+    whole = _generate(vlm_server, "", request_id="no-marker", **body)
+    streamed = _generate(vlm_server, "", request_id="no-marker-2", stream_response=True, **body)
+    assert whole.status_code == streamed.status_code == 200
+    assert whole.text == streamed.text == _text(vlm_server, "", want)
+
+
+def test_the_batch_route_takes_images_per_prompt(
+    vlm_server: Server, vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    """One prompt with the image, one without, decoded together; each continues later."""
+    want, _ = reference_raw(vlm_lm_path, mmproj["f32"], PROMPT, [IMAGE], STEPS)
+    prompts = [
+        {"request_id": "b-img", "prompt": PROMPT, "images": [B64]},
+        {"request_id": "b-text", "prompt": "The capital of France is"},
+    ]
+    cfg = {**GREEDY, "max_new_tokens": HALF}
+    r = httpx.post(
+        f"{vlm_server.url}/api/generate-batch",
+        json={"prompts": prompts, "generation_config": cfg},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["response"] == _text(vlm_server, "", want[:HALF])
+    two = _generate(vlm_server, "", request_id="b-img", generation_config={"max_new_tokens": HALF})
+    assert r.json()[0]["response"] + two.text == _text(vlm_server, "", want)
+
+
+def test_another_key_cannot_continue_it(qwen_server: Server) -> None:
+    """The kept state belongs to the key that made it: q9's id means nothing to q8."""
+    one = _generate(
+        qwen_server,
+        "q9",
+        request_id="mine",
+        prompt=PROMPT,
+        images=[B64],
+        generation_config={"max_new_tokens": 2},
+    )
+    assert one.status_code == 200, one.text
+    r = _generate(qwen_server, "q8", request_id="mine", generation_config={"max_new_tokens": 2})
+    assert r.status_code == 400 and "nothing is kept" in r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"images": ["not base64!"]}, "images"),
+        ({"images": [base64.b64encode(IMAGE[:40]).decode()]}, "images"),
+        ({"images": [base64.b64encode(b"GIF89a" + bytes(20)).decode()]}, "images"),
+        ({"images": [B64] * 9}, "images"),
+        ({"images": [B64], "prompt": PROMPT + MEDIA_MARKER}, "prompt"),
+        ({"images": [B64], "generation_config": {"num_beams": 2}}, "generation_config.num_beams"),
+        ({"images": [""]}, "images"),
+        ({"images": [B64], "prompt": None}, "prompt"),
+    ],
+)
+def test_bad_images_are_400s_that_keep_nothing(
+    vlm_server: Server, body: dict[str, Any], param: str
+) -> None:
+    """Every refusal is the dialect's 400 naming the field, and leaves the id free and
+    empty: a call without a prompt then finds nothing kept."""
+    rid = f"bad-{hashlib.sha256(repr(body).encode()).hexdigest()[:8]}"
+    full = {"prompt": PROMPT, **body}
+    r = _generate(vlm_server, "", request_id=rid, **full)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+    again = _generate(vlm_server, "", request_id=rid)
+    assert again.status_code == 400 and "nothing is kept" in again.text
+
+
+def test_a_model_without_a_projector_says_so(text_server: Server) -> None:
+    r = _generate(text_server, "", request_id="blind", prompt=PROMPT, images=[B64])
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "images"
+    assert "--mmproj" in r.json()["error"]["message"]
+
+
+# ---- in process ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
+    """The M-RoPE model in process, batches of 8 rows: the 36-row image takes five steps."""
+    lm = LoadedModel(
+        "qwen",
+        qwen_lm_path,
+        EngineOptions(
+            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
+        ),
+        projector=qwen_mmproj,
+    )
+    yield lm
+    lm.close()
+
+
+def _request(lm: LoadedModel, steps: int, **kw: Any) -> GenerationRequest:
+    medium = Medium(IMAGE, hashlib.sha256(IMAGE).hexdigest())
+    tokens, media = lm.media_prompt(PROMPT, [medium])
+    return GenerationRequest(tokens, steps, GREEDY_PARAMS, media=media, keep=True, **kw)
+
+
+def _run(lm: LoadedModel, req: GenerationRequest) -> tuple[list[int], RequestHandle]:
+    async def main() -> tuple[list[int], RequestHandle]:
+        h = lm.submit(req)
+        tokens: list[int] = []
+        async for c in h.chunks():
+            tokens.extend(c.token_ids)
+        return tokens, h
+
+    return asyncio.run(main())
+
+
+def _run_both(lm: LoadedModel, reqs: list[GenerationRequest]) -> None:
+    """Requests at once, each in a slot of its own."""
+
+    async def main() -> None:
+        handles = [lm.submit(r) for r in reqs]
+        for h in handles:
+            async for _ in h.chunks():
+                pass
+
+    asyncio.run(main())
+
+
+def test_a_kept_sequence_carries_its_image_and_jumps(
+    engine: LoadedModel, qwen_lm_path: Path, qwen_mmproj: Path, tmp_path: Path
+) -> None:
+    """What the store keeps names the image's cells and positions, survives a spill file,
+    and continues exactly; a restore that fails is a retryable refusal (the image's
+    embeddings are not kept, so its positions cannot be decoded again) that keeps it."""
+    want, _ = reference_raw(qwen_lm_path, qwen_mmproj, PROMPT, [IMAGE], STEPS)
+    first, h = _run(engine, _request(engine, HALF))
+    saved = h.saved
+    assert first == want[:HALF] and saved is not None
+    start = next(i for i, t in enumerate(saved.tokens) if is_stand_in(t))
+    assert saved.jumps == (Jump(start, 36, 6),)
+    write_entry(tmp_path / "e.seq", ("k", "id"), saved)
+    assert read_entry(tmp_path / "e.seq", ("k", "id")) == saved
+    # Another prompt takes the slot; then the state cannot be put back.
+    _run_both(
+        engine,
+        [
+            GenerationRequest(engine.tokenize(f"{i} Tell me a story. " * 20), 4, GREEDY_PARAMS)
+            for i in range(PARALLEL)
+        ],
+    )
+    ctx = engine.generator().ctx
+    real = ctx.state_set
+    ctx.state_set = lambda *a: False  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ModelUnavailable, match="retry"):
+            _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+    finally:
+        ctx.state_set = real  # type: ignore[method-assign]
+    rest, _ = _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+    assert first + rest == want
+
+
+def test_a_generation_cut_before_its_image_was_decoded_keeps_nothing(
+    engine: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client hangs up while the image's rows are decoded: nothing could feed the rest
+    of them later, so nothing is kept (the id's old entry stays)."""
+    handles: list[RequestHandle] = []
+    calls: list[int] = []
+    real = scheduler.decode_rows
+
+    def rows_then_cut(*args: Any, **kw: Any) -> None:
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            handles[0].cancel()
+        real(*args, **kw)
+
+    monkeypatch.setattr(scheduler, "decode_rows", rows_then_cut)
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda r: handles.append(submit(r)) or handles[-1])
+    tokens, h = _run(engine, _request(engine, HALF))
+    assert tokens == [] and calls[:2] == [8, 8]
+    assert h.saved is None
