@@ -21,12 +21,12 @@ import pytest
 from daemon.core.request import MEDIA_MARKER
 from daemon.engine.caches.cache import read_entry, write_entry
 from daemon.engine.decode import scheduler
-from daemon.engine.errors import ModelUnavailable
+from daemon.engine.errors import InvalidInput, ModelUnavailable
 from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.media import Medium, is_stand_in
 from daemon.engine.positions import Jump
-from daemon.engine.types import GenerationRequest, SamplingParams
+from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
 from tests.conftest import Server
 from tests.media.conftest import CTX, PARALLEL
 from tests.media.reference import reference_raw
@@ -293,6 +293,9 @@ def test_a_kept_sequence_carries_its_image_and_jumps(
             _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
     finally:
         ctx.state_set = real  # type: ignore[method-assign]
+    # Beams read the history's token ids, which the image's positions have none of.
+    with pytest.raises(InvalidInput, match="beam search"):
+        _run(engine, GenerationRequest([], 2, GREEDY_PARAMS, resume=saved, beams=BeamParams(2)))
     rest, _ = _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
     assert first + rest == want
 

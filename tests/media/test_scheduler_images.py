@@ -140,8 +140,8 @@ def test_n_choices_share_the_image_prefill(warm: LoadedModel, cold: LoadedModel)
 
 @pytest.mark.parametrize(
     "kw",
-    [{"beams": BeamParams(2)}, {"keep": True}, {"prompt_logprobs": True}],
-    ids=["beams", "keep", "prompt_logprobs"],
+    [{"beams": BeamParams(2)}, {"prompt_logprobs": True}],
+    ids=["beams", "prompt_logprobs"],
 )
 def test_requests_that_read_prompt_ids_refuse_images(warm: LoadedModel, kw: dict) -> None:
     req = _request(warm, 1, "What is it?", **kw)
