@@ -54,6 +54,16 @@ async def raw_media_prompt(
         raise to_api(exc, media_names(param)) from exc
 
 
+def check_count(n: int, policy: Policy, param: str) -> None:
+    """At most the policy's images and audio clips in one request, several prompts' together,
+    counted before any is decoded."""
+    if n > policy.max_images:
+        raise InvalidRequest(
+            f"{n} images and audio clips; a request may carry at most {policy.max_images}",
+            param=param,
+        )
+
+
 def prompt_text(lm: LoadedModel, tokens: Sequence[int]) -> str:
     """The prompt as text, each run of media stand-ins shown as one MARKER."""
     out: list[str] = []

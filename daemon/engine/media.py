@@ -118,9 +118,15 @@ class EmbeddingCache:
 class MediaEncoder:
     """A model's projector used one thread at a time: media prompts tokenized and encoded."""
 
-    def __init__(self, projector: Projector, cache_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, projector: Projector, cache_bytes: int = 64 << 20, identity: str = ""
+    ) -> None:
         self.projector = projector
         self.cache = EmbeddingCache(cache_bytes)
+        # The projector file's identity (sha256) goes into every stand-in: KV that another
+        # projector file computed for the same image (kept under a request_id across a
+        # replaced --mmproj, then left in a slot) is never taken for this one's.
+        self.identity = identity
         # libmtmd keeps one output buffer per projector; requests come from many threads.
         self._lock = threading.Lock()
 
@@ -184,7 +190,7 @@ class MediaEncoder:
                             )
                         # One image may become several chunks (Idefics3: two): each its own key.
                         digest = chunk.id or ""
-                        key = f"{digest}#{seen[digest]}"
+                        key = f"{self.identity}:{digest}#{seen[digest]}"
                         seen[digest] += 1
                         embd = self.cache.get(f"{owner}\0{key}")
                         if embd is None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from daemon.core.request import MEDIA_MARKER
-from daemon.engine.caches.cache import read_entry, write_entry
+from daemon.engine.caches.cache import SequenceStore, read_entry, write_entry
 from daemon.engine.decode import scheduler
 from daemon.engine.errors import InvalidInput, ModelUnavailable
 from daemon.engine.handle import RequestHandle
@@ -165,6 +165,23 @@ def test_the_batch_route_takes_images_per_prompt(
     assert r.json()[0]["response"] == _text(vlm_server, "", want[:HALF])
     two = _generate(vlm_server, "", request_id="b-img", generation_config={"max_new_tokens": HALF})
     assert r.json()[0]["response"] + two.text == _text(vlm_server, "", want)
+
+
+def test_a_batch_counts_its_images_together(vlm_server: Server) -> None:
+    """--max-images (8) bounds the request: five prompts of two images each are a 400
+    before any is decoded, and none of their ids keeps anything."""
+    prompts = [
+        {"request_id": f"many-{i}", "prompt": PROMPT * 2, "images": [B64] * 2} for i in range(5)
+    ]
+    r = httpx.post(
+        f"{vlm_server.url}/api/generate-batch",
+        json={"prompts": prompts, "generation_config": {**GREEDY, "max_new_tokens": 1}},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "images"
+    again = _generate(vlm_server, "", request_id="many-0")
+    assert again.status_code == 400 and "nothing is kept" in again.text
 
 
 def test_another_key_cannot_continue_it(qwen_server: Server) -> None:
@@ -321,3 +338,32 @@ def test_a_generation_cut_before_its_image_was_decoded_keeps_nothing(
     tokens, h = _run(engine, _request(engine, HALF))
     assert tokens == [] and calls[:2] == [8, 8]
     assert h.saved is None
+
+
+def test_a_replaced_projector_never_lends_its_image_kv(
+    vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    """A request_id kept under one projector file continues after --mmproj was replaced by
+    another (its KV is its own history, computed by the same text model), but the image
+    cells that continuation leaves in its slot are never taken for the new projector's view
+    of the same image: a new request with the image encodes and decodes it again."""
+    store = SequenceStore(64 << 20)
+    opts = EngineOptions(ctx_size=CTX, parallel=1, threads=1, exact=True)
+    old = LoadedModel("v", vlm_lm_path, opts, store=store, projector=mmproj["f32"])
+    try:
+        _, h = _run(old, _request(old, HALF))
+        saved = h.saved
+    finally:
+        old.close()
+    assert saved is not None
+    new = LoadedModel("v", vlm_lm_path, opts, store=store, projector=mmproj["f16"])
+    try:
+        rest, _ = _run(new, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+        assert rest  # the kept generation goes on, in the one slot
+        req = _request(new, HALF)
+        start = next(i for i, t in enumerate(req.prompt_tokens) if is_stand_in(t))
+        assert not {t for t in req.prompt_tokens if is_stand_in(t)} & set(saved.tokens)
+        _, h = _run(new, req)
+        assert h.usage.cached_tokens <= start
+    finally:
+        new.close()

@@ -113,10 +113,13 @@ def test_malformed_media_prompts_are_400s(vlm_server: Server, body: dict, says: 
     assert says in r.text
 
 
-def test_too_many_files_is_a_400(vlm_server: Server) -> None:
-    prompt = {"prompt_string": MEDIA_MARKER * 9, "multimodal_data": [B64] * 9}
-    r = complete(vlm_server, prompt, n_predict=1)
-    assert r.status_code == 400 and "at most" in r.text
+@pytest.mark.parametrize("prompts", [1, 3], ids=["one prompt", "three prompts"])
+def test_too_many_files_is_a_400(vlm_server: Server, prompts: int) -> None:
+    """--max-images (8) bounds the request, several prompts' files together."""
+    n = 9 if prompts == 1 else 3
+    prompt = {"prompt_string": MEDIA_MARKER * n, "multimodal_data": [B64] * n}
+    r = complete(vlm_server, prompt if prompts == 1 else [prompt] * prompts, n_predict=1)
+    assert r.status_code == 400 and "at most 8" in r.text
 
 
 def test_media_to_a_text_model_is_a_400(text_server: Server) -> None:

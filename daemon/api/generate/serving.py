@@ -18,7 +18,7 @@ from daemon.core.adapters import request_adapters
 from daemon.core.choices import Policy, seeded
 from daemon.core.errors import to_api
 from daemon.core.media import image_from_base64
-from daemon.core.raw_media import MARKER, prompt_text, raw_media_prompt
+from daemon.core.raw_media import MARKER, check_count, prompt_text, raw_media_prompt
 from daemon.core.request import MediaPart
 from daemon.core.sampling import HF_GENERATE, sampling_of
 from daemon.core.streams import collect
@@ -151,11 +151,7 @@ def _images(images: list[str], cfg: GenerationDefaults, limits: Policy) -> list[
     ids, refused with them."""
     if not images:
         return []
-    if len(images) > limits.max_images:
-        raise InvalidRequest(
-            f"{len(images)} images; a request may carry at most {limits.max_images}",
-            param="images",
-        )
+    check_count(len(images), limits, "images")
     if cfg.num_beams > 1:
         raise InvalidRequest(
             "a prompt with images cannot use beam search", param="generation_config.num_beams"
@@ -240,6 +236,7 @@ async def generate_batch(
     ids = [p.request_id for p in req.prompts]
     if len(set(ids)) != len(ids):
         raise InvalidRequest("request_ids in one batch must be distinct", param="prompts")
+    check_count(sum(len(p.images or ()) for p in req.prompts), limits, "images")
     lm = await leased(registry, req.model, keep_alive_arg(req.model_fields_set, req.keep_alive))
     cfg = _config(req.generation_config, defaults)
     started: list[Started] = []

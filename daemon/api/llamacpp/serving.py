@@ -16,7 +16,7 @@ from daemon.core.choices import Extras, Policy, submit_choices
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
 from daemon.core.media import media_from_base64
-from daemon.core.raw_media import prompt_text, raw_media_prompt
+from daemon.core.raw_media import check_count, prompt_text, raw_media_prompt
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.verbose import stop_fields
@@ -70,6 +70,8 @@ async def prompts_of(lm: LoadedModel, req: CompletionRequest, policy: Policy) ->
     items = p if many else [p]
     if len(items) > policy.max_batch:  # before any image is decoded
         raise InvalidRequest(f"at most {policy.max_batch} prompts", param="prompt")
+    files = sum(len(x.multimodal_data or ()) for x in items if isinstance(x, MediaPromptIn))
+    check_count(files, policy, "prompt")
     prompts: list[Prompt] = []
     for x in items:
         if isinstance(x, MediaPromptIn):

@@ -135,7 +135,7 @@ class LoadedModel:
                 self.adapters = Adapters(self.model, adapters)
             if projector is not None:
                 proj = Projector(self.model, projector, projector_options(options))
-                self.media = MediaEncoder(proj)
+                self.media = MediaEncoder(proj, identity=file_identity(projector))
             self.template = chat_template(self.model, name, template)
             self._start(options)
         except BaseException:  # a context that cannot be created must not leak the weights
