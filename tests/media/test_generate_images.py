@@ -367,3 +367,34 @@ def test_a_replaced_projector_never_lends_its_image_kv(
         assert h.usage.cached_tokens <= start
     finally:
         new.close()
+
+
+def test_a_continuation_across_an_image_never_speculates(
+    vlm_lm_path: Path, mmproj: dict[str, Path]
+) -> None:
+    """Under --speculate (always drafting): a draft model never saw the image, and the
+    n-gram index would know its positions by stand-in ids only, so neither the first call
+    nor its continuation drafts, and both answer as plain decoding does."""
+    answers = []
+    for speculate in (True, False):
+        opts = EngineOptions(
+            ctx_size=CTX,
+            parallel=PARALLEL,
+            threads=1,
+            exact=False,
+            flash_attn=True,
+            speculate=speculate,
+            speculate_always=speculate,
+        )
+        lm = LoadedModel("v", vlm_lm_path, opts, projector=mmproj["f32"])
+        try:
+            first, h = _run(lm, _request(lm, HALF))
+            assert h.saved is not None
+            rest, _ = _run(lm, GenerationRequest([], HALF, GREEDY_PARAMS, resume=h.saved))
+            answers.append(first + rest)
+            spec = lm.generator().spec
+            if speculate:
+                assert spec.disabled["media"] == 2 and sum(spec.drafted.values()) == 0
+        finally:
+            lm.close()
+    assert answers[0] == answers[1] and len(answers[0]) == STEPS

@@ -209,14 +209,11 @@ class Admission(Completion):
         log.debug("admit seq=%d cached=%d pending=%d", slot.seq, len(slot.tokens), len(pending))
         history = list(req.prompt_tokens) if fork_of is not None else slot.tokens + pending
         active.base = len(history)
-        if media:
-            # Penalties and n-gram drafts know token ids only: image positions are left out;
-            # a draft model never saw the image, so an image prompt does not speculate.
+        if media:  # penalties know token ids only: media positions are left out
             history = [t for t in history if not is_stand_in(t)]
         if sampler is not None:
             sampler.prime(history[-req.sampling.penalty_last_n :])
-        if not media:
-            self.spec.attach(active, history)
+        self.spec.attach(active, history, media)
         if fork_of is not None:
             active.fork.leader = fork_of
             if fork_of not in self._active:  # the leader already ended: prefill on our own

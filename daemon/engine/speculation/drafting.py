@@ -208,8 +208,10 @@ class Speculator:
             self.draft_ctx = Context(options.draft, ctx_options)
             self.draft_batch = Batch(ctx_options.n_batch, 1)
 
-    def attach(self, a: Active, history: list[int]) -> None:
-        """Give a new request its speculative state (beams never draft)."""
+    def attach(self, a: Active, history: list[int], media: bool = False) -> None:
+        """Give a new request its speculative state (beams never draft, nor a sequence
+        holding an image or audio clip: its positions have no token ids to look up, and a
+        draft model never saw it)."""
         if not self.options.enabled:
             return
         if not self.usable:
@@ -217,6 +219,9 @@ class Speculator:
             return
         if a.beams is not None:
             self.disabled["beams"] += 1
+            return
+        if media:
+            self.disabled["media"] += 1
             return
         if any(name not in self.exact_adapters for name, _ in a.handle.request.lora):
             self.disabled["inexact"] += 1  # rows under this adapter set are not exact here
