@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from daemon.core.request import MEDIA_MARKER
 from daemon.engine.caches.cache import SequenceStore, read_entry, write_entry
@@ -26,7 +29,7 @@ from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.media import Medium, is_stand_in
 from daemon.engine.positions import Jump
-from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams
+from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams, SavedSequence
 from tests.conftest import Server
 from tests.media.conftest import CTX, PARALLEL
 from tests.media.reference import reference_raw
@@ -398,3 +401,101 @@ def test_a_continuation_across_an_image_never_speculates(
         finally:
             lm.close()
     assert answers[0] == answers[1] and len(answers[0]) == STEPS
+
+
+# ---- many request_ids, images and text, slots crowded between calls --------------------
+
+LIMIT = 20  # tokens an id generates at most (the references hold 24)
+TEXT = "Here is a poem about the sea:\n"
+
+
+@pytest.fixture(scope="module")
+def kept_engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
+    """The M-RoPE model as `engine` builds it, once for the property test."""
+    lm = LoadedModel(
+        "qwen",
+        qwen_lm_path,
+        EngineOptions(
+            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
+        ),
+        projector=qwen_mmproj,
+    )
+    yield lm
+    lm.close()
+
+
+def test_kept_sequences_across_images_stay_exact(
+    kept_engine: LoadedModel, qwen_lm_path: Path, qwen_mmproj: Path
+) -> None:
+    """A stateful property test: ids started from an image prompt or a text prompt,
+    continued by any number of calls of 1 to 4 tokens, with other prompts crowding both
+    slots between calls and restores of kept state that fail: every call's tokens are the
+    next ones of its prompt's one-go greedy reference, and a failed restore of an image
+    sequence refuses (retryable) and keeps the entry as it was."""
+    lm = kept_engine
+    want = {
+        True: reference_raw(qwen_lm_path, qwen_mmproj, PROMPT, [IMAGE], LIMIT + 4)[0],
+        False: reference_raw(qwen_lm_path, qwen_mmproj, TEXT, [], LIMIT + 4)[0],
+    }
+    assert all(len(w) == LIMIT + 4 for w in want.values())
+    medium = Medium(IMAGE, hashlib.sha256(IMAGE).hexdigest())
+
+    class KeptIds(RuleBasedStateMachine):
+        ids = Bundle("ids")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept: dict[int, tuple[bool, int, SavedSequence]] = {}
+
+        @rule(target=ids, image=st.booleans(), n=st.integers(1, 4))
+        def start(self, image: bool, n: int) -> int:
+            if image:
+                tokens, media = lm.media_prompt(PROMPT, [medium])
+            else:
+                tokens, media = lm.tokenize(TEXT), None
+            got, h = _run(lm, GenerationRequest(tokens, n, GREEDY_PARAMS, media=media, keep=True))
+            assert got == want[image][:n] and h.saved is not None
+            key = len(self.kept)
+            self.kept[key] = (image, n, h.saved)
+            return key
+
+        @rule(key=ids, n=st.integers(1, 4))
+        def carry_on(self, key: int, n: int) -> None:
+            image, count, saved = self.kept[key]
+            n = min(n, LIMIT - count)
+            if n <= 0:
+                return
+            got, h = _run(lm, GenerationRequest([], n, GREEDY_PARAMS, resume=saved, keep=True))
+            assert got == want[image][count : count + n]
+            assert h.saved is not None
+            self.kept[key] = (image, count + n, h.saved)
+
+        @rule(seed=st.integers(0, 9))
+        def crowd(self, seed: int) -> None:
+            prompts = [f"{seed} {i} Tell me about the weather. " * 6 for i in range(PARALLEL)]
+            _run_both(lm, [GenerationRequest(lm.tokenize(p), 2, GREEDY_PARAMS) for p in prompts])
+
+        @rule(key=ids)
+        def restore_fails(self, key: int) -> None:
+            image, _, saved = self.kept[key]
+            if not image:
+                return
+            self.crowd(0)  # neither slot holds it: its state must be put back
+            ctx = lm.generator().ctx
+            real = ctx.state_set
+            ctx.state_set = lambda *a: False  # type: ignore[method-assign]
+            try:
+                with pytest.raises(ModelUnavailable):
+                    _run(lm, GenerationRequest([], 1, GREEDY_PARAMS, resume=saved, keep=True))
+            finally:
+                ctx.state_set = real  # type: ignore[method-assign]
+
+    run_state_machine_as_test(
+        KeptIds,
+        settings=settings(
+            max_examples=6,
+            stateful_step_count=8,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -19,7 +19,7 @@ from daemon.engine.decode.detokenize import IncrementalDetokenizer
 from daemon.engine.decode.slots import Slot, pick_slots, seed32
 from daemon.engine.decode.stops import StopMatcher
 from daemon.engine.decode.worker import STOP
-from daemon.engine.errors import InvalidInput, ModelChanged
+from daemon.engine.errors import EngineError, InvalidInput, ModelChanged
 from daemon.engine.handle import Out, RequestHandle, deliver
 from daemon.engine.media import is_stand_in
 from daemon.engine.native.sampler import SamplerChain
@@ -67,7 +67,10 @@ class Admission(Completion):
             try:
                 admitted = self._admit_one(h, out)
             except Exception as exc:  # this request's setup failed: it alone ends
-                log.exception("admitting a request failed")
+                if isinstance(exc, EngineError):  # a refusal in the engine's words
+                    log.info("a request was refused at admission: %s", exc)
+                else:
+                    log.exception("admitting a request failed")
                 self._abort(h, exc, out)
                 continue
             if not admitted:
