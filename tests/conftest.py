@@ -222,7 +222,7 @@ BUDGET_S: dict[str, float] = {
     "gpu": 5,
     "integration": 350,
     "lora": 65,
-    "media": 215,
+    "media": 260,
     "person": 200,
     "quantize": 55,
     "rerank": 15,
