@@ -122,6 +122,16 @@ def image_from_bytes(blob: bytes, mime: str | None, param: str) -> MediaPart:
     return MediaPart(blob, digest, mime, header.width, header.height)
 
 
+def check_count(n: int, policy: Policy, param: str) -> None:
+    """At most the policy's images and audio clips in one request (several prompts'
+    together), counted before any is decoded."""
+    if n > policy.max_images:
+        raise InvalidRequest(
+            f"{n} images and audio clips; a request may carry at most {policy.max_images}",
+            param=param,
+        )
+
+
 def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> None:
     """The request's images and audio within the policy's count and bytes, the pixels and
     seconds their headers declare (the engine checks the decoded sizes again)."""
@@ -131,11 +141,7 @@ def check_media(req: ChatRequest, policy: Policy, param: str = "messages") -> No
         raise InvalidRequest(
             "image URLs are not read on this route: send the image inline", param=param
         )
-    if len(media) > policy.max_images:
-        raise InvalidRequest(
-            f"{len(media)} images and audio clips; a request may carry at most {policy.max_images}",
-            param=param,
-        )
+    check_count(len(media), policy, param)
     seconds = sum(p.seconds or 0.0 for p in media if p.kind == "audio")
     if seconds > policy.max_audio_seconds:
         raise InvalidRequest(

@@ -25,17 +25,16 @@ async def raw_media_prompt(
     parts: Sequence[core.MediaPart],
     policy: Policy,
     param: str,
-    text_param: str = "prompt",
 ) -> tuple[list[int], MediaPrompt]:
     """`text` holding one MARKER per file of `parts`, which take their places in order: the
     files checked against the policy's limits, then tokenized and encoded off the event loop.
-    Refusals name the dialect's field for the files (`param`) or for the text."""
+    Refusals name the dialect's field for the files (`param`), or `prompt` for the text."""
     marks = text.count(MARKER)
     if marks != len(parts):
         raise InvalidRequest(
             f"the prompt holds {marks} {MARKER} markers for {len(parts)} files: one marker "
             "per file, in their order",
-            param=text_param,
+            param="prompt",
         )
     check_media(
         core.ChatRequest(messages=(core.Message("user", text, media=tuple(parts)),)), policy, param
@@ -52,16 +51,6 @@ async def raw_media_prompt(
         )
     except EdgedError as exc:
         raise to_api(exc, media_names(param)) from exc
-
-
-def check_count(n: int, policy: Policy, param: str) -> None:
-    """At most the policy's images and audio clips in one request, several prompts' together,
-    counted before any is decoded."""
-    if n > policy.max_images:
-        raise InvalidRequest(
-            f"{n} images and audio clips; a request may carry at most {policy.max_images}",
-            param=param,
-        )
 
 
 def prompt_text(lm: LoadedModel, tokens: Sequence[int]) -> str:

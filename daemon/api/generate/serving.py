@@ -17,8 +17,8 @@ from daemon.config import GenerationDefaults
 from daemon.core.adapters import request_adapters
 from daemon.core.choices import Policy, seeded
 from daemon.core.errors import to_api
-from daemon.core.media import image_from_base64
-from daemon.core.raw_media import MARKER, check_count, prompt_text, raw_media_prompt
+from daemon.core.media import check_count, image_from_base64
+from daemon.core.raw_media import MARKER, prompt_text, raw_media_prompt
 from daemon.core.request import MediaPart
 from daemon.core.sampling import HF_GENERATE, sampling_of
 from daemon.core.streams import collect

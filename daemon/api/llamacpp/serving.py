@@ -15,8 +15,8 @@ from daemon.core.adapters import from_ids
 from daemon.core.choices import Extras, Policy, submit_choices
 from daemon.core.formats import schema_grammar
 from daemon.core.infill import infill_tokens
-from daemon.core.media import media_from_base64
-from daemon.core.raw_media import check_count, prompt_text, raw_media_prompt
+from daemon.core.media import check_count, media_from_base64
+from daemon.core.raw_media import prompt_text, raw_media_prompt
 from daemon.core.sampling import LLAMA_CPP, sampling_of
 from daemon.core.streams import Collected, collect_all, merge
 from daemon.core.verbose import stop_fields
