@@ -23,15 +23,14 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_m
 
 from daemon.core.request import MEDIA_MARKER
 from daemon.engine.caches.cache import SequenceStore, read_entry, write_entry
-from daemon.engine.decode import scheduler
 from daemon.engine.errors import InvalidInput, ModelUnavailable
-from daemon.engine.handle import RequestHandle
 from daemon.engine.loading.loaded import EngineOptions, LoadedModel
 from daemon.engine.media import Medium, is_stand_in
 from daemon.engine.positions import Jump
 from daemon.engine.types import BeamParams, GenerationRequest, SamplingParams, SavedSequence
 from tests.conftest import Server
 from tests.media.conftest import CTX, PARALLEL
+from tests.media.inprocess import cut_second_rows, qwen_engine, run
 from tests.media.reference import reference_raw
 from tests.media.tiny_vlm import png_bytes, sample_image
 
@@ -241,15 +240,8 @@ def test_a_model_without_a_projector_says_so(text_server: Server) -> None:
 
 @pytest.fixture
 def engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
-    """The M-RoPE model in process, batches of 8 rows: the 36-row image takes five steps."""
-    lm = LoadedModel(
-        "qwen",
-        qwen_lm_path,
-        EngineOptions(
-            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
-        ),
-        projector=qwen_mmproj,
-    )
+    """The M-RoPE model in process, with batches of 8 rows."""
+    lm = qwen_engine(qwen_lm_path, qwen_mmproj)
     yield lm
     lm.close()
 
@@ -258,17 +250,6 @@ def _request(lm: LoadedModel, steps: int, **kw: Any) -> GenerationRequest:
     medium = Medium(IMAGE, hashlib.sha256(IMAGE).hexdigest())
     tokens, media = lm.media_prompt(PROMPT, [medium])
     return GenerationRequest(tokens, steps, GREEDY_PARAMS, media=media, keep=True, **kw)
-
-
-def _run(lm: LoadedModel, req: GenerationRequest) -> tuple[list[int], RequestHandle]:
-    async def main() -> tuple[list[int], RequestHandle]:
-        h = lm.submit(req)
-        tokens: list[int] = []
-        async for c in h.chunks():
-            tokens.extend(c.token_ids)
-        return tokens, h
-
-    return asyncio.run(main())
 
 
 def _run_both(lm: LoadedModel, reqs: list[GenerationRequest]) -> None:
@@ -290,7 +271,7 @@ def test_a_kept_sequence_carries_its_image_and_jumps(
     and continues exactly; a restore that fails is a retryable refusal (the image's
     embeddings are not kept, so its positions cannot be decoded again) that keeps it."""
     want, _ = reference_raw(qwen_lm_path, qwen_mmproj, PROMPT, [IMAGE], STEPS)
-    first, h = _run(engine, _request(engine, HALF))
+    first, h = run(engine, _request(engine, HALF))
     saved = h.saved
     assert first == want[:HALF] and saved is not None
     start = next(i for i, t in enumerate(saved.tokens) if is_stand_in(t))
@@ -310,13 +291,13 @@ def test_a_kept_sequence_carries_its_image_and_jumps(
     ctx.state_set = lambda *a: False  # type: ignore[method-assign]
     try:
         with pytest.raises(ModelUnavailable, match="retry"):
-            _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+            run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
     finally:
         ctx.state_set = real  # type: ignore[method-assign]
     # Beams read the history's token ids, which the image's positions have none of.
     with pytest.raises(InvalidInput, match="beam search"):
-        _run(engine, GenerationRequest([], 2, GREEDY_PARAMS, resume=saved, beams=BeamParams(2)))
-    rest, _ = _run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+        run(engine, GenerationRequest([], 2, GREEDY_PARAMS, resume=saved, beams=BeamParams(2)))
+    rest, _ = run(engine, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
     assert first + rest == want
 
 
@@ -325,20 +306,8 @@ def test_a_generation_cut_before_its_image_was_decoded_keeps_nothing(
 ) -> None:
     """The client hangs up while the image's rows are decoded: nothing could feed the rest
     of them later, so nothing is kept (the id's old entry stays)."""
-    handles: list[RequestHandle] = []
-    calls: list[int] = []
-    real = scheduler.decode_rows
-
-    def rows_then_cut(*args: Any, **kw: Any) -> None:
-        calls.append(len(args[1]))
-        if len(calls) == 2:
-            handles[0].cancel()
-        real(*args, **kw)
-
-    monkeypatch.setattr(scheduler, "decode_rows", rows_then_cut)
-    submit = engine.submit
-    monkeypatch.setattr(engine, "submit", lambda r: handles.append(submit(r)) or handles[-1])
-    tokens, h = _run(engine, _request(engine, HALF))
+    calls = cut_second_rows(monkeypatch, engine, fail=False)
+    tokens, h = run(engine, _request(engine, HALF))
     assert tokens == [] and calls[:2] == [8, 8]
     assert h.saved is None
 
@@ -354,19 +323,19 @@ def test_a_replaced_projector_never_lends_its_image_kv(
     opts = EngineOptions(ctx_size=CTX, parallel=1, threads=1, exact=True)
     old = LoadedModel("v", vlm_lm_path, opts, store=store, projector=mmproj["f32"])
     try:
-        _, h = _run(old, _request(old, HALF))
+        _, h = run(old, _request(old, HALF))
         saved = h.saved
     finally:
         old.close()
     assert saved is not None
     new = LoadedModel("v", vlm_lm_path, opts, store=store, projector=mmproj["f16"])
     try:
-        rest, _ = _run(new, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
+        rest, _ = run(new, GenerationRequest([], HALF, GREEDY_PARAMS, resume=saved, keep=True))
         assert rest  # the kept generation goes on, in the one slot
         req = _request(new, HALF)
         start = next(i for i, t in enumerate(req.prompt_tokens) if is_stand_in(t))
         assert not {t for t in req.prompt_tokens if is_stand_in(t)} & set(saved.tokens)
-        _, h = _run(new, req)
+        _, h = run(new, req)
         assert h.usage.cached_tokens <= start
     finally:
         new.close()
@@ -391,9 +360,9 @@ def test_a_continuation_across_an_image_never_speculates(
         )
         lm = LoadedModel("v", vlm_lm_path, opts, projector=mmproj["f32"])
         try:
-            first, h = _run(lm, _request(lm, HALF))
+            first, h = run(lm, _request(lm, HALF))
             assert h.saved is not None
-            rest, _ = _run(lm, GenerationRequest([], HALF, GREEDY_PARAMS, resume=h.saved))
+            rest, _ = run(lm, GenerationRequest([], HALF, GREEDY_PARAMS, resume=h.saved))
             answers.append(first + rest)
             spec = lm.generator().spec
             if speculate:
@@ -411,15 +380,8 @@ TEXT = "Here is a poem about the sea:\n"
 
 @pytest.fixture(scope="module")
 def kept_engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
-    """The M-RoPE model as `engine` builds it, once for the property test."""
-    lm = LoadedModel(
-        "qwen",
-        qwen_lm_path,
-        EngineOptions(
-            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
-        ),
-        projector=qwen_mmproj,
-    )
+    """The M-RoPE model in process, once for the property test."""
+    lm = qwen_engine(qwen_lm_path, qwen_mmproj)
     yield lm
     lm.close()
 
@@ -453,7 +415,7 @@ def test_kept_sequences_across_images_stay_exact(
                 tokens, media = lm.media_prompt(PROMPT, [medium])
             else:
                 tokens, media = lm.tokenize(TEXT), None
-            got, h = _run(lm, GenerationRequest(tokens, n, GREEDY_PARAMS, media=media, keep=True))
+            got, h = run(lm, GenerationRequest(tokens, n, GREEDY_PARAMS, media=media, keep=True))
             assert got == want[image][:n] and h.saved is not None
             key = len(self.kept)
             self.kept[key] = (image, n, h.saved)
@@ -465,7 +427,7 @@ def test_kept_sequences_across_images_stay_exact(
             n = min(n, LIMIT - count)
             if n <= 0:
                 return
-            got, h = _run(lm, GenerationRequest([], n, GREEDY_PARAMS, resume=saved, keep=True))
+            got, h = run(lm, GenerationRequest([], n, GREEDY_PARAMS, resume=saved, keep=True))
             assert got == want[image][count : count + n]
             assert h.saved is not None
             self.kept[key] = (image, count + n, h.saved)
@@ -486,7 +448,7 @@ def test_kept_sequences_across_images_stay_exact(
             ctx.state_set = lambda *a: False  # type: ignore[method-assign]
             try:
                 with pytest.raises(ModelUnavailable):
-                    _run(lm, GenerationRequest([], 1, GREEDY_PARAMS, resume=saved, keep=True))
+                    run(lm, GenerationRequest([], 1, GREEDY_PARAMS, resume=saved, keep=True))
             finally:
                 ctx.state_set = real  # type: ignore[method-assign]
 

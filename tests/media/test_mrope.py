@@ -9,13 +9,11 @@ cached prefix ends inside the image."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openai
@@ -23,15 +21,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.engine.decode import scheduler
-from daemon.engine.handle import RequestHandle
-from daemon.engine.loading.loaded import EngineOptions, LoadedModel
+from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.media import Medium, is_stand_in
 from daemon.engine.native.mtmd import ChunkType
 from daemon.engine.positions import Jump, before, position, whole
 from daemon.engine.types import GenerationRequest, SamplingParams
 from tests.conftest import Server
-from tests.media.conftest import CTX, PARALLEL
+from tests.media.inprocess import cut_second_rows, qwen_engine, run
 from tests.media.reference import chunk_sizes, flat, image_turn, reference_greedy
 from tests.media.test_image_prompt_eval import hand_fed_equals_libmtmd
 from tests.media.tiny_vlm import png_bytes, sample_image
@@ -139,31 +135,10 @@ def test_hand_fed_embeddings_equal_libmtmds_evaluation(
 
 @pytest.fixture
 def engine(qwen_lm_path: Path, qwen_mmproj: Path) -> Iterator[LoadedModel]:
-    """The M-RoPE model in process, as the qwen_server runs it but with batches of 8 rows:
-    the 36-row image takes five steps."""
-    lm = LoadedModel(
-        "qwen",
-        qwen_lm_path,
-        EngineOptions(
-            ctx_size=CTX, parallel=PARALLEL, threads=1, batch_size=8, ubatch_size=8, exact=True
-        ),
-        projector=qwen_mmproj,
-    )
+    """The M-RoPE model in process, with batches of 8 rows."""
+    lm = qwen_engine(qwen_lm_path, qwen_mmproj)
     yield lm
     lm.close()
-
-
-def _run(lm: LoadedModel, req: GenerationRequest) -> tuple[list[int], int]:
-    """The tokens of a request (none if it was cancelled) and its cached prompt tokens."""
-
-    async def main() -> tuple[list[int], int]:
-        h = lm.submit(req)
-        tokens: list[int] = []
-        async for c in h.chunks():
-            tokens.extend(c.token_ids)
-        return tokens, h.usage.cached_tokens
-
-    return asyncio.run(main())
 
 
 @pytest.mark.parametrize("how", ["hang-up", "failure"])
@@ -188,29 +163,16 @@ def test_an_image_cut_short_part_way(
 
     first = request()
     start = next(i for i, t in enumerate(first.prompt_tokens) if is_stand_in(t))
-    handles: list[RequestHandle] = []
-    calls: list[int] = []
-    real = scheduler.decode_rows
-
-    def rows_then_cut(*args: Any, **kw: Any) -> None:
-        calls.append(len(args[1]))
-        if len(calls) == 2:
-            if how == "failure":
-                raise RuntimeError("an injected decode failure")
-            handles[0].cancel()  # seen at the next step: these rows still go in
-        real(*args, **kw)
-
-    monkeypatch.setattr(scheduler, "decode_rows", rows_then_cut)
-    submit = engine.submit
-    monkeypatch.setattr(engine, "submit", lambda r: handles.append(submit(r)) or handles[-1])
+    calls = cut_second_rows(monkeypatch, engine, fail=how == "failure")
     if how == "failure":
         with pytest.raises(Exception, match="injected"):
-            _run(engine, first)
+            run(engine, first)
     else:
-        assert _run(engine, first)[0] == []
+        assert run(engine, first)[0] == []
     assert calls[:2] == [8, 8]
     monkeypatch.undo()
-    got, cached = _run(engine, request())
+    got, h = run(engine, request())
+    cached = h.usage.cached_tokens
     # A hang-up leaves the image's first 16 rows, which the request goes on from; a failure
     # drops all the slot held (its KV may be half-updated).
     assert cached == (start + 16 if how == "hang-up" else 0)
