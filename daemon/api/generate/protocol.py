@@ -13,7 +13,7 @@ from daemon.config import GenerationDefaults
 RequestId = Annotated[str, Field(min_length=1, max_length=256)]
 # Images as Ollama's /api/generate sends them: base64 files, no type (the bytes say which).
 # Each takes the place of one `<__media__>` marker in the prompt, or, with no marker, they
-# go before the prompt's text. Like the prompt, ignored when the request_id continues.
+# go before the prompt's text. Like the prompt, ignored (once checked) when the id continues.
 Images = list[str]
 
 
