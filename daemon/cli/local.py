@@ -85,16 +85,17 @@ def table(rows: list[list[str]]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from quantize.errors import QuantizeError
-    from quantize.info import inspect_gguf
+    from daemon.engine.native.gguf_header import read_header
+    from daemon.engine.native.ggufmeta import quantization
 
     rows = [["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "MODIFIED"]]
     for m in local_models(models_dir(args)):
         try:
-            info = inspect_gguf(m.path)
-            arch, quant = info.architecture, info.file_type_name
-            ctx = str(info.context_length or "-")
-        except QuantizeError:
+            h = read_header(m.path)
+            arch = str(h.get("general.architecture", "?"))
+            quant = quantization(h.get("general.file_type")) or "-"
+            ctx = str(h.get(f"{arch}.context_length") or "-")
+        except (OSError, ValueError):
             arch = quant = ctx = "?"
         modified = datetime.fromtimestamp(m.path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         name = f"{m.name} (embedded default)" if m.embedded else m.name
@@ -105,15 +106,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _meta(path: Path) -> dict[str, Any]:
     """Every scalar key of the GGUF header (arrays such as the vocabulary are left out)."""
-    import gguf
+    from daemon.engine.native.gguf_header import ArrayRef, read_header
 
-    reader = gguf.GGUFReader(path)
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or field.types[:1] == [gguf.GGUFValueType.ARRAY]:
-            continue
-        out[key] = field.contents()
-    return out
+    return {k: v for k, v in read_header(path).fields.items() if not isinstance(v, ArrayRef)}
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gguf
 import httpx
 import jsonschema
 import ollama
@@ -245,7 +246,7 @@ def test_embed_matches_openai_embeddings(client: ollama.Client, osrv: Server) ->
 # ---- models -------------------------------------------------------------------------------
 
 
-def test_list_show_ps(client: ollama.Client) -> None:
+def test_list_show_ps(client: ollama.Client, osrv: Server) -> None:
     names = {m.model for m in client.list().models}
     assert {DEFAULT, EMBED} <= names
     info = client.show(DEFAULT)
@@ -253,6 +254,15 @@ def test_list_show_ps(client: ollama.Client) -> None:
     assert info.details and info.details.family == "llama" and info.details.format == "gguf"
     assert info.template and "im_start" in info.template
     assert info.modelinfo and info.modelinfo["llama.context_length"] > 0
+    assert info.details.quantization_level == "Q4_1" and info.details.parameter_size == "135M"
+    # The vocabulary and merges only when verbose, as gguf-py reads them from the file.
+    assert "tokenizer.ggml.tokens" not in info.modelinfo
+    verbose = httpx.post(f"{osrv.url}/api/show", json={"model": DEFAULT, "verbose": True})
+    full = verbose.json()["model_info"]
+    reader = gguf.GGUFReader(embedded_model_path())
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        assert full[key] == reader.fields[key].contents(), key
+    assert {k: v for k, v in full.items() if k in info.modelinfo} == info.modelinfo
     assert client.show(EMBED).capabilities == ["embedding"]
     client.chat(model=DEFAULT, messages=_user("hi"), options={"num_predict": 1})
     loaded = {m.model: m for m in client.ps().models}

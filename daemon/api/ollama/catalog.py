@@ -13,11 +13,8 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import gguf
 
 from daemon import models
 from daemon.api.ollama.protocol import CopyRequest, ModelRef, PullRequest
@@ -26,6 +23,8 @@ from daemon.config import Settings
 from daemon.core.families import family_of
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelEntry, ModelRegistry
+from daemon.engine.native import ggufmeta
+from daemon.engine.native.gguf_header import ArrayRef
 from daemon.errors import InvalidRequest
 
 # The Ollama API level these routes implement (clients gate features on /api/version).
@@ -42,31 +41,30 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@lru_cache(maxsize=256)
-def _header(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, Any], ...]:
-    """Scalar metadata of a GGUF (arrays as their length), keyed by file version."""
-    reader = gguf.GGUFReader(path)
-    out: list[tuple[str, Any]] = []
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            value = field.contents()
-        except Exception:  # an odd field must not hide the others
-            continue
-        out.append((key, value))
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    out.append(("general.parameter_count", n_params))
-    return tuple(out)
-
-
 def header(path: Path) -> dict[str, Any]:
-    """A GGUF's metadata; empty when the file cannot be read."""
+    """A GGUF's metadata (arrays as `ArrayRef`s, read by `model_info`) and its parameter
+    count; empty when the file cannot be read."""
     try:
-        st = path.stat()
-        return dict(_header(str(path), st.st_mtime_ns, st.st_size))
-    except Exception:
+        h = ggufmeta.header(path)
+    except (OSError, ValueError):
         return {}
+    meta = dict(h.fields)
+    meta["general.parameter_count"] = sum(t.n_elements for t in h.tensors)
+    return meta
+
+
+def model_info(path: Path, *, verbose: bool) -> dict[str, Any]:
+    """/api/show's `model_info`: the header's keys; arrays (the vocabulary, merges) only when
+    `verbose`, as Ollama sends them."""
+    meta = header(path)
+    scalars = {k: v for k, v in meta.items() if not isinstance(v, ArrayRef)}
+    if not verbose or len(scalars) == len(meta):
+        return scalars
+    try:
+        h = ggufmeta.header(path)
+        return {k: h.array(k) if isinstance(v, ArrayRef) else v for k, v in meta.items()}
+    except (OSError, ValueError):  # replaced or damaged since: what was read stands
+        return scalars
 
 
 def digest(path: Path) -> str:
@@ -95,13 +93,6 @@ def _size_label(n: int) -> str:
 def details(meta: dict[str, Any]) -> Body:
     """Ollama's `details` object."""
     arch = str(meta.get("general.architecture", ""))
-    ftype = meta.get("general.file_type")
-    try:
-        level = (
-            gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_") if ftype is not None else ""
-        )
-    except ValueError:
-        level = ""
     size = meta.get("general.size_label") or _size_label(
         int(meta.get("general.parameter_count", 0))
     )
@@ -111,7 +102,7 @@ def details(meta: dict[str, Any]) -> Body:
         "family": arch,
         "families": [arch] if arch else None,
         "parameter_size": str(size),
-        "quantization_level": level,
+        "quantization_level": ggufmeta.quantization(meta.get("general.file_type")),
     }
 
 
@@ -166,7 +157,6 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
         raise InvalidRequest("model is required", param="model")
     entry = registry.resolve(resolve_name(registry, req.ref))
     meta = header(entry.path)
-    info = {k: v for k, v in meta.items() if req.verbose or not isinstance(v, list)}
     template = next(
         (lm.template.source for lm in registry.loaded() if lm.path == entry.path),
         meta.get("tokenizer.chat_template", ""),
@@ -178,7 +168,7 @@ def show(registry: ModelRegistry, req: ModelRef, *, full_paths: bool = False) ->
         # edged's own: the template's family, its call syntax and reasoning markers.
         "chat_family": family_of(template).wire(),
         "details": details(meta),
-        "model_info": info,
+        "model_info": model_info(entry.path, verbose=bool(req.verbose)),
         "capabilities": capabilities(meta) + _senses(registry, entry),
         "modified_at": _entry_body(entry)["modified_at"],
     }

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import gguf
 
+from daemon.engine.native.ggufmeta import header
+
 # Bytes one K or V element takes in the cache, by cache type.
 KV_ELEMENT_BYTES = {
     "f32": 4.0,
@@ -181,32 +183,27 @@ def plan_for(
 
 def model_shape(path: Path, cache_type_k: str = "f16", cache_type_v: str = "f16") -> ModelShape:
     """A GGUF's offload costs from its header (no weights are read)."""
-    reader = gguf.GGUFReader(str(path))
+    h = header(path)
 
     def field_value(key: str, default: int = 0) -> int:
-        f = reader.get_field(key)
         try:
-            return int(f.contents()) if f is not None else default
+            return int(h.get(key, default))
         except (TypeError, ValueError):
             return default
 
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    arch = str(arch_field.contents()) if arch_field is not None else ""
+    arch = str(h.get(gguf.Keys.General.ARCHITECTURE, ""))
     n_layers = field_value(f"{arch}.block_count")
     n_embd = field_value(f"{arch}.embedding_length")
     heads = field_value(f"{arch}.attention.head_count", 1) or 1
     heads_kv = field_value(f"{arch}.attention.head_count_kv", heads) or heads
     k_len = field_value(f"{arch}.attention.key_length", n_embd // heads)
     v_len = field_value(f"{arch}.attention.value_length", n_embd // heads)
-    blocks = sum(int(t.n_bytes) for t in reader.tensors if t.name.startswith("blk."))
-    by_name = {t.name: int(t.n_bytes) for t in reader.tensors}
+    blocks = sum(t.n_bytes for t in h.tensors if t.name.startswith("blk."))
+    by_name = {t.name: t.n_bytes for t in h.tensors}
     # A tied output head (no output.weight) is the token embedding, copied to the GPU.
     head = by_name.get("output.weight", by_name.get("token_embd.weight", 0))
     output = head + by_name.get("output_norm.weight", 0)
-    vocab = field_value(f"{arch}.vocab_size")
-    if not vocab:
-        tokens = reader.get_field("tokenizer.ggml.tokens")
-        vocab = len(tokens.data) if tokens is not None else 0
+    vocab = field_value(f"{arch}.vocab_size") or h.length("tokenizer.ggml.tokens")
     kv = heads_kv * (
         k_len * KV_ELEMENT_BYTES[cache_type_k] + v_len * KV_ELEMENT_BYTES[cache_type_v]
     )

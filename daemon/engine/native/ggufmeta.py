@@ -1,4 +1,4 @@
-"""What a GGUF file's header says about its model, read without loading it (gguf-py)."""
+"""What a GGUF file's header says about its model, read without loading it."""
 
 from __future__ import annotations
 
@@ -9,19 +9,37 @@ from pathlib import Path
 import gguf
 
 from daemon.engine.embed.embeddings import ENCODER_ARCHS, VECTOR_POOLINGS
+from daemon.engine.native.gguf_header import GGUFHeader, read_header
 
 log = logging.getLogger("edged.registry")
 
 
 @functools.lru_cache(maxsize=256)
-def _embedding(path: Path, mtime_ns: int, size: int) -> bool:
-    reader = gguf.GGUFReader(path)
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    arch = arch_field.contents() if arch_field is not None else None
-    pooling = reader.get_field(f"{arch}.pooling_type") if arch else None
+def _read(path: Path, mtime_ns: int, size: int) -> GGUFHeader:
+    return read_header(path)
+
+
+def header(path: Path) -> GGUFHeader:
+    """The header of the GGUF at `path`, read once per version of the file (its mtime and
+    size). OSError when it cannot be read, ValueError when it is no GGUF or is damaged."""
+    st = path.stat()
+    return _read(path, st.st_mtime_ns, st.st_size)
+
+
+def quantization(ftype: object) -> str:
+    """A `general.file_type` as llama.cpp names it (Q4_K_M, F16; "" for none or unknown)."""
+    try:
+        return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return ""
+
+
+def _embedding(h: GGUFHeader) -> bool:
+    arch = h.get(gguf.Keys.General.ARCHITECTURE)
+    pooling = h.get(f"{arch}.pooling_type") if arch else None
     if pooling is not None:
         try:
-            return int(pooling.contents()) in {int(p) for p in VECTOR_POOLINGS}
+            return int(pooling) in {int(p) for p in VECTOR_POOLINGS}
         except (TypeError, ValueError):
             pass
     return arch in ENCODER_ARCHS
@@ -33,30 +51,18 @@ def is_embedding_file(path: Path) -> bool:
     An unreadable or missing file counts as a generation model: loading it will say what is wrong.
     """
     try:
-        st = path.stat()
-        return _embedding(path, st.st_mtime_ns, st.st_size)
-    except (OSError, ValueError, KeyError, IndexError) as exc:  # truncated or not a GGUF
+        return _embedding(header(path))
+    except (OSError, ValueError) as exc:  # truncated or not a GGUF
         log.debug("cannot read the header of %s: %s", path, exc)
         return False
-
-
-@functools.lru_cache(maxsize=64)
-def _senses(path: Path, mtime_ns: int, size: int) -> tuple[bool, bool]:
-    reader = gguf.GGUFReader(path)
-
-    def flag(key: str) -> bool:
-        field = reader.get_field(key)
-        return bool(field.contents()) if field is not None else False
-
-    return flag("clip.has_vision_encoder"), flag("clip.has_audio_encoder")
 
 
 def projector_senses(path: Path) -> tuple[bool, bool]:
     """Whether the mmproj GGUF at `path` has a vision encoder and an audio encoder, from its
     header (clip.has_vision_encoder, clip.has_audio_encoder); (False, False) when unreadable."""
     try:
-        st = path.stat()
-        return _senses(path, st.st_mtime_ns, st.st_size)
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+        h = header(path)
+    except (OSError, ValueError) as exc:
         log.debug("cannot read the header of %s: %s", path, exc)
         return False, False
+    return bool(h.get("clip.has_vision_encoder")), bool(h.get("clip.has_audio_encoder"))
