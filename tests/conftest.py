@@ -165,6 +165,30 @@ def smollm_tokenizer(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def smollm_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random adapters of SmolLM2 (`a` on attention, `b` on the MLP), as GGUFs converted
+    by edged-quantize; once per run (tests/lora and tests/media use them)."""
+    import json
+
+    from quantize.lora import convert_lora
+    from tests.lora.peft import random_peft, smollm_config
+
+    root = tmp_path_factory.mktemp("smollm_lora")
+    base = root / "base"
+    base.mkdir()
+    cfg = smollm_config(embedded_model_path())
+    (base / "config.json").write_text(json.dumps(cfg))
+    out = {}
+    for name, targets, seed in (
+        ("a", ("q_proj", "k_proj", "v_proj", "o_proj"), 1),
+        ("b", ("gate_proj", "up_proj", "down_proj"), 2),
+    ):
+        peft = random_peft(root / name, cfg, targets=targets, strength=0.3, seed=seed)
+        out[name] = convert_lora(peft, root / f"{name}.gguf", base, "f16", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One daemon for the e2e suite: default model, 8 slots, 4096-token context.
 

@@ -40,8 +40,7 @@ LORAS: tuple[tuple[tuple[str, float], ...], ...] = ((), (("a", 1.0),))
 def _adapter() -> tuple[AdapterSpec, ...]:
     """A random attention LoRA of SmolLM2, converted to GGUF (as tests/lora builds them)."""
     from quantize.lora import convert_lora
-    from tests.lora.conftest import smollm_config
-    from tests.lora.peft import random_peft
+    from tests.lora.peft import random_peft, smollm_config
 
     root = Path(tempfile.mkdtemp(prefix="edged-pc-lora-"))
     _tmp.append(root)

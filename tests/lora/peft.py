@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from daemon.engine.native.gguf_header import read_header
+
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -94,3 +96,24 @@ def merged_checkpoint(base: Path, adapter: Path, out: Path, scale: float) -> Pat
                 weights[name] = w.astype(np.float32)
         save_file(weights, str(out / file.name))
     return out
+
+
+def smollm_config(path: Path) -> dict[str, object]:
+    """The config.json a Hugging Face copy of the GGUF would have (what convert-lora reads)."""
+    h = read_header(path)
+
+    def kv(key: str) -> int | float:
+        return h.get(f"llama.{key}")  # type: ignore[no-any-return]
+
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": kv("embedding_length"),
+        "intermediate_size": kv("feed_forward_length"),
+        "num_hidden_layers": kv("block_count"),
+        "num_attention_heads": kv("attention.head_count"),
+        "num_key_value_heads": kv("attention.head_count_kv"),
+        "max_position_embeddings": kv("context_length"),
+        "rms_norm_eps": kv("attention.layer_norm_rms_epsilon"),
+        "vocab_size": h.length("tokenizer.ggml.tokens"),
+    }

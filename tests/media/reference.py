@@ -10,7 +10,7 @@ import numpy as np
 
 from daemon.core.request import MEDIA_MARKER
 from daemon.engine.loading.loaded import chat_template
-from daemon.engine.native.llama import Batch, Context, ContextOptions, Model
+from daemon.engine.native.llama import Adapter, Batch, Context, ContextOptions, Model
 from daemon.engine.native.mtmd import ChunkType, Projector, ProjectorOptions
 from tests.media.conftest import CTX, N_BATCH, PARALLEL
 
@@ -46,10 +46,13 @@ def reference_raw(
     media: list[bytes],
     steps: int,
     messages: list[dict] | None = None,
+    adapters: tuple[tuple[Path, float], ...] = (),
 ) -> tuple[list[int], list[float]]:
     """reference_greedy's tokens and log-probabilities after a raw `prompt` (no template;
-    one media marker per medium), or after `messages` rendered by the model's template."""
+    one media marker per medium), or after `messages` rendered by the model's template;
+    every decode (the image's rows too) under LoRA `adapters` at their scales."""
     model = Model(lm_path)
+    loras = [(Adapter(model, path), scale) for path, scale in adapters]
     try:
         proj = Projector(model, mmproj, ProjectorOptions(n_threads=1, flash_attn=False))
         opts = ContextOptions(
@@ -61,6 +64,7 @@ def reference_raw(
             n_threads_batch=1,
         )
         ctx, batch = Context(model, opts), Batch(1)
+        ctx.set_adapters(loras)
         try:
             if prompt is None:
                 assert messages is not None
@@ -93,6 +97,8 @@ def reference_raw(
             ctx.close()
             proj.close()
     finally:
+        for a, _ in loras:
+            a.close()
         model.close()
 
 
