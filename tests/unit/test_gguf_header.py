@@ -122,7 +122,11 @@ def test_what_is_not_a_gguf(tmp_path: Path) -> None:
     (tmp_path / "empty.gguf").write_bytes(b"")
     (tmp_path / "text.gguf").write_bytes(b"not a model at all")
     (tmp_path / "v1.gguf").write_bytes(b"GGUF" + (1).to_bytes(4, "little") + bytes(16))
-    for name in ("empty.gguf", "text.gguf", "v1.gguf"):
+    # A header claiming 2**40 one-byte keys would hold the reader for minutes and fill its
+    # memory long before the file ended: refused from the counts.
+    many = struct.pack("<IQQ", 3, 0, 1 << 40) + _kv("k", gguf.GGUFValueType.UINT8, b"1") * 1000
+    (tmp_path / "many.gguf").write_bytes(b"GGUF" + many)
+    for name in ("empty.gguf", "text.gguf", "v1.gguf", "many.gguf"):
         with pytest.raises(ValueError):
             read_header(tmp_path / name)
     with pytest.raises(OSError):

@@ -25,6 +25,9 @@ _SCALARS: dict[int, str] = {
 }  # fmt: skip
 _STRUCTS = {e + f: struct.Struct(e + f) for e in "<>" for f in set(_SCALARS.values())}
 _MAGIC = b"GGUF"
+# Far above any real file (dozens of keys; tens of thousands of tensors in the largest
+# mixtures of experts), far below what a crafted header could claim to fill memory with.
+_MAX_KV, _MAX_TENSORS = 1 << 16, 1 << 20
 _MAX_NESTING = 4  # llama.cpp writes arrays of scalars and strings; nesting is rare
 
 
@@ -198,6 +201,8 @@ def read_header(path: Path | str) -> GGUFHeader:
         if version < 2:
             raise ValueError(f"GGUF version {version} is not supported")
         n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
+        if n_kv > _MAX_KV or n_tensors > _MAX_TENSORS:
+            raise ValueError(f"a GGUF header claiming {n_kv} keys and {n_tensors} tensors")
         fields: dict[str, Any] = {}
         for _ in range(n_kv):
             key = c.string()
