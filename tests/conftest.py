@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import httpx
 import pytest
 
@@ -131,6 +133,18 @@ def place_copy(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     return dest
+
+
+def gguf_reader(path: Path) -> gguf.GGUFReader:
+    """gguf-py's reader of an input GGUF, opened once per version of the file: reading
+    SmolLM2's header takes gguf-py 2–3 s, and the tests copy it into many variants."""
+    st = path.stat()
+    return _reader(path.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(path: Path, _mtime_ns: int, _size: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
 
 
 @pytest.fixture(scope="session")

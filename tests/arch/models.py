@@ -16,6 +16,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from tests.conftest import gguf_reader
+
 T = gguf.MODEL_TENSOR
 HIDDEN = 64
 N_HEAD, N_HEAD_KV, HEAD_DIM = 4, 2, 16
@@ -217,7 +219,7 @@ def _tensor_name(kind: T, bid: int | None, suffix: str | None) -> str:
 def _copy_tokenizer(w: gguf.GGUFWriter, source: Path) -> int:
     """Every `tokenizer.*` key of `source` (vocabulary, merges, specials, chat template);
     returns the vocabulary size."""
-    reader = gguf.GGUFReader(source)
+    reader = gguf_reader(source)
     n_vocab = 0
     for key, f in reader.fields.items():
         if not key.startswith("tokenizer."):

@@ -12,6 +12,8 @@ from pathlib import Path
 import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
+from tests.conftest import gguf_reader
+
 # SmolLM2 control tokens reused as FIM markers: <gh_stars>, <issue_start>, <issue_comment>,
 # <file_sep>.
 FIM_IDS = {
@@ -24,7 +26,7 @@ FIM_IDS = {
 
 def write_fim_copy(src: Path, dst: Path) -> Path:
     """Copy `src` to `dst` with the FIM token ids added; return `dst`."""
-    reader = gguf.GGUFReader(src)
+    reader = gguf_reader(src)
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     assert arch is not None
     writer = gguf.GGUFWriter(dst, arch=str(arch.contents()), endianess=reader.endianess)

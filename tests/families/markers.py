@@ -8,6 +8,8 @@ from pathlib import Path
 import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
+from tests.conftest import gguf_reader
+
 # SmolLM2's unused control tokens (code-dataset markers) and the markers they become.
 RENAMED = {
     4: "<|python_tag|>",
@@ -24,7 +26,7 @@ def make_marker_gguf(
     source: Path, out: Path, template: str | None = None, renamed: dict[int, str] = RENAMED
 ) -> Path:
     """`source` with `renamed`'s tokens renamed (still control tokens), and a chat template."""
-    reader = gguf.GGUFReader(source)
+    reader = gguf_reader(source)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     tokens = list(reader.fields[gguf.Keys.Tokenizer.LIST].contents())
     for i, text in renamed.items():

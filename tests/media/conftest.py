@@ -16,7 +16,7 @@ from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metada
 from daemon.engine.native.llama import Model
 from daemon.engine.native.mtmd import Projector, ProjectorOptions
 from quantize.mmproj import convert_mmproj
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, gguf_reader, start_server, stop_server
 from tests.media.image_host import PNG, serve_images
 from tests.media.tiny_audio import write_mmproj as write_audio_mmproj
 from tests.media.tiny_qwen2vl import write_lm as write_qwen_lm
@@ -31,7 +31,7 @@ IMAGE_TOKENS = {11: "<fake_token_around_image>", 12: "<global-img>"}  # <jupyter
 
 def with_tokens(src: Path, out: Path, renames: dict[int, str]) -> Path:
     """A copy of a GGUF whose vocabulary has tokens renamed (ids, types and weights kept)."""
-    reader = gguf.GGUFReader(src)
+    reader = gguf_reader(src)
     field = reader.get_field(gguf.Keys.Tokenizer.LIST)
     assert field is not None
     tokens = list(field.contents())
@@ -54,7 +54,7 @@ def vlm_lm_path(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="session")
 def text_hidden(smollm_gguf: Path) -> int:
     """SmolLM2's embedding width: the projector's projection_dim."""
-    field = gguf.GGUFReader(smollm_gguf).get_field("llama.embedding_length")
+    field = gguf_reader(smollm_gguf).get_field("llama.embedding_length")
     assert field is not None
     return int(field.contents())
 

@@ -92,6 +92,18 @@ def test_corrupt_gguf_is_a_clean_503_and_others_keep_serving(srv: Server, name: 
     r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["text"]
     assert "edged_model_load_failures_total" in httpx.get(f"{srv.url}/metrics").text
+    # What their headers say is still shown: the truncated copy's header is whole (its
+    # weights are cut), the random bytes' is no header at all.
+    tags = httpx.get(f"{srv.url}/api/tags", timeout=30).json()["models"]
+    assert {DEFAULT, name} <= {m["name"] for m in tags}
+    show = httpx.post(f"{srv.url}/api/show", json={"model": name, "verbose": True}, timeout=30)
+    assert show.status_code == 200, show.text
+    info = show.json()
+    if name == "truncated":
+        assert info["details"]["family"] == "llama"
+        assert len(info["model_info"]["tokenizer.ggml.tokens"]) == 49152
+    else:
+        assert info["details"]["family"] == "" and info["model_info"] == {}
 
 
 def test_sighup_rescans_the_models_directory(srv: Server, model_path: Path) -> None:
