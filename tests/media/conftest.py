@@ -115,16 +115,14 @@ def vlm_server(
     vlm_lm_path: Path, mmproj: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """A daemon serving the tiny VLM (its F32 projector through --mmproj)."""
-    srv = start_server(
-        tmp_path_factory.mktemp("vlm_http"),
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
-        *ARGS,
-    )
+    srv = start_vlm(tmp_path_factory.mktemp("vlm_http"), vlm_lm_path, mmproj["f32"])
     yield srv
     stop_server(srv)
+
+
+def start_vlm(tmp: Path, lm_path: Path, mmproj: Path, *extra: str) -> Server:
+    """`edged serve` of a language model and its projector under the media tests' ARGS."""
+    return start_server(tmp, "--model", str(lm_path), "--mmproj", str(mmproj), *ARGS, *extra)
 
 
 @pytest.fixture(scope="session")

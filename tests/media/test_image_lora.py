@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from daemon.core.request import MEDIA_MARKER
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, stop_server
 from tests.e2e.test_errors import assert_error
-from tests.media.conftest import ARGS
+from tests.media.conftest import start_vlm
 from tests.media.reference import flat, image_turn, reference_raw
 from tests.media.tiny_vlm import png_bytes, sample_image
 
@@ -38,17 +38,14 @@ def lora_vlm(
 ) -> Iterator[Server]:
     """The tiny VLM with SmolLM2's two random adapters (its text model is SmolLM2 with two
     control tokens renamed: the same tensors, so the adapters apply)."""
-    srv = start_server(
+    srv = start_vlm(
         tmp_path_factory.mktemp("lora_vlm"),
-        "--model",
-        str(vlm_lm_path),
-        "--mmproj",
-        str(mmproj["f32"]),
+        vlm_lm_path,
+        mmproj["f32"],
         "--lora",
         f"a={smollm_adapters['a']}",
         "--lora",
         f"b={smollm_adapters['b']}:0.5",
-        *ARGS,
     )
     yield srv
     stop_server(srv)
