@@ -174,3 +174,58 @@ def test_damaged_headers_are_value_errors_or_read(tmp_path_factory, data: st.Dat
             with contextlib.suppress(ValueError):
                 h.array(key)
     assert all(t.n_bytes >= 0 for t in h.tensors)
+
+
+REWRITER = """
+import sys, threading, time
+from pathlib import Path
+from daemon.engine.native.gguf_header import read_header
+
+path, whole = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
+stop = time.monotonic() + 3
+def rewrite():  # `cp` over the file: truncated in place, then written again
+    while time.monotonic() < stop:
+        with open(path, "wb") as f:
+            f.write(whole[: len(whole) // 3])
+            f.flush()
+            f.write(whole[len(whole) // 3 :])
+        time.sleep(0.05)  # whole for a while: some reads see all of it
+threading.Thread(target=rewrite, daemon=True).start()
+reads = errors = 0
+while time.monotonic() < stop:
+    try:
+        h = read_header(path)
+        h.array("t.vocab")
+        reads += 1
+    except ValueError:
+        errors += 1
+print(reads, errors)
+"""
+
+
+def test_a_file_rewritten_in_place_while_it_is_read_is_never_a_crash(tmp_path: Path) -> None:
+    """A model file copied over while the daemon reads its header: each read gives the
+    header or a ValueError; the process lives (a memory-mapped read of a page the
+    truncation removed is a SIGBUS, which no handler catches)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src.gguf"
+    w = gguf.GGUFWriter(src, "llama")
+    w.add_key_value("t.vocab", [f"token-{i}" for i in range(150_000)], gguf.GGUFValueType.ARRAY)
+    w.add_tensor("blk.0.w", np.zeros((256, 256), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    target = tmp_path / "model.gguf"
+    target.write_bytes(src.read_bytes())
+    run = subprocess.run(
+        [sys.executable, "-c", REWRITER, str(target), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    reads, errors = map(int, run.stdout.split())
+    assert reads > 0 and errors > 0, (reads, errors)  # both whole and cut files were read

@@ -5,12 +5,15 @@ with a 49,152-token vocabulary takes 2.5–3.5 s to read; the daemon reads heade
 starts, fits layers, and answers `/api/show` and `/api/tags`. This reader walks the same
 layout (gguf-py's constants name the types) and keeps arrays as places in the file, decoded
 only when asked for (`GGUFHeader.array`): the same header reads in about 0.1 s.
+
+The file is read, never memory-mapped: a model file truncated in place while its header is
+read (`cp` over it) must be a ValueError, not a SIGBUS that ends the daemon.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,10 @@ _MAGIC = b"GGUF"
 # Far above any real file (dozens of keys; tens of thousands of tensors in the largest
 # mixtures of experts), far below what a crafted header could claim to fill memory with.
 _MAX_KV, _MAX_TENSORS = 1 << 16, 1 << 20
+_FIRST_READ = 1 << 20  # most headers fit; a larger one is read again, four times as much
+# The largest real headers (262,144-token vocabularies, tensor tables of big mixtures) take a
+# few MiB; a header said to run further is damaged, and is not read into memory.
+_MAX_HEADER = 64 << 20
 _MAX_NESTING = 4  # llama.cpp writes arrays of scalars and strings; nesting is rare
 
 
@@ -38,6 +45,7 @@ class ArrayRef:
     item_type: int
     length: int
     offset: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -90,21 +98,32 @@ class GGUFHeader:
         ref = self.fields.get(key)
         if not isinstance(ref, ArrayRef):
             return None
-        with _mapped(self.path) as buf:
-            return _Cursor(buf, ref.offset, self.endian).items(ref.item_type, ref.length)
+        with open(self.path, "rb") as f:
+            f.seek(ref.offset)
+            buf = f.read(ref.end - ref.offset)
+        if len(buf) < ref.end - ref.offset:
+            raise ValueError("the GGUF file is shorter than its header says")
+        return _Cursor(buf, 0, self.endian, eof=True).items(ref.item_type, ref.length)
+
+
+class _NeedMore(Exception):
+    """The header runs past the bytes read so far (not past the file's end)."""
 
 
 class _Cursor:
-    """A position in the mapped file; every read checks the bounds (a truncated file is a
-    ValueError, never a read past its end)."""
+    """A position in the bytes read from the start of a file; every read checks the bounds.
+    Past the end of the file it is a ValueError; past what was read (`eof` false), _NeedMore."""
 
-    def __init__(self, buf: mmap.mmap | bytes, pos: int, endian: str) -> None:
-        self.buf, self.pos, self.endian = buf, pos, endian
+    def __init__(self, buf: bytes, pos: int, endian: str, *, eof: bool) -> None:
+        self.buf, self.pos, self.endian, self.eof = buf, pos, endian, eof
+
+    def _short(self, what: str) -> Exception:
+        return ValueError(what) if self.eof else _NeedMore()
 
     def unpack(self, fmt: str) -> Any:
         s = _STRUCTS[self.endian + fmt]
         if self.pos + s.size > len(self.buf):
-            raise ValueError("the GGUF header ends early")
+            raise self._short("the GGUF header ends early")
         (v,) = s.unpack_from(self.buf, self.pos)
         self.pos += s.size
         return v
@@ -112,8 +131,8 @@ class _Cursor:
     def string(self) -> str:
         n = self.unpack("Q")
         if self.pos + n > len(self.buf):
-            raise ValueError("a GGUF string runs past the end of the file")
-        raw = bytes(self.buf[self.pos : self.pos + n])
+            raise self._short("a GGUF string runs past the end of the file")
+        raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
@@ -124,9 +143,9 @@ class _Cursor:
             if depth >= _MAX_NESTING:
                 raise ValueError("GGUF arrays nested too deep")
             item_type, length = self.unpack("I"), self.unpack("Q")
-            ref = ArrayRef(item_type, length, self.pos)
+            start = self.pos
             self.skip_items(item_type, length, depth + 1)
-            return ref
+            return ArrayRef(item_type, length, start, self.pos)
         fmt = _SCALARS.get(vtype)
         if fmt is None:
             raise ValueError(f"unknown GGUF value type {vtype}")
@@ -160,7 +179,7 @@ class _Cursor:
     def _end(self, n: int) -> int:
         """Where `n` bytes from here end, checked against the file's end."""
         if self.pos + n > len(self.buf):
-            raise ValueError("a GGUF array runs past the end of the file")
+            raise self._short("a GGUF array runs past the end of the file")
         return self.pos + n
 
     def tensor(self) -> TensorInfo:
@@ -172,40 +191,39 @@ class _Cursor:
         return TensorInfo(name, shape, self.unpack("I"), self.unpack("Q"))
 
 
-class _mapped:
-    """The file mapped read-only (an empty file has nothing to map: ValueError)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> mmap.mmap:
-        with open(self.path, "rb") as f:
-            self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self.buf
-
-    def __exit__(self, *exc: object) -> None:
-        self.buf.close()
-
-
 def read_header(path: Path | str) -> GGUFHeader:
     """Read a GGUF's metadata and tensor table. A file that is not a GGUF, or whose header is
     damaged or cut short, is a ValueError; an unreadable one an OSError."""
     p = Path(path)
-    with _mapped(p) as buf:
-        if len(buf) < 8 or bytes(buf[:4]) != _MAGIC:
-            raise ValueError(f"{p.name} is not a GGUF file")
-        # A big-endian file's version reads as a huge number little-endian (gguf-py's test).
-        endian = "<" if struct.unpack_from("<I", buf, 4)[0] & 0xFFFF else ">"
-        c = _Cursor(buf, 4, endian)
-        version = c.unpack("I")
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is not supported")
-        n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
-        if n_kv > _MAX_KV or n_tensors > _MAX_TENSORS:
-            raise ValueError(f"a GGUF header claiming {n_kv} keys and {n_tensors} tensors")
-        fields: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = c.string()
-            fields[key] = c.value(c.unpack("I"))
-        tensors = tuple(c.tensor() for _ in range(n_tensors))
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = min(size, _FIRST_READ)
+        while True:
+            f.seek(0)
+            buf = f.read(n)
+            try:
+                return _parse(p, buf, eof=len(buf) < n or n >= size)
+            except _NeedMore:
+                if n >= _MAX_HEADER:
+                    raise ValueError(f"{p.name}: a GGUF header over 64 MiB") from None
+                n = min(size, n * 4, _MAX_HEADER)
+
+
+def _parse(p: Path, buf: bytes, *, eof: bool) -> GGUFHeader:
+    if len(buf) < 8 or buf[:4] != _MAGIC:
+        raise ValueError(f"{p.name} is not a GGUF file")
+    # A big-endian file's version reads as a huge number little-endian (gguf-py's test).
+    endian = "<" if struct.unpack_from("<I", buf, 4)[0] & 0xFFFF else ">"
+    c = _Cursor(buf, 4, endian, eof=eof)
+    version = c.unpack("I")
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is not supported")
+    n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
+    if n_kv > _MAX_KV or n_tensors > _MAX_TENSORS:
+        raise ValueError(f"a GGUF header claiming {n_kv} keys and {n_tensors} tensors")
+    fields: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = c.string()
+        fields[key] = c.value(c.unpack("I"))
+    tensors = tuple(c.tensor() for _ in range(n_tensors))
     return GGUFHeader(p, version, fields, tensors, endian)
