@@ -171,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
             help="flash attention (default: on, except for generation under --exact)",
         )
         sp.add_argument(
+            "--mmap",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="map model weights from their files (default: on); --no-mmap reads them into "
+            "memory, so a model file copied over in place while in use cannot end the daemon",
+        )
+        sp.add_argument(
             "--speculate",
             action=argparse.BooleanOptionalAction,
             default=None,
@@ -230,7 +237,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["cors_origins"] = args.cors_origins
     if args.allow_remote_media:
         overrides["allow_remote_media"] = args.allow_remote_media
-    for dest in ("flash_attn", "extra_buffers", "speculate"):  # --x / --no-x / unset
+    for dest in ("flash_attn", "extra_buffers", "speculate", "mmap"):  # --x / --no-x / unset
         if getattr(args, dest) is not None:
             overrides[dest] = getattr(args, dest)
     for dest in ("cache_type_k", "cache_type_v"):

@@ -92,6 +92,7 @@ def engine_options(settings: Settings) -> EngineOptions:
             main_gpu=settings.main_gpu,
             tensor_split=tuple(settings.tensor_split) if settings.tensor_split else None,
             extra_buffers=settings.extra_buffers,
+            use_mmap=settings.mmap,
         ),
     )
 

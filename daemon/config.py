@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     flash_attn: bool | None = Field(
         None, description="on/off for every model; unset = on, except generation under exact"
     )
+    # llama.cpp maps the weights from the file by default (as llama-server does; on Apple
+    # Silicon the GPU reads the mapping itself). A file truncated in place under a mapping
+    # (`cp` over a loaded model) is a SIGBUS at the next page read: --no-mmap reads the
+    # weights into memory, so such a copy cannot end the daemon.
+    mmap: bool = Field(True, description="map model weights from their files (off: read them)")
     extra_buffers: bool | None = Field(
         None, description="llama.cpp AMX/repack buffers; unset = off on AMX CPUs"
     )

@@ -151,7 +151,10 @@ class Model:
         layers = options.n_gpu_layers or 0  # auto is resolved before a model loads
         params.n_gpu_layers = 2**31 - 1 if layers < 0 else layers
         params.main_gpu = options.main_gpu
-        params.use_mmap = options.use_mmap
+        # 0.3.36's llama_model_params has no use_mmap (a ctypes attribute of that name would
+        # be set and ignored): load_mode replaced it. AUTO maps on the CPU; NONE reads.
+        if not options.use_mmap:
+            params.load_mode = lc.LLAMA_LOAD_MODE_NONE
         params.use_extra_bufts = options.use_extra_buffers()
         if options.tensor_split:
             self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
