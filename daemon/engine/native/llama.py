@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import TypeVar
 
 import llama_cpp as lc
 import numpy as np
@@ -26,6 +27,8 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for nativ
 from daemon.engine.errors import LoadFailed
 from daemon.engine.native.logs import log_callback
 from daemon.engine.types import CacheType
+
+_S = TypeVar("_S", bound=ctypes.Structure)
 
 log = logging.getLogger("edged.llama")
 
@@ -142,6 +145,16 @@ class FimTokens:
         return min(self.pre, self.suf, self.mid) >= 0
 
 
+def checked(params: _S) -> _S:
+    """`params` as filled, refused when a name set on it is no field of its C struct: ctypes
+    keeps any attribute silently, and 0.3.36 dropped fields older bindings had (use_mmap
+    became load_mode), so a stale name would change nothing and say nothing."""
+    stray = vars(params)
+    if stray:
+        raise TypeError(f"{type(params).__name__} has no field {', '.join(sorted(stray))}")
+    return params
+
+
 class Model:
     """A loaded GGUF: weights, vocabulary and metadata."""
 
@@ -164,7 +177,7 @@ class Model:
             params.devices = ctypes.addressof(self._devices)
         if not path.is_file():
             raise LoadFailed(f"model file not found: {path.name}")  # no host paths to clients
-        ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+        ptr = lc.llama_model_load_from_file(str(path).encode(), checked(params))
         if not ptr:
             raise LoadFailed(f"llama.cpp could not load {path.name}")
         self.ptr = ptr
@@ -348,7 +361,7 @@ class Context:
             if options.flash_attn
             else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        ptr = lc.llama_init_from_model(model.ptr, params)
+        ptr = lc.llama_init_from_model(model.ptr, checked(params))
         if not ptr:
             raise LoadFailed(f"could not create a context for {model.path.name}")
         self.ptr = ptr

@@ -23,7 +23,7 @@ import numpy as np
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
 from daemon.engine.mediainfo import sniff
 from daemon.engine.native.embd_batch import decode_rows
-from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
+from daemon.engine.native.llama import Context, Model, checked, init_backend, lc, mtmd
 from daemon.engine.native.logs import log_callback
 from daemon.engine.native.media_chunks import Bitmap, Chunk, Chunks, ChunkType
 
@@ -119,7 +119,7 @@ class Projector:
             params.image_min_tokens = options.image_min_tokens
         if options.image_max_tokens is not None:
             params.image_max_tokens = options.image_max_tokens
-        ptr = mtmd.mtmd_init_from_file(str(path).encode(), model.ptr, params)
+        ptr = mtmd.mtmd_init_from_file(str(path).encode(), model.ptr, checked(params))
         if not ptr:
             # mtmd logs the reason (unknown projector type, n_embd mismatch ...) at ERROR.
             raise LoadFailed(
