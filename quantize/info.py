@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gguf
-import numpy as np
 
 from quantize.errors import InvalidGGUF
+from quantize.gguf_header import read_header
 
 
 @dataclass
@@ -73,32 +72,33 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
+def _type_name(t: int) -> str:
+    try:
+        return gguf.GGMLQuantizationType(t).name
+    except ValueError:
+        return str(t)
 
 
 def inspect_gguf(path: Path | str) -> GGUFInfo:
-    """Read a GGUF file's header (tensor data stays memory-mapped, untouched)."""
+    """Read a GGUF file's header (its tensor data is not read)."""
     p = Path(path)
     try:
-        reader = gguf.GGUFReader(p)
+        h = read_header(p)
     except (OSError, ValueError) as e:
         raise InvalidGGUF(f"{p}: not a readable GGUF file ({e})") from e
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
+    arch = h.get(gguf.Keys.General.ARCHITECTURE)
     if arch is None:
         raise InvalidGGUF(f"{p}: no general.architecture key")
-    tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
     return GGUFInfo(
         path=p,
         architecture=arch,
-        name=_field(reader, gguf.Keys.General.NAME),
-        parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in reader.tensors),
-        file_type=_field(reader, gguf.Keys.General.FILE_TYPE),
-        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
-        context_length=_field(reader, gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
-        tokenizer_model=_field(reader, gguf.Keys.Tokenizer.MODEL),
-        tokenizer_pre=_field(reader, gguf.Keys.Tokenizer.PRE),
-        vocab_size=len(tokens.data) if tokens is not None else 0,
-        chat_template=_field(reader, gguf.Keys.Tokenizer.CHAT_TEMPLATE),
+        name=h.get(gguf.Keys.General.NAME),
+        parameters=sum(t.n_elements for t in h.tensors),
+        file_type=h.get(gguf.Keys.General.FILE_TYPE),
+        tensor_types=dict(Counter(_type_name(t.type) for t in h.tensors)),
+        context_length=h.get(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        tokenizer_model=h.get(gguf.Keys.Tokenizer.MODEL),
+        tokenizer_pre=h.get(gguf.Keys.Tokenizer.PRE),
+        vocab_size=h.length(gguf.Keys.Tokenizer.LIST),
+        chat_template=h.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
     )

@@ -85,8 +85,8 @@ def table(rows: list[list[str]]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from daemon.engine.native.gguf_header import read_header
     from daemon.engine.native.ggufmeta import quantization
+    from quantize.gguf_header import read_header
 
     rows = [["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "MODIFIED"]]
     for m in local_models(models_dir(args)):
@@ -106,7 +106,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _meta(path: Path) -> dict[str, Any]:
     """Every scalar key of the GGUF header (arrays such as the vocabulary are left out)."""
-    from daemon.engine.native.gguf_header import ArrayRef, read_header
+    from quantize.gguf_header import ArrayRef, read_header
 
     return {k: v for k, v in read_header(path).fields.items() if not isinstance(v, ArrayRef)}
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.config import embedded_model_path
-from daemon.engine.native.gguf_header import ArrayRef, GGUFHeader, read_header
+from quantize.gguf_header import ArrayRef, GGUFHeader, read_header
 
 VALUES: dict[str, Any] = {
     "t.u8": (7, gguf.GGUFValueType.UINT8),
@@ -179,7 +179,7 @@ def test_damaged_headers_are_value_errors_or_read(tmp_path_factory, data: st.Dat
 REWRITER = """
 import sys, threading, time
 from pathlib import Path
-from daemon.engine.native.gguf_header import read_header
+from quantize.gguf_header import read_header
 
 path, whole = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
 stop = time.monotonic() + 3

@@ -24,8 +24,8 @@ from daemon.core.families import family_of
 from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.engine.native import ggufmeta
-from daemon.engine.native.gguf_header import ArrayRef
 from daemon.errors import InvalidRequest
+from quantize.gguf_header import ArrayRef
 
 # The Ollama API level these routes implement (clients gate features on /api/version).
 OLLAMA_API_VERSION = "0.12.0"

@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 
 from daemon.engine.embed.embeddings import ENCODER_ARCHS, VECTOR_POOLINGS
-from daemon.engine.native.gguf_header import GGUFHeader, read_header
+from quantize.gguf_header import GGUFHeader, read_header
 
 log = logging.getLogger("edged.registry")
 
