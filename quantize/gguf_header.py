@@ -38,6 +38,14 @@ _MAX_HEADER = 64 << 20
 _MAX_NESTING = 4  # llama.cpp writes arrays of scalars and strings; nesting is rare
 
 
+def file_type_name(ftype: object) -> str | None:
+    """A `general.file_type` as llama.cpp names it (Q4_K_M, F16); None for none or unknown."""
+    try:
+        return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class ArrayRef:
     """An array value left in the file: its item type, its length and where its items start."""

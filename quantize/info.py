@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 
 from quantize.errors import InvalidGGUF
-from quantize.gguf_header import read_header
+from quantize.gguf_header import file_type_name, read_header
 
 
 @dataclass
@@ -59,10 +59,7 @@ class GGUFInfo:
 def _file_type_name(value: int | None) -> str:
     if value is None:
         return "-"
-    try:
-        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_")
-    except ValueError:
-        return str(value)
+    return file_type_name(value) or str(value)
 
 
 def _human(n: int) -> str:

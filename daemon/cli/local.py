@@ -85,15 +85,14 @@ def table(rows: list[list[str]]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from daemon.engine.native.ggufmeta import quantization
-    from quantize.gguf_header import read_header
+    from quantize.gguf_header import file_type_name, read_header
 
     rows = [["NAME", "SIZE", "ARCH", "QUANT", "CONTEXT", "MODIFIED"]]
     for m in local_models(models_dir(args)):
         try:
             h = read_header(m.path)
             arch = str(h.get("general.architecture", "?"))
-            quant = quantization(h.get("general.file_type")) or "-"
+            quant = file_type_name(h.get("general.file_type")) or "-"
             ctx = str(h.get(f"{arch}.context_length") or "-")
         except (OSError, ValueError):
             arch = quant = ctx = "?"

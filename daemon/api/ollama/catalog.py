@@ -25,7 +25,7 @@ from daemon.engine.loading.loaded import LoadedModel
 from daemon.engine.loading.registry import ModelEntry, ModelRegistry
 from daemon.engine.native import ggufmeta
 from daemon.errors import InvalidRequest
-from quantize.gguf_header import ArrayRef
+from quantize.gguf_header import ArrayRef, file_type_name
 
 # The Ollama API level these routes implement (clients gate features on /api/version).
 OLLAMA_API_VERSION = "0.12.0"
@@ -102,7 +102,7 @@ def details(meta: dict[str, Any]) -> Body:
         "family": arch,
         "families": [arch] if arch else None,
         "parameter_size": str(size),
-        "quantization_level": ggufmeta.quantization(meta.get("general.file_type")),
+        "quantization_level": file_type_name(meta.get("general.file_type")) or "",
     }
 
 

@@ -26,14 +26,6 @@ def header(path: Path) -> GGUFHeader:
     return _read(path, st.st_mtime_ns, st.st_size)
 
 
-def quantization(ftype: object) -> str:
-    """A `general.file_type` as llama.cpp names it (Q4_K_M, F16; "" for none or unknown)."""
-    try:
-        return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return ""
-
-
 def _embedding(h: GGUFHeader) -> bool:
     arch = h.get(gguf.Keys.General.ARCHITECTURE)
     pooling = h.get(f"{arch}.pooling_type") if arch else None
