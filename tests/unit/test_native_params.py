@@ -11,7 +11,8 @@ from pathlib import Path
 import llama_cpp as lc
 import pytest
 
-from daemon.engine.native.llama import Model, ModelOptions, checked
+from daemon.engine.native.llama import Model, ModelOptions
+from daemon.engine.native.structs import checked
 
 
 def test_a_name_that_is_no_field_is_refused() -> None:

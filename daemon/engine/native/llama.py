@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import TypeVar
 
 import llama_cpp as lc
 import numpy as np
@@ -26,9 +25,8 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401 (for nativ
 
 from daemon.engine.errors import LoadFailed
 from daemon.engine.native.logs import log_callback
+from daemon.engine.native.structs import checked
 from daemon.engine.types import CacheType
-
-_S = TypeVar("_S", bound=ctypes.Structure)
 
 log = logging.getLogger("edged.llama")
 
@@ -143,16 +141,6 @@ class FimTokens:
     def usable(self) -> bool:
         """Whether prefix, suffix and middle markers all exist."""
         return min(self.pre, self.suf, self.mid) >= 0
-
-
-def checked(params: _S) -> _S:
-    """`params` as filled, refused when a name set on it is no field of its C struct: ctypes
-    keeps any attribute silently, and 0.3.36 dropped fields older bindings had (use_mmap
-    became load_mode), so a stale name would change nothing and say nothing."""
-    stray = vars(params)
-    if stray:
-        raise TypeError(f"{type(params).__name__} has no field {', '.join(sorted(stray))}")
-    return params
 
 
 class Model:

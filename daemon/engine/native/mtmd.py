@@ -23,9 +23,10 @@ import numpy as np
 from daemon.engine.errors import GenerationFailed, InvalidInput, LoadFailed
 from daemon.engine.mediainfo import sniff
 from daemon.engine.native.embd_batch import decode_rows
-from daemon.engine.native.llama import Context, Model, checked, init_backend, lc, mtmd
+from daemon.engine.native.llama import Context, Model, init_backend, lc, mtmd
 from daemon.engine.native.logs import log_callback
 from daemon.engine.native.media_chunks import Bitmap, Chunk, Chunks, ChunkType
+from daemon.engine.native.structs import checked
 
 log = logging.getLogger("edged.mtmd")
 
